@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="txfanout",
+    version="0.1.0",
+    description="Scatter-gather HTTP gateway daemon on Twisted",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    python_requires=">=3.11",
+    package_dir={"": "src", "twisted.plugins": "twisted/plugins"},
+    packages=find_packages("src") + ["twisted.plugins"],
+    install_requires=[
+        "Twisted[tls]>=24.3",
+        "treq>=24.9",
+        "klein>=24.8",
+        "prometheus-client>=0.20",
+        "service-identity>=24.1",
+        "pyOpenSSL>=24.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6"],
+    },
+    entry_points={"console_scripts": ["txfanout=txfanout.__main__:main"]},
+)

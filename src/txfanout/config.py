@@ -1,0 +1,330 @@
+"""The configuration: one TOML file, validated as a whole.
+
+``load(path)`` returns a :class:`Config` or raises :class:`ConfigError`, whose
+``errors`` list names every bad key with its dotted path and the reason, e.g.
+``partners.dsp-a.timeout_ms: must be an integer from 1 to 60000``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+OS_NAMES = ("android", "ios", "windows", "macos", "linux", "other")
+MAX_FANOUT = 8
+
+_COUNTRY = re.compile(r"^[A-Za-z]{2}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ROUTE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(Exception):
+    """A configuration was refused; ``errors`` says why, one line per key."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "tcp:8080"
+    admin: str = "tcp:9090:interface=127.0.0.1"
+    deadline_ms: int = 500
+    max_inflight: int = 2000
+    max_body_bytes: int = 65536
+    deadline_header: str = "X-Fanout-Deadline-Ms"
+    reserve_ms: int = 5
+    min_call_ms: int = 5
+
+
+@dataclass(frozen=True)
+class TargetingConfig:
+    country_header: str = "X-Country"
+    country_field: str = "device.geo.country"
+    os_header: str = "X-OS"
+    os_field: str = "device.os"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    idle_timeout_ms: int = 4000
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    name: str
+    url: str
+    timeout_ms: int = 300
+    max_concurrency: int = 256
+    countries: frozenset[str] | None = None
+    exclude_countries: frozenset[str] = frozenset()
+    os: frozenset[str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    max_response_bytes: int = 1048576
+
+    def matches(self, country: str | None, os_name: str | None) -> bool:
+        """True when a request from ``country`` / ``os_name`` may call this
+        partner. An unknown country or OS only matches an unrestricted list."""
+        if self.countries is not None and country not in self.countries:
+            return False
+        if country in self.exclude_countries:
+            return False
+        if self.os is not None and os_name not in self.os:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    partners: tuple[str, ...]
+    max_partners: int = MAX_FANOUT
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    targeting: TargetingConfig = TargetingConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    partners: Mapping[str, PartnerConfig] = field(default_factory=dict)
+    routes: Mapping[str, RouteConfig] = field(default_factory=dict)
+
+
+# -- validation helpers: each returns the cleaned value or records an error --
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def fail(self, path: str, reason: str) -> None:
+        self.errors.append(f"{path}: {reason}")
+
+    def table(self, value: Any, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(path, "must be a table")
+            return {}
+        return value
+
+    def unknown(self, table: Mapping[str, Any], allowed: set[str], path: str) -> None:
+        for key in sorted(set(table) - allowed):
+            self.fail(f"{path}.{key}" if path else key, "unknown key")
+
+    def integer(self, value: Any, path: str, low: int, high: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.fail(path, f"must be an integer from {low} to {high}")
+            return None
+        return value
+
+    def string(self, value: Any, path: str, pattern: re.Pattern[str] | None = None,
+               what: str = "a string") -> str | None:
+        if not isinstance(value, str) or not value or (pattern and not pattern.match(value)):
+            self.fail(path, f"must be {what}")
+            return None
+        return value
+
+    def endpoint(self, value: Any, path: str) -> str | None:
+        return self.string(value, path, re.compile(r"^[a-z0-9]+:\S+$"),
+                           "a Twisted endpoint string such as 'tcp:8080'")
+
+    def header(self, value: Any, path: str) -> str | None:
+        return self.string(value, path, _HEADER_NAME, "an HTTP header name")
+
+    def dotted(self, value: Any, path: str) -> str | None:
+        return self.string(value, path, re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"),
+                           "a dotted path such as 'device.geo.country'")
+
+    def string_list(self, value: Any, path: str, check: Callable[[str], bool],
+                    what: str) -> list[str] | None:
+        if not isinstance(value, list) or not value:
+            self.fail(path, f"must be a non-empty list of {what}")
+            return None
+        bad = [v for v in value if not isinstance(v, str) or not check(v)]
+        if bad:
+            self.fail(path, f"must be a non-empty list of {what}; bad: {bad!r}")
+            return None
+        return value
+
+
+def _section(chk: _Checker, raw: Mapping[str, Any], name: str, cls: type,
+             fields: Mapping[str, Callable[[Any, str], Any]]) -> Any:
+    table = chk.table(raw.get(name, {}), name)
+    chk.unknown(table, set(fields), name)
+    values = {}
+    for key, check in fields.items():
+        if key in table:
+            value = check(table[key], f"{name}.{key}")
+            if value is not None:
+                values[key] = value
+    return cls(**values)
+
+
+def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
+    path = f"partners.{name}"
+    if not _NAME.match(name):
+        chk.fail(path, "partner names are 1-64 characters of letters, digits, '_', '.', '-'")
+    table = chk.table(raw, path)
+    allowed = {"url", "timeout_ms", "max_concurrency", "countries", "exclude_countries",
+               "os", "headers", "max_response_bytes"}
+    chk.unknown(table, allowed, path)
+    before = len(chk.errors)
+    values: dict[str, Any] = {"name": name}
+
+    url = table.get("url")
+    if url is None:
+        chk.fail(f"{path}.url", "is required")
+    elif _check_url(url):
+        chk.fail(f"{path}.url", _check_url(url))
+    else:
+        values["url"] = url
+    for key, low, high in (("timeout_ms", 1, 60000), ("max_concurrency", 1, 100000),
+                           ("max_response_bytes", 1, 64 * 1024 * 1024)):
+        if key in table:
+            values[key] = chk.integer(table[key], f"{path}.{key}", low, high)
+    for key in ("countries", "exclude_countries"):
+        if key in table:
+            codes = chk.string_list(table[key], f"{path}.{key}", _COUNTRY.match,
+                                    "two-letter ISO 3166-1 country codes")
+            if codes is not None:
+                values[key] = frozenset(c.upper() for c in codes)
+    if "countries" in table and "exclude_countries" in table:
+        chk.fail(path, "give countries or exclude_countries, not both")
+    if "os" in table:
+        names = chk.string_list(table["os"], f"{path}.os", lambda v: v.lower() in OS_NAMES,
+                                "OS names (" + ", ".join(OS_NAMES) + ")")
+        if names is not None:
+            values["os"] = frozenset(v.lower() for v in names)
+    if "headers" in table:
+        headers = chk.table(table["headers"], f"{path}.headers")
+        for key, value in headers.items():
+            hpath = f"{path}.headers.{key}"
+            if not _HEADER_NAME.match(key):
+                chk.fail(hpath, "is not a valid HTTP header name")
+            elif not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+                chk.fail(hpath, "must be a string without CR, LF or NUL")
+        values["headers"] = dict(headers)
+    if len(chk.errors) > before:
+        return None
+    return PartnerConfig(**values)
+
+
+def _check_url(url: Any) -> str:
+    """The reason ``url`` is not a usable partner URL, or '' when it is."""
+    if not isinstance(url, str):
+        return "must be a string"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        return f"is not a valid URL ({e})"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username or parts.password:
+        return "must not carry credentials; use headers"
+    if parts.fragment or any(c.isspace() for c in url):
+        return "must not contain a fragment or white space"
+    return ""
+
+
+def _route(chk: _Checker, name: str, raw: Any, partners: Mapping[str, Any]) -> RouteConfig | None:
+    path = f"routes.{name}"
+    if not _ROUTE.match(name):
+        chk.fail(path, "route names are 1-64 characters of letters, digits, '_', '.', '-'")
+    table = chk.table(raw, path)
+    chk.unknown(table, {"partners", "max_partners"}, path)
+    before = len(chk.errors)
+    names = chk.string_list(table.get("partners"), f"{path}.partners", lambda v: True,
+                            "partner names")
+    if names is not None:
+        for n in names:
+            if n not in partners:
+                chk.fail(f"{path}.partners", f"unknown partner {n!r}")
+        if len(set(names)) != len(names):
+            chk.fail(f"{path}.partners", "lists a partner twice")
+    max_partners = MAX_FANOUT
+    if "max_partners" in table:
+        max_partners = chk.integer(table["max_partners"], f"{path}.max_partners", 1, MAX_FANOUT)
+    if len(chk.errors) > before or names is None:
+        return None
+    return RouteConfig(name=name, partners=tuple(names), max_partners=max_partners)
+
+
+def parse(raw: Mapping[str, Any]) -> Config:
+    """Validate a decoded TOML document; raise :class:`ConfigError` listing
+    every problem."""
+    chk = _Checker()
+    chk.unknown(raw, {"server", "targeting", "upstream", "partners", "routes"}, "")
+    server = _section(chk, raw, "server", ServerConfig, {
+        "listen": chk.endpoint,
+        "admin": chk.endpoint,
+        "deadline_ms": lambda v, p: chk.integer(v, p, 10, 60000),
+        "max_inflight": lambda v, p: chk.integer(v, p, 1, 1000000),
+        "max_body_bytes": lambda v, p: chk.integer(v, p, 0, 64 * 1024 * 1024),
+        "deadline_header": chk.header,
+        "reserve_ms": lambda v, p: chk.integer(v, p, 0, 10000),
+        "min_call_ms": lambda v, p: chk.integer(v, p, 1, 10000),
+    })
+    if server.reserve_ms + server.min_call_ms >= server.deadline_ms:
+        chk.fail("server.deadline_ms", "must exceed reserve_ms + min_call_ms")
+    targeting = _section(chk, raw, "targeting", TargetingConfig, {
+        "country_header": chk.header,
+        "country_field": chk.dotted,
+        "os_header": chk.header,
+        "os_field": chk.dotted,
+    })
+    upstream = _section(chk, raw, "upstream", UpstreamConfig, {
+        "idle_timeout_ms": lambda v, p: chk.integer(v, p, 100, 3600000),
+    })
+    raw_partners = chk.table(raw.get("partners", {}), "partners")
+    partners = {}
+    for name, value in raw_partners.items():
+        partner = _partner(chk, name, value)
+        if partner is not None:
+            partners[name] = partner
+    raw_routes = chk.table(raw.get("routes", {}), "routes")
+    if not raw_routes:
+        chk.fail("routes", "at least one route is required")
+    routes = {}
+    for name, value in raw_routes.items():
+        route = _route(chk, name, value, raw_partners)
+        if route is not None:
+            routes[name] = route
+    if chk.errors:
+        raise ConfigError(chk.errors)
+    return Config(server=server, targeting=targeting, upstream=upstream,
+                  partners=partners, routes=routes)
+
+
+def read(path: str) -> dict[str, Any]:
+    """Decode the TOML file at ``path`` (not yet validated)."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read ({e.strerror or e})"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{path}: not valid TOML ({e})"]) from None
+
+
+def with_server_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with ``[server]`` keys replaced by ``overrides`` (the plugin's
+    options, which win over the file); values that are None are ignored."""
+    merged = dict(raw)
+    server = merged.get("server", {})
+    if isinstance(server, dict):
+        server = dict(server)
+        server.update({k: v for k, v in overrides.items() if v is not None})
+        merged["server"] = server
+    return merged
+
+
+def load(path: str, overrides: Mapping[str, Any] = {}) -> Config:
+    """Read and validate the TOML file at ``path``, options applied."""
+    return parse(with_server_overrides(read(path), overrides))

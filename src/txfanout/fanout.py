@@ -1,0 +1,100 @@
+"""Scatter-gather for one inbound request.
+
+Each selected partner gets a call whose timeout is what is left of the
+request's deadline (less a reserve for answering), capped by the partner's
+own timeout. The gather fires when every call has ended; as every call is
+bounded by the deadline, so is the gather. Cancelling the gather (the client
+went away) aborts every call still running.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.http_headers import Headers
+
+from . import outcomes
+from .config import PartnerConfig, ServerConfig
+from .outcomes import CallResult
+from .upstream import Upstream
+
+
+class PartnerState:
+    """A partner's live state: its config, prepared headers, calls in flight."""
+
+    __slots__ = ("config", "headers", "inflight")
+
+    def __init__(self, config: PartnerConfig) -> None:
+        self.config = config
+        headers = Headers({b"Content-Type": [b"application/json"]})
+        for name, value in config.headers.items():
+            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
+        self.headers = headers
+        self.inflight = 0
+
+
+class Fanout:
+    """One request's fan-out, visible while in flight."""
+
+    def __init__(self, clock: IReactorTime, upstream: Upstream, server: ServerConfig,
+                 request_id: str, route: str, started: float, deadline_at: float) -> None:
+        self._clock = clock
+        self._upstream = upstream
+        self._server = server
+        self.request_id = request_id
+        self.route = route
+        self.started = started
+        self.deadline_at = deadline_at
+        self.partners: list[str] = []
+        self.results: list[CallResult | None] = []
+        self._calls: list[Deferred[CallResult]] = []
+        self._pending = 0
+        self.done: Deferred[list[CallResult]] = Deferred(self._cancel)
+
+    def run(self, partners: Iterable[PartnerState], body: bytes) -> Deferred[list[CallResult]]:
+        """Start every call; the result fires with one CallResult per partner,
+        in the order given."""
+        server = self._server
+        for index, partner in enumerate(partners):
+            config = partner.config
+            self.partners.append(config.name)
+            self.results.append(None)
+            if partner.inflight >= config.max_concurrency:
+                self.results[index] = CallResult(config.name, outcomes.SHED,
+                                                 error="partner at max_concurrency")
+                continue
+            left_ms = (self.deadline_at - self._clock.seconds()) * 1000.0 - server.reserve_ms
+            budget_ms = min(float(config.timeout_ms), left_ms)
+            if budget_ms < server.min_call_ms:
+                self.results[index] = CallResult(config.name, outcomes.SKIPPED,
+                                                 error="no time left in the deadline")
+                continue
+            headers = partner.headers.copy()
+            headers.setRawHeaders(server.deadline_header, [str(int(budget_ms))])
+            headers.setRawHeaders(b"X-Request-Id", [self.request_id])
+            partner.inflight += 1
+            self._pending += 1
+            call = self._upstream.call(config, headers, body, budget_ms / 1000.0)
+            self._calls.append(call)
+            call.addCallback(self._finished, index, partner)
+        if not self._pending:
+            self.done.callback(self.results)  # type: ignore[arg-type]
+        return self.done
+
+    def _finished(self, result: CallResult, index: int, partner: PartnerState) -> None:
+        partner.inflight -= 1
+        self.results[index] = result
+        self._pending -= 1
+        if not self._pending and not self.done.called:
+            self._calls = []
+            self.done.callback(self.results)  # type: ignore[arg-type]
+
+    def _cancel(self, _: Deferred[list[CallResult]]) -> None:
+        for call in self._calls:
+            call.cancel()
+
+    def pending_partners(self) -> list[str]:
+        """Names of partners whose call is still running."""
+        return [name for name, r in zip(self.partners, self.results) if r is None]
