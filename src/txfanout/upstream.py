@@ -12,15 +12,34 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HTTPConnectionPool,
+    ResponseDone,
+    _HTTP11ClientFactory,
+)
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.iweb import (
+    UNKNOWN_LENGTH,
+    IAgentEndpointFactory,
+    IBodyProducer,
+    IPolicyForHTTPS,
+    IResponse,
+)
 from zope.interface import implementer
 
 from . import outcomes
@@ -32,6 +51,29 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     """The pool's per-connection factory, without a log line per connection."""
 
     noisy = False
+
+
+@implementer(IAgentEndpointFactory)
+class PartnerEndpoints:
+    """Connects to partners: IP literals directly (no resolver thread, no
+    happy-eyeballs delay before a refusal is reported), host names through
+    ``HostnameEndpoint``; ``https`` wrapped with the TLS policy."""
+
+    def __init__(self, reactor: Any, tls_policy: IPolicyForHTTPS | None = None) -> None:
+        self._reactor = reactor
+        self._tls = tls_policy or BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: Any) -> Any:
+        host, port = uri.host.decode("ascii"), uri.port
+        if isIPAddress(host):
+            endpoint: Any = TCP4ClientEndpoint(self._reactor, host, port)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, port)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, port)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, port), endpoint)
+        return endpoint
 
 
 class BodyTooLarge(Exception):
@@ -134,7 +176,7 @@ def describe_failure(failure: Failure) -> str:
     reasons = getattr(exc, "reasons", None)
     if reasons:
         inner = describe_failure(reasons[0])
-        if inner != "error":
+        if inner not in ("error", "connection closed"):
             return inner
     if isinstance(exc, _newclient.ResponseNeverReceived):
         return "connection closed before any answer"
@@ -171,7 +213,7 @@ class Upstream:
         self.pool.retryAutomatically = False
         self.pool._factory = _QuietClientFactory
         self.resize(per_host, idle_timeout_s)
-        agent = Agent(reactor, pool=self.pool)
+        agent = Agent.usingEndpointFactory(reactor, PartnerEndpoints(reactor), pool=self.pool)
         self.client = HTTPClient(agent, data_to_body_producer=BytesProducer)
 
     def resize(self, per_host: int, idle_timeout_s: float) -> None:

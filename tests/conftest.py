@@ -1,0 +1,127 @@
+"""Fixtures: real loopback partners and a gateway listening on a free port."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Callable
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Protocol
+
+from txfanout.config import parse
+from txfanout.gateway import Gateway, GatewaySite
+
+from .partners import PartnerServer
+
+
+def within(d: Any, seconds: float = 5.0) -> Deferred[Any]:
+    """``d`` (a Deferred or coroutine), failing with TimeoutError after
+    ``seconds`` instead of hanging."""
+    if not isinstance(d, Deferred):
+        d = Deferred.fromCoroutine(d)
+    return d.addTimeout(seconds, reactor)
+
+
+class RawClient(Protocol):
+    """Writes bytes, collects what comes back; ``closed`` fires with it all
+    when the server closes the connection."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.received = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.data:
+            self.transport.write(self.data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed.callback(self.received)
+
+
+def raw_client(address: tuple[str, int], data: bytes) -> RawClient:
+    """Connect to ``address`` and send ``data`` as is."""
+    client = RawClient(data)
+    reactor.connectTCP(*address, ClientFactory.forProtocol(lambda: client))
+    return client
+
+
+class Answer:
+    """A response from the gateway, body read and decoded."""
+
+    def __init__(self, code: int, headers: Any, body: bytes) -> None:
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def outcomes(self) -> dict[str, str]:
+        return {r["partner"]: r["outcome"] for r in self.json["results"]}
+
+
+class GatewayUnderTest:
+    """A Gateway on 127.0.0.1:<free port> in the test's reactor."""
+
+    def __init__(self, raw_config: dict[str, Any]) -> None:
+        self.config = parse(raw_config)
+        self.gateway = Gateway(reactor, self.config)
+        self.site = GatewaySite(self.gateway)
+        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port.getHost().port)
+
+    def url(self, path: str = "/bid") -> str:
+        return f"http://127.0.0.1:{self.port.getHost().port}{path}"
+
+    async def post(self, path: str = "/bid", body: bytes = b"{}",
+                   headers: dict[str, str] | None = None, method: str = "POST") -> Answer:
+        response = await within(treq.request(method, self.url(path), data=body,
+                                             headers=headers or {}, persistent=False))
+        content = await within(treq.content(response))
+        return Answer(response.code, response.headers, content)
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
+        await self.gateway.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def partner() -> AsyncIterator[PartnerServer]:
+    server = PartnerServer().start()
+    yield server
+    await server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def make_gateway() -> AsyncIterator[Callable[[dict[str, Any]], GatewayUnderTest]]:
+    started: list[GatewayUnderTest] = []
+
+    def make(raw_config: dict[str, Any]) -> GatewayUnderTest:
+        g = GatewayUnderTest(raw_config)
+        started.append(g)
+        return g
+
+    yield make
+    for g in started:
+        await g.stop()
+
+
+def route_config(partners: dict[str, dict[str, Any]], **server: Any) -> dict[str, Any]:
+    """A config with one route 'bid' calling ``partners`` in order."""
+    return {"server": server, "partners": partners,
+            "routes": {"bid": {"partners": list(partners)}}}

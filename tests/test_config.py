@@ -1,0 +1,135 @@
+"""Configuration: every bad key is named with its reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from txfanout.config import ConfigError, load, parse
+
+GOOD = """
+[server]
+deadline_ms = 400
+
+[partners.dsp-a]
+url = "http://127.0.0.1:7001/bid"
+countries = ["us", "CA"]
+os = ["Android", "ios"]
+headers = { "X-Api-Key" = "secret" }
+
+[partners.dsp-b]
+url = "https://dsp-b.example/bid"
+
+[routes.bid]
+partners = ["dsp-a", "dsp-b"]
+max_partners = 1
+"""
+
+
+def errors_of(raw: dict) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse(raw)
+    return caught.value.errors
+
+
+def test_good_file_loads_with_defaults_and_normalised_values(tmp_path):
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD)
+    config = load(str(path))
+    assert config.server.deadline_ms == 400
+    assert config.server.max_inflight == 2000
+    a = config.partners["dsp-a"]
+    assert a.countries == {"US", "CA"} and a.os == {"android", "ios"}
+    assert a.timeout_ms == 300 and a.max_concurrency == 256
+    assert config.routes["bid"].partners == ("dsp-a", "dsp-b")
+    assert config.routes["bid"].max_partners == 1
+
+
+def test_overrides_win_over_the_file(tmp_path):
+    path = tmp_path / "good.toml"
+    path.write_text(GOOD)
+    config = load(str(path), {"deadline_ms": 250, "listen": None})
+    assert config.server.deadline_ms == 250
+    assert config.server.listen == "tcp:8080"
+
+
+def test_every_error_is_reported_with_its_key():
+    errors = errors_of({
+        "server": {"deadline_ms": -1, "max_inflight": "many", "colour": "blue"},
+        "partners": {
+            "dsp-a": {"url": "ftp://x/", "timeout_ms": 0, "countries": ["USA"],
+                      "os": ["beos"], "headers": {"X Bad": "v", "X-Ok": "a\nb"}},
+            "dsp-b": {"timeout_ms": True},
+            "dsp-c": {"url": "http://h/", "countries": ["US"], "exclude_countries": ["CA"]},
+        },
+        "routes": {"bid": {"partners": ["dsp-a", "nobody", "dsp-a"], "max_partners": 9}},
+        "extra": {},
+    })
+    expected = [
+        "extra: unknown key",
+        "server.colour: unknown key",
+        "server.deadline_ms: must be an integer from 10 to 60000",
+        "server.max_inflight: must be an integer from 1 to 1000000",
+        "partners.dsp-a.url: must be an http:// or https:// URL",
+        "partners.dsp-a.timeout_ms: must be an integer from 1 to 60000",
+        "partners.dsp-a.countries: must be a non-empty list of two-letter ISO 3166-1 "
+        "country codes; bad: ['USA']",
+        "partners.dsp-a.headers.X Bad: is not a valid HTTP header name",
+        "partners.dsp-a.headers.X-Ok: must be a string without CR, LF or NUL",
+        "partners.dsp-b.url: is required",
+        "partners.dsp-b.timeout_ms: must be an integer from 1 to 60000",
+        "partners.dsp-c: give countries or exclude_countries, not both",
+        "routes.bid.partners: unknown partner 'nobody'",
+        "routes.bid.partners: lists a partner twice",
+        "routes.bid.max_partners: must be an integer from 1 to 8",
+    ]
+    for line in expected:
+        assert line in errors
+    assert any(e.startswith("partners.dsp-a.os: must be a non-empty list of OS names")
+               for e in errors)
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http:///nohost", "has no host"),
+    ("http://u:p@h/", "must not carry credentials; use headers"),
+    ("http://h:99999/", "is not a valid URL"),
+    ("http://h/#frag", "must not contain a fragment or white space"),
+    (42, "must be a string"),
+])
+def test_bad_urls(url, reason):
+    errors = errors_of({"partners": {"p": {"url": url}}, "routes": {"r": {"partners": ["p"]}}})
+    assert any(e.startswith(f"partners.p.url: {reason}") for e in errors), errors
+
+
+def test_a_route_is_required_and_names_are_checked():
+    assert errors_of({}) == ["routes: at least one route is required"]
+    errors = errors_of({"partners": {"bad name": {"url": "http://h/"}},
+                        "routes": {"../x": {"partners": ["bad name"]}}})
+    assert any(e.startswith("partners.bad name: partner names") for e in errors)
+    assert any(e.startswith("routes.../x: route names") for e in errors)
+
+
+def test_check_config_command(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("deadline_ms = 400", "deadline_ms = 'soon'"))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+
+    def run(path):
+        return subprocess.run([sys.executable, "-m", "txfanout", "check-config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+
+    ok = run(good)
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    refused = run(bad)
+    assert refused.returncode == 1
+    assert "server.deadline_ms: must be an integer from 10 to 60000" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    unparsable = run(broken)
+    assert unparsable.returncode == 1 and "not valid TOML" in unparsable.stderr
+    missing = run(tmp_path / "missing.toml")
+    assert missing.returncode == 1 and "cannot read" in missing.stderr

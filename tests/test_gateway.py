@@ -1,0 +1,241 @@
+"""One request end to end, against real loopback partners."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest_twisted
+from twisted.internet.defer import Deferred
+
+from .conftest import raw_client, route_config, within
+from .partners import refused_url
+
+
+def one(partner, path, **extra):
+    return {"url": partner.url(path), **extra}
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_outcome_from_a_real_partner(partner, make_gateway):
+    gw = make_gateway(route_config({
+        "fast": one(partner, "/ok"),
+        "five-hundred": one(partner, "/status/500"),
+        "slow": one(partner, "/delay/2000", timeout_ms=100),
+        "midbody": one(partner, "/midbody"),
+        "reset": one(partner, "/reset"),
+        "big": one(partner, "/big/5000", max_response_bytes=1000),
+        "refused": {"url": refused_url()},
+        "echo": one(partner, "/echo"),
+    }))
+    answer = await gw.post(body=b'{"x": 1}')
+    assert answer.code == 200
+    assert answer.outcomes() == {
+        "fast": "ok", "five-hundred": "http_error", "slow": "timeout", "midbody": "error",
+        "reset": "error", "big": "too_large", "refused": "error", "echo": "ok"}
+    by_name = {r["partner"]: r for r in answer.json["results"]}
+    assert by_name["fast"]["status"] == 200 and by_name["fast"]["body"] == '{"bid": 1}'
+    assert by_name["five-hundred"]["status"] == 500
+    assert by_name["five-hundred"]["body"] == '{"error": "partner says no"}'
+    assert by_name["slow"]["error"] == "no answer in 100 ms"
+    assert by_name["refused"]["error"] == "connection refused"
+    assert by_name["midbody"]["error"] == "connection closed before the answer was complete"
+    assert by_name["big"]["body"] is None
+    assert answer.json["complete"] is False
+    assert answer.header("X-Fanout-Complete") == "false"
+    assert answer.header("Content-Type") == "application/json"
+    assert answer.header("X-Request-Id") == answer.json["request_id"]
+    # The order of results is the route's order.
+    assert [r["partner"] for r in answer.json["results"]][:3] == ["fast", "five-hundred", "slow"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_partner_receives_body_headers_budget_and_request_id(partner, make_gateway):
+    gw = make_gateway(route_config(
+        {"echo": one(partner, "/echo", headers={"X-Api-Key": "k1"}, timeout_ms=250)},
+        deadline_ms=1000))
+    answer = await gw.post(body=b'{"imp": [1]}', headers={"X-Request-Id": "abc-123"})
+    seen = json.loads(answer.json["results"][0]["body"])
+    assert seen["method"] == "POST"
+    assert seen["body"] == '{"imp": [1]}'
+    assert seen["headers"]["Content-Type"] == ["application/json"]
+    assert seen["headers"]["X-Api-Key"] == ["k1"]
+    assert seen["headers"]["X-Request-Id"] == ["abc-123"]
+    assert 200 <= int(seen["headers"]["X-Fanout-Deadline-Ms"][0]) <= 250
+    assert answer.json["request_id"] == "abc-123"
+    assert answer.json["complete"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_may_ask_for_less_time_never_more(partner, make_gateway):
+    gw = make_gateway(route_config({"echo": one(partner, "/echo", timeout_ms=300)},
+                                   deadline_ms=500))
+    less = await gw.post(headers={"X-Fanout-Deadline-Ms": "100"})
+    seen = json.loads(less.json["results"][0]["body"])
+    assert int(seen["headers"]["X-Fanout-Deadline-Ms"][0]) <= 100
+    more = await gw.post(headers={"X-Fanout-Deadline-Ms": "100000"})
+    seen = json.loads(more.json["results"][0]["body"])
+    assert int(seen["headers"]["X-Fanout-Deadline-Ms"][0]) == 300
+    bad = await gw.post(headers={"X-Fanout-Deadline-Ms": "soon"})
+    assert bad.code == 400 and "X-Fanout-Deadline-Ms" in bad.json["error"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_hanging_partner_does_not_hold_the_answer_past_the_deadline(partner, make_gateway):
+    gw = make_gateway(route_config(
+        {"fast": one(partner, "/ok"), "hang": one(partner, "/hang", timeout_ms=5000)},
+        deadline_ms=200))
+    lost = partner.wait_hang_lost()
+    started = time.monotonic()
+    answer = await gw.post()
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert answer.outcomes() == {"fast": "ok", "hang": "timeout"}
+    assert 150 <= elapsed_ms < 200 + 50
+    # The straggler was cancelled: the partner saw its connection close.
+    await within(lost, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_streaming_body_is_cut_at_the_timeout(partner, make_gateway):
+    gw = make_gateway(route_config({"drip": one(partner, "/drip/1000", timeout_ms=200)}))
+    lost = partner.wait_hang_lost()
+    answer = await gw.post()
+    assert answer.outcomes() == {"drip": "timeout"}
+    await within(lost, 2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_bodies_abort_the_connection(partner, make_gateway):
+    gw = make_gateway(route_config({
+        "announced": one(partner, "/big/100000", max_response_bytes=1000),
+        "chunked": one(partner, "/bigchunked/100000", max_response_bytes=1000),
+        "fits": one(partner, "/big/1000", max_response_bytes=1000),
+    }))
+    answer = await gw.post()
+    assert answer.outcomes() == {"announced": "too_large", "chunked": "too_large", "fits": "ok"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_disconnect_cancels_the_fanout(partner, make_gateway):
+    gw = make_gateway(route_config({"hang": one(partner, "/hang", timeout_ms=5000)},
+                                   deadline_ms=10000))
+    lost = partner.wait_hang_lost()
+    arrived = partner.wait_request()
+    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
+                                    b"Content-Length: 2\r\n\r\n{}")
+    await within(arrived)
+    assert len(gw.gateway.inflight) == 1
+    client.transport.loseConnection()
+    await within(lost, 2)
+    assert not gw.gateway.inflight
+    assert gw.gateway.admitted == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_are_reused(partner, make_gateway):
+    gw = make_gateway(route_config({"a": one(partner, "/ok"), "b": one(partner, "/echo")}))
+    for _ in range(50):
+        answer = await gw.post()
+        assert answer.outcomes() == {"a": "ok", "b": "ok"}
+    # 100 calls, two at a time: a handful of connections, not one per call.
+    assert partner.connections <= 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_selection_by_country_and_os(partner, make_gateway):
+    gw = make_gateway({
+        "partners": {
+            "us": one(partner, "/ok", countries=["US", "CA"]),
+            "not-us": one(partner, "/ok", exclude_countries=["US"]),
+            "mobile": one(partner, "/ok", os=["android", "ios"]),
+            "desktop": one(partner, "/ok", os=["windows", "macos", "linux"]),
+            "all": one(partner, "/ok"),
+        },
+        "routes": {"bid": {"partners": ["us", "not-us", "mobile", "desktop", "all"]},
+                   "two": {"partners": ["us", "not-us", "mobile", "desktop", "all"],
+                           "max_partners": 2}},
+    })
+
+    async def chosen(path="/bid", body=b"{}", **headers):
+        answer = await gw.post(path, body=body, headers=headers)
+        assert answer.code == 200, answer.body
+        return [r["partner"] for r in answer.json["results"]]
+
+    assert await chosen(**{"X-Country": "us", "X-OS": "Android"}) == ["us", "mobile", "all"]
+    assert await chosen(**{"X-Country": "DE", "X-OS": "windows"}) == \
+        ["not-us", "desktop", "all"]
+    body = json.dumps({"device": {"geo": {"country": "CA"}, "os": "iOS"}}).encode()
+    assert await chosen(body=body) == ["us", "not-us", "mobile", "all"]
+    # The header wins over the body field.
+    assert await chosen(body=body, **{"X-Country": "US"}) == ["us", "mobile", "all"]
+    ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36"
+    assert await chosen(**{"X-Country": "FR", "User-Agent": ua}) == \
+        ["not-us", "desktop", "all"]
+    ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"
+    assert await chosen(**{"User-Agent": ua}) == ["not-us", "mobile", "all"]
+    # No country and no OS: only the unrestricted partners.
+    assert await chosen() == ["not-us", "all"]
+    assert await chosen("/two", **{"X-Country": "US", "X-OS": "ios"}) == ["us", "mobile"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_route_with_no_matching_partner_answers_empty(partner, make_gateway):
+    gw = make_gateway(route_config({"us": one(partner, "/ok", countries=["US"])}))
+    answer = await gw.post(headers={"X-Country": "JP"})
+    assert answer.code == 200
+    assert answer.json["results"] == [] and answer.json["complete"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_error_answers_are_json(partner, make_gateway):
+    gw = make_gateway(route_config({"a": one(partner, "/ok")}, max_body_bytes=100))
+    cases = [
+        (await gw.post("/nope"), 404),
+        (await gw.post("/../admin"), 404),
+        (await gw.post("/bid", method="GET"), 405),
+        (await gw.post(body=b"{not json"), 400),
+        (await gw.post(body=b"[" * 50000), 413),
+        (await gw.post(body=b"[" * 90), 400),
+        (await gw.post(headers={"X-Country": "USA"}), 400),
+        (await gw.post(headers={"X-OS": "\x01"}), 400),
+    ]
+    for answer, code in cases:
+        assert answer.code == code, answer.body
+        assert answer.header("Content-Type") == "application/json"
+        assert set(answer.json) == {"error"} and answer.json["error"]
+    assert cases[2][0].header("Allow") == "POST"
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_over_the_cap_is_refused_before_it_is_read(partner, make_gateway):
+    gw = make_gateway(route_config({"a": one(partner, "/ok")}, max_body_bytes=100))
+    # Announce a huge body and send none of it: the answer comes anyway.
+    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
+                                    b"Content-Length: 10000000\r\n\r\n")
+    data = await within(client.closed)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert b'{"error": "body over 100 bytes"}' in data
+    # Chunked, no length announced: refused once the cap is passed.
+    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
+                                    b"Transfer-Encoding: chunked\r\n\r\n"
+                                    + b"40\r\n" + b"[" * 64 + b"\r\n" + b"40\r\n" + b"[" * 64)
+    data = await within(client.closed)
+    assert data.startswith(b"HTTP/1.1 413 ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_max_inflight_is_refused_at_once(partner, make_gateway):
+    gw = make_gateway(route_config({"hang": one(partner, "/hang")},
+                                   max_inflight=1, deadline_ms=2000))
+    arrived = partner.wait_request()
+    held = Deferred.fromCoroutine(gw.post())
+    await within(arrived)
+    started = time.monotonic()
+    refused = await gw.post()
+    assert (time.monotonic() - started) < 0.1
+    assert refused.code == 503
+    assert refused.header("Retry-After") == "1"
+    assert "max_inflight" in refused.json["error"]
+    answer = await within(held)
+    assert answer.outcomes() == {"hang": "timeout"}
+    assert gw.gateway.admitted == 0

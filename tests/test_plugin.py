@@ -1,0 +1,103 @@
+"""The twistd plugin: options, errors, and the demo, as a real process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+
+import pytest
+from twisted.application.service import IServiceCollection
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python.usage import UsageError
+
+from txfanout import tap
+
+from .daemon import Daemon, free_port
+
+CONFIG = """
+[server]
+listen = "tcp:18080"
+deadline_ms = 400
+max_inflight = 10
+
+[partners.a]
+url = "http://127.0.0.1:7001/bid"
+
+[routes.bid]
+partners = ["a"]
+"""
+
+
+def options(*argv: str) -> tap.Options:
+    o = tap.Options()
+    o.parseOptions(list(argv))
+    return o
+
+
+def test_plugin_is_discoverable():
+    makers = {p.tapname: p for p in getPlugins(IPlugin) if hasattr(p, "tapname")}
+    assert makers["fanout"].module == "txfanout.tap"
+
+
+def test_options_win_over_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG)
+    o = options("--config", str(path), "--deadline-ms", "250", "--max-inflight", "99",
+                "--listen", "tcp:0", "--admin", "tcp:0:interface=127.0.0.1")
+    server = o.config.server
+    assert (server.deadline_ms, server.max_inflight, server.listen) == (250, 99, "tcp:0")
+    o = options("--config", str(path))
+    assert (o.config.server.deadline_ms, o.config.server.listen) == (400, "tcp:18080")
+
+
+def test_bad_option_values_name_the_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG)
+    with pytest.raises(UsageError, match="server.deadline_ms: must be an integer"):
+        options("--config", str(path), "--deadline-ms", "0")
+    with pytest.raises(UsageError, match="server.listen: must be a Twisted endpoint"):
+        options("--config", str(path), "--listen", "8080")
+    with pytest.raises(UsageError, match="cannot read"):
+        options("--config", str(tmp_path / "missing.toml"))
+    with pytest.raises(UsageError, match="--config PATH, or --demo"):
+        options()
+
+
+def test_make_service_builds_listeners_and_demo(tmp_path):
+    o = options("--demo", "--demo-port", str(free_port()))
+    top = tap.makeService(o)
+    assert IServiceCollection.providedBy(top)
+    assert len(list(top)) == 4  # demo partners, pool closer, public, admin
+    assert set(o.config.routes) == {"bid"}
+
+
+def test_demo_daemon_answers_a_real_fanout():
+    daemon = Daemon("--demo", "--demo-port", str(free_port()))
+    try:
+        daemon.wait_ready()
+        request = urllib.request.Request(daemon.url("/bid"), data=b"{}", method="POST",
+                                         headers={"X-Country": "DE"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            answer = json.load(response)
+        partners = {r["partner"] for r in answer["results"]}
+        assert partners == {"demo-fast", "demo-normal", "demo-slow", "demo-flaky", "demo-eu"}
+        assert answer["results"][0]["outcome"] == "ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.admin_port}/healthz",
+                                    timeout=5) as response:
+            assert json.load(response)["status"] == "ok"
+    finally:
+        code = daemon.stop()
+    # twistd re-raises the SIGTERM it stopped on (systemd counts that clean).
+    assert code in (0, -signal.SIGTERM), "".join(daemon.log)
+    assert "Traceback" not in "".join(daemon.log)
+
+
+def test_daemon_refuses_a_bad_config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG.replace("max_inflight = 10", "max_inflight = 0"))
+    daemon = Daemon("--config", str(path))
+    code = daemon.proc.wait(30)
+    daemon.stop()
+    assert code != 0
+    assert "server.max_inflight: must be an integer from 1 to 1000000" in "".join(daemon.log)
