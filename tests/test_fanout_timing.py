@@ -31,8 +31,8 @@ def fanout(clock, upstream, started=0.0, deadline_ms=500):
 
 def test_call_budget_is_capped_by_partner_timeout_and_what_is_left():
     clock, upstream = Clock(), RecordingUpstream()
-    partners = [PartnerState(PartnerConfig("a", "http://h/", timeout_ms=300)),
-                PartnerState(PartnerConfig("b", "http://h/", timeout_ms=1000))]
+    partners = [PartnerState(PartnerConfig("a", "http://h/", timeout_ms=300), clock),
+                PartnerState(PartnerConfig("b", "http://h/", timeout_ms=1000), clock)]
     clock.advance(0.1)  # 100 ms already gone since arrival
     fanout(clock, upstream).run(partners, b"{}")
     (a, a_budget, a_headers, _), (b, b_budget, b_headers, _) = upstream.calls
@@ -45,7 +45,7 @@ def test_call_budget_is_capped_by_partner_timeout_and_what_is_left():
 
 def test_no_budget_means_skipped_not_started():
     clock, upstream = Clock(), RecordingUpstream()
-    partner = PartnerState(PartnerConfig("a", "http://h/"))
+    partner = PartnerState(PartnerConfig("a", "http://h/"), clock)
     clock.advance(0.491)  # 9 ms left, minus the 5 ms reserve: under min_call_ms
     done = fanout(clock, upstream).run([partner], b"{}")
     assert upstream.calls == []
@@ -55,7 +55,7 @@ def test_no_budget_means_skipped_not_started():
 
 def test_partner_at_its_cap_is_shed_without_queueing():
     clock, upstream = Clock(), RecordingUpstream()
-    partner = PartnerState(PartnerConfig("a", "http://h/", max_concurrency=2))
+    partner = PartnerState(PartnerConfig("a", "http://h/", max_concurrency=2), clock)
     first = fanout(clock, upstream).run([partner, partner], b"{}")
     assert partner.inflight == 2
     second = fanout(clock, upstream).run([partner], b"{}")
@@ -69,7 +69,7 @@ def test_partner_at_its_cap_is_shed_without_queueing():
 
 def test_gather_waits_for_all_and_cancel_aborts_the_rest():
     clock, upstream = Clock(), RecordingUpstream()
-    partners = [PartnerState(PartnerConfig(n, "http://h/")) for n in "abc"]
+    partners = [PartnerState(PartnerConfig(n, "http://h/"), clock) for n in "abc"]
     f = fanout(clock, upstream)
     done = f.run(partners, b"{}")
     upstream.calls[1][3].callback(CallResult("b", "ok", 200))

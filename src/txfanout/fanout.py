@@ -16,23 +16,28 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
 from . import outcomes
+from .breaker import Breaker
 from .config import PartnerConfig, ServerConfig
 from .outcomes import CallResult
 from .upstream import Upstream
 
 
 class PartnerState:
-    """A partner's live state: its config, prepared headers, calls in flight."""
+    """A partner's live state: its config, prepared headers, calls in flight,
+    circuit breaker (None when ``breaker_failures`` is 0)."""
 
-    __slots__ = ("config", "headers", "inflight")
+    __slots__ = ("config", "headers", "inflight", "breaker")
 
-    def __init__(self, config: PartnerConfig) -> None:
+    def __init__(self, config: PartnerConfig, clock: IReactorTime) -> None:
         self.config = config
         headers = Headers({b"Content-Type": [b"application/json"]})
         for name, value in config.headers.items():
             headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
         self.headers = headers
         self.inflight = 0
+        self.breaker = Breaker(clock, config.breaker_failures,
+                               config.breaker_cooldown_ms / 1000.0,
+                               config.breaker_probes) if config.breaker_failures else None
 
 
 class Fanout:
@@ -61,15 +66,20 @@ class Fanout:
             config = partner.config
             self.partners.append(config.name)
             self.results.append(None)
-            if partner.inflight >= config.max_concurrency:
-                self.results[index] = CallResult(config.name, outcomes.SHED,
-                                                 error="partner at max_concurrency")
-                continue
             left_ms = (self.deadline_at - self._clock.seconds()) * 1000.0 - server.reserve_ms
             budget_ms = min(float(config.timeout_ms), left_ms)
             if budget_ms < server.min_call_ms:
                 self.results[index] = CallResult(config.name, outcomes.SKIPPED,
                                                  error="no time left in the deadline")
+                continue
+            if partner.inflight >= config.max_concurrency:
+                self.results[index] = CallResult(config.name, outcomes.SHED,
+                                                 error="partner at max_concurrency")
+                continue
+            breaker = partner.breaker
+            if breaker is not None and not breaker.allow():
+                self.results[index] = CallResult(config.name, outcomes.OPEN,
+                                                 error="circuit open after repeated failures")
                 continue
             headers = partner.headers.copy()
             headers.setRawHeaders(server.deadline_header, [str(int(budget_ms))])
@@ -85,6 +95,8 @@ class Fanout:
 
     def _finished(self, result: CallResult, index: int, partner: PartnerState) -> None:
         partner.inflight -= 1
+        if partner.breaker is not None:
+            partner.breaker.record(result.outcome, result.status)
         self.results[index] = result
         self._pending -= 1
         if not self._pending and not self.done.called:
