@@ -29,14 +29,17 @@ class RawClient(Protocol):
     """Writes bytes, collects what comes back; ``closed`` fires with it all
     when the server closes the connection."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, hang_up: bool = False) -> None:
         self.data = data
+        self.hang_up = hang_up
         self.received = b""
         self.closed: Deferred[bytes] = Deferred()
 
     def connectionMade(self) -> None:
         if self.data:
             self.transport.write(self.data)
+        if self.hang_up:
+            self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
@@ -45,9 +48,51 @@ class RawClient(Protocol):
         self.closed.callback(self.received)
 
 
-def raw_client(address: tuple[str, int], data: bytes) -> RawClient:
-    """Connect to ``address`` and send ``data`` as is."""
-    client = RawClient(data)
+class KeepAliveClient(Protocol):
+    """One persistent connection: ``request(raw)`` sends bytes and fires with
+    the next complete response (head and Content-Length body)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.waiting: list[Deferred[bytes]] = []
+        self.closed: Deferred[bytes] = Deferred()
+
+    def request(self, raw: bytes) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.waiting.append(d)
+        self.transport.write(raw)
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while self.waiting and b"\r\n\r\n" in self.buffer:
+            head, rest = self.buffer.split(b"\r\n\r\n", 1)
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(rest) < length:
+                return
+            self.buffer = rest[length:]
+            self.waiting.pop(0).callback(head + b"\r\n\r\n" + rest[:length])
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed.callback(self.buffer)
+
+
+async def keep_alive_client(address: tuple[str, int]) -> KeepAliveClient:
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    client = KeepAliveClient()
+    await connectProtocol(TCP4ClientEndpoint(reactor, *address), client)
+    return client
+
+
+def raw_client(address: tuple[str, int], data: bytes, hang_up: bool = False) -> RawClient:
+    """Connect to ``address`` and send ``data`` as is (then hang up at once
+    with ``hang_up``)."""
+    client = RawClient(data, hang_up)
     reactor.connectTCP(*address, ClientFactory.forProtocol(lambda: client))
     return client
 
@@ -79,7 +124,7 @@ class GatewayUnderTest:
         self.config = parse(raw_config)
         self.gateway = Gateway(reactor, self.config)
         self.site = GatewaySite(self.gateway)
-        self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, self.site, backlog=1024, interface="127.0.0.1")
 
     @property
     def address(self) -> tuple[str, int]:

@@ -29,6 +29,7 @@ class Daemon:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         self.log: list[str] = []
+        self._partial = b""
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
 
@@ -38,18 +39,23 @@ class Daemon:
     def wait_for(self, text: str, timeout: float = 20.0) -> str:
         """Block until a log line contains ``text``; return that line."""
         end = time.monotonic() + timeout
+        seen = len(self.log)
         for line in self.log:
             if text in line:
                 return line
         while time.monotonic() < end:
             if not self._selector.select(max(0.0, end - time.monotonic())):
                 break
-            line = self.proc.stdout.readline().decode("utf-8", "replace")  # type: ignore[union-attr]
-            if not line:
+            chunk = os.read(self.proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+            if not chunk:
                 break
-            self.log.append(line)
-            if text in line:
-                return line
+            self._partial += chunk
+            *lines, self._partial = self._partial.split(b"\n")
+            self.log.extend(line.decode("utf-8", "replace") + "\n" for line in lines)
+            for line in self.log[seen:]:
+                if text in line:
+                    return line
+            seen = len(self.log)
         raise AssertionError(f"no log line with {text!r}; log:\n" + "".join(self.log))
 
     def wait_ready(self) -> None:
@@ -67,7 +73,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        rest = self.proc.stdout.read().decode("utf-8", "replace")  # type: ignore[union-attr]
+        rest = (self._partial + self.proc.stdout.read()).decode("utf-8", "replace")  # type: ignore[union-attr]
         self.log.extend(rest.splitlines(keepends=True))
         self._selector.close()
         self.proc.stdout.close()  # type: ignore[union-attr]

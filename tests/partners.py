@@ -34,7 +34,9 @@ class Behaviours(Resource):
 
     def render(self, request: Request) -> Any:
         server = self.server
-        server.requests.append(request)
+        server.seen += 1
+        server.open_requests.add(request)
+        request.notifyFinish().addBoth(lambda _: server.open_requests.discard(request))
         waiters, server._request_waiters = server._request_waiters, []
         for d in waiters:
             d.callback(request)
@@ -108,7 +110,8 @@ class PartnerServer(Site):
         self.noisy = False
         self.connections = 0
         self.open_connections = 0
-        self.requests: list[Request] = []
+        self.seen = 0  # requests received
+        self.open_requests: set[Request] = set()  # not yet answered or lost
         self._lost_waiters: list[Deferred[None]] = []
         self._request_waiters: list[Deferred[Request]] = []
         self.lost_count = 0
@@ -156,9 +159,8 @@ class PartnerServer(Site):
         return f"http://127.0.0.1:{self.port.getHost().port}{path}"
 
     def stop(self) -> Deferred[None]:
-        for request in self.requests:
-            if not request.finished and not request._disconnected:
-                request.channel.transport.abortConnection()
+        for request in list(self.open_requests):
+            request.channel.transport.abortConnection()
         return self.port.stopListening()
 
 

@@ -52,7 +52,7 @@ def test_overrides_win_over_the_file(tmp_path):
     path.write_text(GOOD)
     config = load(str(path), {"deadline_ms": 250, "listen": None})
     assert config.server.deadline_ms == 250
-    assert config.server.listen == "tcp:8080"
+    assert config.server.listen == "tcp:8080:backlog=4096"
 
 
 def test_every_error_is_reported_with_its_key():

@@ -32,7 +32,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ServerConfig:
-    listen: str = "tcp:8080"
+    listen: str = "tcp:8080:backlog=4096"
     admin: str = "tcp:9090:interface=127.0.0.1"
     deadline_ms: int = 500
     max_inflight: int = 2000
@@ -40,6 +40,10 @@ class ServerConfig:
     deadline_header: str = "X-Fanout-Deadline-Ms"
     reserve_ms: int = 5
     min_call_ms: int = 5
+    max_connections: int = 10000
+    idle_timeout_ms: int = 30000
+    request_timeout_ms: int = 10000
+    max_lag_ms: int = 200
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class PartnerConfig:
     os: frozenset[str] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     max_response_bytes: int = 1048576
+    breaker_failures: int = 5
+    breaker_cooldown_ms: int = 5000
+    breaker_probes: int = 2
 
     def matches(self, country: str | None, os_name: str | None) -> bool:
         """True when a request from ``country`` / ``os_name`` may call this
@@ -170,7 +177,8 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
         chk.fail(path, "partner names are 1-64 characters of letters, digits, '_', '.', '-'")
     table = chk.table(raw, path)
     allowed = {"url", "timeout_ms", "max_concurrency", "countries", "exclude_countries",
-               "os", "headers", "max_response_bytes"}
+               "os", "headers", "max_response_bytes", "breaker_failures",
+               "breaker_cooldown_ms", "breaker_probes"}
     chk.unknown(table, allowed, path)
     before = len(chk.errors)
     values: dict[str, Any] = {"name": name}
@@ -183,7 +191,9 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
     else:
         values["url"] = url
     for key, low, high in (("timeout_ms", 1, 60000), ("max_concurrency", 1, 100000),
-                           ("max_response_bytes", 1, 64 * 1024 * 1024)):
+                           ("max_response_bytes", 1, 64 * 1024 * 1024),
+                           ("breaker_failures", 0, 100000), ("breaker_cooldown_ms", 1, 3600000),
+                           ("breaker_probes", 1, 1000)):
         if key in table:
             values[key] = chk.integer(table[key], f"{path}.{key}", low, high)
     for key in ("countries", "exclude_countries"):
@@ -270,6 +280,10 @@ def parse(raw: Mapping[str, Any]) -> Config:
         "deadline_header": chk.header,
         "reserve_ms": lambda v, p: chk.integer(v, p, 0, 10000),
         "min_call_ms": lambda v, p: chk.integer(v, p, 1, 10000),
+        "max_connections": lambda v, p: chk.integer(v, p, 1, 1000000),
+        "idle_timeout_ms": lambda v, p: chk.integer(v, p, 100, 3600000),
+        "request_timeout_ms": lambda v, p: chk.integer(v, p, 100, 600000),
+        "max_lag_ms": lambda v, p: chk.integer(v, p, 0, 60000),
     })
     if server.reserve_ms + server.min_call_ms >= server.deadline_ms:
         chk.fail("server.deadline_ms", "must exceed reserve_ms + min_call_ms")

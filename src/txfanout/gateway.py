@@ -11,18 +11,22 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from klein import Klein
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from . import outcomes
 from .config import Config
 from .fanout import Fanout, PartnerState
+from .lag import ReactorLag
 from .outcomes import CallResult
 from .targeting import BadTargeting, Selector, json_field, os_from_user_agent, parse_country, parse_os
 from .upstream import Upstream
@@ -33,23 +37,32 @@ _ROUTE_PATH = re.compile(rb"^/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 _COMPLETE = frozenset((outcomes.OK, outcomes.HTTP_ERROR))
 
+SHED_MAX_INFLIGHT = "max_inflight"
+SHED_REACTOR_LAG = "reactor_lag"
+_SHED_MESSAGES = {
+    SHED_MAX_INFLIGHT: "gateway at max_inflight; retry later",
+    SHED_REACTOR_LAG: "gateway overloaded (event loop behind); retry later",
+}
+
+
+def json_body(request: Request, body: bytes) -> bytes:
+    """Mark ``body`` as the JSON answer, with its length (no chunking)."""
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
 
 def json_error(request: Request, code: int, message: str) -> bytes:
     """Set ``code`` and return the JSON error body ``{"error": message}``."""
     request.setResponseCode(code)
-    request.setHeader(b"Content-Type", b"application/json")
-    return json.dumps({"error": message}).encode("utf-8")
+    return json_body(request, json.dumps({"error": message}).encode("utf-8"))
 
 
-def write_error(request: Request, code: int, message: str, close: bool = False,
-                headers: dict[bytes, bytes] | None = None) -> None:
+def write_error(request: Request, code: int, message: str, close: bool = False) -> None:
     """Answer ``request`` at once with a JSON error (outside Klein)."""
     body = json_error(request, code, message)
-    for name, value in (headers or {}).items():
-        request.setHeader(name, value)
     if close:
         request.setHeader(b"Connection", b"close")
-    request.setHeader(b"Content-Length", b"%d" % len(body))
     request.write(body)
     request.finish()
 
@@ -68,11 +81,11 @@ class Snapshot:
     deadline_header: bytes
 
 
-def compile_snapshot(config: Config) -> Snapshot:
+def compile_snapshot(config: Config, clock: IReactorTime) -> Snapshot:
     t = config.targeting
     return Snapshot(
         config=config, selector=Selector(config),
-        partners={name: PartnerState(p) for name, p in config.partners.items()},
+        partners={name: PartnerState(p, clock) for name, p in config.partners.items()},
         country_header=t.country_header.encode("ascii"),
         country_path=tuple(t.country_field.split(".")),
         os_header=t.os_header.encode("ascii"), os_path=tuple(t.os_field.split(".")),
@@ -97,21 +110,30 @@ class Gateway:
 
     def __init__(self, reactor: Any, config: Config) -> None:
         self.clock = reactor
-        self.snapshot = compile_snapshot(config)
+        self.snapshot = compile_snapshot(config, reactor)
         self.upstream = Upstream(reactor, pool_size_per_host(config),
                                  config.upstream.idle_timeout_ms / 1000.0)
+        self.lag = ReactorLag(reactor)
         self.inflight: set[Fanout] = set()
         self.admitted = 0
+        self.shed: Counter[str] = Counter()
         self._id_prefix = os.urandom(4).hex()
         self._id_counter = 0
 
     # -- admission (called by GatewayRequest before any parsing) --
 
-    def admit(self) -> bool:
-        if self.admitted >= self.snapshot.config.server.max_inflight:
-            return False
-        self.admitted += 1
-        return True
+    def admit(self) -> str | None:
+        """Take an in-flight slot; or say why not (the shed reason)."""
+        server = self.snapshot.config.server
+        if self.admitted >= server.max_inflight:
+            reason = SHED_MAX_INFLIGHT
+        elif server.max_lag_ms and self.lag.lag * 1000.0 > server.max_lag_ms:
+            reason = SHED_REACTOR_LAG
+        else:
+            self.admitted += 1
+            return None
+        self.shed[reason] += 1
+        return reason
 
     def release(self) -> None:
         self.admitted -= 1
@@ -169,14 +191,13 @@ class Gateway:
 
         def answer(results: list[CallResult]) -> bytes:
             complete = all(r.outcome in _COMPLETE for r in results)
-            request.setHeader(b"Content-Type", b"application/json")
             request.setHeader(b"X-Request-Id", request_id.encode("ascii"))
             request.setHeader(b"X-Fanout-Complete", b"true" if complete else b"false")
-            return json.dumps({
+            return json_body(request, json.dumps({
                 "request_id": request_id, "route": route, "complete": complete,
                 "elapsed_ms": round((self.clock.seconds() - started) * 1000.0, 1),
                 "results": [r.to_json() for r in results],
-            }).encode("utf-8")
+            }).encode("utf-8"))
 
         def forget(result: Any) -> Any:
             self.inflight.discard(fanout)
@@ -205,7 +226,13 @@ class Gateway:
         return country, os_from_user_agent(request.requestHeaders.getRawHeaders(
             b"User-Agent", [b""])[0])
 
+    def start(self) -> None:
+        """Start the background work (the lag monitor)."""
+        self.lag.start()
+
     def close(self) -> Any:
+        """Stop background work; close the pooled connections."""
+        self.lag.stop()
         return self.upstream.close()
 
 
@@ -252,10 +279,12 @@ class GatewayRequest(Request):
         if self._refused:
             return
         self.site = self.channel.site
-        self.started = self.site.gateway.clock.seconds()
-        if not self.site.gateway.admit():
+        gateway = self.site.gateway
+        self.started = gateway.clock.seconds()
+        refused = gateway.admit()
+        if refused is not None:
             self.setHeader(b"Retry-After", b"1")
-            write_error(self, 503, "gateway at max_inflight; retry later")
+            write_error(self, 503, _SHED_MESSAGES[refused])
             return
         self._admitted = True
         super().process()
@@ -280,15 +309,91 @@ class GatewayRequest(Request):
             write_error(self, 500, "internal error", close=True)
 
 
-class GatewaySite(Site):
-    """The public listener's site: serves the gateway's Klein app."""
+class GatewayChannel(HTTPChannel):
+    """HTTP/1.1 channel with a deadline for each request to arrive in full
+    (headers and body: slowloris gets 408 and a closed connection), and that
+    reports itself to the site for the connection cap. The idle keep-alive
+    timeout is HTTPChannel's own ``timeOut``."""
 
+    _arrival_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.connection_opened(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._arrival_timer is None and not self._handlingRequest:
+            self._arrival_timer = self.callLater(self.site.request_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._stop_arrival_timer()
+        super().allContentReceived()
+
+    def _stop_arrival_timer(self) -> None:
+        if self._arrival_timer is not None:
+            if self._arrival_timer.active():
+                self._arrival_timer.cancel()
+            self._arrival_timer = None
+
+    def _too_slow(self) -> None:
+        self._arrival_timer = None
+        body = b'{"error": "request not received in time"}'
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_arrival_timer()
+        super().connectionLost(reason)
+        self.site.connection_closed()
+
+
+def _listening_port(transport: Any) -> Any:
+    """The listening port a connection was accepted on (through TLS too)."""
+    while transport is not None:
+        port = getattr(transport, "server", None)
+        if port is not None:
+            return port
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+class GatewaySite(Site):
+    """The public listener's site: serves the gateway's Klein app, with a cap
+    on open client connections: at the cap its ports stop accepting (the
+    kernel's backlog holds newcomers) until a connection closes."""
+
+    protocol = GatewayChannel
     requestFactory = GatewayRequest
     displayTracebacks = False
 
     def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        server = gateway.snapshot.config.server
+        kwargs.setdefault("timeout", server.idle_timeout_ms / 1000.0)
         super().__init__(gateway.app.resource(), **kwargs)
         self.gateway = gateway
+        self.request_timeout = server.request_timeout_ms / 1000.0
+        self.open_connections = 0
+        self._paused_ports: set[Any] = set()
+
+    def connection_opened(self, transport: Any) -> None:
+        self.open_connections += 1
+        if self.open_connections >= self.gateway.snapshot.config.server.max_connections:
+            port = _listening_port(transport)
+            if port is not None and port not in self._paused_ports:
+                port.stopReading()
+                self._paused_ports.add(port)
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
+        if self._paused_ports and \
+                self.open_connections < self.gateway.snapshot.config.server.max_connections:
+            for port in self._paused_ports:
+                if port.connected:
+                    port.startReading()
+            self._paused_ports.clear()
 
     def log(self, request: Request) -> None:
         """No per-request line in the daemon's log (see the access log)."""

@@ -69,10 +69,14 @@ def makeService(options: Options) -> service.IService:
 
 
 class GatewayService(service.Service):
-    """Closes the upstream pool when the daemon stops."""
+    """Starts the gateway's background work; closes the pool at the end."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+
+    def startService(self) -> None:
+        super().startService()
+        self.gateway.start()
 
     def stopService(self) -> Any:
         super().stopService()

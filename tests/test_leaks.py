@@ -1,0 +1,89 @@
+"""Nothing leaks: cycles of mixed traffic leave no trace behind.
+
+Each cycle sends a few thousand requests through real partners that answer,
+time out, hang and reset, with some clients hanging up early. After each
+cycle nothing is in flight, none of our timers is pending, the pool holds no
+more than its idle allowance, and the live objects by type have not grown.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import Counter
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from .conftest import raw_client, route_config, within
+
+REQUESTS_PER_CYCLE = 1500
+CONCURRENCY = 40
+HANG_UP_EVERY = 10
+CYCLES = 4
+NOISE = 60  # objects a type may gain over two cycles of 1,500 requests
+
+
+def live_objects() -> Counter[str]:
+    gc.collect()
+    return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+
+
+def our_pending_timers() -> list[str]:
+    return [repr(c) for c in reactor.getDelayedCalls()
+            if getattr(c.func, "__module__", "").startswith("txfanout")]
+
+
+async def run_cycle(gw, agent) -> Counter[int]:
+    codes: Counter[int] = Counter()
+    url = gw.url().encode()
+    hang_ups = []
+
+    async def worker(index: int) -> None:
+        for n in range(index, REQUESTS_PER_CYCLE, CONCURRENCY):
+            if n % HANG_UP_EVERY == 0:
+                client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
+                                    b"Content-Length: 2\r\n\r\n{}", hang_up=True)
+                hang_ups.append(client.closed)
+                continue
+            response = await agent.request(b"POST", url)
+            await treq.content(response)
+            codes[response.code] += 1
+
+    workers = [Deferred.fromCoroutine(worker(i)) for i in range(CONCURRENCY)]
+    results = await within(DeferredList(workers + hang_ups, consumeErrors=True), 60)
+    assert all(ok for ok, _ in results), [r for ok, r in results if not ok][:1]
+    return codes
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_and_state_settle_after_every_cycle(partner, make_gateway):
+    gw = make_gateway(route_config({
+        "fast": {"url": partner.url("/ok"), "breaker_failures": 0},
+        "slow": {"url": partner.url("/delay/1000"), "timeout_ms": 20, "breaker_failures": 0},
+        "hang": {"url": partner.url("/hang"), "timeout_ms": 20, "breaker_failures": 0},
+        "reset": {"url": partner.url("/reset"), "breaker_failures": 0},
+    }, deadline_ms=100, max_inflight=1000))
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = CONCURRENCY
+    agent = Agent(reactor, pool=pool)
+    idle_allowance = gw.gateway.upstream.pool.maxPersistentPerHost
+    snapshots = []
+    try:
+        for _ in range(CYCLES):
+            codes = await run_cycle(gw, agent)
+            assert codes == {200: REQUESTS_PER_CYCLE - REQUESTS_PER_CYCLE // HANG_UP_EVERY}
+            assert not gw.gateway.inflight and gw.gateway.admitted == 0
+            assert our_pending_timers() == []
+            assert all(p.inflight == 0 for p in gw.gateway.snapshot.partners.values())
+            idle = sum(len(c) for c in gw.gateway.upstream.pool._connections.values())
+            assert idle <= idle_allowance
+            snapshots.append(live_objects())
+    finally:
+        await pool.closeCachedConnections()
+    # The first cycle warms caches up; after it, nothing may keep growing.
+    grown = {t: snapshots[-1][t] - snapshots[1][t] for t in snapshots[-1]
+             if snapshots[-1][t] - snapshots[1][t] > NOISE}
+    assert grown == {}

@@ -1,0 +1,122 @@
+"""Overload and hostile clients: refuse early and cheaply, never stall."""
+
+from __future__ import annotations
+
+import time
+
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList
+from twisted.internet.task import Clock, LoopingCall
+
+from txfanout.lag import ReactorLag
+
+from .conftest import keep_alive_client, raw_client, route_config, within
+
+POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def timed_post(url: str) -> tuple[int, float]:
+    started = time.monotonic()
+    response = await treq.post(url, data=b"{}", persistent=False)
+    await treq.content(response)
+    return response.code, time.monotonic() - started
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_more_clients_than_slots_all_get_an_answer(partner, make_gateway):
+    gw = make_gateway(route_config({"hang": {"url": partner.url("/hang")}},
+                                   max_inflight=5, deadline_ms=500))
+    from twisted.internet.defer import Deferred
+
+    clients = [Deferred.fromCoroutine(timed_post(gw.url())) for _ in range(100)]
+    results = await within(DeferredList(clients, consumeErrors=True), 10)
+    assert all(ok for ok, _ in results), [r for ok, r in results if not ok][:3]
+    answers = [r for _, r in results]
+    served = [t for code, t in answers if code == 200]
+    refused = [t for code, t in answers if code == 503]
+    assert len(served) + len(refused) == 100
+    assert len(served) >= 5 and len(refused) >= 50
+    assert max(served) < 0.5 + 0.15  # within the deadline, plus a margin
+    assert max(refused) < 0.25  # not held: refused as they came
+    assert gw.gateway.admitted == 0 and not gw.gateway.inflight
+    assert gw.gateway.shed["max_inflight"] == len(refused)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactor_lag_sheds_until_it_recovers(partner, make_gateway):
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_lag_ms=100))
+    clock = Clock()
+    gw.gateway.lag = ReactorLag(clock, interval=0.05)
+    gw.gateway.lag.start()
+    clock.advance(0.5)  # the timer due at 0.05 ran 450 ms late
+    refused = await gw.post()
+    assert refused.code == 503 and refused.header("Retry-After") == "1"
+    assert "event loop behind" in refused.json["error"]
+    assert gw.gateway.shed["reactor_lag"] == 1
+    clock.advance(0.05)  # on time again
+    assert (await gw.post()).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_cap_stops_accepting_until_one_closes(partner, make_gateway):
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_connections=2))
+    first = await keep_alive_client(gw.address)
+    second = await keep_alive_client(gw.address)
+    assert (await within(first.request(POST))).startswith(b"HTTP/1.1 200")
+    assert (await within(second.request(POST))).startswith(b"HTTP/1.1 200")
+    third = await keep_alive_client(gw.address)  # the kernel completes the handshake
+    waiting = third.request(POST)
+    # A round trip on an accepted connection: the third is still not served.
+    assert (await within(first.request(POST))).startswith(b"HTTP/1.1 200")
+    assert not waiting.called and gw.site.open_connections == 2
+    first.transport.loseConnection()
+    assert (await within(waiting)).startswith(b"HTTP/1.1 200")
+    assert gw.site.open_connections == 2
+
+
+async def drip(address: tuple[str, int], data: bytes, every: float = 0.02) -> tuple[bytes, float, int]:
+    """Send ``data`` a byte every ``every`` seconds until the server closes;
+    return what came back, how long it took, and how many bytes were unsent."""
+    client = raw_client(address, b"")
+    pending = list(data)
+
+    def one() -> None:
+        if pending and client.transport is not None and client.transport.connected:
+            client.transport.write(bytes([pending.pop(0)]))
+
+    loop = LoopingCall(one)
+    loop.clock = reactor
+    started = time.monotonic()
+    loop.start(every)
+    try:
+        received = await within(client.closed, 5)
+    finally:
+        loop.stop()
+    return received, time.monotonic() - started, len(pending)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_headers_and_slow_bodies_are_dropped(partner, make_gateway):
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}},
+                                   request_timeout_ms=300))
+    slow_headers = b"POST /bid HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"a" * 100 + b"\r\n\r\n"
+    slow_body = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n" + b" " * 200
+    for request in (slow_headers, slow_body):
+        received, took, unsent = await drip(gw.address, request)
+        assert received.startswith(b"HTTP/1.1 408 ")
+        assert 0.25 < took < 1.5
+        assert unsent > 0, "the whole request went out before the timeout"
+    assert gw.site.open_connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_keep_alive_connections_are_closed(partner, make_gateway):
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, idle_timeout_ms=300))
+    client = await keep_alive_client(gw.address)
+    assert (await within(client.request(POST))).startswith(b"HTTP/1.1 200")
+    answered = time.monotonic()
+    await within(client.closed, 5)
+    assert 0.25 < time.monotonic() - answered < 2.0
+    assert gw.site.open_connections == 0
