@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import pytest
 
 import pytest_twisted
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from txfanout.config import parse
 from txfanout.gateway import Gateway, GatewaySite
@@ -143,6 +146,23 @@ class GatewayUnderTest:
     async def stop(self) -> None:
         await self.port.stopListening()
         await self.gateway.close()
+
+
+@pytest.fixture(autouse=True)
+def no_logged_errors() -> Iterator[list[dict[str, Any]]]:
+    """Fail any test during which something logged an error or a traceback;
+    a test that expects some takes them out of the list it is given."""
+    errors: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event or event.get("log_level") in (LogLevel.error,
+                                                                LogLevel.critical):
+            errors.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield errors
+    globalLogPublisher.removeObserver(observe)
+    assert [formatEvent(e) + str(e.get("log_failure", "")) for e in errors] == []
 
 
 @pytest_twisted.async_yield_fixture

@@ -215,6 +215,12 @@ async def test_body_over_the_cap_is_refused_before_it_is_read(partner, make_gate
     data = await within(client.closed)
     assert data.startswith(b"HTTP/1.1 413 ")
     assert b'{"error": "body over 100 bytes"}' in data
+    # The whole oversized body in the same packet: still one 413, nothing else.
+    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
+                                    b"Content-Length: 200\r\n\r\n" + b" " * 200)
+    data = await within(client.closed)
+    assert data.startswith(b"HTTP/1.1 413 ") and data.count(b"HTTP/1.1") == 1
+    assert partner.seen == 0
     # Chunked, no length announced: refused once the cap is passed.
     client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
                                     b"Transfer-Encoding: chunked\r\n\r\n"

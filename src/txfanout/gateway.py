@@ -244,6 +244,7 @@ class GatewayRequest(Request):
     _admitted = False
     _refused = False
     _body_size = 0
+    _parsePOSTFormSubmission = False  # bodies are JSON: skip Twisted's form parsing
 
     def _gateway(self) -> Gateway:
         return self.channel.site.gateway  # type: ignore[no-any-return]
