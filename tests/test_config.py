@@ -97,6 +97,7 @@ def test_every_error_is_reported_with_its_key():
     ("http://h:99999/", "is not a valid URL"),
     ("http://h/#frag", "must not contain a fragment or white space"),
     (42, "must be a string"),
+    ("http://bücher.example/", "must be ASCII"),
 ])
 def test_bad_urls(url, reason):
     errors = errors_of({"partners": {"p": {"url": url}}, "routes": {"r": {"partners": ["p"]}}})

@@ -227,6 +227,8 @@ def _check_url(url: Any) -> str:
     """The reason ``url`` is not a usable partner URL, or '' when it is."""
     if not isinstance(url, str):
         return "must be a string"
+    if not url.isascii():
+        return "must be ASCII (percent-encode the path, use the punycode host name)"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port

@@ -26,10 +26,11 @@ class PartnerState:
     """A partner's live state: its config, prepared headers, calls in flight,
     circuit breaker (None when ``breaker_failures`` is 0)."""
 
-    __slots__ = ("config", "headers", "inflight", "breaker")
+    __slots__ = ("config", "url", "headers", "inflight", "breaker")
 
     def __init__(self, config: PartnerConfig, clock: IReactorTime) -> None:
         self.config = config
+        self.url = config.url.encode("ascii")
         headers = Headers({b"Content-Type": [b"application/json"]})
         for name, value in config.headers.items():
             headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
@@ -86,7 +87,7 @@ class Fanout:
             headers.setRawHeaders(b"X-Request-Id", [self.request_id])
             partner.inflight += 1
             self._pending += 1
-            call = self._upstream.call(config, headers, body, budget_ms / 1000.0)
+            call = self._upstream.call(config, partner.url, headers, body, budget_ms / 1000.0)
             self._calls.append(call)
             call.addCallback(self._finished, index, partner)
         if not self._pending:
