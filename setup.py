@@ -11,14 +11,13 @@ setup(
     packages=find_packages("src") + ["twisted.plugins"],
     install_requires=[
         "Twisted[tls]>=24.3",
-        "treq>=24.9",
         "klein>=24.8",
         "prometheus-client>=0.20",
         "service-identity>=24.1",
         "pyOpenSSL>=24.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6", "treq>=24.9"],
     },
     entry_points={"console_scripts": ["txfanout=txfanout.__main__:main"]},
 )

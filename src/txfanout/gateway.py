@@ -244,7 +244,6 @@ class GatewayRequest(Request):
     _admitted = False
     _refused = False
     _body_size = 0
-    _parsePOSTFormSubmission = False  # bodies are JSON: skip Twisted's form parsing
 
     def _gateway(self) -> Gateway:
         return self.channel.site.gateway  # type: ignore[no-any-return]
@@ -373,6 +372,7 @@ class GatewaySite(Site):
     def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
         server = gateway.snapshot.config.server
         kwargs.setdefault("timeout", server.idle_timeout_ms / 1000.0)
+        kwargs.setdefault("parsePOSTFormSubmission", False)  # bodies are JSON, not forms
         super().__init__(gateway.app.resource(), **kwargs)
         self.gateway = gateway
         self.request_timeout = server.request_timeout_ms / 1000.0
