@@ -27,7 +27,7 @@ class Daemon:
                "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.log: list[str] = []
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
