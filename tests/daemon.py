@@ -29,6 +29,7 @@ class Daemon:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.log: list[str] = []
+        self._partial = b""
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
 
@@ -44,12 +45,20 @@ class Daemon:
         while time.monotonic() < end:
             if not self._selector.select(max(0.0, end - time.monotonic())):
                 break
-            line = self.proc.stdout.readline().decode("utf-8", "replace")  # type: ignore[union-attr]
-            if not line:
+            # Read what is there, not a line: a buffered readline would keep
+            # lines that select() can no longer see.
+            chunk = os.read(self.proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+            if not chunk:
                 break
-            self.log.append(line)
-            if text in line:
-                return line
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            found = None
+            for raw in lines:
+                line = raw.decode("utf-8", "replace") + "\n"
+                self.log.append(line)
+                if found is None and text in line:
+                    found = line
+            if found is not None:
+                return found
         raise AssertionError(f"no log line with {text!r}; log:\n" + "".join(self.log))
 
     def wait_ready(self) -> None:
@@ -67,7 +76,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        rest = self.proc.stdout.read().decode("utf-8", "replace")  # type: ignore[union-attr]
+        rest = (self._partial + self.proc.stdout.read()).decode(  # type: ignore[union-attr]
+            "utf-8", "replace")
         self.log.extend(rest.splitlines(keepends=True))
         self._selector.close()
         self.proc.stdout.close()  # type: ignore[union-attr]
