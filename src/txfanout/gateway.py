@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
-from . import outcomes
+from . import outcomes, tls
 from .config import Config
 from .fanout import Fanout, PartnerState
 from .outcomes import CallResult
@@ -69,6 +69,7 @@ class Snapshot:
 
 
 def compile_snapshot(config: Config) -> Snapshot:
+    tls.warn_unverified(config.partners)
     t = config.targeting
     return Snapshot(
         config=config, selector=Selector(config),
