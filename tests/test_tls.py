@@ -52,14 +52,14 @@ def server_options(pair: KeyPair, client_ca: Path | None = None,
 class TLSPartner(PartnerServer):
     """A PartnerServer behind TLS; records the SNI name of each handshake."""
 
-    def __init__(self, options: ssl.CertificateOptions) -> None:
+    def __init__(self, pair: KeyPair, client_ca: Path | None = None, **extra: Any) -> None:
         super().__init__()
         self.server_names: list[bytes | None] = []
-        options._contextForServerName = self._saw_server_name
-        self.options = options
+        self.options = server_options(pair, client_ca,
+                                      contextForServerName=self._saw_server_name, **extra)
 
     def _saw_server_name(self, name: bytes | None) -> None:
-        self.server_names.append(name)
+        self.server_names.append(name)  # and keep the context: return None
 
     def start(self) -> "TLSPartner":
         self.port = reactor.listenSSL(0, self, self.options, interface="127.0.0.1")
@@ -74,7 +74,7 @@ async def tls_partner() -> AsyncIterator[Callable[..., TLSPartner]]:
     started: list[TLSPartner] = []
 
     def start(pair: KeyPair, client_ca: Path | None = None, **extra: Any) -> TLSPartner:
-        server = TLSPartner(server_options(pair, client_ca, **extra)).start()
+        server = TLSPartner(pair, client_ca, **extra).start()
         started.append(server)
         return server
 
@@ -252,14 +252,25 @@ class PlainHTTP(Protocol):
         self.transport.loseConnection()
 
 
+class Hangup(Protocol):
+    """Closes every connection at once."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()
+
+
+@pytest.mark.parametrize("server, error", [
+    (PlainHTTP, "TLS: partner does not speak TLS"),
+    (Hangup, "TLS: connection closed during the handshake"),
+])
 @pytest_twisted.ensureDeferred
-async def test_https_to_a_plain_http_server(make_gateway):
-    port = reactor.listenTCP(0, Factory.forProtocol(PlainHTTP), interface="127.0.0.1")
+async def test_a_server_that_does_not_finish_the_handshake(server, error, make_gateway):
+    port = reactor.listenTCP(0, Factory.forProtocol(server), interface="127.0.0.1")
     try:
         gw = make_gateway(route_config(
             {"p": {"url": f"https://127.0.0.1:{port.getHost().port}/ok"}}))
         result = by_name(await gw.post())["p"]
-        assert (result["outcome"], result["error"]) == ("error", "TLS: partner does not speak TLS")
+        assert (result["outcome"], result["error"]) == ("error", error)
     finally:
         await port.stopListening()
 
@@ -318,7 +329,7 @@ async def test_gateway_listener_serves_tls(pki, partner, make_gateway):
 
 def test_daemon_with_ssl_listener_and_unverified_partner(pki, tmp_path):
     config = tmp_path / "tls.toml"
-    config.write_text(f"""
+    config.write_text("""
 [partners.insecure]
 url = "https://127.0.0.1:1/bid"
 tls_verify = false
