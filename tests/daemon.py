@@ -27,7 +27,7 @@ class Daemon:
                "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.log: list[str] = []
         self._partial = b""
         self._selector = selectors.DefaultSelector()
@@ -39,23 +39,26 @@ class Daemon:
     def wait_for(self, text: str, timeout: float = 20.0) -> str:
         """Block until a log line contains ``text``; return that line."""
         end = time.monotonic() + timeout
-        seen = len(self.log)
         for line in self.log:
             if text in line:
                 return line
         while time.monotonic() < end:
             if not self._selector.select(max(0.0, end - time.monotonic())):
                 break
+            # Read what is there, not a line: a buffered readline would keep
+            # lines that select() can no longer see.
             chunk = os.read(self.proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
             if not chunk:
                 break
-            self._partial += chunk
-            *lines, self._partial = self._partial.split(b"\n")
-            self.log.extend(line.decode("utf-8", "replace") + "\n" for line in lines)
-            for line in self.log[seen:]:
-                if text in line:
-                    return line
-            seen = len(self.log)
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            found = None
+            for raw in lines:
+                line = raw.decode("utf-8", "replace") + "\n"
+                self.log.append(line)
+                if found is None and text in line:
+                    found = line
+            if found is not None:
+                return found
         raise AssertionError(f"no log line with {text!r}; log:\n" + "".join(self.log))
 
     def wait_ready(self) -> None:
@@ -73,7 +76,8 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        rest = (self._partial + self.proc.stdout.read()).decode("utf-8", "replace")  # type: ignore[union-attr]
+        rest = (self._partial + self.proc.stdout.read()).decode(  # type: ignore[union-attr]
+            "utf-8", "replace")
         self.log.extend(rest.splitlines(keepends=True))
         self._selector.close()
         self.proc.stdout.close()  # type: ignore[union-attr]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from .tls import TLS_VERSIONS, PartnerTLS, TLSSettingError, server_endpoint_problem
+
 OS_NAMES = ("android", "ios", "windows", "macos", "linux", "other")
 MAX_FANOUT = 8
 
@@ -20,6 +22,9 @@ _COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ROUTE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ABSOLUTE_PATH = re.compile(r"^/[^\0]*$")
+_TLS_VERSION = re.compile("^(" + "|".join(re.escape(v) for v in TLS_VERSIONS) + ")$")
+TLS_KEYS = ("ca_file", "client_cert", "client_key", "tls_min_version", "tls_verify")
 
 
 class ConfigError(Exception):
@@ -73,6 +78,13 @@ class PartnerConfig:
     breaker_failures: int = 5
     breaker_cooldown_ms: int = 5000
     breaker_probes: int = 2
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    tls_min_version: str | None = None
+    tls_verify: bool = True
+    # Built from the keys above at load, for https URLs: the files already read.
+    tls: PartnerTLS | None = field(default=None, compare=False, repr=False)
 
     def matches(self, country: str | None, os_name: str | None) -> bool:
         """True when a request from ``country`` / ``os_name`` may call this
@@ -136,8 +148,14 @@ class _Checker:
         return value
 
     def endpoint(self, value: Any, path: str) -> str | None:
-        return self.string(value, path, re.compile(r"^[a-z0-9]+:\S+$"),
-                           "a Twisted endpoint string such as 'tcp:8080'")
+        value = self.string(value, path, re.compile(r"^[a-z0-9]+:\S+$"),
+                            "a Twisted endpoint string such as 'tcp:8080'")
+        if value is not None and value.startswith("ssl:"):
+            problem = server_endpoint_problem(value)
+            if problem:
+                self.fail(path, problem)
+                return None
+        return value
 
     def header(self, value: Any, path: str) -> str | None:
         return self.string(value, path, _HEADER_NAME, "an HTTP header name")
@@ -178,7 +196,7 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
     table = chk.table(raw, path)
     allowed = {"url", "timeout_ms", "max_concurrency", "countries", "exclude_countries",
                "os", "headers", "max_response_bytes", "breaker_failures",
-               "breaker_cooldown_ms", "breaker_probes"}
+               "breaker_cooldown_ms", "breaker_probes", *TLS_KEYS}
     chk.unknown(table, allowed, path)
     before = len(chk.errors)
     values: dict[str, Any] = {"name": name}
@@ -218,9 +236,51 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
             elif not isinstance(value, str) or any(c in value for c in "\r\n\0"):
                 chk.fail(hpath, "must be a string without CR, LF or NUL")
         values["headers"] = dict(headers)
+    if "url" in values:
+        _partner_tls(chk, path, table, values)
     if len(chk.errors) > before:
         return None
     return PartnerConfig(**values)
+
+
+def _partner_tls(chk: _Checker, path: str, table: Mapping[str, Any],
+                 values: dict[str, Any]) -> None:
+    """Check a partner's TLS keys and, for an https URL, read its files and
+    build its :class:`PartnerTLS` into ``values``."""
+    parts = urlsplit(values["url"])
+    if parts.scheme != "https":
+        for key in TLS_KEYS:
+            if key in table:
+                chk.fail(f"{path}.{key}", "only applies to https:// URLs")
+        return
+    before = len(chk.errors)
+    for key in ("ca_file", "client_cert", "client_key"):
+        if key in table:
+            values[key] = chk.string(table[key], f"{path}.{key}", _ABSOLUTE_PATH,
+                                     "an absolute file path")
+    if "tls_min_version" in table:
+        values["tls_min_version"] = chk.string(
+            table["tls_min_version"], f"{path}.tls_min_version", _TLS_VERSION,
+            "one of " + ", ".join(f'"{v}"' for v in TLS_VERSIONS))
+    if "tls_verify" in table:
+        if isinstance(table["tls_verify"], bool):
+            values["tls_verify"] = table["tls_verify"]
+        else:
+            chk.fail(f"{path}.tls_verify", "must be true or false")
+    for given, needed in (("client_cert", "client_key"), ("client_key", "client_cert")):
+        if given in table and needed not in table:
+            chk.fail(f"{path}.{needed}", f"is required with {given}")
+    if "ca_file" in table and table.get("tls_verify") is False:
+        chk.fail(f"{path}.ca_file", "has no use with tls_verify = false")
+    if len(chk.errors) > before:
+        return
+    try:
+        values["tls"] = PartnerTLS(
+            parts.hostname or "", ca_file=values.get("ca_file"),
+            client_cert=values.get("client_cert"), client_key=values.get("client_key"),
+            min_version=values.get("tls_min_version"), verify=values.get("tls_verify", True))
+    except TLSSettingError as e:
+        chk.fail(f"{path}.{e.key}", e.reason)
 
 
 def _check_url(url: Any) -> str:

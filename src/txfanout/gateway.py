@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
-from . import outcomes
+from . import outcomes, tls
 from .config import Config
 from .fanout import Fanout, PartnerState
 from .lag import ReactorLag
@@ -82,6 +82,7 @@ class Snapshot:
 
 
 def compile_snapshot(config: Config, clock: IReactorTime) -> Snapshot:
+    tls.warn_unverified(config.partners)
     t = config.targeting
     return Snapshot(
         config=config, selector=Selector(config),

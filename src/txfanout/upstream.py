@@ -22,7 +22,6 @@ from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
-    wrapClientTLS,
 )
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
@@ -31,42 +30,51 @@ from twisted.python.failure import Failure
 from twisted.web import _newclient
 from twisted.web.client import (
     Agent,
-    BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     ResponseDone,
     _HTTP11ClientFactory,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
     UNKNOWN_LENGTH,
     IAgentEndpointFactory,
     IBodyProducer,
-    IPolicyForHTTPS,
     IResponse,
 )
 from zope.interface import implementer
 
-from . import outcomes
+from . import outcomes, tls
 from .config import PartnerConfig
 from .outcomes import CallResult
+from .tls import HandshakeAwareProtocol, HandshakeCancelled, HandshakeEndpoint, PartnerTLS
+
+# Agents kept for TLS profiles; past this many the cache starts afresh (an
+# agent holds no connections: they stay in the pool under the profile's key).
+MAX_TLS_AGENTS = 1024
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory, without a log line per connection."""
+    """The pool's per-connection factory, without a log line per connection;
+    its protocols can wait for their TLS handshake."""
 
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> HandshakeAwareProtocol:
+        return HandshakeAwareProtocol(self._quiescentCallback)
 
 
 @implementer(IAgentEndpointFactory)
 class PartnerEndpoints:
     """Connects to partners: IP literals directly (no resolver thread, no
     happy-eyeballs delay before a refusal is reported), host names through
-    ``HostnameEndpoint``; ``https`` wrapped with the TLS policy."""
+    ``HostnameEndpoint``; ``https`` only with a partner's TLS settings, its
+    connections ready once their handshake is done."""
 
-    def __init__(self, reactor: Any, tls_policy: IPolicyForHTTPS | None = None) -> None:
+    def __init__(self, reactor: Any, partner_tls: PartnerTLS | None = None) -> None:
         self._reactor = reactor
-        self._tls = tls_policy or BrowserLikePolicyForHTTPS()
+        self._tls = partner_tls
 
     def endpointForURI(self, uri: Any) -> Any:
         host, port = uri.host.decode("ascii"), uri.port
@@ -77,8 +85,20 @@ class PartnerEndpoints:
         else:
             endpoint = HostnameEndpoint(self._reactor, host, port)
         if uri.scheme == b"https":
-            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, port), endpoint)
+            if self._tls is None:
+                raise SchemeNotSupported("https without the partner's TLS settings")
+            endpoint = HandshakeEndpoint(self._tls, endpoint)
         return endpoint
+
+
+class _TLSProfileAgent(Agent):
+    """An Agent whose pool key also carries a TLS profile's key, so that
+    connections made with different TLS settings are never shared."""
+
+    _profile = b""
+
+    def _requestWithEndpoint(self, key: Any, *rest: Any) -> Any:
+        return super()._requestWithEndpoint(key + (self._profile,), *rest)
 
 
 class BodyTooLarge(Exception):
@@ -204,9 +224,7 @@ def describe_failure(failure: Failure) -> str:
         return "connection closed"
     if isinstance(exc, _newclient.ParseError):
         return "malformed HTTP response"
-    if type(exc).__module__.startswith("OpenSSL"):
-        return "TLS handshake failed"
-    return "error"
+    return tls.describe(exc) or "error"
 
 
 class Upstream:
@@ -214,12 +232,26 @@ class Upstream:
 
     def __init__(self, reactor: Any, per_host: int, idle_timeout_s: float) -> None:
         self.clock: IReactorTime = reactor
+        self._reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.retryAutomatically = False
         self.pool._factory = _QuietClientFactory
         self.resize(per_host, idle_timeout_s)
         self.agent = Agent.usingEndpointFactory(reactor, PartnerEndpoints(reactor),
                                                 pool=self.pool)
+        self._tls_agents: dict[bytes, Agent] = {}
+
+    def _tls_agent(self, partner_tls: PartnerTLS) -> Agent:
+        """The agent for one TLS profile, on the shared pool."""
+        agent = self._tls_agents.get(partner_tls.key)
+        if agent is None:
+            if len(self._tls_agents) >= MAX_TLS_AGENTS:
+                self._tls_agents.clear()
+            agent = _TLSProfileAgent.usingEndpointFactory(
+                self._reactor, PartnerEndpoints(self._reactor, partner_tls), pool=self.pool)
+            agent._profile = partner_tls.key
+            self._tls_agents[partner_tls.key] = agent
+        return agent
 
     def resize(self, per_host: int, idle_timeout_s: float) -> None:
         """Keep up to ``per_host`` idle connections per host, each for at
@@ -235,7 +267,8 @@ class Upstream:
         started = clock.seconds()
         why_stopped: list[str] = []
 
-        d = self.agent.request(b"POST", url, headers, BytesProducer(body))
+        agent = self.agent if partner.tls is None else self._tls_agent(partner.tls)
+        d = agent.request(b"POST", url, headers, BytesProducer(body))
         d.addCallback(_read_capped, partner.max_response_bytes)
 
         def on_timeout() -> None:
@@ -254,9 +287,12 @@ class Upstream:
                 return CallResult(name, outcomes.OK if 200 <= code < 300 else outcomes.HTTP_ERROR,
                                   code, latency, payload.decode("utf-8", "replace"))
             if why_stopped:
-                return CallResult(name, why_stopped[0], None, latency, None,
-                                  f"no answer in {round(timeout_s * 1000)} ms"
-                                  if why_stopped[0] == outcomes.TIMEOUT else "cancelled")
+                if why_stopped[0] != outcomes.TIMEOUT:
+                    return CallResult(name, why_stopped[0], None, latency, None, "cancelled")
+                what = ("TLS handshake not finished" if result.check(HandshakeCancelled)
+                        else "no answer")
+                return CallResult(name, outcomes.TIMEOUT, None, latency, None,
+                                  f"{what} in {round(timeout_s * 1000)} ms")
             if result.check(BodyTooLarge):
                 return CallResult(name, outcomes.TOO_LARGE, None, latency, None,
                                   f"body over {partner.max_response_bytes} bytes")
