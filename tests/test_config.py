@@ -134,3 +134,11 @@ def test_check_config_command(tmp_path):
     assert unparsable.returncode == 1 and "not valid TOML" in unparsable.stderr
     missing = run(tmp_path / "missing.toml")
     assert missing.returncode == 1 and "cannot read" in missing.stderr
+
+
+def test_the_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "etc" / "txfanout.toml"
+    config = load(str(example))
+    assert set(config.routes) == {"bid"}
