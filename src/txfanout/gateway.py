@@ -12,10 +12,11 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from klein import Klein
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
@@ -49,6 +50,7 @@ def write_error(request: Request, code: int, message: str, close: bool = False,
         request.setHeader(name, value)
     if close:
         request.setHeader(b"Connection", b"close")
+        request.channel.persistent = False  # the header alone does not close it
     request.setHeader(b"Content-Length", b"%d" % len(body))
     request.write(body)
     request.finish()
@@ -68,11 +70,16 @@ class Snapshot:
     deadline_header: bytes
 
 
-def compile_snapshot(config: Config) -> Snapshot:
+def compile_snapshot(config: Config, previous: Mapping[str, PartnerState] = {}) -> Snapshot:
+    """Compile ``config``; a partner whose PartnerConfig is unchanged keeps
+    its state from ``previous`` (so its in-flight count stays true)."""
     t = config.targeting
+    partners = {}
+    for name, p in config.partners.items():
+        old = previous.get(name)
+        partners[name] = old if old is not None and old.config == p else PartnerState(p)
     return Snapshot(
-        config=config, selector=Selector(config),
-        partners={name: PartnerState(p) for name, p in config.partners.items()},
+        config=config, selector=Selector(config), partners=partners,
         country_header=t.country_header.encode("ascii"),
         country_path=tuple(t.country_field.split(".")),
         os_header=t.os_header.encode("ascii"), os_path=tuple(t.os_field.split(".")),
@@ -102,19 +109,42 @@ class Gateway:
                                  config.upstream.idle_timeout_ms / 1000.0)
         self.inflight: set[Fanout] = set()
         self.admitted = 0
+        self.admitted_total = 0
+        self.draining = False
+        self._idle_waiters: list[Deferred[None]] = []
         self._id_prefix = os.urandom(4).hex()
         self._id_counter = 0
 
     # -- admission (called by GatewayRequest before any parsing) --
 
     def admit(self) -> bool:
-        if self.admitted >= self.snapshot.config.server.max_inflight:
+        if self.admitted >= self.snapshot.config.server.max_inflight or self.draining:
             return False
         self.admitted += 1
+        self.admitted_total += 1
         return True
 
     def release(self) -> None:
         self.admitted -= 1
+        if not self.admitted and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires when no admitted request is left (at once if none is)."""
+        if not self.admitted:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    def reconfigure(self, config: Config) -> None:
+        """Serve ``config`` from now on. Requests in flight finish on the
+        snapshot they started with; partners whose config is unchanged keep
+        their state; the pool is resized for the new caps."""
+        self.snapshot = compile_snapshot(config, self.snapshot.partners)
+        self.upstream.resize(pool_size_per_host(config), config.upstream.idle_timeout_ms / 1000.0)
 
     def _request_id(self, request: Request) -> str:
         given = request.getHeader(b"X-Request-Id")
@@ -255,7 +285,10 @@ class GatewayRequest(Request):
         self.started = self.site.gateway.clock.seconds()
         if not self.site.gateway.admit():
             self.setHeader(b"Retry-After", b"1")
-            write_error(self, 503, "gateway at max_inflight; retry later")
+            if self.site.gateway.draining:
+                write_error(self, 503, "gateway is shutting down; retry", close=True)
+            else:
+                write_error(self, 503, "gateway at max_inflight; retry later")
             return
         self._admitted = True
         super().process()
