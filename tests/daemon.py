@@ -89,8 +89,10 @@ class Daemon:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def mark(self) -> int:
-        """A position in the log: ``wait_for(..., since=mark)`` ignores what
-        came before it."""
+        """A position in the log, after everything written so far:
+        ``wait_for(..., since=mark)`` ignores what came before it."""
+        while not self._eof and self._selector.select(0):
+            self._read()
         return len(self.log)
 
     def wait_for(self, text: str, timeout: float = 20.0, since: int = 0, count: int = 1) -> str:
