@@ -17,8 +17,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Sequence
 
-TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-          "--nodaemon", "--pidfile="]
+TWISTD_MAIN = "from twisted.scripts.twistd import run; run()"
+TWISTD = [sys.executable, "-c", TWISTD_MAIN, "--nodaemon", "--pidfile="]
 
 
 def free_port() -> int:

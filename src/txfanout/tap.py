@@ -85,9 +85,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Scatter-gather HTTP gateway: POST /ROUTE fans out to the route's partners "
                 "and answers with every partner's outcome. Give --config PATH, or --demo to "
-                "run with built-in loopback partners. Every option below also has a key in "
-                "the configuration file (named in its help); the option wins, also after a "
-                "reload.")
+                "run with built-in loopback partners. An option that names a config key "
+                "(\"Config: ...\") wins over the file, also after a reload; the sections "
+                "below say how the daemon behaves.")
     optFlags = [
         ["demo", None, "Start built-in demo partners on loopback; without --config, "
                        "also use a demo config that calls them."],
