@@ -213,3 +213,17 @@ def test_no_watchdog_pings_for_another_process(tmp_path: Path, partner: Threaded
         notify.close()
     # With a watchdog, the first ping goes out with READY: none came.
     assert not [m for m in notify.messages if "WATCHDOG" in m]
+
+
+def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "txfanout.toml"
+    path.write_text('[partners.a]\nurl = "http://127.0.0.1:1/"\n[routes.bid]\npartners = ["a"]\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        daemon = Daemon("--config", str(path), port=taken.getsockname()[1])
+        code = daemon.wait(30)
+    log = "".join(daemon.log)
+    assert code == 1
+    assert "txfanout: cannot listen (public): [Errno 98] Address already in use" in log
+    assert "Traceback" not in log

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -60,13 +61,27 @@ def shift_port(description: str, offset: int) -> str:
     raise EndpointError(f"{description!r} has no {key}")
 
 
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """``serverFromString``, with a clear error for what cannot be used
+    (e.g. a ``systemd:`` socket that systemd did not pass)."""
+    try:
+        return serverFromString(reactor, description)
+    except KeyError as e:
+        raise EndpointError(f"{description}: no inherited socket named {e} "
+                            "(LISTEN_FDNAMES; is the .socket unit running?)") from None
+    except IndexError:
+        raise EndpointError(f"{description}: no inherited socket at that index") from None
+    except (ValueError, TypeError) as e:
+        raise EndpointError(f"{description}: {e}") from None
+
+
 def bind_listening_socket(reactor: Any, description: str) -> socket.socket:
     """A listening socket for ``description``, for worker processes to adopt:
     ``tcp:``/``tcp6:`` are bound here (SO_REUSEADDR, backlog as given, default
     50 like Twisted); ``systemd:`` is the socket systemd passed us."""
     kind, args = _split(description)
     if kind == "systemd":
-        endpoint = serverFromString(reactor, description)
+        endpoint = server_endpoint(reactor, description)
         if not isinstance(endpoint, AdoptedStreamServerEndpoint):  # pragma: no cover
             raise EndpointError(f"{description!r} is not an inherited socket")
         return socket.socket(fileno=endpoint.fileno)
@@ -128,11 +143,13 @@ class Listener(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        failed: list[Any] = []
+        failed: list[Failure] = []
         d = self.endpoint.listen(self.factory)
         d.addCallbacks(self._listening, failed.append)
-        if failed:
-            failed[0].raiseException()  # synchronous: twistd refuses to start
+        if failed:  # at start-up: twistd exits 1 with this one line
+            reason = failed[0].value
+            raise SystemExit(f"txfanout: cannot listen ({self.name}): "
+                             f"{getattr(reason, 'socketError', None) or reason}")
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port

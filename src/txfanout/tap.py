@@ -6,7 +6,6 @@ import os
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from . import config as configuration
@@ -14,7 +13,14 @@ from . import demo
 from .admin import admin_site
 from .gateway import Gateway, GatewaySite
 from .lifecycle import DRAIN_MARGIN_S, Lifecycle
-from .listeners import EndpointError, Listener, bind_listening_socket, inherited_endpoint, shift_port
+from .listeners import (
+    EndpointError,
+    Listener,
+    bind_listening_socket,
+    inherited_endpoint,
+    server_endpoint,
+    shift_port,
+)
 from .sdnotify import Notifier
 from .workers import LISTEN_FD, WorkerPool, worker_count
 
@@ -184,16 +190,19 @@ def makeService(options: Options) -> service.IService:
     top = service.MultiService()
     if options["demo"]:
         DemoPartners(reactor, options["demo-port"]).setServiceParent(top)
+    try:
+        if options["inherit-fd"] is not None:
+            endpoint = inherited_endpoint(reactor, options["inherit-fd"])
+        else:
+            endpoint = server_endpoint(reactor, config.server.listen)
+        admin_endpoint = server_endpoint(reactor, options.admin_endpoint)
+    except (EndpointError, OSError) as e:
+        raise SystemExit(f"txfanout: {e}")
     gateway = Gateway(reactor, config)
     GatewayService(gateway).setServiceParent(top)
-    if options["inherit-fd"] is not None:
-        endpoint = inherited_endpoint(reactor, options["inherit-fd"])
-    else:
-        endpoint = serverFromString(reactor, config.server.listen)
     public = Listener("public", endpoint, GatewaySite(gateway))
     public.setServiceParent(top)
-    admin = Listener("admin", serverFromString(reactor, options.admin_endpoint),
-                     admin_site(gateway))
+    admin = Listener("admin", admin_endpoint, admin_site(gateway))
     admin.setServiceParent(top)
     Lifecycle(reactor, gateway, public, admin, options.reload_config(),
               Notifier.from_environment()).setServiceParent(top)

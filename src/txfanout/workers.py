@@ -268,6 +268,8 @@ class WorkerPool(service.Service):
             self._reload_pending = False
             log.info("workers: reload done")
             self.notifier.ready(self.status_line())
+        else:
+            self.notifier.status(self.status_line())
 
     def status_line(self) -> str:
         ready = sum(s.ready for s in self.slots)
@@ -359,6 +361,10 @@ class WorkerPool(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        if not self.stopping:  # the reactor stops for another reason: do not orphan them
+            self.stopping = True
+            for slot in self.slots:
+                self._signal(slot, signal.SIGTERM)
         for loop in self._loops:
             if loop.running:
                 loop.stop()
