@@ -197,7 +197,8 @@ class ThreadedPartner:
         self.released = threading.Event()
         self._server = _PartnerHTTPServer(("127.0.0.1", 0), _PartnerHandler)
         self._server.partner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True)
         self._thread.start()
 
     def url(self, path: str) -> str:

@@ -75,7 +75,8 @@ class Notifier:
                             for a in assignments).encode("utf-8")
         try:
             if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._socket = socket.socket(socket.AF_UNIX,
+                                             socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 self._socket.setblocking(False)
             self._socket.sendto(message, self._address)
         except OSError as e:
