@@ -17,7 +17,8 @@ setup(
         "pyOpenSSL>=24.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6", "treq>=24.9"],
+        # wheel: tests/test_packaging.py builds this project without build isolation.
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6", "treq>=24.9", "wheel"],
     },
     entry_points={"console_scripts": ["txfanout=txfanout.__main__:main"]},
 )

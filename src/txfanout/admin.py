@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from klein import Klein
@@ -22,7 +23,18 @@ class Admin:
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps({"status": "ok", "inflight": self.gateway.admitted}).encode()
+        return json.dumps({"status": "ok", "inflight": self.gateway.admitted,
+                           "pid": os.getpid()}).encode()
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: Request) -> bytes:
+        """200 while serving; 503 once draining (SIGTERM), so that a load
+        balancer stops sending before the listener closes."""
+        request.setHeader(b"Content-Type", b"application/json")
+        if self.gateway.draining:
+            request.setResponseCode(503)
+            return b'{"status": "draining"}'
+        return b'{"status": "ready"}'
 
 
 def admin_site(gateway: Gateway, **kwargs: Any) -> Site:

@@ -13,11 +13,12 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -39,9 +40,11 @@ _COMPLETE = frozenset((outcomes.OK, outcomes.HTTP_ERROR))
 
 SHED_MAX_INFLIGHT = "max_inflight"
 SHED_REACTOR_LAG = "reactor_lag"
+SHED_DRAINING = "draining"
 _SHED_MESSAGES = {
     SHED_MAX_INFLIGHT: "gateway at max_inflight; retry later",
     SHED_REACTOR_LAG: "gateway overloaded (event loop behind); retry later",
+    SHED_DRAINING: "gateway is shutting down; retry",
 }
 
 
@@ -63,6 +66,8 @@ def write_error(request: Request, code: int, message: str, close: bool = False) 
     body = json_error(request, code, message)
     if close:
         request.setHeader(b"Connection", b"close")
+        request.channel.persistent = False  # the header alone does not close it
+    request.setHeader(b"Content-Length", b"%d" % len(body))
     request.write(body)
     request.finish()
 
@@ -81,12 +86,18 @@ class Snapshot:
     deadline_header: bytes
 
 
-def compile_snapshot(config: Config, clock: IReactorTime) -> Snapshot:
+def compile_snapshot(config: Config, clock: IReactorTime,
+                     previous: Mapping[str, PartnerState] = {}) -> Snapshot:
+    """Compile ``config``; a partner whose PartnerConfig is unchanged keeps
+    its state from ``previous`` (so its in-flight count and breaker stay true)."""
     tls.warn_unverified(config.partners)
     t = config.targeting
+    partners = {}
+    for name, p in config.partners.items():
+        old = previous.get(name)
+        partners[name] = old if old is not None and old.config == p else PartnerState(p, clock)
     return Snapshot(
-        config=config, selector=Selector(config),
-        partners={name: PartnerState(p, clock) for name, p in config.partners.items()},
+        config=config, selector=Selector(config), partners=partners,
         country_header=t.country_header.encode("ascii"),
         country_path=tuple(t.country_field.split(".")),
         os_header=t.os_header.encode("ascii"), os_path=tuple(t.os_field.split(".")),
@@ -118,6 +129,9 @@ class Gateway:
         self.inflight: set[Fanout] = set()
         self.admitted = 0
         self.shed: Counter[str] = Counter()
+        self.admitted_total = 0
+        self.draining = False
+        self._idle_waiters: list[Deferred[None]] = []
         self._id_prefix = os.urandom(4).hex()
         self._id_counter = 0
 
@@ -126,18 +140,40 @@ class Gateway:
     def admit(self) -> str | None:
         """Take an in-flight slot; or say why not (the shed reason)."""
         server = self.snapshot.config.server
-        if self.admitted >= server.max_inflight:
+        if self.draining:
+            reason = SHED_DRAINING
+        elif self.admitted >= server.max_inflight:
             reason = SHED_MAX_INFLIGHT
         elif server.max_lag_ms and self.lag.lag * 1000.0 > server.max_lag_ms:
             reason = SHED_REACTOR_LAG
         else:
             self.admitted += 1
+            self.admitted_total += 1
             return None
         self.shed[reason] += 1
         return reason
 
     def release(self) -> None:
         self.admitted -= 1
+        if not self.admitted and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires when no admitted request is left (at once if none is)."""
+        if not self.admitted:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    def reconfigure(self, config: Config) -> None:
+        """Serve ``config`` from now on. Requests in flight finish on the
+        snapshot they started with; partners whose config is unchanged keep
+        their state; the pool is resized for the new caps."""
+        self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners)
+        self.upstream.resize(pool_size_per_host(config), config.upstream.idle_timeout_ms / 1000.0)
 
     def _request_id(self, request: Request) -> str:
         given = request.getHeader(b"X-Request-Id")
@@ -285,7 +321,7 @@ class GatewayRequest(Request):
         refused = gateway.admit()
         if refused is not None:
             self.setHeader(b"Retry-After", b"1")
-            write_error(self, 503, _SHED_MESSAGES[refused])
+            write_error(self, 503, _SHED_MESSAGES[refused], close=refused == SHED_DRAINING)
             return
         self._admitted = True
         super().process()

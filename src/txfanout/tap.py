@@ -2,15 +2,87 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.python import usage
 
 from . import config as configuration
 from . import demo
 from .admin import admin_site
 from .gateway import Gateway, GatewaySite
+from .lifecycle import DRAIN_MARGIN_S, Lifecycle
+from .listeners import (
+    EndpointError,
+    Listener,
+    bind_listening_socket,
+    inherited_endpoint,
+    server_endpoint,
+    shift_port,
+)
+from .sdnotify import Notifier
+from .workers import LISTEN_FD, WorkerPool, worker_count
+
+MANUAL = """
+SIGNALS
+  SIGHUP    Re-read and validate the --config file. A bad file is refused: each
+            error is logged with its key, and the old configuration keeps
+            serving. A good one is used at once by new requests; requests in
+            flight finish on the one they started with. Options given on the
+            command line still win. A changed server.listen or server.admin
+            needs a restart (the log says so).
+  SIGTERM   Drain, then exit 0: /readyz answers 503, the public listener
+  SIGINT    closes, requests in flight finish (at most server.deadline_ms plus
+            1 s), the partner connections are closed. A second signal stops
+            at once.
+
+SEVERAL PROCESSES ON ONE PORT
+  --workers N starts N worker processes (0: one per CPU) that share the
+  public socket, bound by the parent (tcp:, tcp6:) or passed by systemd
+  (systemd:domain=INET:name=NAME). The parent restarts a worker that exits,
+  forwards SIGHUP, SIGTERM and SIGINT, and notifies systemd for them all.
+  With systemd socket activation instead, run txfanout@I.service instances
+  that share txfanout.socket, each with --worker-index I. Either way worker
+  I serves its admin face (/healthz, /readyz, /metrics) on the admin port
+  + I: scrape every worker's port and sum in Prometheus. --max-inflight is
+  per process.
+
+ENVIRONMENT
+  NOTIFY_SOCKET  Set by systemd (Type=notify): READY=1 once listening,
+                 STATUS= (in flight, requests/s) every 5 s, RELOADING=1 and
+                 READY=1 around a reload, STOPPING=1 when draining.
+  WATCHDOG_USEC  Set by systemd (WatchdogSec=): WATCHDOG=1 every half of it,
+  WATCHDOG_PID   from the reactor; none when WATCHDOG_PID is another process.
+  LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID
+                 Sockets passed by systemd, for --listen systemd:....
+
+FILES
+  /etc/txfanout/txfanout.toml  The configuration (the units' --config);
+                 check it with: python -m txfanout check-config PATH
+
+EXIT STATUS
+  0 after a drain (SIGTERM, SIGINT); 1 on bad options, a bad configuration
+  or an address that cannot be bound.
+
+EXAMPLES
+  twistd -n --pidfile= fanout --demo
+  twistd -n --pidfile= fanout --config /etc/txfanout/txfanout.toml
+  twistd -n --pidfile= fanout --config txfanout.toml --workers 0
+  systemd-socket-activate -l 8080 --fdname=web -- twistd -n --pidfile= \\
+      fanout --config txfanout.toml --listen systemd:domain=INET:name=web
+"""
+
+
+def _at_least(low: int, what: str) -> Any:
+    def coerce(value: str) -> int:
+        number = int(value)
+        if number < low:
+            raise ValueError(f"{what} must be at least {low}")
+        return number
+
+    coerce.coerceDoc = ""  # type: ignore[attr-defined]
+    return coerce
 
 
 class Options(usage.Options):
@@ -19,27 +91,43 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Scatter-gather HTTP gateway: POST /ROUTE fans out to the route's partners "
                 "and answers with every partner's outcome. Give --config PATH, or --demo to "
-                "run with built-in loopback partners.")
+                "run with built-in loopback partners. An option that names a config key "
+                "(\"Config: ...\") wins over the file, also after a reload; the sections "
+                "below say how the daemon behaves.")
     optFlags = [
         ["demo", None, "Start built-in demo partners on loopback; without --config, "
                        "also use a demo config that calls them."],
     ]
     optParameters = [
-        ["config", "c", None, "TOML configuration file."],
-        ["listen", None, None, "Public endpoint (Twisted endpoint string). "
+        ["config", "c", None, "TOML configuration file; SIGHUP re-reads it."],
+        ["listen", None, None, "Public endpoint (Twisted endpoint string), e.g. "
+                               "tcp:8080:interface=127.0.0.1 or systemd:domain=INET:name=web. "
                                "Config: server.listen, default tcp:8080."],
-        ["admin", None, None, "Admin endpoint. Config: server.admin, "
+        ["admin", None, None, "Admin endpoint (/healthz, /readyz). Config: server.admin, "
                               "default tcp:9090:interface=127.0.0.1."],
         ["deadline-ms", None, None, "Budget per inbound request in ms. "
                                     "Config: server.deadline_ms, default 500.", int],
-        ["max-inflight", None, None, "Global cap on requests being served. "
+        ["max-inflight", None, None, "Cap on requests being served at once, per process. "
                                      "Config: server.max_inflight, default 2000.", int],
         ["demo-port", None, 7100, "Loopback port of the demo partners.", int],
+        ["workers", None, 1, "Serve with N worker processes sharing the public socket "
+                             "(0: one per CPU; 1: this process serves).",
+         _at_least(0, "--workers")],
+        ["worker-index", None, None, "This process is worker I of a group sharing one "
+                                     "socket: its admin face listens on the admin port + I "
+                                     "(set by --workers and txfanout@I.service).",
+         _at_least(0, "--worker-index")],
+        ["inherit-fd", None, None, "Serve the listening socket at this file descriptor "
+                                   "instead of --listen (set by --workers).",
+         _at_least(0, "--inherit-fd")],
     ]
 
+    def getUsage(self, width: int | None = None) -> str:
+        return super().getUsage(width) + MANUAL
+
     def postOptions(self) -> None:
-        overrides = {"listen": self["listen"], "admin": self["admin"],
-                     "deadline_ms": self["deadline-ms"], "max_inflight": self["max-inflight"]}
+        self.overrides = {"listen": self["listen"], "admin": self["admin"],
+                          "deadline_ms": self["deadline-ms"], "max_inflight": self["max-inflight"]}
         if not 0 < self["demo-port"] < 65536:
             raise usage.UsageError("--demo-port must be from 1 to 65535")
         try:
@@ -49,22 +137,75 @@ class Options(usage.Options):
                 raw = demo.demo_config(f"http://127.0.0.1:{self['demo-port']}")
             else:
                 raise usage.UsageError("give --config PATH, or --demo to try the built-in demo")
-            self.config = configuration.parse(configuration.with_server_overrides(raw, overrides))
+            self.config = configuration.parse(
+                configuration.with_server_overrides(raw, self.overrides))
         except configuration.ConfigError as e:
             raise usage.UsageError("invalid configuration:\n  " + "\n  ".join(e.errors))
+        self.workers = worker_count(self["workers"])
+        if self["workers"] != 1 and (self["demo"] or not self["config"]):
+            raise usage.UsageError("--workers needs --config (workers re-read it on SIGHUP); "
+                                   "--demo runs in one process")
+        if self["workers"] != 1 and (self["worker-index"] is not None
+                                     or self["inherit-fd"] is not None):
+            raise usage.UsageError("--workers starts workers; --worker-index and --inherit-fd "
+                                   "are for the workers themselves")
+        try:
+            self.admin_endpoint = shift_port(self.config.server.admin, self["worker-index"] or 0)
+            for index in range(self.workers if self["workers"] != 1 else 0):
+                shift_port(self.config.server.admin, index)
+        except EndpointError as e:
+            raise usage.UsageError(f"server.admin: {e}")
+
+    def reload_config(self) -> Any:
+        """What SIGHUP calls: the file re-read with these options applied;
+        None when there is no file (--demo alone)."""
+        path, overrides = self["config"], self.overrides
+        if not path:
+            return None
+        return lambda: configuration.load(path, overrides)
+
+    def worker_args(self, index: int) -> list[str]:
+        """``twistd`` arguments of worker ``index`` (after ``--nodaemon``)."""
+        args = ["fanout", "--config", os.path.abspath(self["config"]),
+                "--worker-index", str(index), "--inherit-fd", str(LISTEN_FD)]
+        for name in ("listen", "admin", "deadline-ms", "max-inflight"):
+            if self[name] is not None:
+                args += [f"--{name}", str(self[name])]
+        return args
 
 
 def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     config = options.config
+    if options["workers"] != 1:
+        try:
+            listen_socket = bind_listening_socket(reactor, config.server.listen)
+        except EndpointError as e:
+            raise SystemExit(f"txfanout: {e}")
+        budget = config.server.deadline_ms / 1000.0 + DRAIN_MARGIN_S
+        return WorkerPool(reactor, options.workers, listen_socket, options.worker_args,
+                          Notifier.from_environment(), budget)
+
     top = service.MultiService()
     if options["demo"]:
         DemoPartners(reactor, options["demo-port"]).setServiceParent(top)
+    try:
+        if options["inherit-fd"] is not None:
+            endpoint = inherited_endpoint(reactor, options["inherit-fd"])
+        else:
+            endpoint = server_endpoint(reactor, config.server.listen)
+        admin_endpoint = server_endpoint(reactor, options.admin_endpoint)
+    except (EndpointError, OSError) as e:
+        raise SystemExit(f"txfanout: {e}")
     gateway = Gateway(reactor, config)
     GatewayService(gateway).setServiceParent(top)
-    strports.service(config.server.listen, GatewaySite(gateway)).setServiceParent(top)
-    strports.service(config.server.admin, admin_site(gateway)).setServiceParent(top)
+    public = Listener("public", endpoint, GatewaySite(gateway))
+    public.setServiceParent(top)
+    admin = Listener("admin", admin_endpoint, admin_site(gateway))
+    admin.setServiceParent(top)
+    Lifecycle(reactor, gateway, public, admin, options.reload_config(),
+              Notifier.from_environment()).setServiceParent(top)
     return top
 
 

@@ -1,0 +1,231 @@
+"""One gateway process's life under a service manager.
+
+- Ready: ``READY=1`` once every listener is up, then ``STATUS=`` every few
+  seconds (in flight, requests/s) and ``WATCHDOG=1`` at half of
+  ``WATCHDOG_USEC``, both from the reactor, so a wedged reactor stops them.
+- SIGHUP: re-read and validate the configuration file; a bad one is refused
+  (each error logged with its key) and the old one keeps serving; a good one
+  is swapped in at once (``Gateway.reconfigure``).
+- SIGTERM / SIGINT: drain. ``/readyz`` turns 503, the public listener
+  closes, requests in flight finish (each is bounded by its deadline), then
+  the reactor stops, the pool is closed, and the process exits 0. A second
+  signal stops at once.
+
+Twisted installs no SIGHUP handler, and its SIGTERM handler makes twistd
+re-raise the signal at exit (exit status -15); these handlers replace it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from types import FrameType
+from typing import Any, Callable
+
+from twisted.application import service
+from twisted.internet import error as net_error
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .config import Config, ConfigError
+from .gateway import Gateway
+from .listeners import Listener
+from .sdnotify import Notifier, watchdog_interval
+
+log = Logger()
+
+DRAIN_MARGIN_S = 1.0
+STATUS_INTERVAL_S = 5.0
+RESTART_KEYS = ("listen", "admin")
+
+
+def describe(port: Any, fallback: str) -> str:
+    """``host:port`` of a listening port (``fallback`` when it has none)."""
+    address = port.getHost() if port is not None else None
+    if hasattr(address, "port"):
+        return f"{address.host}:{address.port}"
+    return fallback
+
+
+class Lifecycle(service.Service):
+    """Readiness, reload, drain and service-manager notifications for one
+    gateway process."""
+
+    def __init__(self, reactor: Any, gateway: Gateway, public: Listener, admin: Listener,
+                 reload_config: Callable[[], Config] | None, notifier: Notifier,
+                 environ: dict[str, str] | None = None) -> None:
+        self._reactor = reactor
+        self.gateway = gateway
+        self.public = public
+        self.admin = admin
+        self._reload_config = reload_config
+        self.notifier = notifier
+        environ = dict(os.environ) if environ is None else environ
+        self._watchdog_s = watchdog_interval(environ, os.getpid())
+        self._loops: list[LoopingCall] = []
+        self._last_total = 0
+        self._last_time = 0.0
+        self.draining = False
+        self.drained: Deferred[None] = Deferred()
+
+    # -- start --
+
+    def startService(self) -> None:
+        super().startService()
+        # After startup: the reactor installs its own SIGTERM/SIGINT handlers
+        # "during startup"; ours must come after to replace them.
+        self._reactor.callWhenRunning(self._running)
+
+    def _running(self) -> None:
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        gatherResults([self.public.ready, self.admin.ready]).addCallback(self._ready)
+
+    def _ready(self, _: Any) -> None:
+        server = self.gateway.snapshot.config.server
+        self._last_total, self._last_time = self.gateway.admitted_total, self._reactor.seconds()
+        if self.draining:
+            return
+        log.info("ready: pid {pid}, serving {listen}, admin {admin}", pid=os.getpid(),
+                 listen=describe(self.public.port, server.listen),
+                 admin=describe(self.admin.port, server.admin))
+        self.notifier.ready(self.status_line())
+        if self.notifier.enabled:
+            self._start_loop(self._report_status, STATUS_INTERVAL_S, now=False)
+            if self._watchdog_s is not None:
+                self._start_loop(self.notifier.watchdog, self._watchdog_s, now=True)
+
+    def _start_loop(self, f: Callable[[], Any], interval: float, now: bool) -> None:
+        loop = LoopingCall(f)
+        loop.clock = self._reactor
+        loop.start(interval, now=now)
+        self._loops.append(loop)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        self.notifier.close()
+
+    # -- status --
+
+    def status_line(self) -> str:
+        """``serving: N in flight, R req/s`` (R over the last interval)."""
+        now, total = self._reactor.seconds(), self.gateway.admitted_total
+        elapsed = now - self._last_time
+        rate = (total - self._last_total) / elapsed if elapsed > 0 else 0.0
+        self._last_total, self._last_time = total, now
+        state = "draining" if self.draining else "serving"
+        return f"{state}: {self.gateway.admitted} in flight, {rate:.1f} req/s"
+
+    def _report_status(self) -> None:
+        self.notifier.status(self.status_line())
+
+    # -- signals --
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # A signal handler may only hand work over to the reactor.
+        self._reactor.callFromThread(self.handle_signal, signum)
+
+    def handle_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload()
+        else:
+            log.info("received {name}", name=signal.Signals(signum).name)
+            self.drain()
+
+    # -- reload --
+
+    def reload(self) -> bool:
+        """Re-read the configuration; True when the new one is now served."""
+        if self.draining:
+            log.info("reload ignored: draining")
+            return False
+        if self._reload_config is None:
+            log.warn("reload ignored: no --config file to re-read")
+            return False
+        self.notifier.reloading()
+        started = self._reactor.seconds()
+        try:
+            config = self._reload_config()
+        except ConfigError as e:
+            for line in e.errors:
+                log.error("reload refused: {error}", error=line)
+            log.error("reload refused ({count} errors); still serving the previous "
+                      "configuration", count=len(e.errors))
+            self.notifier.ready(f"reload refused ({len(e.errors)} errors); "
+                                + self.status_line())
+            return False
+        config = self._keep_bound_addresses(config)
+        self.gateway.reconfigure(config)
+        log.info("reloaded: {partners} partners, {routes} routes in {ms:.1f} ms",
+                 partners=len(config.partners), routes=len(config.routes),
+                 ms=(self._reactor.seconds() - started) * 1000.0)
+        self.notifier.ready(self.status_line())
+        return True
+
+    def _keep_bound_addresses(self, config: Config) -> Config:
+        """``config`` with the listen/admin addresses in use: changing them
+        needs a restart, which the log says."""
+        running = self.gateway.snapshot.config.server
+        kept = {}
+        for key in RESTART_KEYS:
+            old, new = getattr(running, key), getattr(config.server, key)
+            if old != new:
+                log.warn("reload: server.{key} changed from {old} to {new}; restart to apply "
+                         "it (still on {old})", key=key, old=old, new=new)
+                kept[key] = old
+        if not kept:
+            return config
+        return dataclasses.replace(config, server=dataclasses.replace(config.server, **kept))
+
+    # -- drain --
+
+    def drain(self) -> Deferred[None]:
+        """Stop accepting, let requests in flight finish (for at most the
+        deadline plus a margin), then stop the reactor. ``drained`` fires
+        just before it stops."""
+        if self.draining:
+            log.warn("second stop signal: stopping now, {count} requests in flight",
+                     count=self.gateway.admitted)
+            self._stop_reactor()
+            return self.drained
+        self.draining = True
+        self.gateway.draining = True
+        started = self._reactor.seconds()
+        budget = self.gateway.snapshot.config.server.deadline_ms / 1000.0 + DRAIN_MARGIN_S
+        log.info("draining: /readyz is 503; {count} requests in flight, waiting up to "
+                 "{budget:.1f} s", count=self.gateway.admitted, budget=budget)
+        self.notifier.stopping(self.status_line())
+
+        def closed(_: Any) -> Deferred[None]:
+            log.info("draining: no longer accepting connections")
+            left = max(0.0, budget - (self._reactor.seconds() - started))
+            return self.gateway.idle().addTimeout(left, self._reactor)
+
+        def finished(result: Any) -> None:
+            ms = (self._reactor.seconds() - started) * 1000.0
+            if isinstance(result, Failure):
+                if result.check(TimeoutError):
+                    log.warn("drain: {count} requests still in flight after {ms:.0f} ms; "
+                             "stopping anyway", count=self.gateway.admitted, ms=ms)
+                else:
+                    log.failure("drain failed; stopping", failure=result)
+            else:
+                log.info("drained in {ms:.0f} ms", ms=ms)
+            self.drained.callback(None)
+            self._stop_reactor()
+
+        self.public.stop_accepting().addCallback(closed).addBoth(finished)
+        return self.drained
+
+    def _stop_reactor(self) -> None:
+        try:
+            self._reactor.stop()
+        except net_error.ReactorNotRunning:
+            pass

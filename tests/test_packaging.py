@@ -1,0 +1,59 @@
+"""``pip install .`` (not editable) into a fresh venv gives a working
+``twistd fanout``, the ``txfanout`` command, and a plugin cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from .daemon import TWISTD_MAIN
+
+ROOT = Path(__file__).parent.parent
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                    "dropin.cache", ".pytest_cache")
+
+
+def run(*cmd: str | Path, cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_pip_install_into_a_fresh_venv(tmp_path: Path) -> None:
+    # Build from a copy: pip writes build/ and *.egg-info beside the sources.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
+    site_dir = venv / Path(sysconfig.get_path("purelib", vars={"base": ""}).lstrip("/"))
+    assert site_dir.is_dir(), site_dir
+    # The dependencies (and pip) come from this environment, behind the
+    # venv's own site-packages: tests do not download.
+    (site_dir / "outer.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    python = venv / "bin" / "python"
+    run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", source,
+        cwd=tmp_path)
+
+    where = run(python, "-c", "import txfanout; print(txfanout.__file__)", cwd=tmp_path)
+    assert where.startswith(str(site_dir)), where  # the installed copy, not the sources
+    plugins = site_dir / "twisted" / "plugins"
+    assert (plugins / "txfanout_plugin.py").exists()
+    assert not (plugins / "__init__.py").exists()  # it would hide Twisted's own plugins
+    assert not (plugins / "dropin.cache").exists()  # pip runs no code: nobody wrote it
+
+    # The console entry point; run it as the owner of the install.
+    out = run(venv / "bin" / "txfanout", "regenerate-plugin-cache", cwd=tmp_path)
+    assert f"{plugins}: dropin.cache up to date" in out
+    assert b"txfanout_plugin" in (plugins / "dropin.cache").read_bytes()
+    assert run(venv / "bin" / "txfanout", "check-config", source / "etc" / "txfanout.toml",
+               cwd=tmp_path).endswith(": ok\n")
+
+    manual = run(python, "-c", TWISTD_MAIN, "fanout", "--help", cwd=tmp_path)
+    assert "--workers=" in manual and "SIGNALS" in manual and "EXIT STATUS" in manual

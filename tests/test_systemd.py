@@ -1,0 +1,157 @@
+"""The systemd units, and socket activation with real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .daemon import Daemon, ThreadedPartner, free_port, free_port_range
+from .test_daemon import config_text
+from .test_workers import served_while_stopped
+
+UNITS = Path(__file__).parent.parent / "systemd"
+INSTALLED_BIN = "/opt/txfanout/bin/"
+SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
+
+
+@pytest.fixture
+def partner() -> Iterator[ThreadedPartner]:
+    p = ThreadedPartner()
+    yield p
+    p.close()
+
+
+def unit_lines(name: str) -> list[str]:
+    return [line for line in (UNITS / name).read_text().splitlines()
+            if line and not line.startswith("#")]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed (.ci/run installs it)")
+@pytest.mark.parametrize("unit", ["txfanout.service", "txfanout.socket", "txfanout@.service"])
+def test_units_pass_systemd_analyze_verify(tmp_path: Path, unit: str) -> None:
+    """Verified as installed: the units name /opt/txfanout/bin/{twistd,python}
+    (the documented venv); here they point at this Python and its twistd,
+    which verify checks are executable."""
+    twistd = Path(sys.executable).parent / "twistd"
+    assert twistd.exists(), f"no twistd beside {sys.executable}"
+    for path in UNITS.iterdir():
+        text = path.read_text()
+        text = text.replace(INSTALLED_BIN + "twistd", str(twistd))
+        text = text.replace(INSTALLED_BIN + "python", sys.executable)
+        assert not [line for line in text.splitlines()
+                    if INSTALLED_BIN in line and not line.startswith("#")], path.name
+        (tmp_path / path.name).write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / unit)],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0 and not result.stdout and not result.stderr, \
+        result.stdout + result.stderr
+
+
+def test_units_say_what_the_daemon_needs() -> None:
+    service = unit_lines("txfanout.service")
+    assert "Type=notify" in service and "Restart=on-failure" in service
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in service
+    assert any(line.startswith("WatchdogSec=") for line in service)
+    assert "ExecStart=/opt/txfanout/bin/twistd --nodaemon --pidfile= fanout --config " \
+           "/etc/txfanout/txfanout.toml" in service
+    for hardening in ("DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                      "ProtectHome=yes", "PrivateTmp=yes", "CapabilityBoundingSet="):
+        assert hardening in service
+    assert "LimitNOFILE=65536" in service
+    instance = unit_lines("txfanout@.service")
+    assert "Sockets=txfanout.socket" in instance and "Type=notify" in instance
+    assert any(line.startswith("ExecStart=") and
+               "--listen systemd:domain=INET:name=web --worker-index %i" in line
+               for line in instance)
+    socket_unit = unit_lines("txfanout.socket")
+    assert "FileDescriptorName=web" in socket_unit
+
+
+def activated(port: int, *command: str) -> list[str]:
+    """``systemd-socket-activate`` listening on 127.0.0.1:``port`` (fd name
+    ``web``) in front of ``command``."""
+    assert SOCKET_ACTIVATE, "systemd-socket-activate is not installed (.ci/run installs it)"
+    # It passes the child no environment but what -E names.
+    keep = [arg for name in ("PYTHONPATH", "PATH") if name in os.environ
+            for arg in ("-E", name)]
+    return [SOCKET_ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=web", *keep, "--", *command]
+
+
+# What systemd does for instances listing one socket in Sockets=: each gets
+# the same listening socket as fd 3, with LISTEN_PID set to its own pid.
+INSTANCES = """
+for i in 0 1; do
+  sh -c 'export LISTEN_PID=$$; exec "$@"' sh "$@" --worker-index "$i" &
+done
+wait
+"""
+
+
+def test_socket_activated_instances_share_one_socket(tmp_path: Path,
+                                                     partner: ThreadedPartner) -> None:
+    path = tmp_path / "txfanout.toml"
+    path.write_text(config_text({"bid": "/ok"}, partner))
+    launcher = tmp_path / "instances.sh"
+    launcher.write_text(INSTANCES)
+    port, admin = free_port(), free_port_range(2)
+    daemon = Daemon("--config", str(path), "--listen", "systemd:domain=INET:name=web",
+                    "--admin", f"tcp:{admin}:interface=127.0.0.1",
+                    port=port, admin_port=admin, endpoint_flags=False,
+                    prefix=activated(port, "/bin/sh", str(launcher)))
+    pids: list[int] = []
+    try:
+        daemon.wait_for("Listening on 127.0.0.1")
+        # Nothing runs yet: the first connection starts the instances, and
+        # is served once they are up.
+        status, answer = daemon.post("/bid", timeout=30)
+        assert status == 200 and answer["results"][0]["outcome"] == "ok"
+        daemon.wait_for("ready: pid", count=2)
+        pids = [daemon.healthz(0)["pid"], daemon.healthz(1)["pid"]]
+        assert len(set(pids)) == 2
+        assert served_while_stopped(daemon, pids[0]) == 200
+        assert served_while_stopped(daemon, pids[1]) == 200
+        # Stopping one instance leaves the socket served by the other.
+        os.kill(pids[0], signal.SIGTERM)
+        daemon.wait_for("drained in")
+        assert daemon.post("/bid")[0] == 200
+        os.kill(pids[1], signal.SIGTERM)
+        code = daemon.wait(15)  # the launcher exits when both have
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        code = daemon.stop()
+    log = "".join(daemon.log)
+    assert code == 0, log
+    assert log.count("drained in") == 2 and "Traceback" not in log
+
+
+def test_socket_activated_workers(tmp_path: Path, partner: ThreadedPartner) -> None:
+    """``--workers`` takes the socket systemd passed and shares it."""
+    path = tmp_path / "txfanout.toml"
+    path.write_text(config_text({"bid": "/ok"}, partner))
+    port, admin = free_port(), free_port_range(2)
+    daemon = Daemon("--config", str(path), "--listen", "systemd:domain=INET:name=web",
+                    "--admin", f"tcp:{admin}:interface=127.0.0.1", "--workers", "2",
+                    port=port, admin_port=admin, endpoint_flags=False,
+                    prefix=activated(port))
+    try:
+        daemon.wait_for("Listening on 127.0.0.1")
+        assert daemon.post("/bid", timeout=30)[0] == 200
+        daemon.wait_for("workers: all 2 ready")
+        pids = [daemon.healthz(0)["pid"], daemon.healthz(1)["pid"]]
+        assert served_while_stopped(daemon, pids[0]) == 200
+        assert served_while_stopped(daemon, pids[1]) == 200
+    finally:
+        code = daemon.stop()
+    assert code == 0, "".join(daemon.log)
