@@ -29,6 +29,7 @@ class Daemon:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
         self.log: list[str] = []
+        self._partial = b""
         self._selector = selectors.DefaultSelector()
         self._selector.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
 
@@ -42,14 +43,20 @@ class Daemon:
             if text in line:
                 return line
         while time.monotonic() < end:
+            # Raw reads: a buffered readline() would keep later lines in its
+            # buffer, where select() cannot see them.
             if not self._selector.select(max(0.0, end - time.monotonic())):
                 break
-            line = self.proc.stdout.readline().decode("utf-8", "replace")  # type: ignore[union-attr]
-            if not line:
+            data = os.read(self.proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+            if not data:
                 break
-            self.log.append(line)
-            if text in line:
-                return line
+            self._partial += data
+            *lines, self._partial = self._partial.split(b"\n")
+            fresh = [raw.decode("utf-8", "replace") + "\n" for raw in lines]
+            self.log.extend(fresh)
+            for line in fresh:
+                if text in line:
+                    return line
         raise AssertionError(f"no log line with {text!r}; log:\n" + "".join(self.log))
 
     def wait_ready(self) -> None:
@@ -67,7 +74,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        rest = self.proc.stdout.read().decode("utf-8", "replace")  # type: ignore[union-attr]
+        rest = (self._partial + self.proc.stdout.read()).decode("utf-8", "replace")  # type: ignore[union-attr]
         self.log.extend(rest.splitlines(keepends=True))
         self._selector.close()
         self.proc.stdout.close()  # type: ignore[union-attr]

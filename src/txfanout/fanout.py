@@ -18,6 +18,7 @@ from twisted.web.http_headers import Headers
 from . import outcomes
 from .config import PartnerConfig, ServerConfig
 from .outcomes import CallResult
+from .phases import CallPhase
 from .upstream import Upstream
 
 
@@ -49,6 +50,7 @@ class Fanout:
         self.deadline_at = deadline_at
         self.partners: list[str] = []
         self.results: list[CallResult | None] = []
+        self.phases: list[CallPhase | None] = []  # of started calls, for the in-flight view
         self._calls: list[Deferred[CallResult]] = []
         self._pending = 0
         self.done: Deferred[list[CallResult]] = Deferred(self._cancel)
@@ -61,11 +63,13 @@ class Fanout:
             config = partner.config
             self.partners.append(config.name)
             self.results.append(None)
+            self.phases.append(None)
             if partner.inflight >= config.max_concurrency:
                 self.results[index] = CallResult(config.name, outcomes.SHED,
                                                  error="partner at max_concurrency")
                 continue
-            left_ms = (self.deadline_at - self._clock.seconds()) * 1000.0 - server.reserve_ms
+            now = self._clock.seconds()
+            left_ms = (self.deadline_at - now) * 1000.0 - server.reserve_ms
             budget_ms = min(float(config.timeout_ms), left_ms)
             if budget_ms < server.min_call_ms:
                 self.results[index] = CallResult(config.name, outcomes.SKIPPED,
@@ -76,7 +80,9 @@ class Fanout:
             headers.setRawHeaders(b"X-Request-Id", [self.request_id])
             partner.inflight += 1
             self._pending += 1
-            call = self._upstream.call(config, headers, body, budget_ms / 1000.0)
+            phase = self.phases[index] = CallPhase(now)
+            call = self._upstream.call(config, headers, body, budget_ms / 1000.0,
+                                       phase=phase)
             self._calls.append(call)
             call.addCallback(self._finished, index, partner)
         if not self._pending:

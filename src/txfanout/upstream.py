@@ -24,13 +24,7 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseDone,
-    _HTTP11ClientFactory,
-)
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
@@ -45,12 +39,8 @@ from zope.interface import implementer
 from . import outcomes
 from .config import PartnerConfig
 from .outcomes import CallResult
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory, without a log line per connection."""
-
-    noisy = False
+from .phases import READING, SENT, CallPhase
+from .poolstats import ConnectionStats, CountingClientFactory, CountingEndpoints
 
 
 @implementer(IAgentEndpointFactory)
@@ -82,14 +72,18 @@ class BodyTooLarge(Exception):
 
 @implementer(IBodyProducer)
 class BytesProducer:
-    """Writes a bytes body in one go: no cooperator, no file object."""
+    """Writes a bytes body in one go: no cooperator, no file object. Its
+    call's phase (if any) is ``sent`` once the request is written."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, phase: CallPhase | None = None) -> None:
         self._body = body
+        self._phase = phase
         self.length = len(body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         consumer.write(self._body)
+        if self._phase is not None:
+            self._phase.state = SENT
         return succeed(None)
 
     def pauseProducing(self) -> None:
@@ -160,7 +154,15 @@ class CappedBody(Protocol):
         self._chunks = []
 
 
-def _read_capped(response: IResponse, limit: int) -> Deferred[tuple[int, bytes]]:
+def _as_producer(data: Any) -> IBodyProducer:
+    """treq's ``data_to_body_producer``: a BytesProducer as is, else wrapped."""
+    return data if isinstance(data, BytesProducer) else BytesProducer(data)
+
+
+def _read_capped(response: IResponse, limit: int,
+                 phase: CallPhase | None = None) -> Deferred[tuple[int, bytes]]:
+    if phase is not None:
+        phase.state = READING
     code = response.code
     reader = CappedBody(limit)
     response.deliverBody(reader)
@@ -211,10 +213,12 @@ class Upstream:
         self.clock: IReactorTime = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.retryAutomatically = False
-        self.pool._factory = _QuietClientFactory
+        self.pool._factory = CountingClientFactory
+        self.connections = ConnectionStats()
         self.resize(per_host, idle_timeout_s)
-        agent = Agent.usingEndpointFactory(reactor, PartnerEndpoints(reactor), pool=self.pool)
-        self.client = HTTPClient(agent, data_to_body_producer=BytesProducer)
+        endpoints = CountingEndpoints(PartnerEndpoints(reactor), self.connections)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=self.pool)
+        self.client = HTTPClient(agent, data_to_body_producer=_as_producer)
 
     def resize(self, per_host: int, idle_timeout_s: float) -> None:
         """Keep up to ``per_host`` idle connections per host, each for at
@@ -223,16 +227,18 @@ class Upstream:
         self.pool.cachedConnectionTimeout = idle_timeout_s
 
     def call(self, partner: PartnerConfig, headers: Headers, body: bytes,
-             timeout_s: float) -> Deferred[CallResult]:
+             timeout_s: float, phase: CallPhase | None = None) -> Deferred[CallResult]:
         """POST ``body`` to ``partner``; the Deferred always fires with a
-        CallResult. Cancelling it aborts the call (outcome ``cancelled``)."""
+        CallResult. Cancelling it aborts the call (outcome ``cancelled``).
+        ``phase``, when given, follows the call (see :mod:`txfanout.phases`)."""
         clock = self.clock
         started = clock.seconds()
         why_stopped: list[str] = []
 
-        d = self.client.request("POST", partner.url, headers=headers, data=body,
+        d = self.client.request("POST", partner.url, headers=headers,
+                                data=BytesProducer(body, phase),
                                 allow_redirects=False, unbuffered=True)
-        d.addCallback(_read_capped, partner.max_response_bytes)
+        d.addCallback(_read_capped, partner.max_response_bytes, phase)
 
         def on_timeout() -> None:
             why_stopped.append(outcomes.TIMEOUT)
