@@ -68,7 +68,8 @@ def test_make_service_builds_listeners_and_demo(tmp_path):
     o = options("--demo", "--demo-port", str(free_port()))
     top = tap.makeService(o)
     assert IServiceCollection.providedBy(top)
-    assert len(list(top)) == 4  # demo partners, pool closer, public, admin
+    # demo partners, pool closer, lag probe, overdue watch, public, admin, readiness
+    assert len(list(top)) == 7
     assert set(o.config.routes) == {"bid"}
 
 

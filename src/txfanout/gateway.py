@@ -21,8 +21,12 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
 from . import outcomes
+from .accesslog import AccessLog
 from .config import Config
 from .fanout import Fanout, PartnerState
+from .inflight import OverdueWatch
+from .lag import ReactorLag
+from .metrics import CLIENT_CLOSED, SHED_MAX_INFLIGHT, UNKNOWN_ROUTE, GatewayMetrics
 from .outcomes import CallResult
 from .targeting import BadTargeting, Selector, json_field, os_from_user_agent, parse_country, parse_os
 from .upstream import Upstream
@@ -66,6 +70,7 @@ class Snapshot:
     os_header: bytes
     os_path: tuple[str, ...]
     deadline_header: bytes
+    route_labels: dict[bytes, str]  # b"/bid" -> "bid": the route label of a path
 
 
 def compile_snapshot(config: Config) -> Snapshot:
@@ -76,7 +81,8 @@ def compile_snapshot(config: Config) -> Snapshot:
         country_header=t.country_header.encode("ascii"),
         country_path=tuple(t.country_field.split(".")),
         os_header=t.os_header.encode("ascii"), os_path=tuple(t.os_field.split(".")),
-        deadline_header=config.server.deadline_header.encode("ascii"))
+        deadline_header=config.server.deadline_header.encode("ascii"),
+        route_labels={b"/" + name.encode("ascii"): name for name in config.routes})
 
 
 def pool_size_per_host(config: Config) -> int:
@@ -102,6 +108,11 @@ class Gateway:
                                  config.upstream.idle_timeout_ms / 1000.0)
         self.inflight: set[Fanout] = set()
         self.admitted = 0
+        self.ready = False  # /readyz: False while starting and draining
+        self.lag = ReactorLag(reactor)  # started by the daemon (tap.py)
+        self.overdue = OverdueWatch(reactor, self.inflight)
+        self.metrics = GatewayMetrics(self)
+        self.access_log: AccessLog | None = None
         self._id_prefix = os.urandom(4).hex()
         self._id_counter = 0
 
@@ -122,6 +133,16 @@ class Gateway:
             return given.decode("ascii")
         self._id_counter += 1
         return f"{self._id_prefix}-{self._id_counter:x}"
+
+    def request_ended(self, request: "GatewayRequest", code: int) -> None:
+        """Count (and maybe log) one request that was answered or abandoned."""
+        started = request.started
+        elapsed = None if started is None else self.clock.seconds() - started
+        route = self.snapshot.route_labels.get(request.path, UNKNOWN_ROUTE) \
+            if started is not None else UNKNOWN_ROUTE
+        self.metrics.request_ended(route, code, elapsed)
+        if self.access_log is not None:
+            self.access_log.request_ended(request.fanout, route, code, elapsed)
 
     # -- the one public route --
 
@@ -166,6 +187,7 @@ class Gateway:
         fanout = Fanout(self.clock, self.upstream, server, request_id, route,
                         started, started + budget_ms / 1000.0)
         self.inflight.add(fanout)
+        request.fanout = fanout
 
         def answer(results: list[CallResult]) -> bytes:
             complete = all(r.outcome in _COMPLETE for r in results)
@@ -180,6 +202,7 @@ class Gateway:
 
         def forget(result: Any) -> Any:
             self.inflight.discard(fanout)
+            self.metrics.fanout_ended(fanout)
             return result
 
         return fanout.run(partners, body).addBoth(forget).addCallback(answer)
@@ -206,6 +229,8 @@ class Gateway:
             b"User-Agent", [b""])[0])
 
     def close(self) -> Any:
+        if self.access_log is not None:
+            self.access_log.close()
         return self.upstream.close()
 
 
@@ -217,6 +242,8 @@ class GatewayRequest(Request):
     _admitted = False
     _refused = False
     _body_size = 0
+    started: float | None = None  # set when processing starts
+    fanout: Fanout | None = None
 
     def _gateway(self) -> Gateway:
         return self.channel.site.gateway  # type: ignore[no-any-return]
@@ -247,6 +274,7 @@ class GatewayRequest(Request):
         transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         transport.loseConnection()
+        self._gateway().request_ended(self, 413)
 
     def process(self) -> None:
         if self._refused:
@@ -254,6 +282,7 @@ class GatewayRequest(Request):
         self.site = self.channel.site
         self.started = self.site.gateway.clock.seconds()
         if not self.site.gateway.admit():
+            self.site.gateway.metrics.shed(SHED_MAX_INFLIGHT)
             self.setHeader(b"Retry-After", b"1")
             write_error(self, 503, "gateway at max_inflight; retry later")
             return
@@ -268,10 +297,14 @@ class GatewayRequest(Request):
     def finish(self) -> None:
         self._release()
         super().finish()
+        self.site.gateway.request_ended(self, self.code)
 
     def connectionLost(self, reason: Failure) -> None:
         self._release()
+        abandoned = self.started is not None and not self.finished
         super().connectionLost(reason)
+        if abandoned:
+            self.site.gateway.request_ended(self, CLIENT_CLOSED)
 
     def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
         log.failure("unhandled error serving {path}", failure=reason,
