@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import config as configuration
+from . import top
 
 
 def check_config(path: str) -> int:
@@ -25,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("path")
+    top.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
+    if args.command == "top":
+        return top.main(args)
     return 2  # pragma: no cover - argparse refuses unknown commands
 
 

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Iterable
 from urllib.parse import urlsplit
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -22,6 +21,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client import exposition
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
@@ -41,7 +41,9 @@ SHED_REASONS = (SHED_MAX_INFLIGHT,)  # pre-created so rate() sees them from the 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
                    0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
 _NOT_CALLED = frozenset((outcomes.SHED, outcomes.OPEN, outcomes.SKIPPED))
-CONTENT_TYPE = CONTENT_TYPE_LATEST  # of exposition()
+# What generate_latest() writes (prometheus-client's own server says so;
+# its CONTENT_TYPE_LATEST became 1.0.0 in 0.22, 0.0.4 before).
+CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 
 # No ``*_created`` series: they double the exposition and no dashboard uses
 # them (a process-wide switch of prometheus-client).
