@@ -18,7 +18,7 @@ setup(
         "pyOpenSSL>=24.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6", "PyYAML>=6"],
     },
     entry_points={"console_scripts": ["txfanout=txfanout.__main__:main"]},
 )

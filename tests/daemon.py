@@ -18,12 +18,13 @@ def free_port() -> int:
 
 
 class Daemon:
-    """``twistd -n fanout ARGS``; its log is read line by line from stdout."""
+    """``twistd -n [TWISTD_ARGS] fanout ARGS``; its log is read line by line from stdout."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 twistd_args: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.admin_port = free_port()
-        cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=", "fanout",
+        cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--nodaemon", "--pidfile=", *twistd_args, "fanout",
                "--listen", f"tcp:{self.port}:interface=127.0.0.1",
                "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
