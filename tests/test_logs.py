@@ -80,6 +80,18 @@ def test_twistd_logs_to_the_journal_by_itself_unless_told_otherwise(monkeypatch)
     assert elsewhere["logger"] is None
 
 
+def test_twistd_command_line_picks_the_journal_observer(monkeypatch):
+    from twisted.scripts.twistd import ServerOptions
+
+    monkeypatch.setattr(logs, "on_journal", lambda stream=None: True)
+    options = ServerOptions()
+    options.parseOptions(["--nodaemon", "fanout", "--demo"])
+    assert options["logger"] is logs.observer
+    options = ServerOptions()
+    options.parseOptions(["--nodaemon", "--logfile", "-", "fanout", "--demo"])
+    assert options["logger"] is None
+
+
 def test_log_keys_are_validated():
     base = route_config({"a": {"url": "http://127.0.0.1:1/"}})
     assert parse(base).log == LogConfig()
