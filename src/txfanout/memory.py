@@ -34,9 +34,9 @@ def _type_name(t: type) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
-def top_types(limit: int) -> list[dict[str, Any]]:
-    """The ``limit`` most numerous types among the objects gc tracks."""
-    counts = Counter(type(o) for o in gc.get_objects())
+def top_types(objects: list[Any], limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` most numerous types among ``objects``."""
+    counts = Counter(type(o) for o in objects)
     return [{"type": _type_name(t), "count": n} for t, n in counts.most_common(limit)]
 
 
@@ -105,11 +105,14 @@ class AllocationSites:
 
 def memory_view(types: int, sites: AllocationSites | None) -> dict[str, Any]:
     """The /debug/memory document."""
+    objects = gc.get_objects()
+    top, tracked = top_types(objects, types), len(objects)
+    del objects  # a list of every object: not kept while the answer is built
     return {
         "rss_bytes": rss_bytes(),
         "gc": {"counts": list(gc.get_count()), "thresholds": list(gc.get_threshold()),
-               "generations": gc.get_stats(), "tracked_objects": len(gc.get_objects())},
-        "top_types": top_types(types),
+               "generations": gc.get_stats(), "tracked_objects": tracked},
+        "top_types": top,
         "tracemalloc": sites.report() if sites is not None else
         {"enabled": False, "hint": "start the daemon with --tracemalloc N"},
     }
