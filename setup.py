@@ -18,7 +18,8 @@ setup(
     ],
     extras_require={
         # wheel: tests/test_packaging.py builds this project without build isolation.
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6", "treq>=24.9", "wheel"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6", "treq>=24.9", "wheel",
+                 "PyYAML>=6"],
     },
     entry_points={"console_scripts": ["txfanout=txfanout.__main__:main"]},
 )

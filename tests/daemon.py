@@ -68,14 +68,15 @@ class Daemon:
     def __init__(self, *args: str, env: dict[str, str] | None = None,
                  prefix: Sequence[str] = (), port: int | None = None,
                  admin_port: int | None = None, admin_ports: int = 1,
-                 listen: str | None = None, endpoint_flags: bool = True) -> None:
+                 listen: str | None = None, endpoint_flags: bool = True,
+                 twistd_args: Sequence[str] = ()) -> None:
         self.port = port or free_port()
         self.admin_port = admin_port or free_port_range(admin_ports)
         endpoints = []
         if endpoint_flags:
             endpoints = ["--listen", listen or f"tcp:{self.port}:interface=127.0.0.1",
                          "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1"]
-        self.cmd = [*prefix, *TWISTD, "fanout", *endpoints, *args]
+        self.cmd = [*prefix, *TWISTD, *twistd_args, "fanout", *endpoints, *args]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})

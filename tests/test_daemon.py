@@ -106,7 +106,7 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(tmp_path: Path,
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", daemon.port), timeout=5).close()
         status, body = _get(daemon.admin_port, "/readyz")
-        assert (status, body) == (503, b'{"status": "draining"}')
+        assert (status, json.loads(body)) == (503, {"status": "draining"})
         # A new request on the kept-alive connection: refused, and closed.
         idle.request("POST", "/fast", body=b"{}")
         refused = idle.getresponse()

@@ -16,7 +16,7 @@ class RecordingUpstream:
     def __init__(self) -> None:
         self.calls: list[tuple[str, float, dict, Deferred]] = []
 
-    def call(self, partner, url, headers, body, timeout_s):
+    def call(self, partner, url, headers, body, timeout_s, phase=None):
         d: Deferred[CallResult] = Deferred(
             lambda d: d.callback(CallResult(partner.name, "cancelled")))
         self.calls.append((partner.name, timeout_s, dict(headers.getAllRawHeaders()), d))

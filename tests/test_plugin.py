@@ -67,8 +67,8 @@ def test_make_service_builds_listeners_and_demo(tmp_path):
     o = options("--demo", "--demo-port", str(free_port()))
     top = tap.makeService(o)
     assert IServiceCollection.providedBy(top)
-    # demo partners, pool closer, public, admin, lifecycle (signals, notify)
-    assert len(list(top)) == 5
+    # demo partners, pool closer, overdue watch, public, admin, lifecycle (signals, notify)
+    assert len(list(top)) == 6
     assert set(o.config.routes) == {"bid"}
 
 

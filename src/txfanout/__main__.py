@@ -7,6 +7,7 @@ import os
 import sys
 
 from . import config as configuration
+from . import top
 
 
 def check_config(path: str) -> int:
@@ -66,11 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("path")
     commands.add_parser("regenerate-plugin-cache",
                         help="rebuild Twisted's plugin cache after install (run as its owner)")
+    top.add_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "check-config":
         return check_config(args.path)
     if args.command == "regenerate-plugin-cache":
         return regenerate_plugin_cache()
+    if args.command == "top":
+        return top.main(args)
     return 2  # pragma: no cover - argparse refuses unknown commands
 
 

@@ -1,4 +1,10 @@
-"""The admin face: a separate listener, loopback by default."""
+"""The admin face: a separate listener, loopback by default.
+
+``/metrics`` (Prometheus text), ``/healthz`` (alive), ``/readyz`` (503
+while starting or draining), and the debug views: ``/debug/inflight``,
+``/debug/memory``, ``/debug/pool``, ``/debug/config``. None of it is served
+on the public listener.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,41 @@ from typing import Any
 from klein import Klein
 from twisted.web.server import Request, Site
 
+from . import inflight, metrics
+from .configview import config_view
 from .gateway import Gateway
+from .memory import AllocationSites, memory_view
+
+ENDPOINTS = {
+    "/metrics": "Prometheus metrics",
+    "/healthz": "200 while the process runs",
+    "/readyz": "200 when serving, 503 while starting or draining",
+    "/debug/inflight": "requests in flight, oldest first (?limit=N, default 100, max 10000)",
+    "/debug/memory": "RSS, gc, top object types (?types=N), tracemalloc sites",
+    "/debug/pool": "partner connections per upstream: idle, active, opened, closed",
+    "/debug/config": "the effective configuration, secrets redacted",
+}
+
+
+class BadParameter(ValueError):
+    """A query parameter is malformed (answered with 400)."""
+
+
+def _json(request: Request, document: Any, code: int = 200) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(document, indent=1).encode("utf-8") + b"\n"
+
+
+def _int_arg(request: Request, name: str, default: int, low: int, high: int) -> int:
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return default
+    raw = values[0]
+    if not raw.isdigit() or len(raw) > 9 or not low <= int(raw) <= high:
+        raise BadParameter(f"{name} must be an integer from {low} to {high}")
+    return int(raw)
 
 
 class Admin:
@@ -17,28 +57,63 @@ class Admin:
 
     app = Klein()
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, sites: AllocationSites | None = None) -> None:
         self.gateway = gateway
+        self.sites = sites
+
+    @app.handle_errors(BadParameter)
+    def bad_parameter(self, request: Request, failure: Any) -> bytes:
+        return _json(request, {"error": str(failure.value)}, 400)
+
+    @app.route("/", methods=["GET"])
+    def index(self, request: Request) -> bytes:
+        return _json(request, ENDPOINTS)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", metrics.CONTENT_TYPE.encode("ascii"))
+        return self.gateway.metrics.exposition()
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Request) -> bytes:
-        request.setHeader(b"Content-Type", b"application/json")
-        return json.dumps({"status": "ok", "inflight": self.gateway.admitted,
-                           "pid": os.getpid()}).encode()
+        return _json(request, {"status": "ok", "inflight": self.gateway.admitted,
+                               "pid": os.getpid()})
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: Request) -> bytes:
-        """200 while serving; 503 once draining (SIGTERM), so that a load
-        balancer stops sending before the listener closes."""
-        request.setHeader(b"Content-Type", b"application/json")
-        if self.gateway.draining:
-            request.setResponseCode(503)
-            return b'{"status": "draining"}'
-        return b'{"status": "ready"}'
+        """200 while serving; 503 while starting and once draining (SIGTERM),
+        so that a load balancer stops sending before the listener closes."""
+        g = self.gateway
+        status = "draining" if g.draining else "ready" if g.ready else "starting"
+        return _json(request, {"status": status}, 200 if status == "ready" else 503)
+
+    @app.route("/debug/inflight", methods=["GET"])
+    def debug_inflight(self, request: Request) -> bytes:
+        limit = _int_arg(request, "limit", inflight.DEFAULT_LIMIT, 1, inflight.MAX_LIMIT)
+        g = self.gateway
+        return _json(request, {"count": len(g.inflight),
+                               "requests": inflight.oldest(g.inflight, g.clock.seconds(), limit)})
+
+    @app.route("/debug/memory", methods=["GET"])
+    def debug_memory(self, request: Request) -> bytes:
+        types = _int_arg(request, "types", 20, 1, 1000)
+        return _json(request, memory_view(types, self.sites))
+
+    @app.route("/debug/pool", methods=["GET"])
+    def debug_pool(self, request: Request) -> bytes:
+        upstream = self.gateway.upstream
+        return _json(request, {
+            "max_idle_per_upstream": upstream.pool.maxPersistentPerHost,
+            "idle_timeout_s": upstream.pool.cachedConnectionTimeout,
+            "upstreams": upstream.connections.view(upstream.pool)})
+
+    @app.route("/debug/config", methods=["GET"])
+    def debug_config(self, request: Request) -> bytes:
+        return _json(request, config_view(self.gateway.snapshot.config))
 
 
-def admin_site(gateway: Gateway, **kwargs: Any) -> Site:
-    site = Site(Admin(gateway).app.resource(), **kwargs)
+def admin_site(gateway: Gateway, sites: AllocationSites | None = None, **kwargs: Any) -> Site:
+    site = Site(Admin(gateway, sites).app.resource(), **kwargs)
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return site

@@ -65,6 +65,12 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    access_log: str = ""             # path of the JSON-lines access log; "" = none
+    access_log_sample: float = 1.0   # share of requests logged (0 < x <= 1)
+
+
+@dataclass(frozen=True)
 class PartnerConfig:
     name: str
     url: str
@@ -110,6 +116,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     targeting: TargetingConfig = TargetingConfig()
     upstream: UpstreamConfig = UpstreamConfig()
+    log: LogConfig = LogConfig()
     partners: Mapping[str, PartnerConfig] = field(default_factory=dict)
     routes: Mapping[str, RouteConfig] = field(default_factory=dict)
 
@@ -137,6 +144,21 @@ class _Checker:
     def integer(self, value: Any, path: str, low: int, high: int) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.fail(path, f"must be an integer from {low} to {high}")
+            return None
+        return value
+
+    def fraction(self, value: Any, path: str) -> float | None:
+        """A number in (0, 1]."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 < value <= 1:
+            self.fail(path, "must be a number greater than 0 and at most 1")
+            return None
+        return float(value)
+
+    def path(self, value: Any, path: str) -> str | None:
+        """A file path, or "" for none."""
+        if not isinstance(value, str) or "\0" in value:
+            self.fail(path, "must be a file path (or \"\" for none)")
             return None
         return value
 
@@ -332,7 +354,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
     """Validate a decoded TOML document; raise :class:`ConfigError` listing
     every problem."""
     chk = _Checker()
-    chk.unknown(raw, {"server", "targeting", "upstream", "partners", "routes"}, "")
+    chk.unknown(raw, {"server", "targeting", "upstream", "log", "partners", "routes"}, "")
     server = _section(chk, raw, "server", ServerConfig, {
         "listen": chk.endpoint,
         "admin": chk.endpoint,
@@ -358,6 +380,10 @@ def parse(raw: Mapping[str, Any]) -> Config:
     upstream = _section(chk, raw, "upstream", UpstreamConfig, {
         "idle_timeout_ms": lambda v, p: chk.integer(v, p, 100, 3600000),
     })
+    log = _section(chk, raw, "log", LogConfig, {
+        "access_log": chk.path,
+        "access_log_sample": chk.fraction,
+    })
     raw_partners = chk.table(raw.get("partners", {}), "partners")
     partners = {}
     for name, value in raw_partners.items():
@@ -374,7 +400,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
             routes[name] = route
     if chk.errors:
         raise ConfigError(chk.errors)
-    return Config(server=server, targeting=targeting, upstream=upstream,
+    return Config(server=server, targeting=targeting, upstream=upstream, log=log,
                   partners=partners, routes=routes)
 
 

@@ -19,6 +19,7 @@ from . import outcomes
 from .breaker import Breaker
 from .config import PartnerConfig, ServerConfig
 from .outcomes import CallResult
+from .phases import CallPhase
 from .upstream import Upstream
 
 
@@ -55,6 +56,7 @@ class Fanout:
         self.deadline_at = deadline_at
         self.partners: list[str] = []
         self.results: list[CallResult | None] = []
+        self.phases: list[CallPhase | None] = []  # of started calls, for the in-flight view
         self._calls: list[Deferred[CallResult]] = []
         self._pending = 0
         self.done: Deferred[list[CallResult]] = Deferred(self._cancel)
@@ -67,7 +69,9 @@ class Fanout:
             config = partner.config
             self.partners.append(config.name)
             self.results.append(None)
-            left_ms = (self.deadline_at - self._clock.seconds()) * 1000.0 - server.reserve_ms
+            self.phases.append(None)
+            now = self._clock.seconds()
+            left_ms = (self.deadline_at - now) * 1000.0 - server.reserve_ms
             budget_ms = min(float(config.timeout_ms), left_ms)
             if budget_ms < server.min_call_ms:
                 self.results[index] = CallResult(config.name, outcomes.SKIPPED,
@@ -87,7 +91,9 @@ class Fanout:
             headers.setRawHeaders(b"X-Request-Id", [self.request_id])
             partner.inflight += 1
             self._pending += 1
-            call = self._upstream.call(config, partner.url, headers, body, budget_ms / 1000.0)
+            phase = self.phases[index] = CallPhase(now)
+            call = self._upstream.call(config, partner.url, headers, body, budget_ms / 1000.0,
+                                       phase=phase)
             self._calls.append(call)
             call.addCallback(self._finished, index, partner)
         if not self._pending:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -25,9 +24,19 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from . import outcomes, tls
+from .accesslog import AccessLog
 from .config import Config
 from .fanout import Fanout, PartnerState
+from .inflight import OverdueWatch
 from .lag import ReactorLag
+from .metrics import (
+    CLIENT_CLOSED,
+    SHED_DRAINING,
+    SHED_MAX_INFLIGHT,
+    SHED_REACTOR_LAG,
+    UNKNOWN_ROUTE,
+    GatewayMetrics,
+)
 from .outcomes import CallResult
 from .targeting import BadTargeting, Selector, json_field, os_from_user_agent, parse_country, parse_os
 from .upstream import Upstream
@@ -38,9 +47,6 @@ _ROUTE_PATH = re.compile(rb"^/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 _COMPLETE = frozenset((outcomes.OK, outcomes.HTTP_ERROR))
 
-SHED_MAX_INFLIGHT = "max_inflight"
-SHED_REACTOR_LAG = "reactor_lag"
-SHED_DRAINING = "draining"
 _SHED_MESSAGES = {
     SHED_MAX_INFLIGHT: "gateway at max_inflight; retry later",
     SHED_REACTOR_LAG: "gateway overloaded (event loop behind); retry later",
@@ -84,6 +90,7 @@ class Snapshot:
     os_header: bytes
     os_path: tuple[str, ...]
     deadline_header: bytes
+    route_labels: dict[bytes, str]  # b"/bid" -> "bid": the route label of a path
 
 
 def compile_snapshot(config: Config, clock: IReactorTime,
@@ -101,7 +108,8 @@ def compile_snapshot(config: Config, clock: IReactorTime,
         country_header=t.country_header.encode("ascii"),
         country_path=tuple(t.country_field.split(".")),
         os_header=t.os_header.encode("ascii"), os_path=tuple(t.os_field.split(".")),
-        deadline_header=config.server.deadline_header.encode("ascii"))
+        deadline_header=config.server.deadline_header.encode("ascii"),
+        route_labels={b"/" + name.encode("ascii"): name for name in config.routes})
 
 
 def pool_size_per_host(config: Config) -> int:
@@ -128,10 +136,13 @@ class Gateway:
         self.lag = ReactorLag(reactor)
         self.inflight: set[Fanout] = set()
         self.admitted = 0
-        self.shed: Counter[str] = Counter()
         self.admitted_total = 0
         self.draining = False
         self._idle_waiters: list[Deferred[None]] = []
+        self.ready = False  # /readyz: False while starting and draining
+        self.overdue = OverdueWatch(reactor, self.inflight)
+        self.metrics = GatewayMetrics(self)
+        self.access_log: AccessLog | None = None
         self._id_prefix = os.urandom(4).hex()
         self._id_counter = 0
 
@@ -150,7 +161,7 @@ class Gateway:
             self.admitted += 1
             self.admitted_total += 1
             return None
-        self.shed[reason] += 1
+        self.metrics.shed(reason)
         return reason
 
     def release(self) -> None:
@@ -172,8 +183,16 @@ class Gateway:
         """Serve ``config`` from now on. Requests in flight finish on the
         snapshot they started with; partners whose config is unchanged keep
         their state; the pool is resized for the new caps."""
+        old = self.snapshot.config
         self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners)
         self.upstream.resize(pool_size_per_host(config), config.upstream.idle_timeout_ms / 1000.0)
+        self.metrics.compile(config)
+        if config.log != old.log:
+            if self.access_log is not None:
+                self.access_log.close()
+            self.access_log = AccessLog.from_config(config.log)
+        elif self.access_log is not None:
+            self.access_log.reopen()  # after logrotate moved the file
 
     def _request_id(self, request: Request) -> str:
         given = request.getHeader(b"X-Request-Id")
@@ -181,6 +200,16 @@ class Gateway:
             return given.decode("ascii")
         self._id_counter += 1
         return f"{self._id_prefix}-{self._id_counter:x}"
+
+    def request_ended(self, request: "GatewayRequest", code: int) -> None:
+        """Count (and maybe log) one request that was answered or abandoned."""
+        started = request.started
+        elapsed = None if started is None else self.clock.seconds() - started
+        route = self.snapshot.route_labels.get(request.path, UNKNOWN_ROUTE) \
+            if started is not None else UNKNOWN_ROUTE
+        self.metrics.request_ended(route, code, elapsed)
+        if self.access_log is not None:
+            self.access_log.request_ended(request.fanout, route, code, elapsed)
 
     # -- the one public route --
 
@@ -225,6 +254,7 @@ class Gateway:
         fanout = Fanout(self.clock, self.upstream, server, request_id, route,
                         started, started + budget_ms / 1000.0)
         self.inflight.add(fanout)
+        request.fanout = fanout
 
         def answer(results: list[CallResult]) -> bytes:
             complete = all(r.outcome in _COMPLETE for r in results)
@@ -238,6 +268,7 @@ class Gateway:
 
         def forget(result: Any) -> Any:
             self.inflight.discard(fanout)
+            self.metrics.fanout_ended(fanout)
             return result
 
         return fanout.run(partners, body).addBoth(forget).addCallback(answer)
@@ -270,6 +301,8 @@ class Gateway:
     def close(self) -> Any:
         """Stop background work; close the pooled connections."""
         self.lag.stop()
+        if self.access_log is not None:
+            self.access_log.close()
         return self.upstream.close()
 
 
@@ -281,6 +314,8 @@ class GatewayRequest(Request):
     _admitted = False
     _refused = False
     _body_size = 0
+    started: float | None = None  # set when processing starts
+    fanout: Fanout | None = None
 
     def _gateway(self) -> Gateway:
         return self.channel.site.gateway  # type: ignore[no-any-return]
@@ -311,6 +346,7 @@ class GatewayRequest(Request):
         transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         transport.loseConnection()
+        self._gateway().request_ended(self, 413)
 
     def process(self) -> None:
         if self._refused:
@@ -334,10 +370,14 @@ class GatewayRequest(Request):
     def finish(self) -> None:
         self._release()
         super().finish()
+        self.site.gateway.request_ended(self, self.code)
 
     def connectionLost(self, reason: Failure) -> None:
         self._release()
+        abandoned = self.started is not None and not self.finished
         super().connectionLost(reason)
+        if abandoned:
+            self.site.gateway.request_ended(self, CLIENT_CLOSED)
 
     def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
         log.failure("unhandled error serving {path}", failure=reason,

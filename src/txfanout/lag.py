@@ -1,7 +1,9 @@
-"""Reactor lag: how late the event loop runs a timer it was asked to run.
+"""Reactor lag: how late the reactor runs a timer it was asked to run.
 
-A loop that is busy past its capacity runs timers late; that lateness is the
-earliest honest sign of overload, before queues and memory grow.
+A blocked or saturated reactor runs every callback late; the lateness of a
+timer scheduled every ``interval`` seconds measures it. ``ReactorLag.lag`` is
+the latest measurement, in seconds (0.0 before the first one): read it from
+metrics, from admission control, or from anything else that wants to know.
 """
 
 from __future__ import annotations
@@ -10,30 +12,46 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
 class ReactorLag:
-    """Re-arms a timer every ``interval`` seconds; ``lag`` is how late the
-    last one fired (seconds, never negative)."""
+    """Measures reactor lag every ``interval`` seconds once started.
 
-    def __init__(self, clock: IReactorTime, interval: float = 0.05) -> None:
+    A chain of ``callLater`` (rather than a ``LoopingCall``, which silently
+    skips the ticks it missed) so that each tick measures exactly how late
+    it ran: ``lag = now - when it was due``.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float = 0.1) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
         self._clock = clock
-        self._interval = interval
-        self._expected = 0.0
-        self._call: IDelayedCall | None = None
+        self.interval = interval
         self.lag = 0.0
+        self._due = 0.0
+        self._call: IDelayedCall | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._call is not None
 
     def start(self) -> None:
+        """Start measuring (idempotent)."""
         if self._call is None:
-            self._arm()
+            self._schedule()
 
     def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-        self.lag = 0.0
+        """Stop measuring; ``lag`` keeps its last value."""
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
 
-    def _arm(self) -> None:
-        self._expected = self._clock.seconds() + self._interval
-        self._call = self._clock.callLater(self._interval, self._tick)
+    def _schedule(self) -> None:
+        self._due = self._clock.seconds() + self.interval
+        self._call = self._clock.callLater(self.interval, self._tick)
 
     def _tick(self) -> None:
-        self.lag = max(0.0, self._clock.seconds() - self._expected)
-        self._arm()
+        self.lag = max(0.0, self._clock.seconds() - self._due)
+        self._schedule()
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"<ReactorLag lag={self.lag:.4f}s interval={self.interval}s>"
+

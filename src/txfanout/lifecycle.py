@@ -89,6 +89,7 @@ class Lifecycle(service.Service):
         self._last_total, self._last_time = self.gateway.admitted_total, self._reactor.seconds()
         if self.draining:
             return
+        self.gateway.ready = True
         log.info("ready: pid {pid}, serving {listen}, admin {admin}", pid=os.getpid(),
                  listen=describe(self.public.port, server.listen),
                  admin=describe(self.admin.port, server.admin))
@@ -197,6 +198,7 @@ class Lifecycle(service.Service):
             return self.drained
         self.draining = True
         self.gateway.draining = True
+        self.gateway.ready = False
         started = self._reactor.seconds()
         budget = self.gateway.snapshot.config.server.deadline_ms / 1000.0 + DRAIN_MARGIN_S
         log.info("draining: /readyz is 503; {count} requests in flight, waiting up to "

@@ -9,10 +9,12 @@ from twisted.application import service
 from twisted.python import usage
 
 from . import config as configuration
-from . import demo
+from . import demo, logs
+from .accesslog import AccessLog
 from .admin import admin_site
 from .gateway import Gateway, GatewaySite
 from .lifecycle import DRAIN_MARGIN_S, Lifecycle
+from .memory import AllocationSites
 from .listeners import (
     EndpointError,
     Listener,
@@ -120,6 +122,8 @@ class Options(usage.Options):
         ["inherit-fd", None, None, "Serve the listening socket at this file descriptor "
                                    "instead of --listen (set by --workers).",
          _at_least(0, "--inherit-fd")],
+        ["tracemalloc", None, 0, "Trace allocations (slower) and show the top N allocation "
+                                 "sites in the admin face's /debug/memory; 0: off.", int],
     ]
 
     def getUsage(self, width: int | None = None) -> str:
@@ -130,6 +134,9 @@ class Options(usage.Options):
                           "deadline_ms": self["deadline-ms"], "max_inflight": self["max-inflight"]}
         if not 0 < self["demo-port"] < 65536:
             raise usage.UsageError("--demo-port must be from 1 to 65535")
+        if not 0 <= self["tracemalloc"] <= 1000:
+            raise usage.UsageError("--tracemalloc must be from 0 to 1000")
+        logs.prefer_journal(self.parent)
         try:
             if self["config"]:
                 raw = configuration.read(self["config"])
@@ -139,6 +146,7 @@ class Options(usage.Options):
                 raise usage.UsageError("give --config PATH, or --demo to try the built-in demo")
             self.config = configuration.parse(
                 configuration.with_server_overrides(raw, self.overrides))
+            self.access_log = AccessLog.from_config(self.config.log)
         except configuration.ConfigError as e:
             raise usage.UsageError("invalid configuration:\n  " + "\n  ".join(e.errors))
         self.workers = worker_count(self["workers"])
@@ -199,14 +207,34 @@ def makeService(options: Options) -> service.IService:
     except (EndpointError, OSError) as e:
         raise SystemExit(f"txfanout: {e}")
     gateway = Gateway(reactor, config)
+    gateway.access_log = options.access_log
+    sites = AllocationSites(options["tracemalloc"]) if options["tracemalloc"] else None
     GatewayService(gateway).setServiceParent(top)
+    for watcher in (gateway.overdue, sites):
+        if watcher is not None:
+            Running(watcher).setServiceParent(top)
     public = Listener("public", endpoint, GatewaySite(gateway))
     public.setServiceParent(top)
-    admin = Listener("admin", admin_endpoint, admin_site(gateway))
+    admin = Listener("admin", admin_endpoint, admin_site(gateway, sites))
     admin.setServiceParent(top)
     Lifecycle(reactor, gateway, public, admin, options.reload_config(),
               Notifier.from_environment()).setServiceParent(top)
     return top
+
+
+class Running(service.Service):
+    """Runs anything with ``start()`` and ``stop()`` while the daemon runs."""
+
+    def __init__(self, thing: Any) -> None:
+        self.thing = thing
+
+    def startService(self) -> None:
+        super().startService()
+        self.thing.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.thing.stop()
 
 
 class GatewayService(service.Service):

@@ -28,12 +28,7 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
-    ResponseDone,
-    _HTTP11ClientFactory,
-)
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -48,21 +43,13 @@ from zope.interface import implementer
 from . import outcomes, tls
 from .config import PartnerConfig
 from .outcomes import CallResult
-from .tls import HandshakeAwareProtocol, HandshakeCancelled, HandshakeEndpoint, PartnerTLS
+from .phases import READING, SENT, CallPhase
+from .poolstats import ConnectionStats, CountingClientFactory, CountingEndpoints
+from .tls import HandshakeCancelled, HandshakeEndpoint, PartnerTLS
 
 # Agents kept for TLS profiles; past this many the cache starts afresh (an
 # agent holds no connections: they stay in the pool under the profile's key).
 MAX_TLS_AGENTS = 1024
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory, without a log line per connection;
-    its protocols can wait for their TLS handshake."""
-
-    noisy = False
-
-    def buildProtocol(self, addr: Any) -> HandshakeAwareProtocol:
-        return HandshakeAwareProtocol(self._quiescentCallback)
 
 
 @implementer(IAgentEndpointFactory)
@@ -107,14 +94,18 @@ class BodyTooLarge(Exception):
 
 @implementer(IBodyProducer)
 class BytesProducer:
-    """Writes a bytes body in one go: no cooperator, no file object."""
+    """Writes a bytes body in one go: no cooperator, no file object. Its
+    call's phase (if any) is ``sent`` once the request is written."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, phase: CallPhase | None = None) -> None:
         self._body = body
+        self._phase = phase
         self.length = len(body)
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         consumer.write(self._body)
+        if self._phase is not None:
+            self._phase.state = SENT
         return succeed(None)
 
     def pauseProducing(self) -> None:
@@ -185,7 +176,10 @@ class CappedBody(Protocol):
         self._chunks = []
 
 
-def _read_capped(response: IResponse, limit: int) -> Deferred[tuple[int, bytes]]:
+def _read_capped(response: IResponse, limit: int,
+                 phase: CallPhase | None = None) -> Deferred[tuple[int, bytes]]:
+    if phase is not None:
+        phase.state = READING
     code = response.code
     reader = CappedBody(limit)
     response.deliverBody(reader)
@@ -235,10 +229,12 @@ class Upstream:
         self._reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.retryAutomatically = False
-        self.pool._factory = _QuietClientFactory
+        self.pool._factory = CountingClientFactory
+        self.connections = ConnectionStats()
         self.resize(per_host, idle_timeout_s)
-        self.agent = Agent.usingEndpointFactory(reactor, PartnerEndpoints(reactor),
-                                                pool=self.pool)
+        self.agent = Agent.usingEndpointFactory(
+            reactor, CountingEndpoints(PartnerEndpoints(reactor), self.connections),
+            pool=self.pool)
         self._tls_agents: dict[bytes, Agent] = {}
 
     def _tls_agent(self, partner_tls: PartnerTLS) -> Agent:
@@ -247,8 +243,10 @@ class Upstream:
         if agent is None:
             if len(self._tls_agents) >= MAX_TLS_AGENTS:
                 self._tls_agents.clear()
-            agent = _TLSProfileAgent.usingEndpointFactory(
-                self._reactor, PartnerEndpoints(self._reactor, partner_tls), pool=self.pool)
+            endpoints = CountingEndpoints(PartnerEndpoints(self._reactor, partner_tls),
+                                          self.connections)
+            agent = _TLSProfileAgent.usingEndpointFactory(self._reactor, endpoints,
+                                                          pool=self.pool)
             agent._profile = partner_tls.key
             self._tls_agents[partner_tls.key] = agent
         return agent
@@ -260,16 +258,17 @@ class Upstream:
         self.pool.cachedConnectionTimeout = idle_timeout_s
 
     def call(self, partner: PartnerConfig, url: bytes, headers: Headers, body: bytes,
-             timeout_s: float) -> Deferred[CallResult]:
+             timeout_s: float, phase: CallPhase | None = None) -> Deferred[CallResult]:
         """POST ``body`` to ``partner``; the Deferred always fires with a
-        CallResult. Cancelling it aborts the call (outcome ``cancelled``)."""
+        CallResult. Cancelling it aborts the call (outcome ``cancelled``).
+        ``phase``, when given, follows the call (see :mod:`txfanout.phases`)."""
         clock = self.clock
         started = clock.seconds()
         why_stopped: list[str] = []
 
         agent = self.agent if partner.tls is None else self._tls_agent(partner.tls)
-        d = agent.request(b"POST", url, headers, BytesProducer(body))
-        d.addCallback(_read_capped, partner.max_response_bytes)
+        d = agent.request(b"POST", url, headers, BytesProducer(body, phase))
+        d.addCallback(_read_capped, partner.max_response_bytes, phase)
 
         def on_timeout() -> None:
             why_stopped.append(outcomes.TIMEOUT)

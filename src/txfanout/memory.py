@@ -1,0 +1,118 @@
+"""Where memory goes: RSS, the collector, object types, allocation sites.
+
+Allocation sites need ``tracemalloc``, which slows every allocation down:
+it only runs when the daemon was started with ``--tracemalloc N``.
+Counting object types walks every object the collector tracks (tens of
+milliseconds on a large heap, the reactor waits): for operators, not for
+scrapers.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import sys
+import tracemalloc
+from collections import Counter
+from typing import Any
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """The resident set size now (Linux), else the peak one."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _type_name(t: type) -> str:
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def top_types(objects: list[Any], limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` most numerous types among ``objects``."""
+    counts = Counter(type(o) for o in objects)
+    return [{"type": _type_name(t), "count": n} for t, n in counts.most_common(limit)]
+
+
+def _short(filename: str) -> str:
+    """``twisted/web/http.py`` rather than its full site-packages path."""
+    best = ""
+    for entry in sys.path:
+        if entry and filename.startswith(entry.rstrip("/") + "/") and len(entry) > len(best):
+            best = entry.rstrip("/") + "/"
+    return filename[len(best):]
+
+
+class AllocationSites:
+    """Top allocation sites from tracemalloc, and how they moved since the
+    previous report (only the per-site totals are kept between reports)."""
+
+    _FILTERS = (tracemalloc.Filter(False, tracemalloc.__file__),
+                tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+                tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+                tracemalloc.Filter(False, "<unknown>"),
+                tracemalloc.Filter(False, __file__))  # our own previous report
+
+    def __init__(self, top: int, frames: int = 1) -> None:
+        self.top = top
+        self._frames = frames
+        self._previous: dict[str, tuple[int, int]] | None = None
+
+    def start(self) -> None:
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(self._frames)
+
+    def stop(self) -> None:
+        tracemalloc.stop()
+        self._previous = None
+
+    def report(self) -> dict[str, Any]:
+        """Top sites by size now, and the top changes since the last report."""
+        if not tracemalloc.is_tracing():
+            return {"enabled": False}
+        snapshot = tracemalloc.take_snapshot().filter_traces(self._FILTERS)
+        now: dict[str, tuple[int, int]] = {}
+        for stat in snapshot.statistics("lineno"):
+            frame = stat.traceback[0]
+            now[f"{_short(frame.filename)}:{frame.lineno}"] = (stat.size, stat.count)
+        previous, self._previous = self._previous, now
+        top = sorted(now.items(), key=lambda kv: kv[1][0], reverse=True)[:self.top]
+        current, peak = tracemalloc.get_traced_memory()
+        out: dict[str, Any] = {
+            "enabled": True, "traced_bytes": current, "traced_peak_bytes": peak,
+            "top": [{"site": site, "size_bytes": size, "count": count}
+                    for site, (size, count) in top],
+            "diff": None,
+        }
+        if previous is not None:
+            changes = []
+            for site in now.keys() | previous.keys():
+                size, count = now.get(site, (0, 0))
+                old_size, old_count = previous.get(site, (0, 0))
+                if size != old_size or count != old_count:
+                    changes.append({"site": site, "size_bytes": size,
+                                    "size_diff": size - old_size, "count_diff": count - old_count})
+            changes.sort(key=lambda c: abs(c["size_diff"]), reverse=True)
+            out["diff"] = changes[:self.top]
+        return out
+
+
+def memory_view(types: int, sites: AllocationSites | None) -> dict[str, Any]:
+    """The /debug/memory document."""
+    objects = gc.get_objects()
+    top, tracked = top_types(objects, types), len(objects)
+    del objects  # a list of every object: not kept while the answer is built
+    return {
+        "rss_bytes": rss_bytes(),
+        "gc": {"counts": list(gc.get_count()), "thresholds": list(gc.get_threshold()),
+               "generations": gc.get_stats(), "tracked_objects": tracked},
+        "top_types": top,
+        "tracemalloc": sites.report() if sites is not None else
+        {"enabled": False, "hint": "start the daemon with --tracemalloc N"},
+    }

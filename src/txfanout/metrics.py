@@ -1,0 +1,222 @@
+"""Prometheus metrics of one gateway, in its own registry.
+
+Hot-path counters and histograms use label children cached per route,
+code, partner and reason (all bounded: routes and partners come from the
+configuration, codes and reasons from the gateway's own code; a path that
+is not a route counts as route ``unknown``). Everything that is a level
+rather than an event (in-flight counts, connections, lag, overdue requests)
+is read from the live state when scraped, so it costs nothing per request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+from urllib.parse import urlsplit
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client import exposition
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.platform_collector import PlatformCollector
+
+from . import outcomes
+from .config import Config
+
+if TYPE_CHECKING:
+    from .fanout import Fanout, PartnerState
+    from .gateway import Gateway
+
+UNKNOWN_ROUTE = "unknown"
+CLIENT_CLOSED = 499  # the client went away before the answer (nginx's code)
+SHED_MAX_INFLIGHT = "max_inflight"
+SHED_REACTOR_LAG = "reactor_lag"
+SHED_DRAINING = "draining"
+# Pre-created so that rate() sees them from the start.
+SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING)
+# From 1 ms to 1 s in steps that keep p50 and p99 readable, then a tail.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
+                   0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
+_NOT_CALLED = frozenset((outcomes.SHED, outcomes.OPEN, outcomes.SKIPPED))
+# What generate_latest() writes (prometheus-client's own server says so;
+# its CONTENT_TYPE_LATEST became 1.0.0 in 0.22, 0.0.4 before).
+CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
+
+# No ``*_created`` series: they double the exposition and no dashboard uses
+# them (a process-wide switch of prometheus-client).
+disable_created_metrics()
+
+
+def circuit_open(state: "PartnerState") -> bool:
+    """Whether a partner's breaker is open or half-open (not yet trusted)."""
+    return state.breaker is not None and state.breaker.is_open
+
+
+class _PartnerChildren:
+    __slots__ = ("outcomes", "duration")
+
+    def __init__(self, calls: Counter, duration: Histogram, partner: str) -> None:
+        self.outcomes = {o: calls.labels(partner, o) for o in outcomes.ALL}
+        self.duration = duration.labels(partner)
+
+
+class GatewayMetrics:
+    """The gateway's metrics; ``exposition()`` is the /metrics body."""
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.registry = registry = CollectorRegistry()
+        self._requests = Counter(
+            "txfanout_requests", "Requests answered, by route and HTTP status "
+            "(499: the client went away first).", ("route", "code"), registry=registry)
+        self._duration = Histogram(
+            "txfanout_request_duration_seconds", "Time from arrival to answer, by route.",
+            ("route",), buckets=LATENCY_BUCKETS, registry=registry)
+        self._shed = Counter(
+            "txfanout_shed", "Requests refused at admission (503), by reason.",
+            ("reason",), registry=registry)
+        self._calls = Counter(
+            "txfanout_partner_calls", "Partner calls by outcome (shed, open and skipped "
+            "calls were not made).", ("partner", "outcome"), registry=registry)
+        self._call_duration = Histogram(
+            "txfanout_partner_call_duration_seconds", "Duration of the partner calls "
+            "that were made, whatever their outcome.", ("partner",),
+            buckets=LATENCY_BUCKETS, registry=registry)
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        registry.register(LiveCollector(gateway))
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._duration_children: dict[str, Any] = {}
+        self._shed_children: dict[str, Any] = {}
+        self._partner_children: dict[str, _PartnerChildren] = {}
+        for reason in SHED_REASONS:
+            self._shed_child(reason)
+        self.compile(gateway.snapshot.config)
+
+    def compile(self, config: Config) -> None:
+        """Create the children of a configuration's routes and partners up
+        front (their series exist at 0 from the start). Names that appear
+        later (a reloaded configuration) are created on first use."""
+        for route in (*config.routes, UNKNOWN_ROUTE):
+            self._route_duration(route)
+        for partner in config.partners:
+            self._partner(partner)
+
+    # -- the hot path --
+
+    def request_ended(self, route: str, code: int, elapsed: float | None) -> None:
+        """One answered request (``elapsed`` None: never reached the gateway's
+        clock, e.g. refused while its body was read)."""
+        child = self._request_children.get((route, code))
+        if child is None:
+            child = self._request_children[(route, code)] = \
+                self._requests.labels(route, str(code))
+        child.inc()
+        if elapsed is not None:
+            self._route_duration(route).observe(elapsed)
+
+    def fanout_ended(self, fanout: "Fanout") -> None:
+        """Count every partner call of a finished fan-out."""
+        for name, result in zip(fanout.partners, fanout.results):
+            if result is None:
+                continue
+            children = self._partner_children.get(name) or self._partner(name)
+            children.outcomes[result.outcome].inc()
+            if result.outcome not in _NOT_CALLED:
+                children.duration.observe(result.latency_ms / 1000.0)
+
+    def shed(self, reason: str) -> None:
+        """One request refused at admission for ``reason`` (a constant of the
+        caller, e.g. SHED_MAX_INFLIGHT)."""
+        (self._shed_children.get(reason) or self._shed_child(reason)).inc()
+
+    # -- creation of children (bounded by the config and the code) --
+
+    def _route_duration(self, route: str) -> Any:
+        child = self._duration_children.get(route)
+        if child is None:
+            child = self._duration_children[route] = self._duration.labels(route)
+        return child
+
+    def _partner(self, name: str) -> _PartnerChildren:
+        children = _PartnerChildren(self._calls, self._call_duration, name)
+        self._partner_children[name] = children
+        return children
+
+    def _shed_child(self, reason: str) -> Any:
+        child = self._shed.labels(reason)
+        self._shed_children[reason] = child
+        return child
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def _upstream_of(url: str) -> str:
+    u = urlsplit(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    host = f"[{u.hostname}]" if u.hostname and ":" in u.hostname else u.hostname
+    return f"{u.scheme}://{host}:{port}"
+
+
+class LiveCollector:
+    """Levels read from the gateway when scraped."""
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self._gateway = gateway
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        families = self._families()
+        inflight, overdue, lag, partner_inflight, breaker, partner_upstream, \
+            connections, opened, closed = families
+        g = self._gateway
+        inflight.add_metric([], g.admitted)
+        overdue.add_metric([], g.overdue.scan())
+        lag.add_metric([], g.lag.lag)
+        for name, state in g.snapshot.partners.items():
+            partner_inflight.add_metric([name], state.inflight)
+            breaker.add_metric([name], 1.0 if circuit_open(state) else 0.0)
+            partner_upstream.add_metric([name, _upstream_of(state.config.url)], 1.0)
+        for row in g.upstream.connections.view(g.upstream.pool):
+            connections.add_metric([row["upstream"], "idle"], row["idle"])
+            connections.add_metric([row["upstream"], "active"], row["active"])
+            opened.add_metric([row["upstream"]], row["opened"])
+            closed.add_metric([row["upstream"]], row["closed"])
+        return families
+
+    @staticmethod
+    def _families() -> list[Metric]:
+        return [
+            GaugeMetricFamily("txfanout_inflight_requests", "Requests being served."),
+            GaugeMetricFamily("txfanout_overdue_inflight",
+                              "Requests still in flight well past their deadline "
+                              "(a leak: must stay 0)."),
+            GaugeMetricFamily("txfanout_reactor_lag_seconds",
+                              "How late the reactor ran its last lag probe."),
+            GaugeMetricFamily("txfanout_partner_inflight", "Calls in flight per partner.",
+                              labels=["partner"]),
+            GaugeMetricFamily("txfanout_partner_circuit_open",
+                              "1 while the partner's circuit breaker is open.",
+                              labels=["partner"]),
+            GaugeMetricFamily("txfanout_partner_upstream",
+                              "Always 1: which upstream (scheme://host:port) a partner "
+                              "is called on.", labels=["partner", "upstream"]),
+            GaugeMetricFamily("txfanout_upstream_connections",
+                              "Connections to an upstream, idle (pooled) or active.",
+                              labels=["upstream", "state"]),
+            CounterMetricFamily("txfanout_upstream_connections_opened",
+                                "Connections opened to an upstream.", labels=["upstream"]),
+            CounterMetricFamily("txfanout_upstream_connections_closed",
+                                "Connections to an upstream that were closed.",
+                                labels=["upstream"]),
+        ]

@@ -1,0 +1,130 @@
+"""Connections to partners, counted per upstream (scheme, host, port).
+
+The pool (``HTTPConnectionPool``) keeps idle connections in
+``pool._connections[key]`` but counts nothing. The agent's endpoint factory
+is wrapped so that each new connection is tagged with its upstream, and the
+pool's protocol factory builds protocols that count themselves opened and
+closed. Idle connections are read from the pool when asked; active ones are
+the open ones that are not idle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from .tls import HandshakeAwareProtocol
+
+Key = tuple[bytes, bytes, int]
+
+
+def upstream_label(key: Key) -> str:
+    """``scheme://host:port`` for a pool key (the URL's, not the resolved IP)."""
+    scheme, host, port = (k.decode("ascii") if isinstance(k, bytes) else k for k in key)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+class UpstreamConnections:
+    """Connections opened to and closed by one upstream, since start."""
+
+    __slots__ = ("key", "label", "opened", "closed")
+
+    def __init__(self, key: Key) -> None:
+        self.key = key
+        self.label = upstream_label(key)
+        self.opened = 0
+        self.closed = 0
+
+
+class ConnectionStats:
+    """Every upstream's counters, created on first connection (so bounded by
+    the partner URLs in the configuration)."""
+
+    def __init__(self) -> None:
+        self.upstreams: dict[Key, UpstreamConnections] = {}
+
+    def for_key(self, key: Key) -> UpstreamConnections:
+        counter = self.upstreams.get(key)
+        if counter is None:
+            counter = self.upstreams[key] = UpstreamConnections(key)
+        return counter
+
+    def view(self, pool: HTTPConnectionPool) -> list[dict[str, Any]]:
+        """Per upstream: idle, active, opened, closed (sorted by upstream)."""
+        out = []
+        for key, counter in self.upstreams.items():
+            # TLS profiles pool under (scheme, host, port, profile): count them all.
+            idle = sum(1 for k, conns in pool._connections.items() if k[:3] == key
+                       for c in conns if c.state == "QUIESCENT")
+            open_now = counter.opened - counter.closed
+            out.append({"upstream": counter.label, "idle": idle,
+                        "active": max(0, open_now - idle),
+                        "opened": counter.opened, "closed": counter.closed})
+        out.sort(key=lambda row: row["upstream"])
+        return out
+
+
+class _CountedClientProtocol(HandshakeAwareProtocol):
+    upstream: UpstreamConnections | None = None
+    _counted = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.upstream is not None:
+            self._counted = True
+            self.upstream.opened += 1
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._counted:
+            self._counted = False
+            self.upstream.closed += 1  # type: ignore[union-attr]
+        super().connectionLost(reason)
+
+
+class CountingClientFactory(_HTTP11ClientFactory):
+    """The pool's per-connection factory (``pool._factory``): no log line per
+    connection, and protocols that count themselves on their upstream."""
+
+    noisy = False
+    upstream: UpstreamConnections | None = None
+
+    def buildProtocol(self, addr: Any) -> HandshakeAwareProtocol:
+        protocol = _CountedClientProtocol(self._quiescentCallback)
+        protocol.upstream = self.upstream
+        return protocol
+
+
+@implementer(IStreamClientEndpoint)
+class _TaggingEndpoint:
+    __slots__ = ("_endpoint", "_upstream")
+
+    def __init__(self, endpoint: IStreamClientEndpoint, upstream: UpstreamConnections) -> None:
+        self._endpoint = endpoint
+        self._upstream = upstream
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        if isinstance(factory, CountingClientFactory):
+            factory.upstream = self._upstream
+        return self._endpoint.connect(factory)
+
+
+@implementer(IAgentEndpointFactory)
+class CountingEndpoints:
+    """Wraps an agent's endpoint factory: every connection it opens is
+    tagged with its upstream's counters in ``stats``."""
+
+    def __init__(self, wrapped: IAgentEndpointFactory, stats: ConnectionStats) -> None:
+        self._wrapped = wrapped
+        self._stats = stats
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        upstream = self._stats.for_key((uri.scheme, uri.host, uri.port))
+        return _TaggingEndpoint(self._wrapped.endpointForURI(uri), upstream)

@@ -1,0 +1,258 @@
+"""Each metric moves when its cause happens, caused by real loopback partners."""
+
+from __future__ import annotations
+
+import time
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
+
+from txfanout.config import ServerConfig
+from txfanout.fanout import Fanout
+from txfanout.inflight import OverdueWatch
+from txfanout.top import Scrape
+
+from .conftest import raw_client, route_config, within
+from .partners import PartnerServer, refused_url
+
+
+def one(partner, path, **extra):
+    return {"url": partner.url(path), **extra}
+
+
+def value(gw, name, **labels):
+    """A sample of the gateway's registry (None when the series is absent)."""
+    return gw.gateway.metrics.registry.get_sample_value(name, labels)
+
+
+def calls(gw, partner, outcome):
+    return value(gw, "txfanout_partner_calls_total", partner=partner, outcome=outcome)
+
+
+@pytest_twisted.ensureDeferred
+async def test_partner_outcomes_and_durations_are_counted(partner, make_gateway):
+    gw = make_gateway(route_config({
+        "fast": one(partner, "/ok"),
+        "five-hundred": one(partner, "/status/503"),
+        "slow": one(partner, "/delay/2000", timeout_ms=100),
+        "reset": one(partner, "/reset"),
+        "refused": {"url": refused_url()},
+        "big": one(partner, "/big/5000", max_response_bytes=1000),
+    }))
+    for name in ("fast", "slow", "big"):
+        assert calls(gw, name, "ok") == 0.0  # the series exist before any traffic
+    await gw.post()
+    await gw.post()
+    assert calls(gw, "fast", "ok") == 2
+    assert calls(gw, "five-hundred", "http_error") == 2
+    assert calls(gw, "slow", "timeout") == 2
+    assert calls(gw, "slow", "ok") == 0
+    assert calls(gw, "reset", "error") == 2
+    assert calls(gw, "refused", "error") == 2
+    assert calls(gw, "big", "too_large") == 2
+    # The timed-out calls took their 100 ms; the fast ones well under it.
+    hist = "txfanout_partner_call_duration_seconds"
+    assert value(gw, hist + "_count", partner="slow") == 2
+    assert value(gw, hist + "_bucket", partner="slow", le="0.075") == 0
+    assert value(gw, hist + "_bucket", partner="slow", le="0.25") == 2
+    assert value(gw, hist + "_bucket", partner="fast", le="0.075") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_shed_skipped_and_cancelled_calls(partner, make_gateway):
+    gw = make_gateway(route_config({
+        "hang": one(partner, "/hang", timeout_ms=5000, max_concurrency=1),
+        "ok": one(partner, "/ok"),
+    }, deadline_ms=10000))
+    arrived = partner.wait_request()
+    lost = partner.wait_hang_lost()
+    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
+                                    b"Content-Length: 2\r\n\r\n{}")
+    await within(arrived)
+    # The hanging partner is at its cap: the next request sheds its call.
+    answer = await gw.post()
+    assert answer.outcomes() == {"hang": "shed", "ok": "ok"}
+    assert calls(gw, "hang", "shed") == 1
+    # Shed calls were not made: no duration for them.
+    assert value(gw, "txfanout_partner_call_duration_seconds_count", partner="hang") == 0
+    assert value(gw, "txfanout_partner_inflight", partner="hang") == 1
+    # Too little budget left to call anyone: skipped.
+    answer = await gw.post(headers={"X-Fanout-Deadline-Ms": "8"})
+    assert answer.outcomes() == {"hang": "skipped", "ok": "skipped"}  # no budget for anyone
+    assert calls(gw, "ok", "skipped") == 1
+    # The first client goes away: its call is cancelled, its request counted as 499.
+    client.transport.loseConnection()
+    await within(lost)
+    assert calls(gw, "hang", "cancelled") == 1
+    assert value(gw, "txfanout_partner_inflight", partner="hang") == 0
+    assert value(gw, "txfanout_requests_total", route="bid", code="499") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_by_route_and_code_with_bounded_labels(partner, make_gateway):
+    gw = make_gateway(route_config({"a": one(partner, "/ok")}, max_body_bytes=100))
+    assert (await gw.post()).code == 200
+    assert (await gw.post(method="GET")).code == 405
+    assert (await gw.post(body=b"{nope")).code == 400
+    for i in range(20):
+        assert (await gw.post(f"/no-such-route-{i}")).code == 404
+    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
+                                    b"Content-Length: 100000\r\n\r\n")
+    await within(client.closed)
+    total = "txfanout_requests_total"
+    assert value(gw, total, route="bid", code="200") == 1
+    assert value(gw, total, route="bid", code="405") == 1
+    assert value(gw, total, route="bid", code="400") == 1
+    assert value(gw, total, route="unknown", code="404") == 20
+    assert value(gw, total, route="unknown", code="413") == 1  # refused before its path
+    scrape = Scrape.parse(gw.gateway.metrics.exposition().decode(), 0.0)
+    assert {d["route"] for d, _ in scrape.values(total)} == {"bid", "unknown"}
+    assert {d["route"] for d, _ in scrape.values("txfanout_request_duration_seconds_count")} \
+        == {"bid", "unknown"}
+    assert value(gw, "txfanout_request_duration_seconds_count", route="bid") == 3
+    assert value(gw, "txfanout_request_duration_seconds_bucket", route="bid", le="1.0") == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_admission_shed_and_inflight(partner, make_gateway):
+    gw = make_gateway(route_config({"hang": one(partner, "/hang")},
+                                   max_inflight=1, deadline_ms=2000))
+    assert value(gw, "txfanout_shed_total", reason="max_inflight") == 0
+    arrived = partner.wait_request()
+    held = Deferred.fromCoroutine(gw.post())
+    await within(arrived)
+    assert value(gw, "txfanout_inflight_requests") == 1
+    assert value(gw, "txfanout_partner_inflight", partner="hang") == 1
+    assert (await gw.post()).code == 503
+    assert (await gw.post()).code == 503
+    assert value(gw, "txfanout_shed_total", reason="max_inflight") == 2
+    assert value(gw, "txfanout_requests_total", route="bid", code="503") == 2
+    await within(held)
+    assert value(gw, "txfanout_inflight_requests") == 0
+    assert value(gw, "txfanout_partner_inflight", partner="hang") == 0
+    assert calls(gw, "hang", "timeout") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_upstream_connections(partner, make_gateway):
+    other = PartnerServer().start()
+    try:
+        gw = make_gateway(route_config({"ok": one(partner, "/ok"),
+                                        "hang": one(other, "/hang", timeout_ms=100)}))
+        a = f"http://127.0.0.1:{partner.port.getHost().port}"
+        b = f"http://127.0.0.1:{other.port.getHost().port}"
+        conns = "txfanout_upstream_connections"
+        lost = other.wait_hang_lost()
+        assert (await gw.post()).outcomes() == {"ok": "ok", "hang": "timeout"}
+        await within(lost)
+        # The answered call's connection went back to the pool; the timed-out
+        # one was aborted.
+        assert value(gw, conns + "_opened_total", upstream=a) == 1
+        assert value(gw, conns, upstream=a, state="idle") == 1
+        assert value(gw, conns, upstream=a, state="active") == 0
+        assert value(gw, conns + "_opened_total", upstream=b) == 1
+        assert value(gw, conns + "_closed_total", upstream=b) == 1
+        assert value(gw, conns, upstream=b, state="active") == 0
+        assert value(gw, "txfanout_partner_upstream", partner="hang", upstream=b) == 1
+        # While a call hangs its connection is active; the pooled one is reused.
+        arrived = other.wait_request()
+        held = Deferred.fromCoroutine(gw.post())
+        await within(arrived)
+        assert value(gw, conns, upstream=b, state="active") == 1
+        await within(held)
+        assert value(gw, conns + "_opened_total", upstream=a) == 1
+        assert value(gw, conns + "_opened_total", upstream=b) == 2
+    finally:
+        await other.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reactor_lag_is_measured(partner, make_gateway):
+    gw = make_gateway(route_config({"ok": one(partner, "/ok")}))
+    lag = gw.gateway.lag
+    lag.interval = 0.005
+    lag.start()
+    try:
+        time.sleep(0.06)  # the cause under test: a reactor blocked for 60 ms
+        # The lag probe was due long before this timer: it has run by then.
+        await deferLater(reactor, 0.001, lambda: None)
+        assert lag.lag >= 0.045
+        assert value(gw, "txfanout_reactor_lag_seconds") == lag.lag
+    finally:
+        lag.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_overdue_inflight_counts_a_leaked_request(partner, make_gateway):
+    gw = make_gateway(route_config({"ok": one(partner, "/ok")}))
+    assert value(gw, "txfanout_overdue_inflight") == 0
+    # A fan-out nobody ends (a leak), whose deadline passed 2 s ago.
+    now = reactor.seconds()
+    leaked = Fanout(reactor, gw.gateway.upstream, ServerConfig(), "leak-1", "bid",
+                    now - 2.5, now - 2.0)
+    gw.gateway.inflight.add(leaked)
+    try:
+        assert value(gw, "txfanout_overdue_inflight") == 1
+    finally:
+        gw.gateway.inflight.discard(leaked)
+    assert value(gw, "txfanout_overdue_inflight") == 0
+
+
+def test_overdue_watch_logs_each_request_once():
+    clock = Clock()
+    inflight: set = set()
+    watch = OverdueWatch(clock, inflight, grace=1.0, interval=0.5)
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        fanout = Fanout(clock, None, ServerConfig(), "rid-7", "bid", 0.0, 0.5)
+        fanout.partners, fanout.results, fanout.phases = ["a"], [None], [None]
+        inflight.add(fanout)
+        watch.start()
+        clock.advance(0.5)
+        clock.advance(0.5)
+        clock.advance(0.5)
+        assert watch.count == 0  # 1 s past the deadline: within the grace
+        clock.advance(0.5)
+        assert watch.count == 1
+        clock.advance(0.5)
+        assert watch.count == 1
+        warnings = [e for e in events if e.get("id") == "rid-7"]
+        assert len(warnings) == 1  # once, not at every scan
+        assert warnings[0]["route"] == "bid" and warnings[0]["age_ms"] == 2000.0
+        assert "a=waiting-slot" in warnings[0]["partners"]
+        inflight.discard(fanout)
+        clock.advance(0.5)
+        assert watch.count == 0
+        watch.stop()
+        assert not clock.getDelayedCalls()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
+@pytest_twisted.ensureDeferred
+async def test_process_and_gc_collectors_and_separate_registries(partner, make_gateway):
+    a = make_gateway(route_config({"ok": one(partner, "/ok")}))
+    b = make_gateway(route_config({"ok": one(partner, "/ok")}))
+    await a.post()
+    assert value(a, "txfanout_requests_total", route="bid", code="200") == 1
+    assert value(b, "txfanout_requests_total", route="bid", code="200") is None
+    assert value(a, "process_resident_memory_bytes") > 1e6
+    assert value(a, "process_open_fds") > 0
+    assert value(a, "process_cpu_seconds_total") > 0
+    assert value(a, "python_gc_collections_total", generation="0") is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_circuit_open_gauge_follows_the_breaker(partner, make_gateway):
+    gw = make_gateway(route_config({
+        "bad": one(partner, "/status/500", breaker_failures=2, breaker_cooldown_ms=60000)}))
+    assert value(gw, "txfanout_partner_circuit_open", partner="bad") == 0
+    for _ in range(2):
+        await gw.post()
+    assert value(gw, "txfanout_partner_circuit_open", partner="bad") == 1
+    assert (await gw.post()).outcomes() == {"bad": "open"}
+    assert calls(gw, "bad", "open") == 1
