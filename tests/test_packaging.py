@@ -26,6 +26,32 @@ def run(*cmd: str | Path, cwd: Path) -> str:
     return result.stdout
 
 
+def borrowed_site_packages(farm: Path) -> Path:
+    """This environment's site-packages as a tree of links, without any
+    txfanout installed in it: where CI has installed txfanout, its plugin
+    module would shadow the fresh install's (Twisted keeps the first module
+    of a name), as no real single install ever sees."""
+    farm.mkdir()
+    for outer in map(Path, site.getsitepackages()):
+        if not outer.is_dir():
+            continue
+        for entry in outer.iterdir():
+            if entry.name.startswith("txfanout") or (farm / entry.name).exists():
+                continue
+            if entry.name == "twisted":
+                (farm / "twisted").mkdir()
+                for part in entry.iterdir():
+                    if part.name != "plugins":
+                        (farm / "twisted" / part.name).symlink_to(part)
+                (farm / "twisted" / "plugins").mkdir()
+                for plugin in (entry / "plugins").iterdir():
+                    if plugin.name not in ("txfanout_plugin.py", "dropin.cache", "__pycache__"):
+                        (farm / "twisted" / "plugins" / plugin.name).symlink_to(plugin)
+            else:
+                (farm / entry.name).symlink_to(entry)
+    return farm
+
+
 def test_pip_install_into_a_fresh_venv(tmp_path: Path) -> None:
     # Build from a copy: pip writes build/ and *.egg-info beside the sources.
     source = tmp_path / "source"
@@ -36,7 +62,8 @@ def test_pip_install_into_a_fresh_venv(tmp_path: Path) -> None:
     assert site_dir.is_dir(), site_dir
     # The dependencies (and pip) come from this environment, behind the
     # venv's own site-packages: tests do not download.
-    (site_dir / "outer.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    borrowed = borrowed_site_packages(tmp_path / "borrowed")
+    (site_dir / "outer.pth").write_text(f"{borrowed}\n")
     python = venv / "bin" / "python"
     run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", source,
         cwd=tmp_path)
