@@ -24,13 +24,7 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import (
-    Agent,
-    BrowserLikePolicyForHTTPS,
-    HTTPConnectionPool,
-    ResponseDone,
-    _HTTP11ClientFactory,
-)
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import (
@@ -45,12 +39,7 @@ from zope.interface import implementer
 from . import outcomes
 from .config import PartnerConfig
 from .outcomes import CallResult
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory, without a log line per connection."""
-
-    noisy = False
+from .pool import PartnerPool, PartnerProtocolError
 
 
 @implementer(IAgentEndpointFactory)
@@ -173,6 +162,8 @@ def describe_failure(failure: Failure) -> str:
     """A short, fixed-vocabulary reason for a failed call (never exception
     text, paths or URLs: this reaches clients)."""
     exc = failure.value
+    if isinstance(exc, PartnerProtocolError):
+        return exc.description
     reasons = getattr(exc, "reasons", None)
     if reasons:
         inner = describe_failure(reasons[0])
@@ -209,9 +200,7 @@ class Upstream:
 
     def __init__(self, reactor: Any, per_host: int, idle_timeout_s: float) -> None:
         self.clock: IReactorTime = reactor
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.retryAutomatically = False
-        self.pool._factory = _QuietClientFactory
+        self.pool = PartnerPool(reactor)
         self.resize(per_host, idle_timeout_s)
         agent = Agent.usingEndpointFactory(reactor, PartnerEndpoints(reactor), pool=self.pool)
         self.client = HTTPClient(agent, data_to_body_producer=BytesProducer)
