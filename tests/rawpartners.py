@@ -27,10 +27,14 @@ connection open for the next request (keep-alive) unless it says otherwise.
 ``/trailing-bytes``        200 plus a forged second response on the same write
 ``/close-on-second``       200 keep-alive; a second request on the connection
                            is read and the connection closed, unanswered
+``/set-cookie``            200 with a new ``Set-Cookie`` each time, keep-alive
+``/gzip-bomb``             200, ``Content-Encoding: gzip``: 64 MiB of zeros
+                           compressed to about 64 KiB
 """
 
 from __future__ import annotations
 
+import gzip
 from typing import Any, Callable
 
 from twisted.internet import reactor
@@ -111,6 +115,21 @@ def _close_on_second(p: "RawPartnerProtocol") -> None:
         p.transport.loseConnection()
 
 
+def _set_cookie(p: "RawPartnerProtocol") -> None:
+    p.transport.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: s%d=%s; Path=/\r\nContent-Length: 2\r\n"
+                      b"\r\nok" % (p.server.connections * 100 + p.requests, b"v" * 100))
+    p.answered()
+
+
+GZIP_BOMB = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+
+
+def _gzip_bomb(p: "RawPartnerProtocol") -> None:
+    p.transport.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n"
+                      b"\r\n%s" % (len(GZIP_BOMB), GZIP_BOMB))
+    p.answered()
+
+
 BEHAVIOURS: dict[bytes, Callable[["RawPartnerProtocol"], None]] = {
     b"/ok": _ok,
     b"/silent": _silent,
@@ -139,6 +158,8 @@ BEHAVIOURS: dict[bytes, Callable[["RawPartnerProtocol"], None]] = {
     b"/close-after-one": _close_after_one,
     b"/trailing-bytes": _fixed(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfake"),
     b"/close-on-second": _close_on_second,
+    b"/set-cookie": _set_cookie,
+    b"/gzip-bomb": _gzip_bomb,
 }
 
 
@@ -175,6 +196,7 @@ class RawPartnerProtocol(Protocol):
         path = head.split(b" ", 2)[1]
         self.requests += 1
         self.server.requests.append(path)
+        self.server.heads.append(head)
         self._busy = True
         BEHAVIOURS[path](self)
 
@@ -199,7 +221,8 @@ class RawPartner(Factory):
     def __init__(self) -> None:
         self.connections = 0
         self.open: set[RawPartnerProtocol] = set()
-        self.requests: list[bytes] = []
+        self.requests: list[bytes] = []  # paths, in arrival order
+        self.heads: list[bytes] = []  # request line and headers of each
         self._idle_waiters: list[Deferred[None]] = []
         self.port: Any = None
 

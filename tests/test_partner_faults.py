@@ -20,6 +20,7 @@ from txfanout.pool import MAX_RESPONSE_HEAD_BYTES
 from .conftest import route_config, within
 from .hostile import SECRET, logs, raw_partner, until  # noqa: F401 - fixtures
 from .partners import refused_url
+from .rawpartners import GZIP_BOMB
 
 TIMEOUT_MS = 150
 MALFORMED = "malformed HTTP response"
@@ -173,3 +174,31 @@ async def test_connection_closed_after_the_request_was_sent_is_an_error_not_a_re
     assert raw_partner.requests == [b"/close-on-second"] * 2 and raw_partner.connections == 1
     assert result_of(await gw.post())["outcome"] == "ok"  # a fresh connection
     assert raw_partner.connections == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_partner_cookies_are_neither_kept_nor_sent(partner, raw_partner, make_gateway,
+                                                         logs):
+    gw = make_gateway(with_healthy(partner, raw_partner.url("/set-cookie")))
+    for _ in range(3):
+        assert result_of(await gw.post())["outcome"] == "ok"
+    assert len(raw_partner.heads) == 3
+    assert not any(b"\r\ncookie:" in head.lower() for head in raw_partner.heads)
+    assert len(gw.gateway.upstream.client._cookiejar) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_compressed_bodies_are_not_inflated(partner, raw_partner, make_gateway, logs):
+    # 64 KiB on the wire, 64 MiB inflated: the cap counts what was sent, and
+    # the partner was never asked for a content coding.
+    config = with_healthy(partner, raw_partner.url("/gzip-bomb"))
+    config["partners"]["roomy"] = faulty(raw_partner.url("/gzip-bomb"),
+                                         max_response_bytes=1 << 20)
+    config["routes"]["bid"]["partners"].append("roomy")
+    gw = make_gateway(config)
+    answer = await gw.post()
+    assert result_of(answer)["outcome"] == "too_large"  # 1000 bytes allowed
+    roomy = result_of(answer, "roomy")
+    assert roomy["outcome"] == "ok" and 1000 < len(roomy["body"]) <= len(GZIP_BOMB)
+    assert len(raw_partner.heads) == 2
+    assert not any(b"accept-encoding" in head.lower() for head in raw_partner.heads)

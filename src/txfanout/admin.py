@@ -8,6 +8,7 @@ from typing import Any
 from klein import Klein
 from twisted.web.server import Request, Site
 
+from .adminauth import TokenGuard
 from .gateway import Gateway
 
 
@@ -26,7 +27,9 @@ class Admin:
 
 
 def admin_site(gateway: Gateway, **kwargs: Any) -> Site:
-    site = Site(Admin(gateway).app.resource(), **kwargs)
+    resource = TokenGuard(Admin(gateway).app.resource(),
+                          lambda: gateway.snapshot.config.server.admin_token)
+    site = Site(resource, **kwargs)
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return site

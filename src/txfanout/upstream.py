@@ -39,6 +39,7 @@ from zope.interface import implementer
 from . import outcomes
 from .config import PartnerConfig
 from .outcomes import CallResult
+from .plainhttp import NoCookies, PlainAgent
 from .pool import PartnerPool, PartnerProtocolError
 
 
@@ -203,7 +204,8 @@ class Upstream:
         self.pool = PartnerPool(reactor)
         self.resize(per_host, idle_timeout_s)
         agent = Agent.usingEndpointFactory(reactor, PartnerEndpoints(reactor), pool=self.pool)
-        self.client = HTTPClient(agent, data_to_body_producer=BytesProducer)
+        self.client = HTTPClient(PlainAgent(agent), cookiejar=NoCookies(),
+                                 data_to_body_producer=BytesProducer)
 
     def resize(self, per_host: int, idle_timeout_s: float) -> None:
         """Keep up to ``per_host`` idle connections per host, each for at
