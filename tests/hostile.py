@@ -52,6 +52,7 @@ class LogRecorder:
 def logs() -> Any:
     """Records log events; the test fails if any is a failure (traceback) or
     mentions :data:`SECRET`."""
+    gc.collect()  # what earlier tests left to be collected is not this test's
     recorder = LogRecorder()
     globalLogPublisher.addObserver(recorder)
     try:
