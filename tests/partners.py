@@ -9,7 +9,7 @@
 ``/big/N``         200 with N bytes and a Content-Length
 ``/bigchunked/N``  200 with N bytes, chunked (no Content-Length)
 ``/drip/N``        headers, then one byte every 50 ms, N bytes in all
-``/echo``          200 with the request's headers and body as JSON
+``/echo``          200 with the request's method, URI, headers and body as JSON
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class Behaviours(Resource):
             headers = {k.decode(): [v.decode() for v in vs]
                        for k, vs in request.requestHeaders.getAllRawHeaders()}
             return json.dumps({"headers": headers, "body": body.decode(),
-                               "method": request.method.decode()}).encode()
+                               "method": request.method.decode(),
+                               "uri": request.uri.decode()}).encode()
         if kind == "big":
             return b"x" * int(arg)
         if kind == "bigchunked":

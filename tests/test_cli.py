@@ -52,8 +52,10 @@ def test_workers_options(tmp_path: Path) -> None:
         options("--demo", "--workers", "2")
     with pytest.raises(UsageError, match="are for the workers themselves"):
         options("--config", str(path), "--workers", "2", "--worker-index", "1")
+    guarded = tmp_path / "guarded.toml"  # a systemd: admin socket may be anywhere
+    guarded.write_text('[server]\nadmin_token = "0123456789abcdef-token"\n' + CONFIG)
     with pytest.raises(UsageError, match="server.admin: cannot derive a per-worker endpoint"):
-        options("--config", str(path), "--workers", "2", "--admin",
+        options("--config", str(guarded), "--workers", "2", "--admin",
                 "systemd:domain=INET:name=admin")
 
 

@@ -99,7 +99,7 @@ def test_reload_refuses_a_bad_file_naming_each_key(tmp_path: Path, make_gateway:
 def test_reload_keeps_options_and_bound_addresses(tmp_path: Path, make_gateway: Any) -> None:
     gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}, deadline_ms=250))
     path = tmp_path / "txfanout.toml"
-    path.write_text('[server]\nlisten = "tcp:8081"\nadmin = "tcp:9091"\ndeadline_ms = 900\n'
+    path.write_text('[server]\nlisten = "tcp:8081"\nadmin = "tcp:9091:interface=127.0.0.1"\ndeadline_ms = 900\n'
                     'max_inflight = 7\n[partners.a]\nurl = "http://127.0.0.1:1/a"\n'
                     '[routes.bid]\npartners = ["a"]\n[routes.two]\npartners = ["a"]\n')
     overrides = {"deadline_ms": 250}

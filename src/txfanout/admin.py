@@ -17,6 +17,7 @@ from twisted.web.server import Request, Site
 
 from . import inflight, metrics
 from .configview import config_view
+from .adminauth import TokenGuard
 from .gateway import Gateway
 from .memory import AllocationSites, memory_view
 
@@ -113,7 +114,9 @@ class Admin:
 
 
 def admin_site(gateway: Gateway, sites: AllocationSites | None = None, **kwargs: Any) -> Site:
-    site = Site(Admin(gateway, sites).app.resource(), **kwargs)
+    resource = TokenGuard(Admin(gateway, sites).app.resource(),
+                          lambda: gateway.snapshot.config.server.admin_token)
+    site = Site(resource, **kwargs)
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]
     return site

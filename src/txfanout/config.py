@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from .adminauth import listens_on_loopback
 from .tls import TLS_VERSIONS, PartnerTLS, TLSSettingError, server_endpoint_problem
 
 OS_NAMES = ("android", "ios", "windows", "macos", "linux", "other")
@@ -25,6 +26,7 @@ _ROUTE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ABSOLUTE_PATH = re.compile(r"^/[^\0]*$")
 _TLS_VERSION = re.compile("^(" + "|".join(re.escape(v) for v in TLS_VERSIONS) + ")$")
 TLS_KEYS = ("ca_file", "client_cert", "client_key", "tls_min_version", "tls_verify")
+_TOKEN = re.compile(r"^[\x21-\x7e]{16,256}$")
 
 
 class ConfigError(Exception):
@@ -49,6 +51,7 @@ class ServerConfig:
     idle_timeout_ms: int = 30000
     request_timeout_ms: int = 10000
     max_lag_ms: int = 200
+    admin_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class PartnerConfig:
     countries: frozenset[str] | None = None
     exclude_countries: frozenset[str] = frozenset()
     os: frozenset[str] | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # secrets
     max_response_bytes: int = 1048576
     breaker_failures: int = 5
     breaker_cooldown_ms: int = 5000
@@ -368,7 +371,13 @@ def parse(raw: Mapping[str, Any]) -> Config:
         "idle_timeout_ms": lambda v, p: chk.integer(v, p, 100, 3600000),
         "request_timeout_ms": lambda v, p: chk.integer(v, p, 100, 600000),
         "max_lag_ms": lambda v, p: chk.integer(v, p, 0, 60000),
+        "admin_token": lambda v, p: chk.string(v, p, _TOKEN, "16 to 256 printable ASCII "
+                                                             "characters without spaces"),
     })
+    token_given = isinstance(raw.get("server"), dict) and "admin_token" in raw["server"]
+    if not token_given and not listens_on_loopback(server.admin):
+        chk.fail("server.admin_token", "is required when server.admin listens beyond "
+                                       "loopback (a unix socket or a 127.0.0.1/::1 interface)")
     if server.reserve_ms + server.min_call_ms >= server.deadline_ms:
         chk.fail("server.deadline_ms", "must exceed reserve_ms + min_call_ms")
     targeting = _section(chk, raw, "targeting", TargetingConfig, {

@@ -45,6 +45,7 @@ log = Logger()
 
 _ROUTE_PATH = re.compile(rb"^/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
+_HOST = re.compile(rb"^[\x21-\x7e]{0,255}$")
 _COMPLETE = frozenset((outcomes.OK, outcomes.HTTP_ERROR))
 
 _SHED_MESSAGES = {
@@ -52,6 +53,23 @@ _SHED_MESSAGES = {
     SHED_REACTOR_LAG: "gateway overloaded (event loop behind); retry later",
     SHED_DRAINING: "gateway is shutting down; retry",
 }
+
+
+# Limits on what a client may send before its request is routed.
+MAX_LINE_BYTES = 8192      # request line, and each header line
+MAX_HEAD_BYTES = 16384     # request line and all headers
+MAX_HEADERS = 100
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Large",
+            414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+def raw_error(code: int, message: str) -> bytes:
+    """A whole HTTP/1.1 error answer that announces the connection's close,
+    for refusals made on the wire, before or instead of a routed request."""
+    body = json.dumps({"error": message}).encode("utf-8")
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (code, _REASONS[code], len(body), body))
 
 
 def json_body(request: Request, body: bytes) -> bytes:
@@ -72,8 +90,7 @@ def write_error(request: Request, code: int, message: str, close: bool = False) 
     body = json_error(request, code, message)
     if close:
         request.setHeader(b"Connection", b"close")
-        request.channel.persistent = False  # the header alone does not close it
-    request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.channel.persistent = False  # and do close it after this answer
     request.write(body)
     request.finish()
 
@@ -341,11 +358,7 @@ class GatewayRequest(Request):
         """Answer 413 now and close: the rest of the body is never read."""
         self._refused = True
         self.content = None
-        body = json.dumps({"error": f"body over {limit} bytes"}).encode("utf-8")
-        transport = self.channel.transport
-        transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: application/json\r\n"
-                        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        transport.loseConnection()
+        self.channel.refuse(413, f"body over {limit} bytes")
         self._gateway().request_ended(self, 413)
 
     def process(self) -> None:
@@ -354,6 +367,15 @@ class GatewayRequest(Request):
         self.site = self.channel.site
         gateway = self.site.gateway
         self.started = gateway.clock.seconds()
+        # Anything but a route name never reaches Klein (which would log a
+        # traceback for a path or Host that is not UTF-8), nor takes a slot.
+        if not _ROUTE_PATH.match(self.path):
+            write_error(self, 404, "no such route")
+            return
+        hosts = self.requestHeaders.getRawHeaders(b"Host")
+        if hosts is not None and (len(hosts) > 1 or not _HOST.match(hosts[0])):
+            write_error(self, 400, "bad Host header")
+            return
         refused = gateway.admit()
         if refused is not None:
             self.setHeader(b"Retry-After", b"1")
@@ -388,10 +410,15 @@ class GatewayRequest(Request):
 
 class GatewayChannel(HTTPChannel):
     """HTTP/1.1 channel with a deadline for each request to arrive in full
-    (headers and body: slowloris gets 408 and a closed connection), and that
-    reports itself to the site for the connection cap. The idle keep-alive
-    timeout is HTTPChannel's own ``timeOut``."""
+    (headers and body: slowloris gets 408 and a closed connection), small
+    limits on the request head (414, 431), JSON answers with a close for
+    every request it refuses on the wire (Twisted's own is a bare 400), and
+    that reports itself to the site for the connection cap. The idle
+    keep-alive timeout is HTTPChannel's own ``timeOut``."""
 
+    MAX_LENGTH = MAX_LINE_BYTES
+    totalHeadersSize = MAX_HEAD_BYTES
+    maxHeaders = MAX_HEADERS
     _arrival_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -405,7 +432,8 @@ class GatewayChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         self._stop_arrival_timer()
-        super().allContentReceived()
+        if not self.transport.disconnecting:  # else refused: nothing to serve
+            super().allContentReceived()
 
     def _stop_arrival_timer(self) -> None:
         if self._arrival_timer is not None:
@@ -415,11 +443,44 @@ class GatewayChannel(HTTPChannel):
 
     def _too_slow(self) -> None:
         self._arrival_timer = None
-        body = b'{"error": "request not received in time"}'
-        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-                             b"Connection: close\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
-        self.transport.loseConnection()
+        self.refuse(408, "request not received in time")
+
+    def refuse(self, code: int, message: str) -> None:
+        """Answer ``code`` with a JSON error and close; nothing more is read."""
+        if self.transport.disconnecting:
+            return
+        self._stop_arrival_timer()
+        self.transport.write(raw_error(code, message))
+        self.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's parser calls this for every request it cannot accept.
+        if self._receivedHeaderCount > self.maxHeaders:
+            self.refuse(431, f"more than {self.maxHeaders} request headers")
+        elif self._receivedHeaderSize > self.totalHeadersSize:
+            self.refuse(431, f"request head over {self.totalHeadersSize} bytes")
+        else:
+            self.refuse(400, "malformed HTTP request")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self.requests:  # a request exists once its request line is parsed
+            self.refuse(431, f"request header line over {self.MAX_LENGTH} bytes")
+        else:
+            self.refuse(414, f"request line over {self.MAX_LENGTH} bytes")
+
+    def allHeadersReceived(self) -> None:
+        # RFC 9112 6.3: chunked must be the one and final coding, else the
+        # body's length is ambiguous (Twisted takes the first header it
+        # likes and ignores "identity"): 400 and close, never two requests.
+        codings = self.requests[-1].requestHeaders.getRawHeaders(b"Transfer-Encoding")
+        if codings is not None and (len(codings) > 1 or codings[0].lower() != b"chunked"):
+            self.refuse(400, "Transfer-Encoding must be chunked alone")
+            return
+        super().allHeadersReceived()
+
+    def _send100Continue(self) -> None:
+        if not self.transport.disconnecting:  # not after a 413 for that body
+            super()._send100Continue()
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_arrival_timer()
@@ -455,6 +516,13 @@ class GatewaySite(Site):
         self.request_timeout = server.request_timeout_ms / 1000.0
         self.open_connections = 0
         self._paused_ports: set[Any] = set()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        # Twisted accepts connections in batches: those of the batch that
+        # reached the cap, past it, are closed at once (returning None).
+        if self.open_connections >= self.gateway.snapshot.config.server.max_connections:
+            return None
+        return super().buildProtocol(addr)
 
     def connection_opened(self, transport: Any) -> None:
         self.open_connections += 1

@@ -19,6 +19,7 @@ from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from .pool import GuardedClientProtocol
 from .tls import HandshakeAwareProtocol
 
 Key = tuple[bytes, bytes, int]
@@ -72,7 +73,12 @@ class ConnectionStats:
         return out
 
 
-class _CountedClientProtocol(HandshakeAwareProtocol):
+class _PartnerProtocol(GuardedClientProtocol, HandshakeAwareProtocol):
+    """What the pool's connections speak: the guarded HTTP/1.1 client
+    (bounded heads, strict framing), aware of its TLS handshake."""
+
+
+class _CountedClientProtocol(_PartnerProtocol):
     upstream: UpstreamConnections | None = None
     _counted = False
 
@@ -91,12 +97,12 @@ class _CountedClientProtocol(HandshakeAwareProtocol):
 
 class CountingClientFactory(_HTTP11ClientFactory):
     """The pool's per-connection factory (``pool._factory``): no log line per
-    connection, and protocols that count themselves on their upstream."""
+    connection, and guarded protocols that count themselves on their upstream."""
 
     noisy = False
     upstream: UpstreamConnections | None = None
 
-    def buildProtocol(self, addr: Any) -> HandshakeAwareProtocol:
+    def buildProtocol(self, addr: Any) -> _PartnerProtocol:
         protocol = _CountedClientProtocol(self._quiescentCallback)
         protocol.upstream = self.upstream
         return protocol

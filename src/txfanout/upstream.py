@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -44,6 +44,7 @@ from . import outcomes, tls
 from .config import PartnerConfig
 from .outcomes import CallResult
 from .phases import READING, SENT, CallPhase
+from .pool import PartnerPool, PartnerProtocolError
 from .poolstats import ConnectionStats, CountingClientFactory, CountingEndpoints
 from .tls import HandshakeCancelled, HandshakeEndpoint, PartnerTLS
 
@@ -192,6 +193,8 @@ def describe_failure(failure: Failure) -> str:
     """A short, fixed-vocabulary reason for a failed call (never exception
     text, paths or URLs: this reaches clients)."""
     exc = failure.value
+    if isinstance(exc, PartnerProtocolError):
+        return exc.description
     reasons = getattr(exc, "reasons", None)
     if reasons:
         inner = describe_failure(reasons[0])
@@ -227,8 +230,7 @@ class Upstream:
     def __init__(self, reactor: Any, per_host: int, idle_timeout_s: float) -> None:
         self.clock: IReactorTime = reactor
         self._reactor = reactor
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.retryAutomatically = False
+        self.pool = PartnerPool(reactor)
         self.pool._factory = CountingClientFactory
         self.connections = ConnectionStats()
         self.resize(per_host, idle_timeout_s)

@@ -1,0 +1,164 @@
+"""The partner connection pool, hardened against partners that misbehave on
+the wire.
+
+``PartnerPool`` is Twisted's ``HTTPConnectionPool`` with these changes:
+
+* no automatic retry (Twisted only retries idempotent methods anyway; a POST
+  that may have reached a partner is never sent twice);
+* before an idle connection is reused, its socket is peeked: one the partner
+  has closed (FIN or RST received, not yet seen by the reactor) is dropped
+  and another one is used, so a stale connection does not cost a call.
+  Twisted itself already skips connections whose close the reactor saw;
+* its connections speak :class:`GuardedClientProtocol`: the response head
+  is bounded, a body framed two ways is refused, any parse failure has one
+  name, and a connection on which the partner sent more than the response is
+  never reused (the extra bytes would be read as the next call's answer).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Hashable
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
+from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+MAX_RESPONSE_HEAD_BYTES = 16384
+"""Status line plus headers (1xx heads included) a partner may send for one
+call; nginx's default proxy buffer for them is 4-8 KiB."""
+
+_PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+
+class PartnerProtocolError(Exception):
+    """A partner broke HTTP; ``description`` is the fixed text for clients."""
+
+    description = "malformed HTTP response"
+
+
+class ResponseHeadTooLarge(PartnerProtocolError):
+    description = f"response headers over {MAX_RESPONSE_HEAD_BYTES} bytes"
+
+
+class GuardedParser(HTTPClientParser):
+    """Twisted's response parser with a bound on the whole head (Twisted
+    bounds each line, not their number nor a stream of ``100 Continue``
+    heads) and no tolerance for a body framed by both Transfer-Encoding and
+    Content-Length (RFC 9112 6.3: a smuggling attempt; Twisted would pick
+    one). Installed on each request's parser by :class:`GuardedClientProtocol`.
+    """
+
+    MAX_LENGTH = MAX_RESPONSE_HEAD_BYTES
+    _head_bytes = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        self._head_bytes += len(line) + 1
+        if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+            raise ResponseHeadTooLarge()
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        raise ResponseHeadTooLarge()
+
+    def allHeadersReceived(self) -> None:
+        conn = self.connHeaders
+        if conn.hasHeader(b"transfer-encoding") and conn.hasHeader(b"content-length"):
+            raise PartnerProtocolError()
+        super().allHeadersReceived()
+
+
+class GuardedClientProtocol(HTTP11ClientProtocol):
+    """``HTTP11ClientProtocol`` with a :class:`GuardedParser` per request and
+    every parse failure reported as a :class:`PartnerProtocolError`."""
+
+    def request(self, request: Any) -> Deferred[Any]:
+        d = super().request(request)
+        parser = self._parser
+        if parser is not None and type(parser) is HTTPClientParser:
+            # Twisted builds the parser inside request() from a module global;
+            # the subclass only adds methods and a class-level counter.
+            parser.__class__ = GuardedParser
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._parser.dataReceived(data)  # type: ignore[union-attr]
+        except PartnerProtocolError:
+            self._giveUp(Failure())
+        except Exception:  # ParseError, ValueError (Content-Length), KeyError
+            # (unknown Transfer-Encoding), chunked decoding, or bytes while
+            # idle (no parser): all the same to us.
+            self._giveUp(Failure(PartnerProtocolError()))
+
+    def _finishResponse_WAITING(self, rest: bytes) -> None:
+        if rest and self._parser is not None:
+            # Bytes past the end of the response: keep the answer, drop the
+            # connection (Twisted closes it when it sees Connection: close).
+            self._parser.connHeaders.addRawHeader(b"connection", b"close")
+        super()._finishResponse_WAITING(rest)
+
+    _finishResponse_TRANSMITTING = _finishResponse_WAITING
+
+
+class GuardedClientFactory(_HTTP11ClientFactory):
+    """The pool's per-connection factory: guarded protocol, and no log line
+    per connection."""
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> GuardedClientProtocol:
+        return GuardedClientProtocol(self._quiescentCallback)
+
+
+def _socket_of(transport: Any) -> socket.socket | None:
+    """The socket under a (possibly TLS-wrapped) transport."""
+    while transport is not None:
+        handle = getattr(transport, "getHandle", None)
+        sock = handle() if handle is not None else None
+        if isinstance(sock, socket.socket):
+            return sock
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def peer_closed(connection: Any) -> bool:
+    """True when an idle pooled connection can no longer carry a request: it
+    is closing, or its socket already holds the partner's FIN or RST (one
+    non-blocking peek; waiting bytes, e.g. TLS records, do not count)."""
+    transport = connection.transport
+    if transport is None or getattr(transport, "disconnecting", False):
+        return True
+    sock = _socket_of(transport)
+    if sock is None:
+        return False
+    try:
+        return sock.recv(1, _PEEK_FLAGS) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class PartnerPool(HTTPConnectionPool):
+    """The one shared pool of partner connections (see the module doc)."""
+
+    _factory = GuardedClientFactory
+    retryAutomatically = False
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor, persistent=True)
+
+    def getConnection(self, key: Hashable, endpoint: Any) -> Deferred[Any]:
+        connections = self._connections.get(key)
+        while connections:
+            first = connections[0]
+            alive = first.state == "QUIESCENT"
+            if alive and not peer_closed(first):
+                break
+            connections.pop(0)
+            self._timeouts.pop(first).cancel()
+            if alive:
+                first.transport.abortConnection()
+        return super().getConnection(key, endpoint)
