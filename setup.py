@@ -18,7 +18,12 @@ setup(
         "pyOpenSSL>=24.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6",
+                 # tests/test_bench_smoke.py runs the bench harness
+                 "aiohttp>=3.9", "matplotlib>=3.8"],
+        # python -m bench (also needs nginx, libnginx-mod-http-echo, wrk,
+        # apache2-utils, nghttp2-client from the distribution)
+        "bench": ["aiohttp>=3.9", "matplotlib>=3.8", "uvloop>=0.19; sys_platform != 'win32'"],
     },
     entry_points={"console_scripts": ["txfanout=txfanout.__main__:main"]},
 )
