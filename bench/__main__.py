@@ -139,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
     set_time_bound(bound)
 
     gw_cpu, load_cpu = (0, 1) if pin else (None, None)
+    if pin:
+        os.sched_setaffinity(0, {load_cpu})  # keep the harness itself off the gateway's CPU
     meta: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -196,8 +198,8 @@ def run(args: argparse.Namespace) -> int:
     notes = ctx.notes if ctx else []
     if status:
         notes.append(f"run did not finish (exit {status}); rows so far only")
-    meta["pinning_note"] = ("gateway pinned to CPU 0 with taskset; wrk/ab/h2load and nginx "
-                            "pinned to CPU 1" if pin else "not pinned")
+    meta["pinning_note"] = ("gateway pinned to CPU 0 with taskset; wrk/ab/h2load, nginx and "
+                            "the harness pinned to CPU 1" if pin else "not pinned")
     table = report.markdown(rows, notes)
     report.write_json(os.path.join(outdir, "results.json"), meta, rows, notes)
     with open(os.path.join(outdir, "table.md"), "w", encoding="utf-8") as f:

@@ -120,7 +120,7 @@ def command(name: str, setup: Setup, port: int, admin_port: int, workdir: str) -
 
 
 def start(registry: Registry, name: str, setup: Setup, workdir: str, logdir: str,
-          cpu: int | None, tag: str, attempts: int = 3) -> Running:
+          cpu: int | str | None, tag: str, attempts: int = 3) -> Running:
     """Start gateway ``name`` and wait until it is ready (at most 30 s); a
     port taken between choosing and binding it is retried with new ports."""
     for attempt in range(attempts):

@@ -66,8 +66,9 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def pinned(cmd: Sequence[str], cpu: int | None) -> list[str]:
-    """``cmd`` prefixed with ``taskset -c CPU`` when ``cpu`` is given."""
+def pinned(cmd: Sequence[str], cpu: int | str | None) -> list[str]:
+    """``cmd`` prefixed with ``taskset -c CPU`` when ``cpu`` is given (a CPU
+    number or a list such as ``0-1``)."""
     return (["taskset", "-c", str(cpu)] if cpu is not None else []) + list(cmd)
 
 

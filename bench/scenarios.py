@@ -79,15 +79,14 @@ def rss_slope_kib_per_min(samples: list[tuple[float, int, float]], t0: float,
 
 def measure(ctx: Context, scenario: str, name: str, setup: Setup,
             load: Callable[[Running], LoadResult], label: str = "",
-            gw_cpu: int | None | str = "default",
+            gw_cpu: int | str | None = "default",
             prepare: Callable[[Running], None] | None = None) -> dict[str, Any]:
     """Run one row: gateway ``name`` under ``load``; return the row.
     ``prepare`` runs after the warm-up, outside the measured window."""
     cpu = ctx.gw_cpu if gw_cpu == "default" else gw_cpu
     tag = f"{scenario}-{name}-fo{setup.fanout}{('-' + label) if label else ''}"
     ctx.progress(f"  {tag}: starting")
-    g = gateways.start(ctx.registry, name, setup, ctx.workdir, ctx.logdir, cpu,  # type: ignore[arg-type]
-                       tag)
+    g = gateways.start(ctx.registry, name, setup, ctx.workdir, ctx.logdir, cpu, tag)
     sampler = Sampler(g.child.pid, 0.5).start()
     try:
         if ctx.warmup > 0:
@@ -253,6 +252,8 @@ def workers(ctx: Context) -> None:
     pinned so that both processes can use both cores)."""
     fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
     has_workers = gateways.supports_workers()
+    # not pinned to one CPU: the harness runs on the load CPU, so say "all"
+    all_cpus = f"0-{(os.cpu_count() or 1) - 1}" if ctx.load_cpu is not None else None
     if not has_workers:
         ctx.notes.append("workers: txfanout has no --workers option yet "
                          "(`twistd fanout --help`); the 2-process row is skipped")
@@ -261,7 +262,7 @@ def workers(ctx: Context) -> None:
             setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}", workers=n)
             measure(ctx, "workers", gateways.TXFANOUT, setup,
                     _wrk_load(ctx, ctx.connections, ctx.duration, f"workers-{n}-fo{fo}"),
-                    label=f"{n}proc", gw_cpu=None)
+                    label=f"{n}proc", gw_cpu=all_cpus)
 
 
 RUNNERS: dict[str, Callable[[Context], None]] = {
