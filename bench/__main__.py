@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--warmup", type=float, default=None, help="warm-up seconds (default 2)")
     run.add_argument("--settle", type=float, default=None,
                      help="seconds after the load before 'settled RSS' (default 5)")
+    run.add_argument("--wait-idle", type=float, default=None,
+                     help="before each row, wait up to S seconds for other processes to use "
+                          "less than 0.25 CPU (default 30; 0 with --quick)")
     run.add_argument("--no-pin", action="store_true",
                      help="do not pin (default on >= 2 CPUs: gateway on CPU 0, "
                           "load generator and nginx on CPU 1)")
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         2.0 if quick else float(scenarios.DEFAULT_DURATION[scenario]))
     warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     settle = args.settle if args.settle is not None else (1.0 if quick else 5.0)
+    wait_idle = args.wait_idle if args.wait_idle is not None else (0.0 if quick else 30.0)
     ncpu = os.cpu_count() or 1
     pin = not args.no_pin and ncpu >= 2
     gws = args.gateways if scenario != "workers" else [gateways.TXFANOUT]
@@ -132,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
     body_path, lua_path = loadgen.write_inputs(workdir)
 
     n_rows = scenarios.rows_expected(scenario, gws, args.fanouts)
-    per_row = warmup + duration + settle + 20 + (60 if scenario == "seed" else 0) + \
-        (5 if scenario == "soak" else 0)
+    per_row = (warmup + duration + settle + wait_idle + 20 + (60 if scenario == "seed" else 0)
+               + (5 if scenario == "soak" else 0))
     bound = 120 + 2 * n_rows * per_row
     install_signal_handlers()
     set_time_bound(bound)
@@ -145,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "scenario": scenario, "duration_s": duration, "warmup_s": warmup, "settle_s": settle,
+        "wait_idle_s": wait_idle,
         "quick": quick, "fanouts": args.fanouts, "gateways": gws,
         "connections": args.connections,
         "pinning": ({"gateway_cpu": gw_cpu, "load_generator_cpu": load_cpu, "nginx_cpu": load_cpu}
@@ -169,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             registry=registry, nginx=partner, workdir=workdir, logdir=logdir,
             body_path=body_path, lua_path=lua_path, gateways=gws, fanouts=args.fanouts,
             duration=duration, warmup=warmup, settle=settle, connections=args.connections,
-            gw_cpu=gw_cpu, load_cpu=load_cpu, quick=quick,
+            gw_cpu=gw_cpu, load_cpu=load_cpu, quick=quick, wait_idle=wait_idle,
             progress=lambda m: print(m, flush=True))
         started = time.monotonic()
         scenarios.RUNNERS[scenario](ctx)

@@ -288,3 +288,35 @@ class Sampler:
 
     def peak_rss_kb(self, since: float, until: float) -> int:
         return max((r for t, r, _ in self.samples if since <= t <= until), default=0)
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds all CPUs spent not idle since boot (/proc/stat)."""
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / CLK_TCK
+
+
+def own_and_children_cpu() -> tuple[float, float]:
+    """CPU seconds of this process, and of its reaped children."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def wait_for_quiet(max_wait_s: float, threshold_cores: float = 0.25,
+                   probe_s: float = 1.0) -> float:
+    """Wait (at most ``max_wait_s``) until the machine's CPU use, measured
+    over ``probe_s``, is below ``threshold_cores``; return the last reading
+    in cores."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        b0, t0 = host_busy_seconds(), time.monotonic()
+        time.sleep(probe_s)
+        busy = (host_busy_seconds() - b0) / (time.monotonic() - t0)
+        if busy < threshold_cores or time.monotonic() >= deadline:
+            return busy

@@ -45,6 +45,8 @@ def _extra(row: dict[str, Any]) -> str:
         out.append(f"RSS slope {_f(row.get('rss_slope_kib_per_min'))} KiB/min")
     if s == "workers":
         out.append(f"{row['workers']} process(es)")
+    if (row.get("other_cpu_util") or 0) >= 0.1:
+        out.append(f"NOISY: other processes used {row['other_cpu_util']:.2f} CPU")
     if row.get("incomplete"):
         out.append(f"incomplete {row['incomplete']}")
     if row.get("gateway_log_errors"):

@@ -18,7 +18,8 @@ from . import gateways, loadgen
 from .gateways import Running, Setup
 from .loadgen import LoadResult
 from .nginx import Nginx
-from .procs import Registry, Sampler
+from .procs import (Registry, Sampler, cpu_seconds, host_busy_seconds, own_and_children_cpu,
+                    process_tree, wait_for_quiet)
 
 SCENARIOS = ("steady", "seed", "overload", "slow", "soak", "workers")
 DEFAULT_DURATION = {"steady": 15, "seed": 0, "overload": 15, "slow": 15, "soak": 120,
@@ -47,6 +48,7 @@ class Context:
     gw_cpu: int | None
     load_cpu: int | None
     quick: bool
+    wait_idle: float = 30.0
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     progress: Callable[[str], None] = print
@@ -85,6 +87,10 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
     ``prepare`` runs after the warm-up, outside the measured window."""
     cpu = ctx.gw_cpu if gw_cpu == "default" else gw_cpu
     tag = f"{scenario}-{name}-fo{setup.fanout}{('-' + label) if label else ''}"
+    idle_before = wait_for_quiet(ctx.wait_idle) if ctx.wait_idle > 0 else None
+    if idle_before is not None and idle_before >= 0.25:
+        ctx.progress(f"  {tag}: machine busy before the row ({idle_before:.2f} CPUs in use "
+                     f"by others after waiting {ctx.wait_idle:.0f} s); going on")
     ctx.progress(f"  {tag}: starting")
     g = gateways.start(ctx.registry, name, setup, ctx.workdir, ctx.logdir, cpu, tag)
     sampler = Sampler(g.child.pid, 0.5).start()
@@ -96,9 +102,12 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
             prepare(g)
         before = ctx.nginx.status()
         mark = ctx.nginx.access_log_mark() if ctx.nginx.access_log else 0
+        ngx_pids = process_tree(ctx.nginx.child.pid)
+        host0, ngx0, (me0, kids0) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
         t0, rss0, cpu0 = sampler.sample()
         result = load(g)
         t1, _, cpu1 = sampler.sample()
+        host1, ngx1, (me1, kids1) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
         after = ctx.nginx.status()
         time.sleep(1.2 if ctx.nginx.access_log else 0)  # access log flush=1s
         log_stats = ctx.nginx.access_log_stats(mark) if ctx.nginx.access_log else {}
@@ -108,6 +117,8 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         sampler.stop()
         code = ctx.registry.stop(g.child)
     window = max(t1 - t0, 1e-9)
+    # CPU used on this machine during the window by anything we did not start
+    others = (host1 - host0) - (cpu1 - cpu0) - (ngx1 - ngx0) - (me1 - me0) - (kids1 - kids0)
     answered = max(result.requests, 1)
     row: dict[str, Any] = {
         "scenario": scenario, "gateway": name, "fanout": setup.fanout, "label": label,
@@ -123,6 +134,11 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         "goodput_rps": round(result.ok / result.duration_s, 1) if result.duration_s else 0.0,
         "cpu_s": round(cpu1 - cpu0, 2),
         "cpu_s_per_1k": round((cpu1 - cpu0) / answered * 1000.0, 3),
+        "gateway_cpu_util": round((cpu1 - cpu0) / window, 2),
+        "nginx_cpu_util": round((ngx1 - ngx0) / window, 2),
+        "loadgen_cpu_util": round((kids1 - kids0) / window, 2),
+        "other_cpu_util": round(max(0.0, others) / window, 2),
+        "others_before_row": None if idle_before is None else round(idle_before, 2),
         "start_rss_mb": round(rss0 / 1024, 1),
         "peak_rss_mb": round(sampler.peak_rss_kb(0, t1 + 0.5) / 1024, 1),
         "settled_rss_mb": round(settled / 1024, 1),
