@@ -67,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--wait-idle", type=float, default=None,
                      help="before each row, wait up to S seconds for other processes to use "
                           "less than 0.25 CPU (default 30; 0 with --quick)")
+    run.add_argument("--repeat", type=int, default=1,
+                     help="run each row N times, gateways interleaved; report the median "
+                          "req/s run (all runs kept in the JSON)")
     run.add_argument("--no-pin", action="store_true",
                      help="do not pin (default on >= 2 CPUs: gateway on CPU 0, "
                           "load generator and nginx on CPU 1)")
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(logdir, exist_ok=True)
     body_path, lua_path = loadgen.write_inputs(workdir)
 
-    n_rows = scenarios.rows_expected(scenario, gws, args.fanouts)
+    n_rows = scenarios.rows_expected(scenario, gws, args.fanouts) * max(1, args.repeat)
     per_row = (warmup + duration + settle + wait_idle + 20 + (60 if scenario == "seed" else 0)
                + (5 if scenario == "soak" else 0))
     bound = 120 + 2 * n_rows * per_row
@@ -151,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         "scenario": scenario, "duration_s": duration, "warmup_s": warmup, "settle_s": settle,
         "wait_idle_s": wait_idle,
         "quick": quick, "fanouts": args.fanouts, "gateways": gws,
-        "connections": args.connections,
+        "connections": args.connections, "repeat": max(1, args.repeat),
         "pinning": ({"gateway_cpu": gw_cpu, "load_generator_cpu": load_cpu, "nginx_cpu": load_cpu}
                     if pin else None),
         "host": platform.node(), "kernel": platform.release(),
@@ -175,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
             body_path=body_path, lua_path=lua_path, gateways=gws, fanouts=args.fanouts,
             duration=duration, warmup=warmup, settle=settle, connections=args.connections,
             gw_cpu=gw_cpu, load_cpu=load_cpu, quick=quick, wait_idle=wait_idle,
+            repeat=max(1, args.repeat),
             progress=lambda m: print(m, flush=True))
         started = time.monotonic()
         scenarios.RUNNERS[scenario](ctx)
@@ -199,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
 
     meta["started"] = [{"name": n, "pid": pid} for n, pid in registry.started]
     meta["left_running"] = [pid for _, pid in registry.started if _alive(pid)]
-    rows = ctx.rows if ctx else []
+    rows = report.collapse(ctx.rows) if ctx else []
     notes = ctx.notes if ctx else []
     if status:
         notes.append(f"run did not finish (exit {status}); rows so far only")

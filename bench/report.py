@@ -9,6 +9,27 @@ from typing import Any
 REFERENCE_ORDER = ("bare-twisted", "aiohttp", "aiohttp-uvloop")
 
 
+def collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Repeated rows (same scenario, gateway, fan-out, label) become the run
+    with the median req/s; every run's figures are kept under ``repeats``."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["gateway"], r["fanout"], r.get("label"),
+                           r.get("workers")), []).append(r)
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        ordered = sorted(runs, key=lambda r: r["rps"])
+        chosen = dict(ordered[(len(ordered) - 1) // 2])
+        chosen["repeats"] = [{k: r.get(k) for k in ("rps", "goodput_rps", "p50_ms", "p99_ms",
+                                                    "cpu_s_per_1k", "peak_rss_mb",
+                                                    "other_cpu_util")} for r in runs]
+        out.append(chosen)
+    return out
+
+
 def _f(v: Any, digits: int = 1) -> str:
     if v is None:
         return "–"
@@ -45,6 +66,9 @@ def _extra(row: dict[str, Any]) -> str:
         out.append(f"RSS slope {_f(row.get('rss_slope_kib_per_min'))} KiB/min")
     if s == "workers":
         out.append(f"{row['workers']} process(es)")
+    if row.get("repeats"):
+        rps = [r["rps"] for r in row["repeats"]]
+        out.append(f"median of {len(rps)} runs (req/s {min(rps):.0f}-{max(rps):.0f})")
     if (row.get("other_cpu_util") or 0) >= 0.1:
         out.append(f"NOISY: other processes used {row['other_cpu_util']:.2f} CPU")
     if row.get("incomplete"):

@@ -49,9 +49,15 @@ class Context:
     load_cpu: int | None
     quick: bool
     wait_idle: float = 30.0
+    repeat: int = 1
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     progress: Callable[[str], None] = print
+
+    def order(self) -> list[str]:
+        """The gateways of one group, round-robin ``repeat`` times, so that a
+        noisy spell hits every gateway alike."""
+        return list(self.gateways) * self.repeat
 
 
 def _log_errors(path: str | None) -> int:
@@ -87,6 +93,10 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
     ``prepare`` runs after the warm-up, outside the measured window."""
     cpu = ctx.gw_cpu if gw_cpu == "default" else gw_cpu
     tag = f"{scenario}-{name}-fo{setup.fanout}{('-' + label) if label else ''}"
+    if ctx.repeat > 1:
+        done = sum(1 for r in ctx.rows if (r["scenario"], r["gateway"], r["fanout"], r["label"])
+                   == (scenario, name, setup.fanout, label))
+        tag += f"-run{done + 1}"
     idle_before = wait_for_quiet(ctx.wait_idle) if ctx.wait_idle > 0 else None
     if idle_before is not None and idle_before >= 0.25:
         ctx.progress(f"  {tag}: machine busy before the row ({idle_before:.2f} CPUs in use "
@@ -174,7 +184,7 @@ def _wrk_load(ctx: Context, connections: int, duration: float, tag: str) -> Call
 def steady(ctx: Context) -> None:
     """Closed loop, wrk c=64, fan-out 1, 2 and 8."""
     for fo in ctx.fanouts:
-        for name in ctx.gateways:
+        for name in ctx.order():
             setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}")
             measure(ctx, "steady", name, setup,
                     _wrk_load(ctx, ctx.connections, ctx.duration, f"steady-{name}-fo{fo}"))
@@ -185,7 +195,7 @@ def seed(ctx: Context) -> None:
     n, c = (2000, 200) if ctx.quick else (50000, 2500)
     fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
     for fo in fanouts:
-        for name in ctx.gateways:
+        for name in ctx.order():
             setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}")
 
             def run(g: Running) -> LoadResult:
@@ -200,7 +210,7 @@ def overload(ctx: Context) -> None:
     clients = 200 if ctx.quick else 1000
     fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
     for fo in fanouts:
-        for name in ctx.gateways:
+        for name in ctx.order():
             setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
                           max_inflight=64 if name == gateways.TXFANOUT else 2000)
 
@@ -224,7 +234,7 @@ def slow(ctx: Context) -> None:
     if not ctx.nginx.access_log:
         ctx.notes.append("slow: nginx access log off; delayed-call counts unavailable")
     for fo in fanouts:
-        for name in ctx.gateways:
+        for name in ctx.order():
             setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/mixed")
             # twice the connections: a third of the requests wait 300 ms
             measure(ctx, "slow", name, setup,
@@ -238,7 +248,7 @@ def soak(ctx: Context) -> None:
     probe = 2 if ctx.quick else 5
     clients = 64
     for fo in fanouts:
-        for name in ctx.gateways:
+        for name in ctx.order():
             setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}")
             cap: dict[str, float] = {}
 
@@ -274,7 +284,7 @@ def workers(ctx: Context) -> None:
         ctx.notes.append("workers: txfanout has no --workers option yet "
                          "(`twistd fanout --help`); the 2-process row is skipped")
     for fo in fanouts:
-        for n in ((1, 2) if has_workers else (1,)):
+        for n in ((1, 2) if has_workers else (1,)) * ctx.repeat:
             setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}", workers=n)
             measure(ctx, "workers", gateways.TXFANOUT, setup,
                     _wrk_load(ctx, ctx.connections, ctx.duration, f"workers-{n}-fo{fo}"),
