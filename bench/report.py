@@ -23,7 +23,8 @@ def collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         ordered = sorted(runs, key=lambda r: r["rps"])
         chosen = dict(ordered[(len(ordered) - 1) // 2])
-        chosen["repeats"] = [{k: r.get(k) for k in ("rps", "goodput_rps", "p50_ms", "p99_ms",
+        chosen["repeats"] = [{k: r.get(k) for k in ("rps", "goodput_rps", "complete_rps",
+                                                    "p50_ms", "p99_ms",
                                                     "cpu_s_per_1k", "peak_rss_mb",
                                                     "other_cpu_util")} for r in runs]
         out.append(chosen)
@@ -50,6 +51,9 @@ def _extra(row: dict[str, Any]) -> str:
     out: list[str] = []
     if s == "overload":
         out.append(f"goodput {row['goodput_rps']:.0f}/s")
+        if row.get("complete_rps") is not None:
+            bound = "≤ " if row.get("complete_rps_source") == "nginx bound" else ""
+            out.append(f"complete {bound}{row['complete_rps']:.0f}/s")
         out.append(f"p99(200) {_f(row.get('p99_200_ms'))} ms")
         if row.get("p99_503_ms") is not None:
             out.append(f"p99(503) {_f(row.get('p99_503_ms'))} ms")
@@ -112,7 +116,8 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     return None
                 return round(a / b, 2)
             out.append({"scenario": scenario, "fanout": fo, "reference": ref,
-                        "rps": q("rps"), "goodput": q("goodput_rps"), "p50": q("p50_ms"),
+                        "rps": q("rps"), "goodput": q("goodput_rps"),
+                        "complete": q("complete_rps"), "p50": q("p50_ms"),
                         "p99": q("p99_ms"), "cpu_per_1k": q("cpu_s_per_1k"),
                         "peak_rss": q("peak_rss_mb")})
     return out
@@ -131,13 +136,16 @@ def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
             str(r["upstream_conns_new"]), _f(r["upstream_rps"], 0), _extra(r)]) + " |")
     rat = ratios(rows)
     if rat:
-        lines += ["", "Ratios, txfanout / reference (req/s and goodput: higher is better for "
-                  "txfanout; p50, p99, CPU and RSS: lower is better):", "",
-                  "| scenario | fo | txfanout / | req/s | goodput | p50 | p99 | CPU s/1k | peak RSS |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "Ratios, txfanout / reference (req/s, goodput and complete/s: higher is "
+                  "better for txfanout; p50, p99, CPU and RSS: lower is better). complete/s = "
+                  "answers in which every partner answered:", "",
+                  "| scenario | fo | txfanout / | req/s | goodput (200/s) | complete/s | p50 | p99 "
+                  "| CPU s/1k | peak RSS |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for q in rat:
             lines.append(f"| {q['scenario']} | {q['fanout']} | {q['reference']} | "
-                         f"{_f(q['rps'], 2)} | {_f(q['goodput'], 2)} | {_f(q['p50'], 2)} | "
+                         f"{_f(q['rps'], 2)} | {_f(q['goodput'], 2)} | {_f(q['complete'], 2)} | "
+                         f"{_f(q['p50'], 2)} | "
                          f"{_f(q['p99'], 2)} | {_f(q['cpu_per_1k'], 2)} | {_f(q['peak_rss'], 2)} |")
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]

@@ -165,6 +165,14 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         "gateway_log_errors": _log_errors(g.child.log_path),
         "gateway_exit": code, "gateway_log": g.child.log_path,
     }
+    # Answers/s in which every partner answered: exact from wrk's count of
+    # X-Fanout-Complete: false; otherwise bounded by what nginx served.
+    if result.incomplete is not None and result.duration_s:
+        row["complete_rps"] = round(max(0, result.ok - result.incomplete) / result.duration_s, 1)
+        row["complete_rps_source"] = "wrk"
+    else:
+        row["complete_rps"] = round(min(row["goodput_rps"], row["upstream_rps"] / setup.fanout), 1)
+        row["complete_rps_source"] = "nginx bound"
     if result.partner_timeouts is not None:
         row["cancellations_per_s"] = round(result.partner_timeouts / result.duration_s, 1) \
             if result.duration_s else 0.0
