@@ -49,11 +49,13 @@ def _extra(row: dict[str, Any]) -> str:
     """Scenario-specific figures for the last column."""
     s = row["scenario"]
     out: list[str] = []
+    complete = row.get("complete_rps")
     if s == "overload":
         out.append(f"goodput {row['goodput_rps']:.0f}/s")
-        if row.get("complete_rps") is not None:
-            bound = "≤ " if row.get("complete_rps_source") == "nginx bound" else ""
-            out.append(f"complete {bound}{row['complete_rps']:.0f}/s")
+    if complete is not None and (s == "overload" or complete < 0.9 * row["goodput_rps"]):
+        bound = "≤ " if row.get("complete_rps_source") == "nginx bound" else ""
+        out.append(f"complete {bound}{complete:.0f}/s")
+    if s == "overload":
         out.append(f"p99(200) {_f(row.get('p99_200_ms'))} ms")
         if row.get("p99_503_ms") is not None:
             out.append(f"p99(503) {_f(row.get('p99_503_ms'))} ms")
