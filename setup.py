@@ -17,9 +17,13 @@ setup(
         "pyOpenSSL>=24.0",
     ],
     extras_require={
-        # wheel: tests/test_packaging.py builds this project without build isolation.
+        # wheel: tests/test_packaging.py builds this project without build isolation;
+        # aiohttp, matplotlib: tests/test_bench_smoke.py runs the bench harness.
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6", "treq>=24.9", "wheel",
-                 "PyYAML>=6"],
+                 "PyYAML>=6", "aiohttp>=3.9", "matplotlib>=3.8"],
+        # python -m bench (also needs nginx, libnginx-mod-http-echo, wrk,
+        # apache2-utils, nghttp2-client from the distribution)
+        "bench": ["aiohttp>=3.9", "matplotlib>=3.8", "uvloop>=0.19; sys_platform != 'win32'"],
     },
     entry_points={"console_scripts": ["txfanout=txfanout.__main__:main"]},
 )

@@ -1,0 +1,148 @@
+"""The gateways under test: txfanout (twistd plugin) and the references.
+
+Each is started as a subprocess on 127.0.0.1 with the same fan-out, the same
+partner URLs and the same timeouts; :func:`start` returns once it answers
+its readiness probe.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from .procs import Child, Registry, free_port, pinned, wait_http
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+TWISTD = "from twisted.scripts.twistd import run; run()"
+
+TXFANOUT = "txfanout"
+BARE_TWISTED = "bare-twisted"
+AIOHTTP = "aiohttp"
+AIOHTTP_UVLOOP = "aiohttp-uvloop"
+ALL = (TXFANOUT, BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP)
+REFERENCES = (BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP)
+
+
+@dataclass
+class Setup:
+    """What every gateway in a row group gets: same partner, same budget."""
+
+    fanout: int
+    partner_url: str  # '{i}' -> 1..fanout
+    timeout_ms: int = 300
+    deadline_ms: int = 500
+    max_concurrency: int = 256
+    max_inflight: int = 2000
+    workers: int = 1
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Running:
+    """A started gateway."""
+
+    name: str
+    child: Child
+    url: str  # where the load goes
+    ready_url: str
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [os.path.join(REPO, "src"), REPO]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def txfanout_config(setup: Setup, path: str) -> None:
+    """Write the TOML config for txfanout: partners p1..pN on the nginx
+    partner, one route ``bid`` calling all of them."""
+    lines = ["[server]", f"deadline_ms = {setup.deadline_ms}",
+             f"max_inflight = {setup.max_inflight}", ""]
+    names = []
+    for i in range(1, setup.fanout + 1):
+        names.append(f"p{i}")
+        lines += [f"[partners.p{i}]",
+                  f'url = "{setup.partner_url.replace("{i}", str(i))}"',
+                  f"timeout_ms = {setup.timeout_ms}",
+                  f"max_concurrency = {setup.max_concurrency}", ""]
+    lines += ["[routes.bid]", "partners = [" + ", ".join(f'"{n}"' for n in names) + "]", ""]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
+def txfanout_options() -> str:
+    """``twistd fanout --help`` (to see which options this gateway has)."""
+    try:
+        out = subprocess.run([sys.executable, "-c", TWISTD, "fanout", "--help"],
+                             capture_output=True, text=True, env=_env(), cwd=REPO,
+                             timeout=60)
+    except subprocess.TimeoutExpired:
+        return ""
+    return out.stdout + out.stderr
+
+
+def supports_workers() -> bool:
+    """True when the txfanout plugin has a ``--workers`` option."""
+    return "--workers" in txfanout_options()
+
+
+def command(name: str, setup: Setup, port: int, admin_port: int, workdir: str) -> list[str]:
+    """The command line that starts gateway ``name`` on ``port``."""
+    if name == TXFANOUT:
+        conf = os.path.join(workdir, f"txfanout-fo{setup.fanout}.toml")
+        txfanout_config(setup, conf)
+        cmd = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "fanout", "--config", conf,
+               "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
+               "--admin", f"tcp:{admin_port}:interface=127.0.0.1",
+               "--deadline-ms", str(setup.deadline_ms),
+               "--max-inflight", str(setup.max_inflight)]
+        if setup.workers > 1:
+            cmd += ["--workers", str(setup.workers)]
+        return cmd + setup.extra_args
+    common = ["--port", str(port), "--fanout", str(setup.fanout),
+              "--partner-url", setup.partner_url, "--timeout-ms", str(setup.timeout_ms),
+              "--deadline-ms", str(setup.deadline_ms),
+              "--pool-size", str(setup.max_concurrency * setup.fanout)]
+    if name == BARE_TWISTED:
+        return [sys.executable, os.path.join(BENCH_DIR, "ref_twisted.py")] + common
+    if name == AIOHTTP:
+        return [sys.executable, os.path.join(BENCH_DIR, "ref_aiohttp.py")] + common
+    if name == AIOHTTP_UVLOOP:
+        return [sys.executable, os.path.join(BENCH_DIR, "ref_aiohttp.py"), "--uvloop"] + common
+    raise ValueError(f"unknown gateway {name!r}; known: {', '.join(ALL)}")
+
+
+def start(registry: Registry, name: str, setup: Setup, workdir: str, logdir: str,
+          cpu: int | str | None, tag: str, attempts: int = 3) -> Running:
+    """Start gateway ``name`` and wait until it is ready (at most 30 s); a
+    port taken between choosing and binding it is retried with new ports."""
+    for attempt in range(attempts):
+        port, admin_port = free_port(), free_port()
+        while admin_port == port:
+            admin_port = free_port()
+        cmd = pinned(command(name, setup, port, admin_port, workdir), cpu)
+        log_path = os.path.join(logdir, f"{tag}.log")
+        with open(log_path, "w", encoding="utf-8") as f:
+            f.write("$ " + " ".join(cmd) + "\n")
+        child = registry.start(name, cmd, log_path=log_path, env=_env(), cwd=REPO)
+        base = f"http://127.0.0.1:{port}"
+        ready = (f"http://127.0.0.1:{admin_port}/healthz" if name == TXFANOUT
+                 else f"{base}/healthz")
+        try:
+            wait_http(ready, 30.0, child)
+        except RuntimeError:
+            registry.stop(child)
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                taken = "Address already in use" in f.read()
+            if taken and attempt + 1 < attempts:
+                continue
+            raise
+        return Running(name, child, f"{base}/bid", ready)
+    raise AssertionError("unreachable")

@@ -1,0 +1,229 @@
+"""Turn rows into a markdown table, ratio rows, results.json and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+REFERENCE_ORDER = ("bare-twisted", "aiohttp", "aiohttp-uvloop")
+
+
+def collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Repeated rows (same scenario, gateway, fan-out, label) become the run
+    with the median req/s; every run's figures are kept under ``repeats``."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["gateway"], r["fanout"], r.get("label"),
+                           r.get("workers")), []).append(r)
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        ordered = sorted(runs, key=lambda r: r["rps"])
+        chosen = dict(ordered[(len(ordered) - 1) // 2])
+        chosen["repeats"] = [{k: r.get(k) for k in ("rps", "goodput_rps", "complete_rps",
+                                                    "p50_ms", "p99_ms",
+                                                    "cpu_s_per_1k", "peak_rss_mb",
+                                                    "other_cpu_util")} for r in runs]
+        out.append(chosen)
+    return out
+
+
+def _f(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _codes(row: dict[str, Any]) -> str:
+    parts = [f"{k}:{v}" for k, v in sorted(row["non2xx"].items())]
+    parts += [f"{k}:{v}" for k, v in sorted(row["socket_errors"].items())]
+    return " ".join(parts) if parts else "0"
+
+
+def _extra(row: dict[str, Any]) -> str:
+    """Scenario-specific figures for the last column."""
+    s = row["scenario"]
+    out: list[str] = []
+    complete = row.get("complete_rps")
+    if s == "overload":
+        out.append(f"goodput {row['goodput_rps']:.0f}/s")
+    if complete is not None and (s == "overload" or complete < 0.9 * row["goodput_rps"]):
+        bound = "≤ " if row.get("complete_rps_source") == "nginx bound" else ""
+        out.append(f"complete {bound}{complete:.0f}/s")
+    if s == "overload":
+        out.append(f"p99(200) {_f(row.get('p99_200_ms'))} ms")
+        if row.get("p99_503_ms") is not None:
+            out.append(f"p99(503) {_f(row.get('p99_503_ms'))} ms")
+        out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"
+                   else "no admission cap")
+    if s == "slow":
+        out.append(f"cancels {_f(row.get('cancellations_per_s'))}/s")
+        out.append(f"new up conns {_f(row.get('upstream_conns_per_s'))}/s")
+        delayed = (row.get("nginx_log") or {}).get("delayed")
+        if delayed:
+            out.append(f"slow calls {sum(delayed.values())}")
+    if s == "soak":
+        out.append(f"rate {_f(row.get('target_rps'), 0)}/s of cap {_f(row.get('capacity_rps'), 0)}")
+        out.append(f"RSS slope {_f(row.get('rss_slope_kib_per_min'))} KiB/min")
+    if s == "workers":
+        out.append(f"{row['workers']} process(es)")
+    if row.get("repeats"):
+        rps = [r["rps"] for r in row["repeats"]]
+        out.append(f"median of {len(rps)} runs (req/s {min(rps):.0f}-{max(rps):.0f})")
+    if (row.get("other_cpu_util") or 0) >= 0.1:
+        out.append(f"NOISY: other processes used {row['other_cpu_util']:.2f} CPU")
+    if row.get("incomplete"):
+        out.append(f"incomplete {row['incomplete']}")
+    if row.get("gateway_log_errors"):
+        out.append(f"log tracebacks {row['gateway_log_errors']}")
+    return "; ".join(out)
+
+
+HEADER = ("| gateway | fo | load | req/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx / errors "
+          "| CPU s/1k req | peak RSS MB | settled RSS MB | new up conns | up req/s | notes |")
+RULE = "|" + "---|" * (HEADER.count("|") - 1)
+
+
+def _load_label(row: dict[str, Any]) -> str:
+    if row["tool"] == "wrk":
+        return "wrk"
+    if row["tool"] == "ab":
+        return "ab"
+    return f"h2load{' ' + row['label'] if row.get('label') else ''}"
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """txfanout / reference for each (scenario, fan-out) group."""
+    out = []
+    groups: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["fanout"]), {})[r["gateway"]] = r
+    for (scenario, fo), by in groups.items():
+        tx = by.get("txfanout")
+        if tx is None:
+            continue
+        for ref in REFERENCE_ORDER:
+            other = by.get(ref)
+            if other is None:
+                continue
+
+            def q(key: str) -> float | None:
+                a, b = tx.get(key), other.get(key)
+                if a is None or b in (None, 0):
+                    return None
+                return round(a / b, 2)
+            out.append({"scenario": scenario, "fanout": fo, "reference": ref,
+                        "rps": q("rps"), "goodput": q("goodput_rps"),
+                        "complete": q("complete_rps"), "p50": q("p50_ms"),
+                        "p99": q("p99_ms"), "cpu_per_1k": q("cpu_s_per_1k"),
+                        "peak_rss": q("peak_rss_mb")})
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
+    """The result table, ratio rows and notes as markdown."""
+    lines = [HEADER, RULE]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["gateway"] + (f" ({r['label']})" if r.get("label") and r["scenario"] == "workers"
+                            else ""),
+            str(r["fanout"]), _load_label(r), _f(r["rps"], 0), _f(r["p50_ms"], 2),
+            _f(r["p90_ms"], 2), _f(r["p99_ms"], 2), _f(r["max_ms"], 1), _codes(r),
+            _f(r["cpu_s_per_1k"], 3), _f(r["peak_rss_mb"]), _f(r["settled_rss_mb"]),
+            str(r["upstream_conns_new"]), _f(r["upstream_rps"], 0), _extra(r)]) + " |")
+    rat = ratios(rows)
+    if rat:
+        lines += ["", "Ratios, txfanout / reference (req/s, goodput and complete/s: higher is "
+                  "better for txfanout; p50, p99, CPU and RSS: lower is better). complete/s = "
+                  "answers in which every partner answered:", "",
+                  "| scenario | fo | txfanout / | req/s | goodput (200/s) | complete/s | p50 | p99 "
+                  "| CPU s/1k | peak RSS |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for q in rat:
+            lines.append(f"| {q['scenario']} | {q['fanout']} | {q['reference']} | "
+                         f"{_f(q['rps'], 2)} | {_f(q['goodput'], 2)} | {_f(q['complete'], 2)} | "
+                         f"{_f(q['p50'], 2)} | "
+                         f"{_f(q['p99'], 2)} | {_f(q['cpu_per_1k'], 2)} | {_f(q['peak_rss'], 2)} |")
+    if notes:
+        lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: str, meta: dict[str, Any], rows: list[dict[str, Any]],
+               notes: list[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "rows": rows, "ratios": ratios(rows), "notes": notes}, f,
+                  indent=2)
+
+
+def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
+    """throughput.png, latency.png, rss.png; returns the paths written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    if not rows:
+        return []
+    written = []
+    gws = list(dict.fromkeys(r["gateway"] + (f" {r['label']}" if r["scenario"] == "workers"
+                                             else "") for r in rows))
+    groups = list(dict.fromkeys((r["scenario"], r["fanout"]) for r in rows))
+
+    def key(r: dict[str, Any]) -> str:
+        return r["gateway"] + (f" {r['label']}" if r["scenario"] == "workers" else "")
+
+    def bars(metric: str, ylabel: str, fname: str, second: str | None = None) -> None:
+        fig, ax = plt.subplots(figsize=(max(6, 2 + 1.6 * len(groups)), 4.5))
+        width = 0.8 / max(1, len(gws))
+        for i, gw in enumerate(gws):
+            xs, ys, lows = [], [], []
+            for j, g in enumerate(groups):
+                for r in rows:
+                    if (r["scenario"], r["fanout"]) == g and key(r) == gw:
+                        xs.append(j + i * width)
+                        ys.append(r.get(metric) or 0)
+                        lows.append(r.get(second) or 0 if second else 0)
+            bars_ = ax.bar(xs, ys, width, label=gw)
+            if second:
+                ax.scatter(xs, lows, marker="_", color="black", s=200, zorder=3)
+            ax.bar_label(bars_, fmt="%.0f" if metric.endswith("rps") else "%.1f", fontsize=7)
+        ax.set_xticks([j + width * (len(gws) - 1) / 2 for j in range(len(groups))])
+        ax.set_xticklabels([f"{s}\nfan-out {fo}" for s, fo in groups])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(outdir, fname)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    bars("rps", "requests/s (all answers)", "throughput.png")
+    if any(r["scenario"] == "overload" for r in rows):
+        bars("goodput_rps", "200 answers/s", "goodput.png")
+    bars("p99_ms", "p99 latency, ms (tick: p50)", "latency.png", second="p50_ms")
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in rows:
+        tl = r.get("rss_timeline") or []
+        if tl:
+            ax.plot([t for t, _ in tl], [m for _, m in tl],
+                    label=f"{key(r)} fo{r['fanout']} ({r['scenario']})")
+    ax.set_xlabel("seconds since the gateway started")
+    ax.set_ylabel("RSS, MB (process tree)")
+    ax.set_title(f"{title}: RSS sampled every 0.5 s")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(outdir, "rss.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written

@@ -1,0 +1,313 @@
+"""Scenarios: which gateways, which fan-outs, which load, what extra to report.
+
+Every row is measured the same way (:func:`measure`): start the gateway
+(pinned to the gateway CPU), warm it up, take marks (CPU, nginx counters),
+run the load (pinned to the load CPU), take marks again, wait for RSS to
+settle, stop the gateway.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import gateways, loadgen
+from .gateways import Running, Setup
+from .loadgen import LoadResult
+from .nginx import Nginx
+from .procs import (Registry, Sampler, cpu_seconds, host_busy_seconds, own_and_children_cpu,
+                    process_tree, wait_for_quiet)
+
+SCENARIOS = ("steady", "seed", "overload", "slow", "soak", "workers")
+DEFAULT_DURATION = {"steady": 15, "seed": 0, "overload": 15, "slow": 15, "soak": 120,
+                    "workers": 15}
+# load generators each scenario uses (wrk is always used to warm up)
+TOOLS = {"steady": {"wrk"}, "seed": {"wrk", "ab"}, "overload": {"wrk", "h2load"},
+         "slow": {"wrk"}, "soak": {"wrk", "h2load"}, "workers": {"wrk"}}
+
+
+@dataclass
+class Context:
+    """What every scenario needs from the run."""
+
+    registry: Registry
+    nginx: Nginx
+    workdir: str
+    logdir: str
+    body_path: str
+    lua_path: str
+    gateways: list[str]
+    fanouts: list[int]
+    duration: float
+    warmup: float
+    settle: float
+    connections: int
+    gw_cpu: int | None
+    load_cpu: int | None
+    quick: bool
+    wait_idle: float = 30.0
+    repeat: int = 1
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    progress: Callable[[str], None] = print
+
+    def order(self) -> list[str]:
+        """The gateways of one group, round-robin ``repeat`` times, so that a
+        noisy spell hits every gateway alike."""
+        return list(self.gateways) * self.repeat
+
+
+def _log_errors(path: str | None) -> int:
+    """Tracebacks / unhandled errors the gateway logged."""
+    if not path or not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    return len(re.findall(r"Traceback \(most recent call last\)|Unhandled error", text))
+
+
+def rss_slope_kib_per_min(samples: list[tuple[float, int, float]], t0: float,
+                          t1: float) -> float | None:
+    """Least-squares slope of RSS over [t0, t1], KiB per minute."""
+    pts = [(t, r) for t, r, _ in samples if t0 <= t <= t1]
+    if len(pts) < 3:
+        return None
+    n = len(pts)
+    mt = sum(t for t, _ in pts) / n
+    mr = sum(r for _, r in pts) / n
+    var = sum((t - mt) ** 2 for t, _ in pts)
+    if var == 0:
+        return None
+    cov = sum((t - mt) * (r - mr) for t, r in pts)
+    return round(cov / var * 60.0, 1)
+
+
+def measure(ctx: Context, scenario: str, name: str, setup: Setup,
+            load: Callable[[Running], LoadResult], label: str = "",
+            gw_cpu: int | str | None = "default",
+            prepare: Callable[[Running], None] | None = None) -> dict[str, Any]:
+    """Run one row: gateway ``name`` under ``load``; return the row.
+    ``prepare`` runs after the warm-up, outside the measured window."""
+    cpu = ctx.gw_cpu if gw_cpu == "default" else gw_cpu
+    tag = f"{scenario}-{name}-fo{setup.fanout}{('-' + label) if label else ''}"
+    if ctx.repeat > 1:
+        done = sum(1 for r in ctx.rows if (r["scenario"], r["gateway"], r["fanout"], r["label"])
+                   == (scenario, name, setup.fanout, label))
+        tag += f"-run{done + 1}"
+    idle_before = wait_for_quiet(ctx.wait_idle) if ctx.wait_idle > 0 else None
+    if idle_before is not None and idle_before >= 0.25:
+        ctx.progress(f"  {tag}: machine busy before the row ({idle_before:.2f} CPUs in use "
+                     f"by others after waiting {ctx.wait_idle:.0f} s); going on")
+    ctx.progress(f"  {tag}: starting")
+    g = gateways.start(ctx.registry, name, setup, ctx.workdir, ctx.logdir, cpu, tag)
+    sampler = Sampler(g.child.pid, 0.5).start()
+    try:
+        if ctx.warmup > 0:
+            loadgen.wrk(ctx.registry, g.url, ctx.lua_path, min(ctx.connections, 64),
+                        ctx.warmup, ctx.load_cpu, os.path.join(ctx.logdir, f"{tag}.load.log"))
+        if prepare is not None:
+            prepare(g)
+        before = ctx.nginx.status()
+        mark = ctx.nginx.access_log_mark() if ctx.nginx.access_log else 0
+        ngx_pids = process_tree(ctx.nginx.child.pid)
+        host0, ngx0, (me0, kids0) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
+        t0, rss0, cpu0 = sampler.sample()
+        result = load(g)
+        t1, _, cpu1 = sampler.sample()
+        host1, ngx1, (me1, kids1) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
+        after = ctx.nginx.status()
+        time.sleep(1.2 if ctx.nginx.access_log else 0)  # access log flush=1s
+        log_stats = ctx.nginx.access_log_stats(mark) if ctx.nginx.access_log else {}
+        time.sleep(ctx.settle)
+        _, settled, _ = sampler.sample()
+    finally:
+        sampler.stop()
+        code = ctx.registry.stop(g.child)
+    window = max(t1 - t0, 1e-9)
+    # CPU used on this machine during the window by anything we did not start
+    others = (host1 - host0) - (cpu1 - cpu0) - (ngx1 - ngx0) - (me1 - me0) - (kids1 - kids0)
+    answered = max(result.requests, 1)
+    row: dict[str, Any] = {
+        "scenario": scenario, "gateway": name, "fanout": setup.fanout, "label": label,
+        "workers": setup.workers, "max_inflight": setup.max_inflight,
+        "timeout_ms": setup.timeout_ms, "deadline_ms": setup.deadline_ms,
+        "tool": result.tool, "load": result.to_json(),
+        "requests": result.requests, "rps": result.rps,
+        "p50_ms": result.p50_ms, "p90_ms": result.p90_ms, "p99_ms": result.p99_ms,
+        "max_ms": result.max_ms, "statuses": result.statuses,
+        "non2xx": {k: v for k, v in result.statuses.items() if not k.startswith("2")},
+        "socket_errors": result.socket_errors,
+        "errors": result.non2xx + sum(result.socket_errors.values()),
+        "goodput_rps": round(result.ok / result.duration_s, 1) if result.duration_s else 0.0,
+        "cpu_s": round(cpu1 - cpu0, 2),
+        "cpu_s_per_1k": round((cpu1 - cpu0) / answered * 1000.0, 3),
+        "gateway_cpu_util": round((cpu1 - cpu0) / window, 2),
+        "nginx_cpu_util": round((ngx1 - ngx0) / window, 2),
+        "loadgen_cpu_util": round((kids1 - kids0) / window, 2),
+        "other_cpu_util": round(max(0.0, others) / window, 2),
+        "others_before_row": None if idle_before is None else round(idle_before, 2),
+        "start_rss_mb": round(rss0 / 1024, 1),
+        "peak_rss_mb": round(sampler.peak_rss_kb(0, t1 + 0.5) / 1024, 1),
+        "settled_rss_mb": round(settled / 1024, 1),
+        "rss_slope_kib_per_min": rss_slope_kib_per_min(sampler.samples, t0, t1),
+        "rss_timeline": [(round(t, 2), round(r / 1024, 1)) for t, r, _ in sampler.samples],
+        "load_window": [round(t0, 2), round(t1, 2)],
+        # the second stub_status poll's own connection/request is in ``after``
+        "upstream_conns_new": after["accepts"] - before["accepts"] - 1,
+        "upstream_conns_per_s": round((after["accepts"] - before["accepts"] - 1) / window, 1),
+        "upstream_rps": round((after["requests"] - before["requests"] - 1) / window, 1),
+        "partner_timeouts": result.partner_timeouts,
+        "incomplete": result.incomplete,
+        "nginx_log": log_stats,
+        "gateway_log_errors": _log_errors(g.child.log_path),
+        "gateway_exit": code, "gateway_log": g.child.log_path,
+    }
+    # Answers/s in which every partner answered: exact from wrk's count of
+    # X-Fanout-Complete: false; otherwise bounded by what nginx served.
+    if result.incomplete is not None and result.duration_s:
+        row["complete_rps"] = round(max(0, result.ok - result.incomplete) / result.duration_s, 1)
+        row["complete_rps_source"] = "wrk"
+    else:
+        row["complete_rps"] = round(min(row["goodput_rps"], row["upstream_rps"] / setup.fanout), 1)
+        row["complete_rps_source"] = "nginx bound"
+    if result.partner_timeouts is not None:
+        row["cancellations_per_s"] = round(result.partner_timeouts / result.duration_s, 1) \
+            if result.duration_s else 0.0
+    ctx.progress(f"  {tag}: {result.rps:.0f} req/s, p99 {result.p99_ms} ms, "
+                 f"non-2xx {row['non2xx'] or 0}, socket errors {result.socket_errors or 0}")
+    ctx.rows.append(row)
+    return row
+
+
+def _wrk_load(ctx: Context, connections: int, duration: float, tag: str) -> Callable[[Running], LoadResult]:
+    def run(g: Running) -> LoadResult:
+        return loadgen.wrk(ctx.registry, g.url, ctx.lua_path, connections, duration,
+                           ctx.load_cpu, os.path.join(ctx.logdir, f"{tag}.load.log"))
+    return run
+
+
+def steady(ctx: Context) -> None:
+    """Closed loop, wrk c=64, fan-out 1, 2 and 8."""
+    for fo in ctx.fanouts:
+        for name in ctx.order():
+            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}")
+            measure(ctx, "steady", name, setup,
+                    _wrk_load(ctx, ctx.connections, ctx.duration, f"steady-{name}-fo{fo}"))
+
+
+def seed(ctx: Context) -> None:
+    """As the seed ran it: fan-out 2, ``ab -n 50000 -c 2500`` (no keep-alive)."""
+    n, c = (2000, 200) if ctx.quick else (50000, 2500)
+    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+    for fo in fanouts:
+        for name in ctx.order():
+            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}")
+
+            def run(g: Running) -> LoadResult:
+                return loadgen.ab(ctx.registry, g.url, ctx.body_path, n, c, ctx.load_cpu,
+                                  os.path.join(ctx.logdir, f"seed-{g.name}-fo{fo}.load.log"))
+            measure(ctx, "seed", name, setup, run)
+
+
+def overload(ctx: Context) -> None:
+    """Offered load far above max_inflight: h2load --h1 closed loop with many
+    clients; txfanout capped at max_inflight 64; goodput and per-status p99."""
+    clients = 200 if ctx.quick else 1000
+    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+    for fo in fanouts:
+        for name in ctx.order():
+            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
+                          max_inflight=64 if name == gateways.TXFANOUT else 2000)
+
+            def run(g: Running) -> LoadResult:
+                return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients,
+                                      ctx.duration, ctx.load_cpu, ctx.workdir,
+                                      log_path=os.path.join(ctx.logdir,
+                                                            f"overload-{g.name}-fo{fo}.load.log"),
+                                      name=f"overload-{g.name}-fo{fo}")
+            row = measure(ctx, "overload", name, setup, run, label=f"c{clients}")
+            by = row["load"]["by_status"]
+            row["p99_200_ms"] = by.get("200", {}).get("p99_ms")
+            row["p99_503_ms"] = by.get("503", {}).get("p99_ms")
+            row["clients"] = clients
+
+
+def slow(ctx: Context) -> None:
+    """~20% of partner calls take 500 ms against a 300 ms timeout: the gateway
+    must cancel them; counts cancellations/s and new upstream connections/s."""
+    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+    if not ctx.nginx.access_log:
+        ctx.notes.append("slow: nginx access log off; delayed-call counts unavailable")
+    for fo in fanouts:
+        for name in ctx.order():
+            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/mixed")
+            # twice the connections: a third of the requests wait 300 ms
+            measure(ctx, "slow", name, setup,
+                    _wrk_load(ctx, 2 * ctx.connections, ctx.duration, f"slow-{name}-fo{fo}"))
+
+
+def soak(ctx: Context) -> None:
+    """Minutes at ~70% of each gateway's own capacity (h2load fixed rate);
+    RSS sampled every 0.5 s; its slope over the load window."""
+    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+    probe = 2 if ctx.quick else 5
+    clients = 64
+    for fo in fanouts:
+        for name in ctx.order():
+            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}")
+            cap: dict[str, float] = {}
+
+            def probe_capacity(g: Running) -> None:
+                tag = f"soak-{g.name}-fo{fo}"
+                capacity = loadgen.wrk(ctx.registry, g.url, ctx.lua_path, ctx.connections,
+                                       probe, ctx.load_cpu,
+                                       os.path.join(ctx.logdir, f"{tag}.probe.log"))
+                cap["capacity_rps"] = capacity.rps
+                cap["target_rps"] = round(max(1.0, 0.7 * capacity.rps), 1)
+                ctx.progress(f"  {tag}: capacity {capacity.rps:.0f} req/s; soaking at "
+                             f"{cap['target_rps']:.0f} req/s for {ctx.duration:.0f} s")
+
+            def run(g: Running) -> LoadResult:
+                tag = f"soak-{g.name}-fo{fo}"
+                return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, ctx.duration,
+                                      ctx.load_cpu, ctx.workdir,
+                                      rps_per_client=cap["target_rps"] / clients,
+                                      log_path=os.path.join(ctx.logdir, f"{tag}.load.log"),
+                                      name=tag)
+            row = measure(ctx, "soak", name, setup, run, prepare=probe_capacity)
+            row.update(cap)
+
+
+def workers(ctx: Context) -> None:
+    """txfanout in 1 vs 2 processes (steady load, fan-out 2, gateway not
+    pinned so that both processes can use both cores)."""
+    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+    has_workers = gateways.supports_workers()
+    # not pinned to one CPU: the harness runs on the load CPU, so say "all"
+    all_cpus = f"0-{(os.cpu_count() or 1) - 1}" if ctx.load_cpu is not None else None
+    if not has_workers:
+        ctx.notes.append("workers: txfanout has no --workers option yet "
+                         "(`twistd fanout --help`); the 2-process row is skipped")
+    for fo in fanouts:
+        for n in ((1, 2) if has_workers else (1,)) * ctx.repeat:
+            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}", workers=n)
+            measure(ctx, "workers", gateways.TXFANOUT, setup,
+                    _wrk_load(ctx, ctx.connections, ctx.duration, f"workers-{n}-fo{fo}"),
+                    label=f"{n}proc", gw_cpu=all_cpus)
+
+
+RUNNERS: dict[str, Callable[[Context], None]] = {
+    "steady": steady, "seed": seed, "overload": overload, "slow": slow, "soak": soak,
+    "workers": workers,
+}
+
+
+def rows_expected(scenario: str, gateways_: list[str], fanouts: list[int]) -> int:
+    """How many rows a scenario will measure (for the run's time bound)."""
+    fos = len(fanouts) if scenario == "steady" or fanouts != [1, 2, 8] else 1
+    if scenario == "workers":
+        return 2 * fos
+    return fos * len(gateways_)
