@@ -8,10 +8,11 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
+
+from txfanout._compat import tomllib
 
 OS_NAMES = ("android", "ios", "windows", "macos", "linux", "other")
 MAX_FANOUT = 8
