@@ -6,7 +6,7 @@ setup(
     description="Scatter-gather HTTP gateway daemon on Twisted",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
-    python_requires=">=3.11",
+    python_requires=">=3.9",
     package_dir={"": "src", "twisted.plugins": "twisted/plugins"},
     packages=find_packages("src") + ["twisted.plugins"],
     install_requires=[
@@ -15,6 +15,7 @@ setup(
         "prometheus-client>=0.20",
         "service-identity>=24.1",
         "pyOpenSSL>=24.0",
+        "tomli>=2; python_version<'3.11'",
     ],
     extras_require={
         # wheel: tests/test_packaging.py builds this project without build isolation;

@@ -6,6 +6,7 @@ import json
 import urllib.request
 
 import pytest
+import twisted
 from twisted.application.service import IServiceCollection
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python.usage import UsageError
@@ -26,6 +27,12 @@ url = "http://127.0.0.1:7001/bid"
 [routes.bid]
 partners = ["a"]
 """
+
+
+# twistd exits 1 on a usage error (our refused config among them) from Twisted
+# 26.10 on (twisted#12656); before, it printed the error and exited 0. No such
+# Twisted runs on Python 3.9 (Debian's pypy3): there only the message tells.
+TWISTD_EXIT_ON_USAGE_ERROR = 1 if (twisted.version.major, twisted.version.minor) >= (26, 10) else 0
 
 
 def options(*argv: str) -> tap.Options:
@@ -99,5 +106,5 @@ def test_daemon_refuses_a_bad_config(tmp_path):
     daemon = Daemon("--config", str(path))
     code = daemon.proc.wait(30)
     daemon.stop()
-    assert code != 0
+    assert code == TWISTD_EXIT_ON_USAGE_ERROR
     assert "server.max_inflight: must be an integer from 1 to 1000000" in "".join(daemon.log)

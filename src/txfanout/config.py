@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from ._compat import tomllib
 from .adminauth import listens_on_loopback
 from .tls import TLS_VERSIONS, PartnerTLS, TLSSettingError, server_endpoint_problem
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from txfanout._compat import SLOTS
+
 OK = "ok"                  # 2xx
 HTTP_ERROR = "http_error"  # any other status; status and body kept
 TIMEOUT = "timeout"        # no complete answer within the call's budget
@@ -18,7 +20,7 @@ CANCELLED = "cancelled"    # the client went away; the call was aborted
 ALL = (OK, HTTP_ERROR, TIMEOUT, ERROR, TOO_LARGE, SHED, OPEN, SKIPPED, CANCELLED)
 
 
-@dataclass(slots=True)
+@dataclass(**SLOTS)
 class CallResult:
     """What happened to one partner call, as reported to the client."""
 
