@@ -8,6 +8,7 @@ anything else is spent on them.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -61,15 +62,24 @@ MAX_HEAD_BYTES = 16384     # request line and all headers
 MAX_HEADERS = 100
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Large",
-            414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+            414: b"URI Too Long", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}
 
 
-def raw_error(code: int, message: str) -> bytes:
-    """A whole HTTP/1.1 error answer that announces the connection's close,
-    for refusals made on the wire, before or instead of a routed request."""
+def raw_error(code: int, message: str, close: bool = True, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 error answer (announcing the connection's close, by
+    default), for refusals made on the wire, before or instead of a routed
+    request. ``extra``: more header lines, each ending in CRLF."""
     body = json.dumps({"error": message}).encode("utf-8")
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (code, _REASONS[code], len(body), body))
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s%s"
+            b"Content-Length: %d\r\n\r\n%s"
+            % (code, _REASONS[code], b"Connection: close\r\n" if close else b"", extra,
+               len(body), body))
+
+
+_SHED_ANSWERS = {(reason, keep): raw_error(503, message, close=not keep,
+                                           extra=b"Retry-After: 1\r\n")
+                 for reason, message in _SHED_MESSAGES.items() for keep in (True, False)}
 
 
 def json_body(request: Request, body: bytes) -> bytes:
@@ -342,7 +352,9 @@ class GatewayRequest(Request):
         if length is not None and length > limit:
             self._refuse_body(limit)
             return
-        super().gotLength(length)
+        # In memory whatever the length: bodies are capped at max_body_bytes
+        # (Twisted would spool a body of unknown length to a temporary file).
+        self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -378,11 +390,22 @@ class GatewayRequest(Request):
             return
         refused = gateway.admit()
         if refused is not None:
-            self.setHeader(b"Retry-After", b"1")
-            write_error(self, 503, _SHED_MESSAGES[refused], close=refused == SHED_DRAINING)
+            self._shed(refused)
             return
         self._admitted = True
         super().process()
+
+    def _shed(self, reason: str) -> None:
+        """Answer 503 as cheaply as it can be done: refusing must cost far
+        less than serving, or clients that retry at once (ignoring
+        Retry-After) eat the capacity the refusals were meant to protect."""
+        keep = self.channel.persistent and reason != SHED_DRAINING
+        if not keep:
+            self.channel.persistent = False
+        self.code = 503
+        self.startedWriting = 1  # the whole answer goes out as one prepared write
+        self.channel.transport.write(_SHED_ANSWERS[reason, keep])
+        self.finish()
 
     def _release(self) -> None:
         if self._admitted:
@@ -421,9 +444,18 @@ class GatewayChannel(HTTPChannel):
     maxHeaders = MAX_HEADERS
     _arrival_timer: IDelayedCall | None = None
 
+    _host: Any = None
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.connection_opened(self.transport)
+
+    def getHost(self) -> Any:
+        """The local address, asked of the kernel once per connection (Twisted
+        asks for every request it builds: a system call each)."""
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def dataReceived(self, data: bytes) -> None:
         if self._arrival_timer is None and not self._handlingRequest:
