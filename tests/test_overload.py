@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest_twisted
@@ -134,3 +135,30 @@ async def test_idle_keep_alive_connections_are_closed(partner, make_gateway):
     await within(client.closed, 5)
     assert 0.25 < time.monotonic() - answered < 2.0
     assert gw.site.open_connections == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_deadline_counts_from_the_first_byte(partner, make_gateway):
+    gw = make_gateway(route_config({"echo": {"url": partner.url("/echo"), "timeout_ms": 300}},
+                                   deadline_ms=300))
+    # Headers at once, then a 10-byte body a byte every 20 ms: ~200 ms spent
+    # before the request is complete, which the partners' budget must show.
+    head = b"POST /bid HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10\r\n\r\n"
+    client = raw_client(gw.address, head)
+    pending = list(b"{" + b" " * 8 + b"}")
+
+    def one() -> None:
+        if pending and client.transport is not None and client.transport.connected:
+            client.transport.write(bytes([pending.pop(0)]))
+
+    loop = LoopingCall(one)
+    loop.clock = reactor
+    loop.start(0.02)
+    try:
+        received = await within(client.closed, 5)
+    finally:
+        loop.stop()
+    body = received.split(b"\r\n\r\n", 1)[1]
+    [result] = json.loads(body)["results"]
+    budget = int(json.loads(result["body"])["headers"]["X-Fanout-Deadline-Ms"][0])
+    assert budget <= 300 - 150, budget

@@ -341,7 +341,8 @@ class GatewayRequest(Request):
     _admitted = False
     _refused = False
     _body_size = 0
-    started: float | None = None  # set when processing starts
+    arrived: float | None = None  # when its first byte was read (set by the channel)
+    started: float | None = None  # when the deadline starts: arrival, else processing
     fanout: Fanout | None = None
 
     def _gateway(self) -> Gateway:
@@ -378,7 +379,7 @@ class GatewayRequest(Request):
             return
         self.site = self.channel.site
         gateway = self.site.gateway
-        self.started = gateway.clock.seconds()
+        self.started = self.arrived or gateway.clock.seconds()
         # Anything but a route name never reaches Klein (which would log a
         # traceback for a path or Host that is not UTF-8), nor takes a slot.
         if not _ROUTE_PATH.match(self.path):
@@ -443,6 +444,7 @@ class GatewayChannel(HTTPChannel):
     totalHeadersSize = MAX_HEAD_BYTES
     maxHeaders = MAX_HEADERS
     _arrival_timer: IDelayedCall | None = None
+    _arrived: float | None = None
 
     _host: Any = None
 
@@ -459,11 +461,15 @@ class GatewayChannel(HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self._arrival_timer is None and not self._handlingRequest:
+            self._arrived = self.site.gateway.clock.seconds()
             self._arrival_timer = self.callLater(self.site.request_timeout, self._too_slow)
         super().dataReceived(data)
 
     def allContentReceived(self) -> None:
         self._stop_arrival_timer()
+        if self.requests:  # the deadline counts from the request's first byte
+            self.requests[-1].arrived = self._arrived
+        self._arrived = None
         if not self.transport.disconnecting:  # else refused: nothing to serve
             super().allContentReceived()
 
