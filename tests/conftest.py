@@ -17,7 +17,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from txfanout.config import parse
 from txfanout.gateway import Gateway, GatewaySite
 
-from .partners import PartnerServer
+from .partners import PartnerServer, take_message
 
 
 def within(d: Any, seconds: float = 5.0) -> Deferred[Any]:
@@ -68,17 +68,12 @@ class KeepAliveClient(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
-        while self.waiting and b"\r\n\r\n" in self.buffer:
-            head, rest = self.buffer.split(b"\r\n\r\n", 1)
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if len(rest) < length:
+        while self.waiting:
+            message = take_message(self.buffer)
+            if message is None:
                 return
-            self.buffer = rest[length:]
-            self.waiting.pop(0).callback(head + b"\r\n\r\n" + rest[:length])
+            head, body, self.buffer = message
+            self.waiting.pop(0).callback(head + b"\r\n\r\n" + body)
 
     def connectionLost(self, reason: Any) -> None:
         self.closed.callback(self.buffer)

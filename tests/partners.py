@@ -174,3 +174,19 @@ def refused_url() -> str:
     port = s.getsockname()[1]
     s.close()
     return f"http://127.0.0.1:{port}/nothing"
+
+
+def take_message(buffer: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """Split one whole HTTP message (head, Content-Length body) off the front
+    of ``buffer``: (head, body, rest), or None while it is incomplete."""
+    if b"\r\n\r\n" not in buffer:
+        return None
+    head, rest = buffer.split(b"\r\n\r\n", 1)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if len(rest) < length:
+        return None
+    return head, rest[:length], rest[length:]

@@ -42,6 +42,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 
+from .partners import take_message
+
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\nok"
 
 
@@ -182,17 +184,10 @@ class RawPartnerProtocol(Protocol):
         self._next()
 
     def _next(self) -> None:
-        if self._busy or b"\r\n\r\n" not in self.buffer:
+        message = None if self._busy else take_message(self.buffer)
+        if message is None:
             return
-        head, rest = self.buffer.split(b"\r\n\r\n", 1)
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if len(rest) < length:
-            return
-        self.buffer = rest[length:]
+        head, _, self.buffer = message
         path = head.split(b" ", 2)[1]
         self.requests += 1
         self.server.requests.append(path)
