@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 import pytest_twisted
 import treq
 from twisted.internet import reactor, ssl
@@ -55,11 +56,13 @@ class TLSPartner(PartnerServer):
     def __init__(self, pair: KeyPair, client_ca: Path | None = None, **extra: Any) -> None:
         super().__init__()
         self.server_names: list[bytes | None] = []
-        self.options = server_options(pair, client_ca,
-                                      contextForServerName=self._saw_server_name, **extra)
+        self.options = server_options(pair, client_ca, **extra)
+        # pyOpenSSL's hook rather than Twisted 26's contextForServerName=, which
+        # the Twisted pinned for PyPy (25.5) lacks; getContext() is cached.
+        self.options.getContext().set_tlsext_servername_callback(self._saw_server_name)
 
-    def _saw_server_name(self, name: bytes | None) -> None:
-        self.server_names.append(name)  # and keep the context: return None
+    def _saw_server_name(self, connection: SSL.Connection) -> None:
+        self.server_names.append(connection.get_servername())
 
     def start(self) -> "TLSPartner":
         self.port = reactor.listenSSL(0, self, self.options, interface="127.0.0.1")
