@@ -235,14 +235,16 @@ async def test_a_tls_call_that_times_out_aborts_its_connection(pki, tls_partner,
 
 @pytest_twisted.ensureDeferred
 async def test_min_version_is_enforced(pki, tls_partner, make_gateway):
-    old = tls_partner(pki.server, lowerMaximumSecurityTo=ssl.TLSVersion.TLSv1_2)
+    old = tls_partner(pki.server)
+    # Not lowerMaximumSecurityTo=TLSv1_2: before Twisted 26 (PyPy's pin) that excludes 1.2 too.
+    old.options.getContext().set_max_proto_version(SSL.TLS1_2_VERSION)
     ca = str(pki.ca)
     gw = make_gateway(route_config({
         "needs-1.3": {"url": old.url("/ok"), "ca_file": ca, "tls_min_version": "1.3"},
         "accepts-1.2": {"url": old.url("/ok"), "ca_file": ca, "tls_min_version": "1.2"},
     }))
     results = by_name(await gw.post())
-    assert results["accepts-1.2"]["outcome"] == "ok"
+    assert results["accepts-1.2"]["outcome"] == "ok", results
     assert results["needs-1.3"]["outcome"] == "error"
     assert results["needs-1.3"]["error"] == "TLS: no protocol version in common"
 
