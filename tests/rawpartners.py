@@ -49,8 +49,13 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\
 
 def _send_now(proto: "RawPartnerProtocol", data: bytes) -> None:
     """Write straight to the socket (not Twisted's buffer), so that what
-    follows (a reset) cannot overtake it."""
-    proto.transport.getHandle().sendall(data)
+    follows (a reset) cannot overtake it. The gateway may have hung up
+    already (its 30 ms timeout can pass first on a slow round): then there
+    is no one to answer."""
+    try:
+        proto.transport.getHandle().sendall(data)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
 
 
 def _ok(p: "RawPartnerProtocol") -> None:

@@ -177,3 +177,11 @@ def test_tracemalloc_option_is_bounded():
     o = tap.Options()
     with pytest.raises(UsageError, match="--tracemalloc must be from 0 to 1000"):
         o.parseOptions(["--demo", "--tracemalloc", "-1"])
+
+
+def test_tracemalloc_option_refused_without_tracemalloc(monkeypatch):
+    """As on PyPy, which has no tracemalloc module."""
+    monkeypatch.setattr(tap, "TRACEMALLOC", False)
+    with pytest.raises(UsageError, match="--tracemalloc needs the tracemalloc module"):
+        tap.Options().parseOptions(["--demo", "--tracemalloc", "5"])
+    tap.Options().parseOptions(["--demo", "--tracemalloc", "0"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import sys
 import time
 
 import pytest_twisted
@@ -243,7 +245,13 @@ async def test_process_and_gc_collectors_and_separate_registries(partner, make_g
     assert value(a, "process_resident_memory_bytes") > 1e6
     assert value(a, "process_open_fds") > 0
     assert value(a, "process_cpu_seconds_total") > 0
-    assert value(a, "python_gc_collections_total", generation="0") is not None
+    gc_total = value(a, "python_gc_collections_total", generation="0")
+    # prometheus-client's GCCollector only reports on CPython (PyPy has no generations).
+    assert (gc_total is not None) == (platform.python_implementation() == "CPython")
+    info = {"implementation": platform.python_implementation(),
+            "major": str(sys.version_info.major), "minor": str(sys.version_info.minor),
+            "patchlevel": str(sys.version_info.micro), "version": platform.python_version()}
+    assert value(a, "python_info", **info) == 1
 
 
 @pytest_twisted.ensureDeferred

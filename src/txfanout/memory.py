@@ -1,7 +1,9 @@
 """Where memory goes: RSS, the collector, object types, allocation sites.
 
 Allocation sites need ``tracemalloc``, which slows every allocation down:
-it only runs when the daemon was started with ``--tracemalloc N``.
+it only runs when the daemon was started with ``--tracemalloc N``. PyPy has
+no ``tracemalloc`` and none of CPython's generation counters: those parts of
+the view are then absent or ``None``.
 Counting object types walks every object the collector tracks (tens of
 milliseconds on a large heap, the reactor waits): for operators, not for
 scrapers.
@@ -13,9 +15,15 @@ import gc
 import os
 import resource
 import sys
-import tracemalloc
 from collections import Counter
 from typing import Any
+
+try:
+    import tracemalloc
+except ImportError:  # PyPy
+    tracemalloc = None  # type: ignore[assignment]
+
+TRACEMALLOC = tracemalloc is not None
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -53,13 +61,14 @@ class AllocationSites:
     """Top allocation sites from tracemalloc, and how they moved since the
     previous report (only the per-site totals are kept between reports)."""
 
-    _FILTERS = (tracemalloc.Filter(False, tracemalloc.__file__),
-                tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-                tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
-                tracemalloc.Filter(False, "<unknown>"),
-                tracemalloc.Filter(False, __file__))  # our own previous report
-
     def __init__(self, top: int, frames: int = 1) -> None:
+        if tracemalloc is None:
+            raise RuntimeError("tracemalloc is not available on this interpreter")
+        self._filters = (tracemalloc.Filter(False, tracemalloc.__file__),
+                         tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+                         tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+                         tracemalloc.Filter(False, "<unknown>"),
+                         tracemalloc.Filter(False, __file__))  # our own previous report
         self.top = top
         self._frames = frames
         self._previous: dict[str, tuple[int, int]] | None = None
@@ -76,7 +85,7 @@ class AllocationSites:
         """Top sites by size now, and the top changes since the last report."""
         if not tracemalloc.is_tracing():
             return {"enabled": False}
-        snapshot = tracemalloc.take_snapshot().filter_traces(self._FILTERS)
+        snapshot = tracemalloc.take_snapshot().filter_traces(self._filters)
         now: dict[str, tuple[int, int]] = {}
         for stat in snapshot.statistics("lineno"):
             frame = stat.traceback[0]
@@ -110,9 +119,18 @@ def memory_view(types: int, sites: AllocationSites | None) -> dict[str, Any]:
     del objects  # a list of every object: not kept while the answer is built
     return {
         "rss_bytes": rss_bytes(),
-        "gc": {"counts": list(gc.get_count()), "thresholds": list(gc.get_threshold()),
-               "generations": gc.get_stats(), "tracked_objects": tracked},
+        "gc": {**_generations(), "tracked_objects": tracked},
         "top_types": top,
         "tracemalloc": sites.report() if sites is not None else
-        {"enabled": False, "hint": "start the daemon with --tracemalloc N"},
+        {"enabled": False, "hint": "start the daemon with --tracemalloc N" if TRACEMALLOC
+         else "tracemalloc is not available on this interpreter"},
     }
+
+
+def _generations() -> dict[str, Any]:
+    """CPython's per-generation counters; ``None`` where the collector has
+    no generations to count (PyPy's ``gc.get_stats`` is something else)."""
+    if not hasattr(gc, "get_count"):
+        return {"counts": None, "thresholds": None, "generations": None}
+    return {"counts": list(gc.get_count()), "thresholds": list(gc.get_threshold()),
+            "generations": gc.get_stats()}

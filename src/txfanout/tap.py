@@ -14,7 +14,7 @@ from .accesslog import AccessLog
 from .admin import admin_site
 from .gateway import Gateway, GatewaySite
 from .lifecycle import DRAIN_MARGIN_S, Lifecycle
-from .memory import AllocationSites
+from .memory import TRACEMALLOC, AllocationSites
 from .listeners import (
     EndpointError,
     Listener,
@@ -136,6 +136,9 @@ class Options(usage.Options):
             raise usage.UsageError("--demo-port must be from 1 to 65535")
         if not 0 <= self["tracemalloc"] <= 1000:
             raise usage.UsageError("--tracemalloc must be from 0 to 1000")
+        if self["tracemalloc"] and not TRACEMALLOC:
+            raise usage.UsageError("--tracemalloc needs the tracemalloc module, "
+                                   "which this interpreter (PyPy) does not have")
         logs.prefer_journal(self.parent)
         try:
             if self["config"]:

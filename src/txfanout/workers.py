@@ -50,13 +50,19 @@ MAX_LINE = 8192
 MAX_DATAGRAM = 4096
 _UCRED = struct.Struct("3i")
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
+# Linux values; PyPy's socket module does not name them.
+_SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
+_SCM_CREDENTIALS = getattr(socket, "SCM_CREDENTIALS", 2)
 _CHILD_ENV_DROP = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID",
                    "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
 def worker_count(requested: int) -> int:
     """``--workers``: 0 means one per CPU this process may run on."""
-    return requested if requested > 0 else len(os.sched_getaffinity(0))
+    if requested > 0:
+        return requested
+    affinity = getattr(os, "sched_getaffinity", None)  # not on PyPy 3.9
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 @dataclass
@@ -110,7 +116,7 @@ class NotifyReceiver:
         self._deliver = deliver
         self.name = f"@txfanout-workers-{os.getpid()}-{os.urandom(6).hex()}"
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.socket.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)
         self.socket.bind(b"\0" + self.name[1:].encode("ascii"))
         self.socket.setblocking(False)
         reactor.addReader(self)
@@ -130,7 +136,7 @@ class NotifyReceiver:
                 return
             pid = None
             for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                if level == socket.SOL_SOCKET and kind == _SCM_CREDENTIALS:
                     pid = _UCRED.unpack(payload[:_UCRED.size])[0]
             if pid is None:
                 continue
