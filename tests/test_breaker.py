@@ -87,3 +87,23 @@ async def test_breaker_can_be_turned_off(partner, make_gateway):
                                             "breaker_failures": 0}}))
     for _ in range(8):
         assert (await gw.post()).outcomes() == {"bad": "http_error"}
+
+
+def test_timeouts_while_the_gateway_lags_are_not_the_partners_fault():
+    clock = Clock()
+    lagging = [True]
+    b = Breaker(clock, failures=2, cooldown_s=1.0, probes=1, excused=lambda: lagging[0])
+    for _ in range(5):
+        assert b.allow()
+        b.record("timeout", None)
+    assert b.state == CLOSED  # our own lag: the partner keeps its chances
+    b.record("error", None)
+    b.record("error", None)
+    assert b.state == OPEN  # errors are never excused
+    clock.advance(1.0)
+    assert b.allow()
+    b.record("timeout", None)  # an excused probe frees its slot, no verdict
+    assert b.state == HALF_OPEN and b.allow()
+    lagging[0] = False
+    b.record("timeout", None)
+    assert b.state == OPEN

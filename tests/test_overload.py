@@ -70,7 +70,10 @@ async def test_reactor_lag_sheds_until_it_recovers(partner, make_gateway):
     assert refused.code == 503 and refused.header("Retry-After") == "1"
     assert "event loop behind" in refused.json["error"]
     assert shed(gw, "reactor_lag") == 1
-    clock.advance(0.05)  # on time again
+    for _ in range(4):  # on time again, but not yet for a whole window
+        clock.advance(0.05)
+        assert (await gw.post()).code == 503
+    clock.advance(0.05)  # five on-time turns in a row: recovered
     assert (await gw.post()).code == 200
 
 

@@ -5,10 +5,15 @@ error, 5xx) it opens: calls are refused at no cost (outcome ``open``) for
 ``cooldown_s``. Then it is half-open: up to ``probes`` calls go at once; one
 failure opens it again, ``probes`` successes close it. Outcomes that say
 nothing about the partner's health (shed, skipped, cancelled) count for
-neither side, so a slow but answering partner is not tripped by ``shed``.
+neither side, so a slow but answering partner is not tripped by ``shed``;
+nor does a timeout while the gateway's own event loop lags (``excused``):
+an overloaded gateway reads answers late, and that is not the partner's
+failure.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -34,12 +39,13 @@ def verdict(outcome: str, status: int | None) -> bool | None:
 class Breaker:
     """One partner's breaker; ``allow()`` before a call, ``record()`` after."""
 
-    __slots__ = ("_clock", "_failures", "_cooldown", "_probes", "state", "_consecutive",
-                 "_open_until", "_probing", "_probe_successes")
+    __slots__ = ("_clock", "_failures", "_cooldown", "_probes", "_excused", "state",
+                 "_consecutive", "_open_until", "_probing", "_probe_successes")
 
     def __init__(self, clock: IReactorTime, failures: int, cooldown_s: float,
-                 probes: int) -> None:
+                 probes: int, excused: Callable[[], bool] = lambda: False) -> None:
         self._clock = clock
+        self._excused = excused
         self._failures = failures
         self._cooldown = cooldown_s
         self._probes = probes
@@ -71,6 +77,8 @@ class Breaker:
     def record(self, outcome: str, status: int | None) -> None:
         """Account for a call that ``allow()`` let through."""
         healthy = verdict(outcome, status)
+        if outcome == outcomes.TIMEOUT and self._excused():
+            healthy = None
         if self.state == HALF_OPEN:
             self._probing = max(0, self._probing - 1)
             if healthy is False:

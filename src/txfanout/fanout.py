@@ -17,6 +17,7 @@ from twisted.web.http_headers import Headers
 
 from . import outcomes
 from .breaker import Breaker
+from .lag import ReactorLag
 from .config import PartnerConfig, ServerConfig
 from .outcomes import CallResult
 from .phases import CallPhase
@@ -29,7 +30,8 @@ class PartnerState:
 
     __slots__ = ("config", "url", "headers", "inflight", "breaker")
 
-    def __init__(self, config: PartnerConfig, clock: IReactorTime) -> None:
+    def __init__(self, config: PartnerConfig, clock: IReactorTime,
+                 lag: ReactorLag | None = None) -> None:
         self.config = config
         self.url = config.url.encode("ascii")
         headers = Headers({b"Content-Type": [b"application/json"]})
@@ -37,9 +39,13 @@ class PartnerState:
             headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
         self.headers = headers
         self.inflight = 0
+        # A timeout while the event loop lags by a quarter of the partner's
+        # timeout is the gateway's doing: it does not count against the partner.
+        excused_after = config.timeout_ms / 4000.0
         self.breaker = Breaker(clock, config.breaker_failures,
-                               config.breaker_cooldown_ms / 1000.0,
-                               config.breaker_probes) if config.breaker_failures else None
+                               config.breaker_cooldown_ms / 1000.0, config.breaker_probes,
+                               excused=lambda: lag is not None and lag.recent >= excused_after,
+                               ) if config.breaker_failures else None
 
 
 class Fanout:

@@ -121,7 +121,8 @@ class Snapshot:
 
 
 def compile_snapshot(config: Config, clock: IReactorTime,
-                     previous: Mapping[str, PartnerState] = {}) -> Snapshot:
+                     previous: Mapping[str, PartnerState] = {},
+                     lag: ReactorLag | None = None) -> Snapshot:
     """Compile ``config``; a partner whose PartnerConfig is unchanged keeps
     its state from ``previous`` (so its in-flight count and breaker stay true)."""
     tls.warn_unverified(config.partners)
@@ -129,7 +130,7 @@ def compile_snapshot(config: Config, clock: IReactorTime,
     partners = {}
     for name, p in config.partners.items():
         old = previous.get(name)
-        partners[name] = old if old is not None and old.config == p else PartnerState(p, clock)
+        partners[name] = old if old is not None and old.config == p else PartnerState(p, clock, lag)
     return Snapshot(
         config=config, selector=Selector(config), partners=partners,
         country_header=t.country_header.encode("ascii"),
@@ -157,10 +158,10 @@ class Gateway:
 
     def __init__(self, reactor: Any, config: Config) -> None:
         self.clock = reactor
-        self.snapshot = compile_snapshot(config, reactor)
+        self.lag = ReactorLag(reactor)
+        self.snapshot = compile_snapshot(config, reactor, lag=self.lag)
         self.upstream = Upstream(reactor, pool_size_per_host(config),
                                  config.upstream.idle_timeout_ms / 1000.0)
-        self.lag = ReactorLag(reactor)
         self.inflight: set[Fanout] = set()
         self.admitted = 0
         self.admitted_total = 0
@@ -182,7 +183,7 @@ class Gateway:
             reason = SHED_DRAINING
         elif self.admitted >= server.max_inflight:
             reason = SHED_MAX_INFLIGHT
-        elif server.max_lag_ms and self.lag.lag * 1000.0 > server.max_lag_ms:
+        elif server.max_lag_ms and self.lag.recent * 1000.0 > server.max_lag_ms:
             reason = SHED_REACTOR_LAG
         else:
             self.admitted += 1
@@ -211,7 +212,7 @@ class Gateway:
         snapshot they started with; partners whose config is unchanged keep
         their state; the pool is resized for the new caps."""
         old = self.snapshot.config
-        self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners)
+        self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners, self.lag)
         self.upstream.resize(pool_size_per_host(config), config.upstream.idle_timeout_ms / 1000.0)
         self.metrics.compile(config)
         if config.log != old.log:

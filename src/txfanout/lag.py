@@ -8,6 +8,8 @@ metrics, from admission control, or from anything else that wants to know.
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
@@ -19,12 +21,13 @@ class ReactorLag:
     it ran: ``lag = now - when it was due``.
     """
 
-    def __init__(self, clock: IReactorTime, interval: float = 0.1) -> None:
+    def __init__(self, clock: IReactorTime, interval: float = 0.1, window: int = 5) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._clock = clock
         self.interval = interval
         self.lag = 0.0
+        self._recent: deque[float] = deque(maxlen=window)
         self._due = 0.0
         self._call: IDelayedCall | None = None
 
@@ -48,8 +51,16 @@ class ReactorLag:
         self._due = self._clock.seconds() + self.interval
         self._call = self._clock.callLater(self.interval, self._tick)
 
+    @property
+    def recent(self) -> float:
+        """The worst of the last ``window`` measurements: a loop that is
+        saturated runs some turns short and some long, and one sample may
+        catch a short one."""
+        return max(self._recent, default=0.0)
+
     def _tick(self) -> None:
         self.lag = max(0.0, self._clock.seconds() - self._due)
+        self._recent.append(self.lag)
         self._schedule()
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
