@@ -50,6 +50,18 @@ def describe(port: Any, fallback: str) -> str:
     return fallback
 
 
+
+def take_signals(reactor: Any, handler: Callable[[int], Any]) -> None:
+    """SIGHUP, SIGTERM and SIGINT go to ``handler(signum)`` in the reactor.
+    Call it once the reactor runs: Twisted installs its own handlers while
+    starting, and ours must replace them. A signal handler may only hand
+    work over to the reactor, so it does no more than that."""
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(handler, signum)
+
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+
 class Lifecycle(service.Service):
     """Readiness, reload, drain and service-manager notifications for one
     gateway process."""
@@ -80,8 +92,7 @@ class Lifecycle(service.Service):
         self._reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        take_signals(self._reactor, self.handle_signal)
         gatherResults([self.public.ready, self.admin.ready]).addCallback(self._ready)
 
     def _ready(self, _: Any) -> None:
@@ -128,10 +139,6 @@ class Lifecycle(service.Service):
         self.notifier.status(self.status_line())
 
     # -- signals --
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        # A signal handler may only hand work over to the reactor.
-        self._reactor.callFromThread(self.handle_signal, signum)
 
     def handle_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:

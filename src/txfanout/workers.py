@@ -25,7 +25,6 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any, Callable
 
 from twisted.application import service
@@ -36,6 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .lifecycle import take_signals
 from .sdnotify import Notifier, watchdog_interval
 
 log = Logger()
@@ -187,8 +187,7 @@ class WorkerPool(service.Service):
         self._reactor.callWhenRunning(self._running)
 
     def _running(self) -> None:
-        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
+        take_signals(self._reactor, self.handle_signal)
         self._receiver = NotifyReceiver(self._reactor, self.notified)
         self._child_env["NOTIFY_SOCKET"] = self._receiver.name
         if self._watchdog_s is not None:
@@ -293,9 +292,6 @@ class WorkerPool(service.Service):
         self.notifier.watchdog()
 
     # -- signals --
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._reactor.callFromThread(self.handle_signal, signum)
 
     def handle_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
