@@ -50,20 +50,20 @@ def test_no_budget_means_skipped_not_started():
     done = fanout(clock, upstream).run([partner], b"{}")
     assert upstream.calls == []
     assert [r.outcome for r in done.result] == ["skipped"]
-    assert partner.inflight == 0
+    assert partner.slots.inflight == 0
 
 
 def test_partner_at_its_cap_is_shed_without_queueing():
     clock, upstream = Clock(), RecordingUpstream()
     partner = PartnerState(PartnerConfig("a", "http://h/", max_concurrency=2), clock)
     first = fanout(clock, upstream).run([partner, partner], b"{}")
-    assert partner.inflight == 2
+    assert partner.slots.inflight == 2
     second = fanout(clock, upstream).run([partner], b"{}")
     assert [r.outcome for r in second.result] == ["shed"]
     assert len(upstream.calls) == 2
     for _, _, _, d in upstream.calls:
         d.callback(CallResult("a", "ok", 200))
-    assert partner.inflight == 0
+    assert partner.slots.inflight == 0
     assert [r.outcome for r in first.result] == ["ok", "ok"]
 
 
@@ -77,4 +77,4 @@ def test_gather_waits_for_all_and_cancel_aborts_the_rest():
     assert f.pending_partners() == ["a", "c"]
     done.cancel()
     assert [r.outcome for r in done.result] == ["cancelled", "ok", "cancelled"]
-    assert all(p.inflight == 0 for p in partners)
+    assert all(p.slots.inflight == 0 for p in partners)

@@ -62,7 +62,7 @@ async def test_hostile_rounds_leave_nothing_behind(raw_partner, make_gateway, lo
         for _ in range(ROUNDS_PER_CYCLE):
             await hostile_round(gw)
         assert not gw.gateway.inflight and gw.gateway.admitted == 0
-        assert all(p.inflight == 0 for p in gw.gateway.snapshot.partners.values())
+        assert all(p.slots.inflight == 0 for p in gw.gateway.snapshot.partners.values())
         assert our_pending_timers() == []
         assert sum(len(c) for c in pool._connections.values()) <= pool.maxPersistentPerHost
         assert gw.site.open_connections == 0

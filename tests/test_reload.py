@@ -27,16 +27,21 @@ def test_reconfigure_keeps_the_state_of_unchanged_partners(make_gateway: Any) ->
                                     "b": {"url": "http://127.0.0.1:1/b"}}))
     gateway = gw.gateway
     before = gateway.snapshot
-    before.partners["a"].inflight = 2  # calls in flight when the reload comes
+    before.partners["a"].slots.inflight = 2  # calls in flight when the reload comes
+    before.partners["b"].slots.inflight = 3
     gateway.reconfigure(parse(route_config({
         "a": {"url": "http://127.0.0.1:1/a"},
         "b": {"url": "http://127.0.0.1:1/b", "max_concurrency": 5},
         "c": {"url": "http://127.0.0.1:1/c"}})))
     after = gateway.snapshot
     assert after is not before
-    assert after.partners["a"] is before.partners["a"] and after.partners["a"].inflight == 2
+    assert after.partners["a"] is before.partners["a"] and after.partners["a"].slots.inflight == 2
     assert after.partners["b"] is not before.partners["b"]
-    assert after.partners["b"].config.max_concurrency == 5 and after.partners["b"].inflight == 0
+    assert after.partners["b"].config.max_concurrency == 5
+    # Changed settings, same partner: calls started before still count against its cap.
+    assert after.partners["b"].slots is before.partners["b"].slots
+    assert after.partners["b"].slots.inflight == 3
+    assert after.partners["c"].slots.inflight == 0
     assert set(after.partners) == {"a", "b", "c"}
     # The pool keeps as many idle connections per host as the caps allow.
     assert gateway.upstream.pool.maxPersistentPerHost == 256 + 5 + 256

@@ -24,21 +24,32 @@ from .phases import CallPhase
 from .upstream import Upstream
 
 
+class CallSlots:
+    """Calls in flight to one partner. A reload that changes the partner's
+    settings hands the same object to its new state, so that calls started
+    on the old settings still count against the cap."""
+
+    __slots__ = ("inflight",)
+
+    def __init__(self) -> None:
+        self.inflight = 0
+
+
 class PartnerState:
     """A partner's live state: its config, prepared headers, calls in flight,
     circuit breaker (None when ``breaker_failures`` is 0)."""
 
-    __slots__ = ("config", "url", "headers", "inflight", "breaker")
+    __slots__ = ("config", "url", "headers", "slots", "breaker")
 
     def __init__(self, config: PartnerConfig, clock: IReactorTime,
-                 lag: ReactorLag | None = None) -> None:
+                 lag: ReactorLag | None = None, slots: CallSlots | None = None) -> None:
         self.config = config
         self.url = config.url.encode("ascii")
         headers = Headers({b"Content-Type": [b"application/json"]})
         for name, value in config.headers.items():
             headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
         self.headers = headers
-        self.inflight = 0
+        self.slots = slots or CallSlots()
         # A timeout while the event loop lags by a quarter of the partner's
         # timeout is the gateway's doing: it does not count against the partner.
         excused_after = config.timeout_ms / 4000.0
@@ -83,7 +94,8 @@ class Fanout:
                 self.results[index] = CallResult(config.name, outcomes.SKIPPED,
                                                  error="no time left in the deadline")
                 continue
-            if partner.inflight >= config.max_concurrency:
+            slots = partner.slots
+            if slots.inflight >= config.max_concurrency:
                 self.results[index] = CallResult(config.name, outcomes.SHED,
                                                  error="partner at max_concurrency")
                 continue
@@ -95,7 +107,7 @@ class Fanout:
             headers = partner.headers.copy()
             headers.setRawHeaders(server.deadline_header, [str(int(budget_ms))])
             headers.setRawHeaders(b"X-Request-Id", [self.request_id])
-            partner.inflight += 1
+            slots.inflight += 1
             self._pending += 1
             phase = self.phases[index] = CallPhase(now)
             call = self._upstream.call(config, partner.url, headers, body, budget_ms / 1000.0,
@@ -107,7 +119,7 @@ class Fanout:
         return self.done
 
     def _finished(self, result: CallResult, index: int, partner: PartnerState) -> None:
-        partner.inflight -= 1
+        partner.slots.inflight -= 1
         if partner.breaker is not None:
             partner.breaker.record(result.outcome, result.status)
         self.results[index] = result

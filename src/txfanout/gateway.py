@@ -130,7 +130,10 @@ def compile_snapshot(config: Config, clock: IReactorTime,
     partners = {}
     for name, p in config.partners.items():
         old = previous.get(name)
-        partners[name] = old if old is not None and old.config == p else PartnerState(p, clock, lag)
+        if old is not None and old.config == p:
+            partners[name] = old
+        else:  # new or changed: fresh state, but calls in flight still count
+            partners[name] = PartnerState(p, clock, lag, old.slots if old is not None else None)
     return Snapshot(
         config=config, selector=Selector(config), partners=partners,
         country_header=t.country_header.encode("ascii"),

@@ -184,7 +184,7 @@ class LiveCollector:
         overdue.add_metric([], g.overdue.scan())
         lag.add_metric([], g.lag.lag)
         for name, state in g.snapshot.partners.items():
-            partner_inflight.add_metric([name], state.inflight)
+            partner_inflight.add_metric([name], state.slots.inflight)
             breaker.add_metric([name], 1.0 if circuit_open(state) else 0.0)
             partner_upstream.add_metric([name, _upstream_of(state.config.url)], 1.0)
         for row in g.upstream.connections.view(g.upstream.pool):
