@@ -221,3 +221,19 @@ async def test_admin_pages_show_no_partner_secret_nor_the_token(admin, logs):
         response, body = await get(base + page, {"Authorization": "Bearer " + TOKEN})
         assert response.code < 500, page
         assert SECRET.encode() not in body and TOKEN.encode() not in body, page
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_do_not_name_the_server_software(partner, make_gateway):
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}))
+    for answer in (await gw.post(), await gw.post("/nope")):
+        assert answer.headers.getRawHeaders("Server") is None
+
+
+def test_the_admin_face_closes_idle_connections():
+    from txfanout.admin import ADMIN_IDLE_TIMEOUT_S, admin_site
+    from txfanout.config import parse
+    from txfanout.gateway import Gateway
+
+    gateway = Gateway(reactor, parse(route_config({"ok": {"url": "http://127.0.0.1:1/"}})))
+    assert admin_site(gateway).timeOut == ADMIN_IDLE_TIMEOUT_S == 60

@@ -113,9 +113,13 @@ class Admin:
         return _json(request, config_view(self.gateway.snapshot.config))
 
 
+ADMIN_IDLE_TIMEOUT_S = 60
+
+
 def admin_site(gateway: Gateway, sites: AllocationSites | None = None, **kwargs: Any) -> Site:
     resource = TokenGuard(Admin(gateway, sites).app.resource(),
                           lambda: gateway.snapshot.config.server.admin_token)
+    kwargs.setdefault("timeout", ADMIN_IDLE_TIMEOUT_S)  # Twisted's default is 12 hours
     site = Site(resource, **kwargs)
     site.displayTracebacks = False
     site.log = lambda request: None  # type: ignore[method-assign]

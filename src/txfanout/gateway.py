@@ -400,6 +400,11 @@ class GatewayRequest(Request):
         self._admitted = True
         super().process()
 
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name == b"Server":
+            return  # Twisted names itself and its version: nothing a client needs
+        super().setHeader(name, value)
+
     def _shed(self, reason: str) -> None:
         """Answer 503 as cheaply as it can be done: refusing must cost far
         less than serving, or clients that retry at once (ignoring
