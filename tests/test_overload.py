@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest_twisted
 from twisted.internet import reactor
@@ -11,6 +12,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import Clock, LoopingCall
 
+from txfanout.gateway import GatewayRequest
 from txfanout.lag import ReactorLag
 
 from .conftest import RawClient, keep_alive_client, raw_client, route_config, within
@@ -57,6 +59,38 @@ async def test_many_more_clients_than_slots_all_get_an_answer(partner, make_gate
     assert max(refused) < 0.25  # not held: refused as they came
     assert gw.gateway.admitted == 0 and not gw.gateway.inflight
     assert shed(gw, "max_inflight") == len(refused)
+
+
+def requests_counted(gw, code: int) -> float:
+    return gw.gateway.metrics.registry.get_sample_value(
+        "txfanout_requests_total", {"route": "bid", "code": str(code)}) or 0.0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_keep_alive_client_refused_at_capacity_stays_connected(partner, make_gateway):
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
+    built = []
+
+    class CountedRequest(GatewayRequest):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            built.append(self)
+            super().__init__(*args, **kwargs)
+
+    gw.site.requestFactory = CountedRequest
+    assert gw.gateway.admit() is None  # the one slot is taken
+    client = await keep_alive_client(gw.address)
+    chunked = (b"POST /bid HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"2\r\n{}\r\n0\r\n\r\n")
+    for raw in (POST, POST, chunked):  # refused unparsed twice, then the long way
+        answer = await within(client.request(raw))
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"\r\nRetry-After: 1\r\n" in answer and b"Connection: close" not in answer
+    gw.gateway.release()
+    assert (await within(client.request(POST))).startswith(b"HTTP/1.1 200 ")
+    assert not client.closed.called
+    assert shed(gw, "max_inflight") == 3 and requests_counted(gw, 503) == 3
+    assert requests_counted(gw, 200) == 1 and gw.gateway.admitted == 0
+    assert len(built) == 2  # the chunked one and the one served
 
 
 @pytest_twisted.ensureDeferred

@@ -39,6 +39,7 @@ from .metrics import (
     GatewayMetrics,
 )
 from .outcomes import CallResult
+from .wire import SHED_ANSWERS, raw_error, sole_request
 from .targeting import BadTargeting, Selector, json_field, os_from_user_agent, parse_country, parse_os
 from .upstream import Upstream
 
@@ -49,38 +50,11 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
 _HOST = re.compile(rb"^[\x21-\x7e]{0,255}$")
 _COMPLETE = frozenset((outcomes.OK, outcomes.HTTP_ERROR))
 
-_SHED_MESSAGES = {
-    SHED_MAX_INFLIGHT: "gateway at max_inflight; retry later",
-    SHED_REACTOR_LAG: "gateway overloaded (event loop behind); retry later",
-    SHED_DRAINING: "gateway is shutting down; retry",
-}
-
 
 # Limits on what a client may send before its request is routed.
 MAX_LINE_BYTES = 8192      # request line, and each header line
 MAX_HEAD_BYTES = 16384     # request line and all headers
 MAX_HEADERS = 100
-
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Large",
-            414: b"URI Too Long", 431: b"Request Header Fields Too Large",
-            503: b"Service Unavailable"}
-
-
-def raw_error(code: int, message: str, close: bool = True, extra: bytes = b"") -> bytes:
-    """A whole HTTP/1.1 error answer (announcing the connection's close, by
-    default), for refusals made on the wire, before or instead of a routed
-    request. ``extra``: more header lines, each ending in CRLF."""
-    body = json.dumps({"error": message}).encode("utf-8")
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s%s"
-            b"Content-Length: %d\r\n\r\n%s"
-            % (code, _REASONS[code], b"Connection: close\r\n" if close else b"", extra,
-               len(body), body))
-
-
-_SHED_ANSWERS = {(reason, keep): raw_error(503, message, close=not keep,
-                                           extra=b"Retry-After: 1\r\n")
-                 for reason, message in _SHED_MESSAGES.items() for keep in (True, False)}
-
 
 def json_body(request: Request, body: bytes) -> bytes:
     """Mark ``body`` as the JSON answer, with its length (no chunking)."""
@@ -179,21 +153,34 @@ class Gateway:
 
     # -- admission (called by GatewayRequest before any parsing) --
 
-    def admit(self) -> str | None:
-        """Take an in-flight slot; or say why not (the shed reason)."""
+    def shed_reason(self) -> str | None:
+        """Why a request arriving now would be refused; None: it would not."""
         server = self.snapshot.config.server
         if self.draining:
-            reason = SHED_DRAINING
-        elif self.admitted >= server.max_inflight:
-            reason = SHED_MAX_INFLIGHT
-        elif server.max_lag_ms and self.lag.recent * 1000.0 > server.max_lag_ms:
-            reason = SHED_REACTOR_LAG
-        else:
+            return SHED_DRAINING
+        if self.admitted >= server.max_inflight:
+            return SHED_MAX_INFLIGHT
+        if server.max_lag_ms and self.lag.recent * 1000.0 > server.max_lag_ms:
+            return SHED_REACTOR_LAG
+        return None
+
+    def admit(self) -> str | None:
+        """Take an in-flight slot; or say why not (the shed reason)."""
+        reason = self.shed_reason()
+        if reason is None:
             self.admitted += 1
             self.admitted_total += 1
             return None
         self.metrics.shed(reason)
         return reason
+
+    def shed_on_arrival(self, path: bytes, reason: str) -> None:
+        """Count a request the channel refused unparsed (see GatewayChannel)."""
+        self.metrics.shed(reason)
+        route = self.snapshot.route_labels.get(path, UNKNOWN_ROUTE)
+        self.metrics.request_ended(route, 503, 0.0)
+        if self.access_log is not None:
+            self.access_log.request_ended(None, route, 503, 0.0)
 
     def release(self) -> None:
         self.admitted -= 1
@@ -414,7 +401,7 @@ class GatewayRequest(Request):
             self.channel.persistent = False
         self.code = 503
         self.startedWriting = 1  # the whole answer goes out as one prepared write
-        self.channel.transport.write(_SHED_ANSWERS[reason, keep])
+        self.channel.transport.write(SHED_ANSWERS[reason, keep])
         self.finish()
 
     def _release(self) -> None:
@@ -469,10 +456,31 @@ class GatewayChannel(HTTPChannel):
         return self._host
 
     def dataReceived(self, data: bytes) -> None:
-        if self._arrival_timer is None and not self._handlingRequest:
-            self._arrived = self.site.gateway.clock.seconds()
+        if self._arrival_timer is None and not self._handlingRequest:  # a new request
+            gateway = self.site.gateway
+            reason = gateway.shed_reason()
+            if reason is not None and self._shed_unparsed(gateway, reason, data):
+                return
+            self._arrived = gateway.clock.seconds()
             self._arrival_timer = self.callLater(self.site.request_timeout, self._too_slow)
         super().dataReceived(data)
+
+    def _shed_unparsed(self, gateway: Gateway, reason: str, data: bytes) -> bool:
+        """Refuse a request that came whole in ``data`` without building a
+        Request for it: under overload, clients that retry at once send
+        these by the thousand, and a refusal must cost far less than an
+        answer. False: not a sole whole request; parse it the long way."""
+        request = sole_request(data)
+        if request is None or self.transport.disconnecting:
+            return False
+        keep = request.keep_alive and reason != SHED_DRAINING
+        self.resetTimeout()
+        self.transport.write(SHED_ANSWERS[reason, keep])
+        gateway.shed_on_arrival(request.path, reason)
+        if not keep:
+            self.persistent = False
+            self.loseConnection()
+        return True
 
     def allContentReceived(self) -> None:
         self._stop_arrival_timer()
