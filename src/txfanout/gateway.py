@@ -39,6 +39,7 @@ from .metrics import (
     GatewayMetrics,
 )
 from .outcomes import CallResult
+from .sendnow import write_now
 from .wire import SHED_ANSWERS, raw_error, sole_request
 from .targeting import BadTargeting, Selector, json_field, os_from_user_agent, parse_country, parse_os
 from .upstream import Upstream
@@ -401,7 +402,7 @@ class GatewayRequest(Request):
             self.channel.persistent = False
         self.code = 503
         self.startedWriting = 1  # the whole answer goes out as one prepared write
-        self.channel.transport.write(SHED_ANSWERS[reason, keep])
+        self.channel.write(SHED_ANSWERS[reason, keep])
         self.finish()
 
     def _release(self) -> None:
@@ -475,12 +476,39 @@ class GatewayChannel(HTTPChannel):
             return False
         keep = request.keep_alive and reason != SHED_DRAINING
         self.resetTimeout()
-        self.transport.write(SHED_ANSWERS[reason, keep])
+        write_now(self.transport, SHED_ANSWERS[reason, keep])
         gateway.shed_on_arrival(request.path, reason)
         if not keep:
             self.persistent = False
             self.loseConnection()
         return True
+
+    # An answer's head waits for its first body bytes, so that the two leave
+    # in one send (see sendnow); an answer without a body sends it when done.
+    _head: list[bytes] | None = None
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self._head = head
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            self._head.append(data)
+            data = b"".join(self._head)
+            self._head = None
+        write_now(self.transport, data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        self.write(b"".join(iovec))
+
+    def requestDone(self, request: Request) -> None:
+        if self._head is not None:
+            self.write(b"")
+        super().requestDone(request)
 
     def allContentReceived(self) -> None:
         self._stop_arrival_timer()
@@ -505,7 +533,7 @@ class GatewayChannel(HTTPChannel):
         if self.transport.disconnecting:
             return
         self._stop_arrival_timer()
-        self.transport.write(raw_error(code, message))
+        self.write(raw_error(code, message))
         self.loseConnection()
 
     def _respondToBadRequestAndDisconnect(self) -> None:

@@ -1,0 +1,73 @@
+"""write_now: straight to the socket when nothing is queued, in order always."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+
+from txfanout.sendnow import write_now
+
+from .conftest import RawClient, raw_client, route_config, within
+
+
+class Writer(Protocol):
+    """On connect, runs ``act(transport)``, notes what was left queued, closes."""
+
+    def __init__(self, act: Callable[[Any], None], queued: list[int]) -> None:
+        self.act = act
+        self.queued = queued
+
+    def connectionMade(self) -> None:
+        self.act(self.transport)
+        self.queued.append(self.transport._tempDataLen + len(self.transport.dataBuffer))
+        self.transport.loseConnection()
+
+
+async def served(act: Callable[[Any], None]) -> tuple[bytes, int]:
+    """What a client read from a server that ran ``act``; bytes it left queued."""
+    queued: list[int] = []
+    port = reactor.listenTCP(0, Factory.forProtocol(lambda: Writer(act, queued)),
+                             interface="127.0.0.1")
+    try:
+        client = RawClient(b"")
+        reactor.connectTCP("127.0.0.1", port.getHost().port,
+                           ClientFactory.forProtocol(lambda: client))
+        received = await within(client.closed)
+    finally:
+        await port.stopListening()
+    return received, queued[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_idle_connection_is_written_at_once() -> None:
+    received, queued = await served(lambda t: write_now(t, b"hello"))
+    assert received == b"hello" and queued == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_queued_bytes_it_queues_too() -> None:
+    def act(transport: Any) -> None:
+        transport.write(b"first ")
+        write_now(transport, b"second")
+
+    received, queued = await served(act)
+    assert received == b"first second" and queued == len(b"first second")
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_the_kernel_does_not_take_is_queued_in_order() -> None:
+    big = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than a socket buffer holds
+    received, queued = await served(lambda t: write_now(t, big))
+    assert received == big and 0 < queued < len(big)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_without_a_body_still_sends_its_head(partner, make_gateway) -> None:
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}))
+    client = raw_client(gw.address, b"HEAD /bid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    received = await within(client.closed)
+    assert received.startswith(b"HTTP/1.1 405 ") and received.endswith(b"\r\n\r\n")
