@@ -73,6 +73,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--no-pin", action="store_true",
                      help="do not pin (default on >= 2 CPUs: gateway on CPU 0, "
                           "load generator and nginx on CPU 1)")
+    run.add_argument("--clients", type=int, default=None,
+                     help="overload: h2load clients (default 1000; 200 with --quick)")
+    run.add_argument("--max-inflight", type=int, default=None,
+                     help="txfanout's max_inflight (default: overload 64, others 2000)")
     run.add_argument("--no-plots", action="store_true")
     sub.add_parser("check", help="check preconditions and exit")
     return p
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             body_path=body_path, lua_path=lua_path, gateways=gws, fanouts=args.fanouts,
             duration=duration, warmup=warmup, settle=settle, connections=args.connections,
             gw_cpu=gw_cpu, load_cpu=load_cpu, quick=quick, wait_idle=wait_idle,
-            repeat=max(1, args.repeat),
+            repeat=max(1, args.repeat), clients=args.clients, max_inflight=args.max_inflight,
             progress=lambda m: print(m, flush=True))
         started = time.monotonic()
         scenarios.RUNNERS[scenario](ctx)

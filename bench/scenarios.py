@@ -50,6 +50,8 @@ class Context:
     quick: bool
     wait_idle: float = 30.0
     repeat: int = 1
+    clients: int | None = None  # overload: h2load clients
+    max_inflight: int | None = None  # txfanout's cap, when not the scenario's own
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     progress: Callable[[str], None] = print
@@ -204,7 +206,9 @@ def seed(ctx: Context) -> None:
     fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
     for fo in fanouts:
         for name in ctx.order():
-            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}")
+            cap = ctx.max_inflight if ctx.max_inflight and name == gateways.TXFANOUT else 2000
+            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
+                          max_inflight=cap)
 
             def run(g: Running) -> LoadResult:
                 return loadgen.ab(ctx.registry, g.url, ctx.body_path, n, c, ctx.load_cpu,
@@ -214,13 +218,15 @@ def seed(ctx: Context) -> None:
 
 def overload(ctx: Context) -> None:
     """Offered load far above max_inflight: h2load --h1 closed loop with many
-    clients; txfanout capped at max_inflight 64; goodput and per-status p99."""
-    clients = 200 if ctx.quick else 1000
+    clients; txfanout capped at max_inflight 64 (or --max-inflight); goodput and
+    per-status p99."""
+    clients = ctx.clients or (200 if ctx.quick else 1000)
+    cap = ctx.max_inflight or 64
     fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
     for fo in fanouts:
         for name in ctx.order():
             setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
-                          max_inflight=64 if name == gateways.TXFANOUT else 2000)
+                          max_inflight=cap if name == gateways.TXFANOUT else 2000)
 
             def run(g: Running) -> LoadResult:
                 return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients,
