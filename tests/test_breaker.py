@@ -7,6 +7,7 @@ import time
 import pytest_twisted
 from twisted.internet.task import Clock
 
+from txfanout import upstream
 from txfanout.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, verdict
 
 from .conftest import route_config
@@ -107,3 +108,40 @@ def test_timeouts_while_the_gateway_lags_are_not_the_partners_fault():
     lagging[0] = False
     b.record("timeout", None)
     assert b.state == OPEN
+
+
+def test_a_timeout_with_the_answer_unread_is_not_the_partners_fault():
+    b = Breaker(Clock(), failures=1, cooldown_s=1.0, probes=1)
+    b.record("timeout", None, unread=True)
+    assert b.state == CLOSED
+    b.record("timeout", None)
+    assert b.state == OPEN
+
+
+class UnreadBody(upstream.BytesProducer):
+    """Sends the request, then stops reading its connection: the gateway
+    "too busy" to read the partner's answer, which waits in its socket."""
+
+    def startProducing(self, consumer):
+        done = super().startProducing(consumer)
+        self.connection.stopReading()
+        return done
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_left_unread_by_a_busy_gateway_does_not_open_the_breaker(
+        partner, make_gateway, monkeypatch):
+    gw = make_gateway(route_config({"p": {"url": partner.url("/ok"), "timeout_ms": 200,
+                                          "breaker_failures": 1}}))
+    monkeypatch.setattr(upstream, "BytesProducer", UnreadBody)
+    for _ in range(2):
+        [result] = (await gw.post()).json["results"]
+        assert result["outcome"] == "timeout", result
+        assert result["error"] == "answer not read in 200 ms (gateway busy)"
+    assert gw.gateway.snapshot.partners["p"].breaker.state == CLOSED
+    monkeypatch.undo()  # a partner that really does not answer trips it
+    hang = make_gateway(route_config({"p": {"url": partner.url("/hang"), "timeout_ms": 200,
+                                            "breaker_failures": 1}}))
+    [result] = (await hang.post()).json["results"]
+    assert (result["outcome"], result["error"]) == ("timeout", "no answer in 200 ms")
+    assert (await hang.post()).outcomes() == {"p": "open"}

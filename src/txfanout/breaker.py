@@ -6,8 +6,9 @@ error, 5xx) it opens: calls are refused at no cost (outcome ``open``) for
 failure opens it again, ``probes`` successes close it. Outcomes that say
 nothing about the partner's health (shed, skipped, cancelled) count for
 neither side, so a slow but answering partner is not tripped by ``shed``;
-nor does a timeout while the gateway's own event loop lags (``excused``):
-an overloaded gateway reads answers late, and that is not the partner's
+nor does a timeout while the gateway's own event loop lags (``excused``)
+or with the partner's answer waiting unread in the gateway's socket: an
+overloaded gateway reads answers late, and that is not the partner's
 failure.
 """
 
@@ -74,10 +75,11 @@ class Breaker:
         self._probing += 1
         return True
 
-    def record(self, outcome: str, status: int | None) -> None:
-        """Account for a call that ``allow()`` let through."""
+    def record(self, outcome: str, status: int | None, unread: bool = False) -> None:
+        """Account for a call that ``allow()`` let through (``unread``: it
+        timed out with the answer waiting unread; see CallResult)."""
         healthy = verdict(outcome, status)
-        if outcome == outcomes.TIMEOUT and self._excused():
+        if outcome == outcomes.TIMEOUT and (unread or self._excused()):
             healthy = None
         if self.state == HALF_OPEN:
             self._probing = max(0, self._probing - 1)

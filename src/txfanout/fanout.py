@@ -121,7 +121,7 @@ class Fanout:
     def _finished(self, result: CallResult, index: int, partner: PartnerState) -> None:
         partner.slots.inflight -= 1
         if partner.breaker is not None:
-            partner.breaker.record(result.outcome, result.status)
+            partner.breaker.record(result.outcome, result.status, result.unread)
         self.results[index] = result
         self._pending -= 1
         if not self._pending and not self.done.called:

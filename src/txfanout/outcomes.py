@@ -30,6 +30,10 @@ class CallResult:
     latency_ms: float = 0.0
     body: str | None = None
     error: str | None = None
+    # A timeout with the partner's answer already waiting, unread, in the
+    # gateway's socket: the gateway was too busy to read it; not reported
+    # to clients, and not held against the partner by its breaker.
+    unread: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -74,6 +74,9 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
     every parse failure reported as a :class:`PartnerProtocolError`."""
 
     def request(self, request: Any) -> Deferred[Any]:
+        producer = request.bodyProducer
+        if getattr(producer, "connection", False) is None:
+            producer.connection = self.transport  # which connection carries it
         d = super().request(request)
         parser = self._parser
         if parser is not None and type(parser) is HTTPClientParser:
@@ -139,6 +142,18 @@ def peer_closed(connection: Any) -> bool:
         return False
     except OSError:
         return True
+
+
+def unread_bytes(transport: Any) -> bool:
+    """True when bytes the reactor has not read yet wait in the socket under
+    ``transport`` (one non-blocking peek; a FIN alone does not count)."""
+    sock = _socket_of(transport)
+    if sock is None:
+        return False
+    try:
+        return sock.recv(1, _PEEK_FLAGS) != b""
+    except OSError:
+        return False
 
 
 class PartnerPool(HTTPConnectionPool):

@@ -44,7 +44,7 @@ from . import outcomes, tls
 from .config import PartnerConfig
 from .outcomes import CallResult
 from .phases import READING, SENT, CallPhase
-from .pool import PartnerPool, PartnerProtocolError
+from .pool import PartnerPool, PartnerProtocolError, unread_bytes
 from .poolstats import ConnectionStats, CountingClientFactory, CountingEndpoints
 from .tls import HandshakeCancelled, HandshakeEndpoint, PartnerTLS
 
@@ -97,6 +97,8 @@ class BodyTooLarge(Exception):
 class BytesProducer:
     """Writes a bytes body in one go: no cooperator, no file object. Its
     call's phase (if any) is ``sent`` once the request is written."""
+
+    connection: Any = None  # the transport that carries it, once it has one (pool.py)
 
     def __init__(self, body: bytes, phase: CallPhase | None = None) -> None:
         self._body = body
@@ -269,11 +271,15 @@ class Upstream:
         why_stopped: list[str] = []
 
         agent = self.agent if partner.tls is None else self._tls_agent(partner.tls)
-        d = agent.request(b"POST", url, headers, BytesProducer(body, phase))
+        producer = BytesProducer(body, phase)
+        d = agent.request(b"POST", url, headers, producer)
         d.addCallback(_read_capped, partner.max_response_bytes, phase)
+        unread = False
 
         def on_timeout() -> None:
+            nonlocal unread
             why_stopped.append(outcomes.TIMEOUT)
+            unread = producer.connection is not None and unread_bytes(producer.connection)
             d.cancel()
 
         timer = clock.callLater(timeout_s, on_timeout)
@@ -291,9 +297,10 @@ class Upstream:
                 if why_stopped[0] != outcomes.TIMEOUT:
                     return CallResult(name, why_stopped[0], None, latency, None, "cancelled")
                 what = ("TLS handshake not finished" if result.check(HandshakeCancelled)
-                        else "no answer")
+                        else "answer not read" if unread else "no answer")
+                busy = " (gateway busy)" if unread else ""
                 return CallResult(name, outcomes.TIMEOUT, None, latency, None,
-                                  f"{what} in {round(timeout_s * 1000)} ms")
+                                  f"{what} in {round(timeout_s * 1000)} ms{busy}", unread)
             if result.check(BodyTooLarge):
                 return CallResult(name, outcomes.TOO_LARGE, None, latency, None,
                                   f"body over {partner.max_response_bytes} bytes")
