@@ -241,7 +241,7 @@ async def test_over_max_inflight_is_refused_at_once(partner, make_gateway):
     assert (time.monotonic() - started) < 0.1
     assert refused.code == 503
     assert refused.header("Retry-After") == "1"
-    assert "max_inflight" in refused.json["error"]
+    assert "in-flight limit" in refused.json["error"]
     answer = await within(held)
     assert answer.outcomes() == {"hang": "timeout"}
     assert gw.gateway.admitted == 0

@@ -110,7 +110,7 @@ async def test_memory_and_state_settle_after_every_cycle(partner, make_gateway):
         "slow": {"url": partner.url("/delay/1000"), "timeout_ms": 20, "breaker_failures": 0},
         "hang": {"url": partner.url("/hang"), "timeout_ms": 20, "breaker_failures": 0},
         "reset": {"url": partner.url("/reset"), "breaker_failures": 0},
-    }, deadline_ms=100, max_inflight=1000))
+    }, deadline_ms=100, max_inflight=1000, adaptive_inflight=False))  # every request served
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = CONCURRENCY
     agent = Agent(reactor, pool=pool)

@@ -51,6 +51,7 @@ class ServerConfig:
     idle_timeout_ms: int = 30000
     request_timeout_ms: int = 10000
     max_lag_ms: int = 200
+    adaptive_inflight: bool = True
     admin_token: str | None = field(default=None, repr=False)
 
 
@@ -147,6 +148,12 @@ class _Checker:
     def integer(self, value: Any, path: str, low: int, high: int) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.fail(path, f"must be an integer from {low} to {high}")
+            return None
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if not isinstance(value, bool):
+            self.fail(path, "must be true or false")
             return None
         return value
 
@@ -371,6 +378,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
         "idle_timeout_ms": lambda v, p: chk.integer(v, p, 100, 3600000),
         "request_timeout_ms": lambda v, p: chk.integer(v, p, 100, 600000),
         "max_lag_ms": lambda v, p: chk.integer(v, p, 0, 60000),
+        "adaptive_inflight": chk.boolean,
         "admin_token": lambda v, p: chk.string(v, p, _TOKEN, "16 to 256 printable ASCII "
                                                              "characters without spaces"),
     })

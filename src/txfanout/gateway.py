@@ -30,6 +30,7 @@ from .config import Config
 from .fanout import Fanout, PartnerState
 from .inflight import OverdueWatch
 from .lag import ReactorLag
+from .limit import InflightLimit
 from .metrics import (
     CLIENT_CLOSED,
     SHED_DRAINING,
@@ -137,6 +138,8 @@ class Gateway:
     def __init__(self, reactor: Any, config: Config) -> None:
         self.clock = reactor
         self.lag = ReactorLag(reactor)
+        server = config.server
+        self.limit = InflightLimit(reactor, server.max_inflight, server.adaptive_inflight)
         self.snapshot = compile_snapshot(config, reactor, lag=self.lag)
         self.upstream = Upstream(reactor, pool_size_per_host(config),
                                  config.upstream.idle_timeout_ms / 1000.0)
@@ -159,7 +162,7 @@ class Gateway:
         server = self.snapshot.config.server
         if self.draining:
             return SHED_DRAINING
-        if self.admitted >= server.max_inflight:
+        if self.admitted >= self.limit.current:
             return SHED_MAX_INFLIGHT
         if server.max_lag_ms and self.lag.recent * 1000.0 > server.max_lag_ms:
             return SHED_REACTOR_LAG
@@ -206,6 +209,7 @@ class Gateway:
         self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners, self.lag)
         self.upstream.resize(pool_size_per_host(config), config.upstream.idle_timeout_ms / 1000.0)
         self.metrics.compile(config)
+        self.limit.configure(config.server.max_inflight, config.server.adaptive_inflight)
         if config.log != old.log:
             if self.access_log is not None:
                 self.access_log.close()
@@ -276,12 +280,17 @@ class Gateway:
         request.fanout = fanout
 
         def answer(results: list[CallResult]) -> bytes:
+            elapsed = self.clock.seconds() - started
+            if elapsed * 1000.0 > budget_ms or any(r.unread for r in results):
+                self.limit.answered_late()
+            else:
+                self.limit.answered_in_time()
             complete = all(r.outcome in _COMPLETE for r in results)
             request.setHeader(b"X-Request-Id", request_id.encode("ascii"))
             request.setHeader(b"X-Fanout-Complete", b"true" if complete else b"false")
             return json_body(request, json.dumps({
                 "request_id": request_id, "route": route, "complete": complete,
-                "elapsed_ms": round((self.clock.seconds() - started) * 1000.0, 1),
+                "elapsed_ms": round(elapsed * 1000.0, 1),
                 "results": [r.to_json() for r in results],
             }).encode("utf-8"))
 

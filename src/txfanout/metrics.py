@@ -177,10 +177,11 @@ class LiveCollector:
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
-        inflight, overdue, lag, partner_inflight, breaker, partner_upstream, \
+        inflight, limit, overdue, lag, partner_inflight, breaker, partner_upstream, \
             connections, opened, closed = families
         g = self._gateway
         inflight.add_metric([], g.admitted)
+        limit.add_metric([], g.limit.current)
         overdue.add_metric([], g.overdue.scan())
         lag.add_metric([], g.lag.lag)
         for name, state in g.snapshot.partners.items():
@@ -198,6 +199,9 @@ class LiveCollector:
     def _families() -> list[Metric]:
         return [
             GaugeMetricFamily("txfanout_inflight_requests", "Requests being served."),
+            GaugeMetricFamily("txfanout_inflight_limit",
+                              "Requests admitted at once now: max_inflight, lowered while "
+                              "the gateway answers late (adaptive_inflight)."),
             GaugeMetricFamily("txfanout_overdue_inflight",
                               "Requests still in flight well past their deadline "
                               "(a leak: must stay 0)."),

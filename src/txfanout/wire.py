@@ -19,7 +19,7 @@ _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Lar
             503: b"Service Unavailable"}
 
 _SHED_MESSAGES = {
-    SHED_MAX_INFLIGHT: "gateway at max_inflight; retry later",
+    SHED_MAX_INFLIGHT: "gateway at its in-flight limit; retry later",
     SHED_REACTOR_LAG: "gateway overloaded (event loop behind); retry later",
     SHED_DRAINING: "gateway is shutting down; retry",
 }
