@@ -61,6 +61,9 @@ def _extra(row: dict[str, Any]) -> str:
             out.append(f"p99(503) {_f(row.get('p99_503_ms'))} ms")
         out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"
                    else "no admission cap")
+    calls = row.get("outcomes") or {}
+    if s in ("overload", "seed") and calls:
+        out.append("calls " + " ".join(f"{k}:{v}" for k, v in sorted(calls.items())))
     if s == "slow":
         out.append(f"cancels {_f(row.get('cancellations_per_s'))}/s")
         out.append(f"new up conns {_f(row.get('upstream_conns_per_s'))}/s")

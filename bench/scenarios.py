@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -71,6 +72,27 @@ def _log_errors(path: str | None) -> int:
     return len(re.findall(r"Traceback \(most recent call last\)|Unhandled error", text))
 
 
+_SAMPLE = re.compile(r'^txfanout_(partner_calls|shed)_total\{[^}]*?\b(?:outcome|reason)="([a-z_]+)"'
+                     r'[^}]*\} ([0-9.e+]+)$', re.M)
+
+
+def scrape_outcomes(url: str, path: str) -> dict[str, int]:
+    """Save txfanout's /metrics to ``path``; return its partner calls by
+    outcome (summed over partners) and its refusals as ``shed:<reason>``."""
+    try:
+        with urllib.request.urlopen(url, timeout=5.0) as r:
+            text = r.read().decode("utf-8")
+    except OSError:
+        return {"scrape failed": 1}
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    out: dict[str, int] = {}
+    for family, key, value in _SAMPLE.findall(text):
+        key = key if family == "partner_calls" else f"shed:{key}"
+        out[key] = out.get(key, 0) + int(float(value))
+    return {k: v for k, v in out.items() if v}
+
+
 def rss_slope_kib_per_min(samples: list[tuple[float, int, float]], t0: float,
                           t1: float) -> float | None:
     """Least-squares slope of RSS over [t0, t1], KiB per minute."""
@@ -125,6 +147,9 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         log_stats = ctx.nginx.access_log_stats(mark) if ctx.nginx.access_log else {}
         time.sleep(ctx.settle)
         _, settled, _ = sampler.sample()
+        outcomes = (scrape_outcomes(g.ready_url.replace("/healthz", "/metrics"),
+                                    os.path.join(ctx.logdir, f"{tag}.metrics"))
+                    if name == gateways.TXFANOUT and setup.workers == 1 else {})
     finally:
         sampler.stop()
         code = ctx.registry.stop(g.child)
@@ -136,7 +161,7 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         "scenario": scenario, "gateway": name, "fanout": setup.fanout, "label": label,
         "workers": setup.workers, "max_inflight": setup.max_inflight,
         "timeout_ms": setup.timeout_ms, "deadline_ms": setup.deadline_ms,
-        "tool": result.tool, "load": result.to_json(),
+        "tool": result.tool, "load": result.to_json(), "outcomes": outcomes,
         "requests": result.requests, "rps": result.rps,
         "p50_ms": result.p50_ms, "p90_ms": result.p90_ms, "p99_ms": result.p99_ms,
         "max_ms": result.max_ms, "statuses": result.statuses,
