@@ -9,6 +9,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
+from txfanout import upstream
 from txfanout.sendnow import write_now
 
 from .conftest import RawClient, raw_client, route_config, within
@@ -71,3 +72,23 @@ async def test_an_answer_without_a_body_still_sends_its_head(partner, make_gatew
     client = raw_client(gw.address, b"HEAD /bid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     received = await within(client.closed)
     assert received.startswith(b"HTTP/1.1 405 ") and received.endswith(b"\r\n\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_partner_request_leaves_in_the_turn_it_was_made(partner, make_gateway,
+                                                                monkeypatch) -> None:
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}))
+    assert (await gw.post()).outcomes() == {"ok": "ok"}  # now a connection is pooled
+    carriers: list[Any] = []
+
+    class Noted(upstream.BytesProducer):
+        def startProducing(self, consumer: Any) -> Any:
+            carriers.append(self.connection)
+            return super().startProducing(consumer)
+
+    monkeypatch.setattr(upstream, "BytesProducer", Noted)
+    state = gw.gateway.snapshot.partners["ok"]
+    call = gw.gateway.upstream.call(state.config, state.url, state.headers, b"{}", 1.0)
+    [connection] = carriers
+    assert connection._tempDataLen == 0 and connection.offset == len(connection.dataBuffer)
+    assert (await within(call)).outcome == "ok"

@@ -25,6 +25,8 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
+from .sendnow import write_now
+
 MAX_RESPONSE_HEAD_BYTES = 16384
 """Status line plus headers (1xx heads included) a partner may send for one
 call; nginx's default proxy buffer for them is 4-8 KiB."""
@@ -77,7 +79,15 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
         producer = request.bodyProducer
         if getattr(producer, "connection", False) is None:
             producer.connection = self.transport  # which connection carries it
-        d = super().request(request)
+        # Twisted writes the head and the body separately, each queued for
+        # the reactor's next turn: gather them and send them at once.
+        transport = self.transport
+        gathered = self.transport = _Gather(transport)
+        try:
+            d = super().request(request)
+        finally:
+            self.transport = transport
+            gathered.flush()
         parser = self._parser
         if parser is not None and type(parser) is HTTPClientParser:
             # Twisted builds the parser inside request() from a module global;
@@ -103,6 +113,33 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
         super()._finishResponse_WAITING(rest)
 
     _finishResponse_TRANSMITTING = _finishResponse_WAITING
+
+
+class _Gather:
+    """Stands in for a transport while Twisted writes a request: collects
+    the writes until ``flush`` sends them in one (see sendnow); after that,
+    writes go straight through. Anything else is the transport's."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._chunks: list[bytes] | None = []
+
+    def write(self, data: bytes) -> None:
+        if self._chunks is None:
+            self._transport.write(data)
+        else:
+            self._chunks.append(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def flush(self) -> None:
+        chunks, self._chunks = self._chunks, None
+        if chunks:
+            write_now(self._transport, b"".join(chunks))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class GuardedClientFactory(_HTTP11ClientFactory):
