@@ -180,8 +180,9 @@ async def test_debug_pool(partner, make_gateway, make_admin):
     pool = (await admin.get("/debug/pool")).json
     (row,) = pool["upstreams"]
     assert row == {"upstream": f"http://127.0.0.1:{partner.port.getHost().port}",
-                   "idle": 2, "active": 0, "opened": 2, "closed": 0}
-    assert pool["max_idle_per_upstream"] == 512  # two partners capped at 256 each
+                   "idle": 2, "active": 0, "opened": 2, "closed": 0,
+                   "max_idle": 512}  # two partners capped at 256 each
+    assert pool["max_idle_per_upstream"] == 512  # the cap for upstreams not configured
     assert partner.open_connections == 2
 
 

@@ -43,7 +43,7 @@ from .outcomes import CallResult
 from .sendnow import write_now
 from .wire import SHED_ANSWERS, raw_error, sole_request
 from .targeting import BadTargeting, Selector, json_field, os_from_user_agent, parse_country, parse_os
-from .upstream import Upstream
+from .upstream import Upstream, idle_caps
 
 log = Logger()
 
@@ -120,8 +120,9 @@ def compile_snapshot(config: Config, clock: IReactorTime,
 
 
 def pool_size_per_host(config: Config) -> int:
-    """Idle connections to keep per upstream host: the sum of the caps of the
-    partners on that host (the pool keys by scheme, host and port)."""
+    """Idle connections to keep per upstream host the pool has no cap for
+    (see upstream.idle_caps): the largest sum of the caps of the partners
+    on one host (the pool keys by scheme, host and port)."""
     per_host: dict[tuple[str, str, int | None], int] = {}
     for p in config.partners.values():
         u = urlsplit(p.url)
@@ -142,7 +143,8 @@ class Gateway:
         self.limit = InflightLimit(reactor, server.max_inflight, server.adaptive_inflight)
         self.snapshot = compile_snapshot(config, reactor, lag=self.lag)
         self.upstream = Upstream(reactor, pool_size_per_host(config),
-                                 config.upstream.idle_timeout_ms / 1000.0)
+                                 config.upstream.idle_timeout_ms / 1000.0,
+                                 idle_caps(config.partners.values()))
         self.inflight: set[Fanout] = set()
         self.admitted = 0
         self.admitted_total = 0
@@ -207,7 +209,8 @@ class Gateway:
         their state; the pool is resized for the new caps."""
         old = self.snapshot.config
         self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners, self.lag)
-        self.upstream.resize(pool_size_per_host(config), config.upstream.idle_timeout_ms / 1000.0)
+        self.upstream.resize(pool_size_per_host(config), config.upstream.idle_timeout_ms / 1000.0,
+                             idle_caps(config.partners.values()))
         self.metrics.compile(config)
         self.limit.configure(config.server.max_inflight, config.server.adaptive_inflight)
         if config.log != old.log:

@@ -12,13 +12,16 @@ the wire.
 * its connections speak :class:`GuardedClientProtocol`: the response head
   is bounded, a body framed two ways is refused, any parse failure has one
   name, and a connection on which the partner sent more than the response is
-  never reused (the extra bytes would be read as the next call's answer).
+  never reused (the extra bytes would be read as the next call's answer);
+* idle connections are capped per key (``idle_caps``: each upstream's own
+  partners' concurrency), not only by the one ``maxPersistentPerHost``, and
+  a lower cap (a reload) closes the surplus at once.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Any, Hashable
+from typing import Any, Hashable, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -198,6 +201,9 @@ class PartnerPool(HTTPConnectionPool):
 
     _factory = GuardedClientFactory
     retryAutomatically = False
+    idle_caps: Mapping[Hashable, int] = {}
+    """Idle connections kept per pool key; a key not in it keeps up to
+    ``maxPersistentPerHost``."""
 
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor, persistent=True)
@@ -214,3 +220,30 @@ class PartnerPool(HTTPConnectionPool):
             if alive:
                 first.transport.abortConnection()
         return super().getConnection(key, endpoint)
+
+    def set_idle_caps(self, caps: Mapping[Hashable, int], fallback: int) -> None:
+        """Keep up to ``caps[key]`` idle connections under each key (else
+        ``fallback``); idle connections past the new caps are closed now."""
+        self.idle_caps = caps
+        self.maxPersistentPerHost = fallback
+        for key, connections in self._connections.items():
+            self._trim(connections, caps.get(key, fallback))
+
+    def _trim(self, connections: list[Any], keep: int) -> None:
+        """Close the oldest idle connections until ``keep`` are left."""
+        while connections and len(connections) > keep:
+            dropped = connections.pop(0)
+            dropped.transport.loseConnection()
+            self._timeouts.pop(dropped).cancel()
+
+    def _putConnection(self, key: Hashable, connection: Any) -> None:
+        # Twisted's own, with the key's cap; and "at the cap", not "equal to
+        # it" (Twisted's test), so a list over a lowered cap cannot grow.
+        if connection.state != "QUIESCENT":
+            super()._putConnection(key, connection)  # logs the bug, keeps nothing
+            return
+        connections = self._connections.setdefault(key, [])
+        self._trim(connections, self.idle_caps.get(key, self.maxPersistentPerHost) - 1)
+        connections.append(connection)
+        self._timeouts[connection] = self._reactor.callLater(
+            self.cachedConnectionTimeout, self._removeConnection, key, connection)

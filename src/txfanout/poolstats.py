@@ -15,11 +15,11 @@ from typing import Any
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import _HTTP11ClientFactory
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from .pool import GuardedClientProtocol
+from .pool import GuardedClientProtocol, PartnerPool
 from .tls import HandshakeAwareProtocol
 
 Key = tuple[bytes, bytes, int]
@@ -58,17 +58,20 @@ class ConnectionStats:
             counter = self.upstreams[key] = UpstreamConnections(key)
         return counter
 
-    def view(self, pool: HTTPConnectionPool) -> list[dict[str, Any]]:
-        """Per upstream: idle, active, opened, closed (sorted by upstream)."""
+    def view(self, pool: PartnerPool) -> list[dict[str, Any]]:
+        """Per upstream: idle, active, opened, closed, and the cap on idle
+        connections (sorted by upstream)."""
         out = []
         for key, counter in self.upstreams.items():
             # TLS profiles pool under (scheme, host, port, profile): count them all.
             idle = sum(1 for k, conns in pool._connections.items() if k[:3] == key
                        for c in conns if c.state == "QUIESCENT")
+            max_idle = sum(cap for k, cap in pool.idle_caps.items() if k[:3] == key)
             open_now = counter.opened - counter.closed
             out.append({"upstream": counter.label, "idle": idle,
                         "active": max(0, open_now - idle),
-                        "opened": counter.opened, "closed": counter.closed})
+                        "opened": counter.opened, "closed": counter.closed,
+                        "max_idle": max_idle or pool.maxPersistentPerHost})
         out.sort(key=lambda row: row["upstream"])
         return out
 

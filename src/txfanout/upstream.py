@@ -14,7 +14,7 @@ gateway's CPU at fan-out 2 for features a partner POST never uses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Hashable, Iterable, Mapping
 
 from twisted.internet import error as net_error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import Agent, ResponseDone
+from twisted.web.client import URI, Agent, ResponseDone
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -87,6 +87,24 @@ class _TLSProfileAgent(Agent):
 
     def _requestWithEndpoint(self, key: Any, *rest: Any) -> Any:
         return super()._requestWithEndpoint(key + (self._profile,), *rest)
+
+
+def pool_key(partner: PartnerConfig) -> tuple[Any, ...]:
+    """The key the pool keeps ``partner``'s connections under: the Agent's
+    (scheme, host, port) of its URL, plus its TLS profile's key if any."""
+    uri = URI.fromBytes(partner.url.encode("ascii"))
+    key = (uri.scheme, uri.host, uri.port)
+    return key if partner.tls is None else key + (partner.tls.key,)
+
+
+def idle_caps(partners: Iterable[PartnerConfig]) -> dict[Hashable, int]:
+    """Idle connections worth keeping per pool key: the sum of the
+    ``max_concurrency`` of the partners whose connections it holds."""
+    caps: dict[Hashable, int] = {}
+    for p in partners:
+        key = pool_key(p)
+        caps[key] = caps.get(key, 0) + p.max_concurrency
+    return caps
 
 
 class BodyTooLarge(Exception):
@@ -229,13 +247,14 @@ def describe_failure(failure: Failure) -> str:
 class Upstream:
     """The shared pool and client, and the one way to call a partner."""
 
-    def __init__(self, reactor: Any, per_host: int, idle_timeout_s: float) -> None:
+    def __init__(self, reactor: Any, per_host: int, idle_timeout_s: float,
+                 per_key: Mapping[Hashable, int] = {}) -> None:
         self.clock: IReactorTime = reactor
         self._reactor = reactor
         self.pool = PartnerPool(reactor)
         self.pool._factory = CountingClientFactory
         self.connections = ConnectionStats()
-        self.resize(per_host, idle_timeout_s)
+        self.resize(per_host, idle_timeout_s, per_key)
         self.agent = Agent.usingEndpointFactory(
             reactor, CountingEndpoints(PartnerEndpoints(reactor), self.connections),
             pool=self.pool)
@@ -255,10 +274,12 @@ class Upstream:
             self._tls_agents[partner_tls.key] = agent
         return agent
 
-    def resize(self, per_host: int, idle_timeout_s: float) -> None:
-        """Keep up to ``per_host`` idle connections per host, each for at
+    def resize(self, per_host: int, idle_timeout_s: float,
+               per_key: Mapping[Hashable, int] = {}) -> None:
+        """Keep up to ``per_key[key]`` idle connections under each pool key
+        (see :func:`idle_caps`), ``per_host`` under any other, each for at
         most ``idle_timeout_s`` seconds."""
-        self.pool.maxPersistentPerHost = per_host
+        self.pool.set_idle_caps(per_key, per_host)
         self.pool.cachedConnectionTimeout = idle_timeout_s
 
     def call(self, partner: PartnerConfig, url: bytes, headers: Headers, body: bytes,
