@@ -177,6 +177,7 @@ ANSWERED = {
     # Host.
     "host-not-utf8": (request().replace(b"Host: gw", b"Host: \xff\xfe"), 400),
     "two-hosts": (request(headers=b"Host: other\r\n"), 400),
+    "no-host": (request().replace(b"Host: gw\r\n", b""), 400),  # HTTP/1.0 may omit it
     # Headers we read.
     "country-not-a-code": (request(headers=b"X-Country: USA\r\n"), 400),
     "country-digits": (request(headers=b"X-Country: 12\r\n"), 400),

@@ -390,7 +390,11 @@ class GatewayRequest(Request):
             write_error(self, 404, "no such route")
             return
         hosts = self.requestHeaders.getRawHeaders(b"Host")
-        if hosts is not None and (len(hosts) > 1 or not _HOST.match(hosts[0])):
+        if hosts is None:
+            if self.clientproto == b"HTTP/1.1":  # RFC 9112 3.2: Host is required
+                write_error(self, 400, "missing Host header")
+                return
+        elif len(hosts) > 1 or not _HOST.match(hosts[0]):
             write_error(self, 400, "bad Host header")
             return
         refused = gateway.admit()
