@@ -18,6 +18,7 @@ from twisted.web.server import Request, Site
 from . import inflight, metrics
 from .configview import config_view
 from .adminauth import TokenGuard
+from .conncap import CappedSite
 from .gateway import Gateway
 from .memory import AllocationSites, memory_view
 
@@ -114,13 +115,25 @@ class Admin:
 
 
 ADMIN_IDLE_TIMEOUT_S = 60
+ADMIN_MAX_CONNECTIONS = 64
+"""Open connections the admin face serves at once; more wait in the kernel's
+backlog (scrapers and operators need a few; a runaway client must not take
+the process's file descriptors)."""
+
+
+class AdminSite(CappedSite):
+    """The admin face's site: no tracebacks, no log line per request, at most
+    :data:`ADMIN_MAX_CONNECTIONS` connections open."""
+
+    displayTracebacks = False
+    max_connections = ADMIN_MAX_CONNECTIONS
+
+    def log(self, request: Request) -> None:
+        pass
 
 
 def admin_site(gateway: Gateway, sites: AllocationSites | None = None, **kwargs: Any) -> Site:
     resource = TokenGuard(Admin(gateway, sites).app.resource(),
                           lambda: gateway.snapshot.config.server.admin_token)
     kwargs.setdefault("timeout", ADMIN_IDLE_TIMEOUT_S)  # Twisted's default is 12 hours
-    site = Site(resource, **kwargs)
-    site.displayTracebacks = False
-    site.log = lambda request: None  # type: ignore[method-assign]
-    return site
+    return AdminSite(resource, **kwargs)

@@ -21,12 +21,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 from . import outcomes, tls
 from .accesslog import AccessLog
 from .config import Config
+from .conncap import CappedChannel, CappedSite
 from .fanout import Fanout, PartnerState
 from .inflight import OverdueWatch
 from .lag import ReactorLag
@@ -445,7 +445,7 @@ class GatewayRequest(Request):
             write_error(self, 500, "internal error", close=True)
 
 
-class GatewayChannel(HTTPChannel):
+class GatewayChannel(CappedChannel):
     """HTTP/1.1 channel with a deadline for each request to arrive in full
     (headers and body: slowloris gets 408 and a closed connection), small
     limits on the request head (414, 431), JSON answers with a close for
@@ -460,10 +460,6 @@ class GatewayChannel(HTTPChannel):
     _arrived: float | None = None
 
     _host: Any = None
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.site.connection_opened(self.transport)
 
     def getHost(self) -> Any:
         """The local address, asked of the kernel once per connection (Twisted
@@ -584,23 +580,11 @@ class GatewayChannel(HTTPChannel):
     def connectionLost(self, reason: Failure) -> None:
         self._stop_arrival_timer()
         super().connectionLost(reason)
-        self.site.connection_closed()
 
 
-def _listening_port(transport: Any) -> Any:
-    """The listening port a connection was accepted on (through TLS too)."""
-    while transport is not None:
-        port = getattr(transport, "server", None)
-        if port is not None:
-            return port
-        transport = getattr(transport, "transport", None)
-    return None
-
-
-class GatewaySite(Site):
+class GatewaySite(CappedSite):
     """The public listener's site: serves the gateway's Klein app, with a cap
-    on open client connections: at the cap its ports stop accepting (the
-    kernel's backlog holds newcomers) until a connection closes."""
+    on open client connections (``server.max_connections``, see conncap)."""
 
     protocol = GatewayChannel
     requestFactory = GatewayRequest
@@ -613,32 +597,10 @@ class GatewaySite(Site):
         super().__init__(gateway.app.resource(), **kwargs)
         self.gateway = gateway
         self.request_timeout = server.request_timeout_ms / 1000.0
-        self.open_connections = 0
-        self._paused_ports: set[Any] = set()
 
-    def buildProtocol(self, addr: Any) -> Any:
-        # Twisted accepts connections in batches: those of the batch that
-        # reached the cap, past it, are closed at once (returning None).
-        if self.open_connections >= self.gateway.snapshot.config.server.max_connections:
-            return None
-        return super().buildProtocol(addr)
-
-    def connection_opened(self, transport: Any) -> None:
-        self.open_connections += 1
-        if self.open_connections >= self.gateway.snapshot.config.server.max_connections:
-            port = _listening_port(transport)
-            if port is not None and port not in self._paused_ports:
-                port.stopReading()
-                self._paused_ports.add(port)
-
-    def connection_closed(self) -> None:
-        self.open_connections -= 1
-        if self._paused_ports and \
-                self.open_connections < self.gateway.snapshot.config.server.max_connections:
-            for port in self._paused_ports:
-                if port.connected:
-                    port.startReading()
-            self._paused_ports.clear()
+    @property
+    def max_connections(self) -> int:  # type: ignore[override]
+        return self.gateway.snapshot.config.server.max_connections
 
     def log(self, request: Request) -> None:
         """No per-request line in the daemon's log (see the access log)."""
