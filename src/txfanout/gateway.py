@@ -451,7 +451,8 @@ class GatewayChannel(CappedChannel):
     limits on the request head (414, 431), JSON answers with a close for
     every request it refuses on the wire (Twisted's own is a bare 400), and
     that reports itself to the site for the connection cap. The idle
-    keep-alive timeout is HTTPChannel's own ``timeOut``."""
+    keep-alive timeout is HTTPChannel's own ``timeOut``; its closes are
+    counted, not logged."""
 
     MAX_LENGTH = MAX_LINE_BYTES
     totalHeadersSize = MAX_HEAD_BYTES
@@ -576,6 +577,19 @@ class GatewayChannel(CappedChannel):
     def _send100Continue(self) -> None:
         if not self.transport.disconnecting:  # not after a 413 for that body
             super()._send100Continue()
+
+    def timeoutConnection(self) -> None:
+        # Twisted's own, without its log line per connection (thousands of
+        # idle keep-alive clients would flood the journal): counted instead.
+        self.site.gateway.metrics.idle_closed()
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        # Twisted's own (the close stalled: abort), without its log line.
+        self._abortingCall = None
+        self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_arrival_timer()

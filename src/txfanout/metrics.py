@@ -83,6 +83,9 @@ class GatewayMetrics:
         self._calls = Counter(
             "txfanout_partner_calls", "Partner calls by outcome (shed, open and skipped "
             "calls were not made).", ("partner", "outcome"), registry=registry)
+        self._idle_closed = Counter(
+            "txfanout_idle_closed", "Client connections closed for being idle past "
+            "server.idle_timeout_ms (not logged one by one).", registry=registry)
         self._call_duration = Histogram(
             "txfanout_partner_call_duration_seconds", "Duration of the partner calls "
             "that were made, whatever their outcome.", ("partner",),
@@ -135,6 +138,10 @@ class GatewayMetrics:
         """One request refused at admission for ``reason`` (a constant of the
         caller, e.g. SHED_MAX_INFLIGHT)."""
         (self._shed_children.get(reason) or self._shed_child(reason)).inc()
+
+    def idle_closed(self) -> None:
+        """One idle client connection closed by its keep-alive timeout."""
+        self._idle_closed.inc()
 
     # -- creation of children (bounded by the config and the code) --
 

@@ -1,0 +1,63 @@
+"""Idle keep-alive client connections are closed without a log line each
+(thousands of clients would flood the journal), and counted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+
+from .conftest import keep_alive_client, route_config, within
+from .test_overload import POST
+
+
+def timeout_lines(events: list[dict[str, Any]]) -> list[str]:
+    return [text for text in map(formatEvent, events) if "timing out" in text.lower()]
+
+
+def idle_closed(gw: Any) -> float:
+    return gw.gateway.metrics.registry.get_sample_value("txfanout_idle_closed_total")
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_connections_are_closed_and_counted_without_a_log_line(partner,
+                                                                         make_gateway):
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, idle_timeout_ms=200))
+    with capturedLogs() as events:
+        clients = [await keep_alive_client(gw.address) for _ in range(3)]
+        for client in clients:
+            assert (await within(client.request(POST))).startswith(b"HTTP/1.1 200")
+        for client in clients:
+            await within(client.closed, 5)
+    assert timeout_lines(events) == []
+    assert idle_closed(gw) == 3
+    assert gw.site.open_connections == 0
+
+
+def test_a_stalled_close_is_aborted_after_abort_timeout(make_gateway):
+    # Twisted's behaviour, kept: the close is asked for at the idle timeout;
+    # if the connection is still there abortTimeout later, it is aborted.
+    gw = make_gateway(route_config({"ok": {"url": "http://127.0.0.1:1/"}},
+                                   idle_timeout_ms=200))
+    clock = Clock()
+    channel = gw.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    channel.callLater = clock.callLater
+    transport = StringTransport()
+    with capturedLogs() as events:
+        channel.makeConnection(transport)
+        clock.advance(0.2)
+        assert transport.disconnecting and not transport.disconnected
+        clock.advance(channel.abortTimeout - 0.01)
+        assert not transport.disconnected
+        clock.advance(0.01)
+        assert transport.disconnected  # aborted
+        channel.connectionLost(Failure(ConnectionDone()))
+    assert timeout_lines(events) == []
+    assert idle_closed(gw) == 1
+    assert clock.getDelayedCalls() == [] and gw.site.open_connections == 0
