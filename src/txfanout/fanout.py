@@ -21,7 +21,20 @@ from .lag import ReactorLag
 from .config import PartnerConfig, ServerConfig
 from .outcomes import CallResult
 from .phases import CallPhase
-from .upstream import Upstream
+from .upstream import Upstream, host_header
+
+
+def call_headers(prepared: Headers,
+                 extra: Iterable[tuple[bytes | str, bytes | str]]) -> Headers:
+    """``prepared`` (a partner's headers, checked when they were set) plus
+    ``extra``: a shallow copy, where ``Headers.copy`` would check every
+    value again. The lists of values stay shared: only set headers on the
+    copy (``setRawHeaders`` replaces a list), never add to them."""
+    headers = Headers()
+    headers._rawHeaders = dict(prepared._rawHeaders)
+    for name, value in extra:
+        headers.setRawHeaders(name, [value])
+    return headers
 
 
 class CallSlots:
@@ -45,7 +58,8 @@ class PartnerState:
                  lag: ReactorLag | None = None, slots: CallSlots | None = None) -> None:
         self.config = config
         self.url = config.url.encode("ascii")
-        headers = Headers({b"Content-Type": [b"application/json"]})
+        headers = Headers({b"Content-Type": [b"application/json"],
+                           b"Host": [host_header(self.url)]})
         for name, value in config.headers.items():
             headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
         self.headers = headers
@@ -104,9 +118,8 @@ class Fanout:
                 self.results[index] = CallResult(config.name, outcomes.OPEN,
                                                  error="circuit open after repeated failures")
                 continue
-            headers = partner.headers.copy()
-            headers.setRawHeaders(server.deadline_header, [str(int(budget_ms))])
-            headers.setRawHeaders(b"X-Request-Id", [self.request_id])
+            headers = call_headers(partner.headers, (
+                (server.deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self.request_id)))
             slots.inflight += 1
             self._pending += 1
             phase = self.phases[index] = CallPhase(now)

@@ -23,7 +23,7 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
 )
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -51,6 +51,34 @@ from .tls import HandshakeCancelled, HandshakeEndpoint, PartnerTLS
 # Agents kept for TLS profiles; past this many the cache starts afresh (an
 # agent holds no connections: they stay in the pool under the profile's key).
 MAX_TLS_AGENTS = 1024
+# Call targets kept (a parsed URL, its pool key and endpoint); a reload
+# starts afresh, and so does a cache past this size.
+MAX_TARGETS = 4096
+
+
+def host_header(url: bytes) -> bytes:
+    """The Host header Twisted's Agent would send for ``url`` (set it in
+    advance and the Agent does not copy the headers to add it)."""
+    uri = URI.fromBytes(url)
+    host = b"[" + uri.host + b"]" if isIPv6Address(uri.host.decode("ascii")) else uri.host
+    if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
+        return host
+    return b"%b:%d" % (host, uri.port)
+
+
+class _Target:
+    """Where calls to one URL go, worked out once: what ``Agent.request``
+    does for every call (parse the URL, build an endpoint) before it asks
+    the pool for a connection."""
+
+    __slots__ = ("agent", "key", "endpoint", "uri", "path")
+
+    def __init__(self, agent: Agent, uri: URI) -> None:
+        self.agent = agent
+        self.key = (uri.scheme, uri.host, uri.port)  # as Agent.request keys the pool
+        self.endpoint = agent._getEndpoint(uri)  # may raise SchemeNotSupported
+        self.uri = uri
+        self.path = uri.originForm
 
 
 @implementer(IAgentEndpointFactory)
@@ -281,6 +309,25 @@ class Upstream:
         most ``idle_timeout_s`` seconds."""
         self.pool.set_idle_caps(per_key, per_host)
         self.pool.cachedConnectionTimeout = idle_timeout_s
+        self._targets: dict[tuple[bytes, bytes | None], _Target] = {}
+
+    def _post(self, partner: PartnerConfig, url: bytes, headers: Headers,
+              producer: BytesProducer) -> Deferred[Any]:
+        """``agent.request(b"POST", url, headers, producer)``, less the work
+        that is the same for every call to ``url`` (see _Target)."""
+        tls_key = partner.tls.key if partner.tls is not None else None
+        target = self._targets.get((url, tls_key))
+        if target is None:
+            agent = self.agent if partner.tls is None else self._tls_agent(partner.tls)
+            try:
+                target = _Target(agent, URI.fromBytes(url))
+            except SchemeNotSupported:
+                return fail()
+            if len(self._targets) >= MAX_TARGETS:
+                self._targets.clear()
+            self._targets[url, tls_key] = target
+        return target.agent._requestWithEndpoint(target.key, target.endpoint, b"POST",
+                                                 target.uri, headers, producer, target.path)
 
     def call(self, partner: PartnerConfig, url: bytes, headers: Headers, body: bytes,
              timeout_s: float, phase: CallPhase | None = None) -> Deferred[CallResult]:
@@ -291,9 +338,8 @@ class Upstream:
         started = clock.seconds()
         why_stopped: list[str] = []
 
-        agent = self.agent if partner.tls is None else self._tls_agent(partner.tls)
         producer = BytesProducer(body, phase)
-        d = agent.request(b"POST", url, headers, producer)
+        d = self._post(partner, url, headers, producer)
         d.addCallback(_read_capped, partner.max_response_bytes, phase)
         unread = False
 
