@@ -8,8 +8,10 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.testing import StringTransport
 
 from txfanout import upstream
+from txfanout.pool import CallTransport
 from txfanout.sendnow import write_now
 
 from .conftest import RawClient, raw_client, route_config, within
@@ -92,3 +94,29 @@ async def test_a_partner_request_leaves_in_the_turn_it_was_made(partner, make_ga
     [connection] = carriers
     assert connection._tempDataLen == 0 and connection.offset == len(connection.dataBuffer)
     assert (await within(call)).outcome == "ok"
+
+
+def test_a_call_sends_its_request_in_one_write_then_writes_through() -> None:
+    transport = StringTransport()
+    call = CallTransport(transport)
+    call.writeSequence([b"POST / HTTP/1.1\r\n", b"\r\n"])
+    call.write(b"{}")
+    assert transport.value() == b""
+    call.flush()
+    assert transport.value() == b"POST / HTTP/1.1\r\n\r\n{}"
+    call.write(b"more")
+    assert transport.value().endswith(b"{}more")
+
+
+def test_a_pause_undone_before_the_chunk_is_handled_never_reaches_the_transport() -> None:
+    transport = StringTransport()
+    call = CallTransport(transport)
+    call.pauseProducing()  # the response head is in ...
+    call.resumeProducing()  # ... and its body was asked for at once
+    call.settle()
+    assert transport.producerState == "producing"
+    call.pauseProducing()  # a body nobody asked for yet: a real pause
+    call.settle()
+    assert transport.producerState == "paused"
+    call.resumeProducing()
+    assert transport.producerState == "producing"

@@ -85,12 +85,12 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
         # Twisted writes the head and the body separately, each queued for
         # the reactor's next turn: gather them and send them at once.
         transport = self.transport
-        gathered = self.transport = _Gather(transport)
+        call = self.transport = self._call_transport = CallTransport(transport)
         try:
             d = super().request(request)
         finally:
             self.transport = transport
-            gathered.flush()
+            call.flush()
         parser = self._parser
         if parser is not None and type(parser) is HTTPClientParser:
             # Twisted builds the parser inside request() from a module global;
@@ -98,9 +98,13 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
             parser.__class__ = GuardedParser
         return d
 
+    _call_transport: "CallTransport | None" = None
+
     def dataReceived(self, data: bytes) -> None:
         try:
             self._parser.dataReceived(data)  # type: ignore[union-attr]
+            if self._call_transport is not None:
+                self._call_transport.settle()
         except PartnerProtocolError:
             self._giveUp(Failure())
         except Exception:  # ParseError, ValueError (Content-Length), KeyError
@@ -118,14 +122,35 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
     _finishResponse_TRANSMITTING = _finishResponse_WAITING
 
 
-class _Gather:
-    """Stands in for a transport while Twisted writes a request: collects
-    the writes until ``flush`` sends them in one (see sendnow); after that,
-    writes go straight through. Anything else is the transport's."""
+class CallTransport:
+    """The transport as one call's request and response see it.
+
+    While Twisted writes the request, its writes are gathered until
+    ``flush`` sends them in one (see sendnow); after that they go straight
+    through. Twisted's parser pauses the transport when a response's head is
+    in, until the body is asked for, which we do at once: a pause undone
+    before the chunk of data that caused it is handled costs nothing (each
+    real one is two epoll_ctl calls); ``settle``, after each chunk, makes a
+    pause still wanted real. Anything else is the transport's."""
 
     def __init__(self, transport: Any) -> None:
         self._transport = transport
         self._chunks: list[bytes] | None = []
+        self._pause_wanted = False
+
+    def pauseProducing(self) -> None:
+        self._pause_wanted = True
+
+    def resumeProducing(self) -> None:
+        if self._pause_wanted:
+            self._pause_wanted = False
+        else:
+            self._transport.resumeProducing()
+
+    def settle(self) -> None:
+        if self._pause_wanted:
+            self._pause_wanted = False
+            self._transport.pauseProducing()
 
     def write(self, data: bytes) -> None:
         if self._chunks is None:
