@@ -20,6 +20,7 @@ the wire.
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import Any, Hashable, Mapping
 
@@ -35,6 +36,7 @@ MAX_RESPONSE_HEAD_BYTES = 16384
 call; nginx's default proxy buffer for them is 4-8 KiB."""
 
 _PEEK_FLAGS = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_CLOSED_EVENTS = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
 class PartnerProtocolError(Exception):
@@ -194,14 +196,21 @@ def _socket_of(transport: Any) -> socket.socket | None:
 def peer_closed(connection: Any) -> bool:
     """True when an idle pooled connection can no longer carry a request: it
     is closing, or its socket already holds the partner's FIN or RST (one
-    non-blocking peek; waiting bytes, e.g. TLS records, do not count)."""
+    zero-timeout poll; waiting bytes alone, e.g. TLS records, do not count)."""
     transport = connection.transport
     if transport is None or getattr(transport, "disconnecting", False):
         return True
     sock = _socket_of(transport)
     if sock is None:
         return False
-    try:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | _CLOSED_EVENTS)
+    ready = poller.poll(0)
+    if not ready:
+        return False  # the usual case, and no exception raised for it
+    if ready[0][1] & _CLOSED_EVENTS:
+        return True
+    try:  # bytes wait; without POLLRDHUP, a FIN behind them shows only here
         return sock.recv(1, _PEEK_FLAGS) == b""
     except BlockingIOError:
         return False
