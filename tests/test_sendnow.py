@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -12,6 +13,7 @@ from twisted.internet.testing import StringTransport
 
 from txfanout import upstream
 from txfanout.pool import CallTransport
+from txfanout import sendnow
 from txfanout.sendnow import write_now
 
 from .conftest import RawClient, raw_client, route_config, within
@@ -76,9 +78,14 @@ async def test_an_answer_without_a_body_still_sends_its_head(partner, make_gatew
     assert received.startswith(b"HTTP/1.1 405 ") and received.endswith(b"\r\n\r\n")
 
 
+class Lag:
+    recent = 0.0
+
+
+@pytest.mark.parametrize("lag, sent_at_once", [(0.0, False), (sendnow.URGENT_LAG, True)])
 @pytest_twisted.ensureDeferred
-async def test_a_partner_request_leaves_in_the_turn_it_was_made(partner, make_gateway,
-                                                                monkeypatch) -> None:
+async def test_a_partner_request_leaves_at_once_while_the_reactor_lags(
+        partner, make_gateway, monkeypatch, lag, sent_at_once) -> None:
     gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}))
     assert (await gw.post()).outcomes() == {"ok": "ok"}  # now a connection is pooled
     carriers: list[Any] = []
@@ -89,10 +96,13 @@ async def test_a_partner_request_leaves_in_the_turn_it_was_made(partner, make_ga
             return super().startProducing(consumer)
 
     monkeypatch.setattr(upstream, "BytesProducer", Noted)
+    monkeypatch.setattr(Lag, "recent", lag)
+    monkeypatch.setattr(sendnow, "_lag", Lag())
     state = gw.gateway.snapshot.partners["ok"]
     call = gw.gateway.upstream.call(state.config, state.url, state.headers, b"{}", 1.0)
     [connection] = carriers
-    assert connection._tempDataLen == 0 and connection.offset == len(connection.dataBuffer)
+    queued = connection._tempDataLen + len(connection.dataBuffer) - connection.offset
+    assert (queued == 0) is sent_at_once, queued
     assert (await within(call)).outcome == "ok"
 
 

@@ -40,7 +40,8 @@ from .metrics import (
     GatewayMetrics,
 )
 from .outcomes import CallResult
-from .sendnow import write_now
+from . import sendnow
+from .sendnow import write_now, write_soon
 from .wire import SHED_ANSWERS, raw_error, sole_request
 from .targeting import BadTargeting, Selector, json_field, os_from_user_agent, parse_country, parse_os
 from .upstream import Upstream, idle_caps
@@ -328,6 +329,7 @@ class Gateway:
     def start(self) -> None:
         """Start the background work (the lag monitor)."""
         self.lag.start()
+        sendnow.follow(self.lag)
 
     def close(self) -> Any:
         """Stop background work; close the pooled connections."""
@@ -418,7 +420,7 @@ class GatewayRequest(Request):
             self.channel.persistent = False
         self.code = 503
         self.startedWriting = 1  # the whole answer goes out as one prepared write
-        self.channel.write(SHED_ANSWERS[reason, keep])
+        write_now(self.channel.transport, SHED_ANSWERS[reason, keep])
         self.finish()
 
     def _release(self) -> None:
@@ -513,7 +515,7 @@ class GatewayChannel(CappedChannel):
             self._head.append(data)
             data = b"".join(self._head)
             self._head = None
-        write_now(self.transport, data)
+        write_soon(self.transport, data)
 
     def writeSequence(self, iovec: list[bytes]) -> None:
         self.write(b"".join(iovec))

@@ -27,6 +27,10 @@ class ReactorLag:
         self._clock = clock
         self.interval = interval
         self.lag = 0.0
+        # The worst of the last ``window`` measurements: a loop that is
+        # saturated runs some turns short and some long, and one sample may
+        # catch a short one.
+        self.recent = 0.0
         self._recent: deque[float] = deque(maxlen=window)
         self._due = 0.0
         self._call: IDelayedCall | None = None
@@ -51,16 +55,10 @@ class ReactorLag:
         self._due = self._clock.seconds() + self.interval
         self._call = self._clock.callLater(self.interval, self._tick)
 
-    @property
-    def recent(self) -> float:
-        """The worst of the last ``window`` measurements: a loop that is
-        saturated runs some turns short and some long, and one sample may
-        catch a short one."""
-        return max(self._recent, default=0.0)
-
     def _tick(self) -> None:
         self.lag = max(0.0, self._clock.seconds() - self._due)
         self._recent.append(self.lag)
+        self.recent = max(self._recent)
         self._schedule()
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid

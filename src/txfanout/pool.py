@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
-from .sendnow import write_now
+from .sendnow import write_soon
 
 MAX_RESPONSE_HEAD_BYTES = 16384
 """Status line plus headers (1xx heads included) a partner may send for one
@@ -166,7 +166,7 @@ class CallTransport:
     def flush(self) -> None:
         chunks, self._chunks = self._chunks, None
         if chunks:
-            write_now(self._transport, b"".join(chunks))
+            write_soon(self._transport, b"".join(chunks))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
