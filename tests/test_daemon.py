@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import platform
 import signal
 import socket
 import time
@@ -13,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from .daemon import Daemon, NotifySocket, ThreadedPartner, free_port
+from .daemon import Daemon, NotifySocket, ThreadedPartner, free_port, http_call
 
 
 @pytest.fixture
@@ -227,3 +228,21 @@ def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert code == 1
     assert "txfanout: cannot listen (public): [Errno 98] Address already in use" in log
     assert "Traceback" not in log
+
+
+def test_what_start_up_built_is_frozen_out_of_the_collectors_way(
+        tmp_path: Path, partner: ThreadedPartner) -> None:
+    path = tmp_path / "txfanout.toml"
+    path.write_text(config_text({"bid": "/ok"}, partner))
+    daemon = Daemon("--config", str(path))
+    try:
+        daemon.wait_for("ready: pid")
+        status, view = http_call(daemon.admin_port, "/debug/memory?types=1", method="GET")
+        assert status == 200, view
+        frozen = view["gc"]["frozen"]
+        if platform.python_implementation() == "CPython":
+            assert frozen > 10000, frozen  # modules, Twisted, Klein, the app
+        else:
+            assert frozen is None  # PyPy's collector has no generations
+    finally:
+        daemon.stop()

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from .config import Config, ConfigError
 from .gateway import Gateway
 from .listeners import Listener
+from .memory import freeze_startup
 from .sdnotify import Notifier, watchdog_interval
 
 log = Logger()
@@ -100,6 +101,7 @@ class Lifecycle(service.Service):
         self._last_total, self._last_time = self.gateway.admitted_total, self._reactor.seconds()
         if self.draining:
             return
+        freeze_startup()
         self.gateway.ready = True
         log.info("ready: pid {pid}, serving {listen}, admin {admin}", pid=os.getpid(),
                  listen=describe(self.public.port, server.listen),
