@@ -126,7 +126,11 @@ class Options(usage.Options):
                                  "sites in the admin face's /debug/memory; 0: off.", int],
     ]
 
+    _config_refused = False
+
     def getUsage(self, width: int | None = None) -> str:
+        if self._config_refused:  # twistd prints this before the error: a line, not 80
+            return "Usage: twistd fanout [options] (twistd fanout --help lists them)"
         return super().getUsage(width) + MANUAL
 
     def postOptions(self) -> None:
@@ -151,6 +155,7 @@ class Options(usage.Options):
                 configuration.with_server_overrides(raw, self.overrides))
             self.access_log = AccessLog.from_config(self.config.log)
         except configuration.ConfigError as e:
+            self._config_refused = True
             raise usage.UsageError("invalid configuration:\n  " + "\n  ".join(e.errors))
         self.workers = worker_count(self["workers"])
         if self["workers"] != 1 and (self["demo"] or not self["config"]):
