@@ -76,6 +76,36 @@ end
 """
 
 
+# A client that honours Retry-After: after each 503, one of the thread's
+# connections waits RETRY_MS before its next request (wrk calls delay()
+# before every request; wrk's latency starts when the request is sent).
+POLITE_LUA = """
+function delay()
+  if owed > 0 then
+    owed = owed - 1
+    return RETRY_MS
+  end
+  return 0
+end
+"""
+
+
+def polite_script(workdir: str, retry_ms: int = 1000) -> str:
+    """The wrk script of ``write_inputs``, plus a wait of ``retry_ms`` after
+    each 503 (the gateway's Retry-After); its path."""
+    lua = os.path.join(workdir, "post.lua")
+    with open(lua, encoding="utf-8") as f:
+        script = f.read()
+    script = script.replace("  incomplete = 0\nend", "  incomplete = 0\n  owed = 0\nend", 1)
+    script = script.replace("  statuses[k] = (statuses[k] or 0) + 1\n",
+                            "  statuses[k] = (statuses[k] or 0) + 1\n"
+                            "  if status == 503 then owed = owed + 1 end\n", 1)
+    path = os.path.join(workdir, "polite.lua")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(script + POLITE_LUA.replace("RETRY_MS", str(retry_ms)))
+    return path
+
+
 @dataclass
 class LoadResult:
     """What one load run measured (client side)."""

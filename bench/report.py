@@ -50,9 +50,10 @@ def _extra(row: dict[str, Any]) -> str:
     s = row["scenario"]
     out: list[str] = []
     complete = row.get("complete_rps")
-    if s == "overload":
+    if s in ("overload", "polite"):
         out.append(f"goodput {row['goodput_rps']:.0f}/s")
-    if complete is not None and (s == "overload" or complete < 0.9 * row["goodput_rps"]):
+    if complete is not None and (s in ("overload", "polite")
+                                 or complete < 0.9 * row["goodput_rps"]):
         bound = "≤ " if row.get("complete_rps_source") == "nginx bound" else ""
         out.append(f"complete {bound}{complete:.0f}/s")
     if s == "overload":
@@ -62,7 +63,10 @@ def _extra(row: dict[str, Any]) -> str:
         out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"
                    else "no admission cap")
     calls = row.get("outcomes") or {}
-    if s in ("overload", "seed") and calls:
+    if s == "polite":
+        out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"
+                   else "no admission cap")
+    if s in ("overload", "polite", "seed") and calls:
         out.append("calls " + " ".join(f"{k}:{v}" for k, v in sorted(calls.items())))
     if s == "slow":
         out.append(f"cancels {_f(row.get('cancellations_per_s'))}/s")

@@ -22,11 +22,12 @@ from .nginx import Nginx
 from .procs import (Registry, Sampler, cpu_seconds, host_busy_seconds, own_and_children_cpu,
                     process_tree, wait_for_quiet)
 
-SCENARIOS = ("steady", "seed", "overload", "slow", "soak", "workers")
-DEFAULT_DURATION = {"steady": 15, "seed": 0, "overload": 15, "slow": 15, "soak": 120,
-                    "workers": 15}
+SCENARIOS = ("steady", "seed", "overload", "polite", "slow", "soak", "workers")
+DEFAULT_DURATION = {"steady": 15, "seed": 0, "overload": 15, "polite": 15, "slow": 15,
+                    "soak": 120, "workers": 15}
 # load generators each scenario uses (wrk is always used to warm up)
 TOOLS = {"steady": {"wrk"}, "seed": {"wrk", "ab"}, "overload": {"wrk", "h2load"},
+         "polite": {"wrk"},
          "slow": {"wrk"}, "soak": {"wrk", "h2load"}, "workers": {"wrk"}}
 
 
@@ -266,6 +267,27 @@ def overload(ctx: Context) -> None:
             row["clients"] = clients
 
 
+def polite(ctx: Context) -> None:
+    """The overload scenario's offered load (1,000 clients against
+    max_inflight 64), from clients that honour Retry-After: after a 503 a
+    connection waits 1 s before its next request (wrk, ``polite_script``)."""
+    clients = ctx.clients or (200 if ctx.quick else 1000)
+    cap = ctx.max_inflight or 64
+    script = loadgen.polite_script(ctx.workdir)
+    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+    for fo in fanouts:
+        for name in ctx.order():
+            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
+                          max_inflight=cap if name == gateways.TXFANOUT else 2000)
+
+            def run(g: Running) -> LoadResult:
+                return loadgen.wrk(ctx.registry, g.url, script, clients, ctx.duration,
+                                   ctx.load_cpu, os.path.join(ctx.logdir,
+                                                              f"polite-{g.name}-fo{fo}.load.log"))
+            row = measure(ctx, "polite", name, setup, run, label=f"c{clients}")
+            row["clients"] = clients
+
+
 def slow(ctx: Context) -> None:
     """~20% of partner calls take 500 ms against a 300 ms timeout: the gateway
     must cancel them; counts cancellations/s and new upstream connections/s."""
@@ -331,7 +353,8 @@ def workers(ctx: Context) -> None:
 
 
 RUNNERS: dict[str, Callable[[Context], None]] = {
-    "steady": steady, "seed": seed, "overload": overload, "slow": slow, "soak": soak,
+    "steady": steady, "seed": seed, "overload": overload, "polite": polite, "slow": slow,
+    "soak": soak,
     "workers": workers,
 }
 
