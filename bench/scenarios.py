@@ -226,72 +226,80 @@ def steady(ctx: Context) -> None:
                     _wrk_load(ctx, ctx.connections, ctx.duration, f"steady-{name}-fo{fo}"))
 
 
+def _setup(ctx: Context, fo: int, name: str, default_cap: int) -> Setup:
+    """Fan-out ``fo`` to nginx; txfanout at --max-inflight, else at the
+    scenario's ``default_cap``; the references with no cap to speak of."""
+    cap = (ctx.max_inflight or default_cap) if name == gateways.TXFANOUT else 2000
+    return Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}", max_inflight=cap)
+
+
+def _fanouts(ctx: Context) -> list[int]:
+    """The scenario's fan-outs: 2 unless --fanouts says otherwise."""
+    return ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+
+
 def seed(ctx: Context) -> None:
     """As the seed ran it: fan-out 2, ``ab -n 50000 -c 2500`` (no keep-alive)."""
     n, c = (2000, 200) if ctx.quick else (50000, 2500)
-    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
-    for fo in fanouts:
+    for fo in _fanouts(ctx):
         for name in ctx.order():
-            cap = ctx.max_inflight if ctx.max_inflight and name == gateways.TXFANOUT else 2000
-            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
-                          max_inflight=cap)
 
-            def run(g: Running) -> LoadResult:
+            def run(g: Running, fo: int = fo) -> LoadResult:
                 return loadgen.ab(ctx.registry, g.url, ctx.body_path, n, c, ctx.load_cpu,
                                   os.path.join(ctx.logdir, f"seed-{g.name}-fo{fo}.load.log"))
-            measure(ctx, "seed", name, setup, run)
+            measure(ctx, "seed", name, _setup(ctx, fo, name, 2000), run)
+
+
+def _many_clients(ctx: Context, scenario: str,
+                  load: Callable[[Running, int, str], LoadResult]) -> list[dict[str, Any]]:
+    """Rows of ``load(gateway, clients, log_path)``: 1,000 clients (or
+    --clients) against txfanout at max_inflight 64 (or --max-inflight)."""
+    clients = ctx.clients or (200 if ctx.quick else 1000)
+    rows = []
+    for fo in _fanouts(ctx):
+        for name in ctx.order():
+            log_path = os.path.join(ctx.logdir, f"{scenario}-{name}-fo{fo}.load.log")
+
+            def run(g: Running, log_path: str = log_path) -> LoadResult:
+                return load(g, clients, log_path)
+            row = measure(ctx, scenario, name, _setup(ctx, fo, name, 64), run,
+                          label=f"c{clients}")
+            row["clients"] = clients
+            rows.append(row)
+    return rows
 
 
 def overload(ctx: Context) -> None:
     """Offered load far above max_inflight: h2load --h1 closed loop with many
     clients; txfanout capped at max_inflight 64 (or --max-inflight); goodput and
     per-status p99."""
-    clients = ctx.clients or (200 if ctx.quick else 1000)
-    cap = ctx.max_inflight or 64
-    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
-    for fo in fanouts:
-        for name in ctx.order():
-            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
-                          max_inflight=cap if name == gateways.TXFANOUT else 2000)
 
-            def run(g: Running) -> LoadResult:
-                return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients,
-                                      ctx.duration, ctx.load_cpu, ctx.workdir,
-                                      log_path=os.path.join(ctx.logdir,
-                                                            f"overload-{g.name}-fo{fo}.load.log"),
-                                      name=f"overload-{g.name}-fo{fo}")
-            row = measure(ctx, "overload", name, setup, run, label=f"c{clients}")
-            by = row["load"]["by_status"]
-            row["p99_200_ms"] = by.get("200", {}).get("p99_ms")
-            row["p99_503_ms"] = by.get("503", {}).get("p99_ms")
-            row["clients"] = clients
+    def load(g: Running, clients: int, log_path: str) -> LoadResult:
+        return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, ctx.duration,
+                              ctx.load_cpu, ctx.workdir, log_path=log_path,
+                              name=os.path.basename(log_path)[:-len(".load.log")])
+    for row in _many_clients(ctx, "overload", load):
+        by = row["load"]["by_status"]
+        row["p99_200_ms"] = by.get("200", {}).get("p99_ms")
+        row["p99_503_ms"] = by.get("503", {}).get("p99_ms")
 
 
 def polite(ctx: Context) -> None:
     """The overload scenario's offered load (1,000 clients against
     max_inflight 64), from clients that honour Retry-After: after a 503 a
     connection waits 1 s before its next request (wrk, ``polite_script``)."""
-    clients = ctx.clients or (200 if ctx.quick else 1000)
-    cap = ctx.max_inflight or 64
     script = loadgen.polite_script(ctx.workdir)
-    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
-    for fo in fanouts:
-        for name in ctx.order():
-            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
-                          max_inflight=cap if name == gateways.TXFANOUT else 2000)
 
-            def run(g: Running) -> LoadResult:
-                return loadgen.wrk(ctx.registry, g.url, script, clients, ctx.duration,
-                                   ctx.load_cpu, os.path.join(ctx.logdir,
-                                                              f"polite-{g.name}-fo{fo}.load.log"))
-            row = measure(ctx, "polite", name, setup, run, label=f"c{clients}")
-            row["clients"] = clients
+    def load(g: Running, clients: int, log_path: str) -> LoadResult:
+        return loadgen.wrk(ctx.registry, g.url, script, clients, ctx.duration,
+                           ctx.load_cpu, log_path)
+    _many_clients(ctx, "polite", load)
 
 
 def slow(ctx: Context) -> None:
     """~20% of partner calls take 500 ms against a 300 ms timeout: the gateway
     must cancel them; counts cancellations/s and new upstream connections/s."""
-    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+    fanouts = _fanouts(ctx)
     if not ctx.nginx.access_log:
         ctx.notes.append("slow: nginx access log off; delayed-call counts unavailable")
     for fo in fanouts:
@@ -305,7 +313,7 @@ def slow(ctx: Context) -> None:
 def soak(ctx: Context) -> None:
     """Minutes at ~70% of each gateway's own capacity (h2load fixed rate);
     RSS sampled every 0.5 s; its slope over the load window."""
-    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+    fanouts = _fanouts(ctx)
     probe = 2 if ctx.quick else 5
     clients = 64
     for fo in fanouts:
@@ -337,7 +345,7 @@ def soak(ctx: Context) -> None:
 def workers(ctx: Context) -> None:
     """txfanout in 1 vs 2 processes (steady load, fan-out 2, gateway not
     pinned so that both processes can use both cores)."""
-    fanouts = ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
+    fanouts = _fanouts(ctx)
     has_workers = gateways.supports_workers()
     # not pinned to one CPU: the harness runs on the load CPU, so say "all"
     all_cpus = f"0-{(os.cpu_count() or 1) - 1}" if ctx.load_cpu is not None else None
