@@ -14,7 +14,6 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
 from klein import Klein
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -120,18 +119,6 @@ def compile_snapshot(config: Config, clock: IReactorTime,
         route_labels={b"/" + name.encode("ascii"): name for name in config.routes})
 
 
-def pool_size_per_host(config: Config) -> int:
-    """Idle connections to keep per upstream host the pool has no cap for
-    (see upstream.idle_caps): the largest sum of the caps of the partners
-    on one host (the pool keys by scheme, host and port)."""
-    per_host: dict[tuple[str, str, int | None], int] = {}
-    for p in config.partners.values():
-        u = urlsplit(p.url)
-        key = (u.scheme, u.hostname or "", u.port)
-        per_host[key] = per_host.get(key, 0) + p.max_concurrency
-    return max(per_host.values(), default=2)
-
-
 class Gateway:
     """The fan-out gateway: live state and its Klein app."""
 
@@ -143,8 +130,7 @@ class Gateway:
         server = config.server
         self.limit = InflightLimit(reactor, server.max_inflight, server.adaptive_inflight)
         self.snapshot = compile_snapshot(config, reactor, lag=self.lag)
-        self.upstream = Upstream(reactor, pool_size_per_host(config),
-                                 config.upstream.idle_timeout_ms / 1000.0,
+        self.upstream = Upstream(reactor, config.upstream.idle_timeout_ms / 1000.0,
                                  idle_caps(config.partners.values()))
         self.inflight: set[Fanout] = set()
         self.admitted = 0
@@ -210,7 +196,7 @@ class Gateway:
         their state; the pool is resized for the new caps."""
         old = self.snapshot.config
         self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners, self.lag)
-        self.upstream.resize(pool_size_per_host(config), config.upstream.idle_timeout_ms / 1000.0,
+        self.upstream.resize(config.upstream.idle_timeout_ms / 1000.0,
                              idle_caps(config.partners.values()))
         self.metrics.compile(config)
         self.limit.configure(config.server.max_inflight, config.server.adaptive_inflight)

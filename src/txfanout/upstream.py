@@ -275,14 +275,14 @@ def describe_failure(failure: Failure) -> str:
 class Upstream:
     """The shared pool and client, and the one way to call a partner."""
 
-    def __init__(self, reactor: Any, per_host: int, idle_timeout_s: float,
+    def __init__(self, reactor: Any, idle_timeout_s: float,
                  per_key: Mapping[Hashable, int] = {}) -> None:
         self.clock: IReactorTime = reactor
         self._reactor = reactor
         self.pool = PartnerPool(reactor)
         self.pool._factory = CountingClientFactory
         self.connections = ConnectionStats()
-        self.resize(per_host, idle_timeout_s, per_key)
+        self.resize(idle_timeout_s, per_key)
         self.agent = Agent.usingEndpointFactory(
             reactor, CountingEndpoints(PartnerEndpoints(reactor), self.connections),
             pool=self.pool)
@@ -302,12 +302,12 @@ class Upstream:
             self._tls_agents[partner_tls.key] = agent
         return agent
 
-    def resize(self, per_host: int, idle_timeout_s: float,
-               per_key: Mapping[Hashable, int] = {}) -> None:
+    def resize(self, idle_timeout_s: float, per_key: Mapping[Hashable, int] = {}) -> None:
         """Keep up to ``per_key[key]`` idle connections under each pool key
-        (see :func:`idle_caps`), ``per_host`` under any other, each for at
-        most ``idle_timeout_s`` seconds."""
-        self.pool.set_idle_caps(per_key, per_host)
+        (see :func:`idle_caps`), and under any other (an upstream a reload
+        dropped) the largest of those, each for at most ``idle_timeout_s``
+        seconds."""
+        self.pool.set_idle_caps(per_key, max(per_key.values(), default=2))
         self.pool.cachedConnectionTimeout = idle_timeout_s
         self._targets: dict[tuple[bytes, bytes | None], _Target] = {}
 
