@@ -15,7 +15,8 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from txfanout.config import parse
-from txfanout.gateway import Gateway, GatewaySite
+from txfanout.gateway import Gateway
+from txfanout.site import GatewaySite
 
 from .partners import PartnerServer, take_message
 

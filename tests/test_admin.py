@@ -58,10 +58,10 @@ async def test_health_readiness_and_metrics(partner, make_gateway, make_admin):
     assert starting.code == 503 and starting.json == {"status": "starting"}
     gw.gateway.ready = True
     assert (await admin.get("/readyz")).code == 200
-    gw.gateway.draining = True
+    gw.gateway.admission.draining = True
     draining = await admin.get("/readyz")
     assert draining.code == 503 and draining.json == {"status": "draining"}
-    gw.gateway.draining = False
+    gw.gateway.admission.draining = False
     await gw.post()
     metrics = await admin.get("/metrics")
     assert metrics.code == 200

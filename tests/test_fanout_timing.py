@@ -5,9 +5,11 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from txfanout.budget import Budget
 from txfanout.config import PartnerConfig, ServerConfig
-from txfanout.fanout import Fanout, PartnerState
+from txfanout.fanout import Fanout
 from txfanout.outcomes import CallResult
+from txfanout.snapshot import PartnerState
 
 
 class RecordingUpstream:
@@ -25,8 +27,8 @@ class RecordingUpstream:
 
 def fanout(clock, upstream, started=0.0, deadline_ms=500):
     server = ServerConfig(deadline_ms=deadline_ms, reserve_ms=5, min_call_ms=5)
-    return Fanout(clock, upstream, server, "rid-1", "bid", started,
-                  started + deadline_ms / 1000.0)
+    return Fanout(clock, upstream, server, "rid-1", "bid",
+                  Budget.of(started, deadline_ms, server))
 
 
 def test_call_budget_is_capped_by_partner_timeout_and_what_is_left():

@@ -128,7 +128,7 @@ async def test_client_disconnect_cancels_the_fanout(partner, make_gateway):
     client.transport.loseConnection()
     await within(lost, 2)
     assert not gw.gateway.inflight
-    assert gw.gateway.admitted == 0
+    assert gw.gateway.admission.admitted == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -244,4 +244,4 @@ async def test_over_max_inflight_is_refused_at_once(partner, make_gateway):
     assert "in-flight limit" in refused.json["error"]
     answer = await within(held)
     assert answer.outcomes() == {"hang": "timeout"}
-    assert gw.gateway.admitted == 0
+    assert gw.gateway.admission.admitted == 0

@@ -61,7 +61,7 @@ async def test_hostile_rounds_leave_nothing_behind(raw_partner, make_gateway, lo
     for _ in range(CYCLES):
         for _ in range(ROUNDS_PER_CYCLE):
             await hostile_round(gw)
-        assert not gw.gateway.inflight and gw.gateway.admitted == 0
+        assert not gw.gateway.inflight and gw.gateway.admission.admitted == 0
         assert all(p.slots.inflight == 0 for p in gw.gateway.snapshot.partners.values())
         assert our_pending_timers() == []
         assert sum(len(c) for c in pool._connections.values()) <= pool.maxPersistentPerHost

@@ -120,7 +120,7 @@ async def test_memory_and_state_settle_after_every_cycle(partner, make_gateway):
         for _ in range(CYCLES):
             codes = await run_cycle(gw, agent)
             assert codes == {200: REQUESTS_PER_CYCLE - REQUESTS_PER_CYCLE // HANG_UP_EVERY}
-            assert not gw.gateway.inflight and gw.gateway.admitted == 0
+            assert not gw.gateway.inflight and gw.gateway.admission.admitted == 0
             assert our_pending_timers() == []
             assert all(p.slots.inflight == 0 for p in gw.gateway.snapshot.partners.values())
             idle = sum(len(c) for c in gw.gateway.upstream.pool._connections.values())

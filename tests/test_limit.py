@@ -54,9 +54,9 @@ async def test_a_gateway_that_reads_answers_late_admits_fewer(partner, make_gate
     gw = make_gateway(route_config({"p": {"url": partner.url("/ok"), "timeout_ms": 100}},
                                    max_inflight=40))
     assert (await gw.post()).outcomes() == {"p": "ok"}
-    assert gw.gateway.limit.current == 40
+    assert gw.gateway.admission.limit.current == 40
     monkeypatch.setattr("txfanout.upstream.BytesProducer", UnreadBody)
     assert (await gw.post()).outcomes() == {"p": "timeout"}
-    assert gw.gateway.limit.current == 30
+    assert gw.gateway.admission.limit.current == 30
     sample = gw.gateway.metrics.registry.get_sample_value("txfanout_inflight_limit")
     assert sample == 30

@@ -13,6 +13,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 
 from txfanout.config import ServerConfig
+from txfanout.budget import Budget
 from txfanout.fanout import Fanout
 from txfanout.inflight import OverdueWatch
 from txfanout.top import Scrape
@@ -194,7 +195,7 @@ async def test_overdue_inflight_counts_a_leaked_request(partner, make_gateway):
     # A fan-out nobody ends (a leak), whose deadline passed 2 s ago.
     now = reactor.seconds()
     leaked = Fanout(reactor, gw.gateway.upstream, ServerConfig(), "leak-1", "bid",
-                    now - 2.5, now - 2.0)
+                    Budget(now - 2.5, now - 2.0, 5, 5))
     gw.gateway.inflight.add(leaked)
     try:
         assert value(gw, "txfanout_overdue_inflight") == 1
@@ -210,7 +211,7 @@ def test_overdue_watch_logs_each_request_once():
     events: list = []
     globalLogPublisher.addObserver(events.append)
     try:
-        fanout = Fanout(clock, None, ServerConfig(), "rid-7", "bid", 0.0, 0.5)
+        fanout = Fanout(clock, None, ServerConfig(), "rid-7", "bid", Budget(0.0, 0.5, 5, 5))
         fanout.partners, fanout.results, fanout.phases = ["a"], [None], [None]
         inflight.add(fanout)
         watch.start()

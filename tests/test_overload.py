@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import Clock, LoopingCall
 
-from txfanout.gateway import GatewayRequest
+from txfanout.site import GatewayRequest
 from txfanout.lag import ReactorLag
 
 from .conftest import RawClient, keep_alive_client, raw_client, route_config, within
@@ -57,7 +57,7 @@ async def test_many_more_clients_than_slots_all_get_an_answer(partner, make_gate
     assert len(served) >= 5 and len(refused) >= 50
     assert max(served) < 0.5 + 0.15  # within the deadline, plus a margin
     assert max(refused) < 0.25  # not held: refused as they came
-    assert gw.gateway.admitted == 0 and not gw.gateway.inflight
+    assert gw.gateway.admission.admitted == 0 and not gw.gateway.inflight
     assert shed(gw, "max_inflight") == len(refused)
 
 
@@ -77,7 +77,7 @@ async def test_a_keep_alive_client_refused_at_capacity_stays_connected(partner, 
             super().__init__(*args, **kwargs)
 
     gw.site.requestFactory = CountedRequest
-    assert gw.gateway.admit() is None  # the one slot is taken
+    assert gw.gateway.admission.admit() is None  # the one slot is taken
     client = await keep_alive_client(gw.address)
     chunked = (b"POST /bid HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"2\r\n{}\r\n0\r\n\r\n")
@@ -85,11 +85,11 @@ async def test_a_keep_alive_client_refused_at_capacity_stays_connected(partner, 
         answer = await within(client.request(raw))
         assert answer.startswith(b"HTTP/1.1 503 "), answer
         assert b"\r\nRetry-After: 1\r\n" in answer and b"Connection: close" not in answer
-    gw.gateway.release()
+    gw.gateway.admission.release()
     assert (await within(client.request(POST))).startswith(b"HTTP/1.1 200 ")
     assert not client.closed.called
     assert shed(gw, "max_inflight") == 3 and requests_counted(gw, 503) == 3
-    assert requests_counted(gw, 200) == 1 and gw.gateway.admitted == 0
+    assert requests_counted(gw, 200) == 1 and gw.gateway.admission.admitted == 0
     assert len(built) == 2  # the chunked one and the one served
 
 
@@ -97,8 +97,8 @@ async def test_a_keep_alive_client_refused_at_capacity_stays_connected(partner, 
 async def test_reactor_lag_sheds_until_it_recovers(partner, make_gateway):
     gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_lag_ms=100))
     clock = Clock()
-    gw.gateway.lag = ReactorLag(clock, interval=0.05)
-    gw.gateway.lag.start()
+    lag = gw.gateway.admission.lag = ReactorLag(clock, interval=0.05)
+    lag.start()
     clock.advance(0.5)  # the timer due at 0.05 ran 450 ms late
     refused = await gw.post()
     assert refused.code == 503 and refused.header("Retry-After") == "1"

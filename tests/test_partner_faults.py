@@ -77,7 +77,7 @@ async def test_partner_fault(path, outcome, error, partner, raw_partner, make_ga
     assert result["status"] is None and result["body"] is None
     assert raw_partner.requests == [path.encode()]
     await within(raw_partner.idle(), 2)  # the gateway closed the faulty connection
-    assert not gw.gateway.inflight and gw.gateway.admitted == 0
+    assert not gw.gateway.inflight and gw.gateway.admission.admitted == 0
     assert all(p.slots.inflight == 0 for p in gw.gateway.snapshot.partners.values())
 
 

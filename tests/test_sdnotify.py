@@ -102,8 +102,8 @@ def test_status_and_watchdog_run_on_the_reactor_clock(manager: NotifySocket) -> 
     clock.advance(1.0)  # half of WATCHDOG_USEC
     assert manager.wait_for("WATCHDOG", since=count)
 
-    life.gateway.admitted = 3
-    life.gateway.admitted_total += 50
+    life.gateway.admission.admitted = 3
+    life.gateway.admission.admitted_total += 50
     clock.advance(STATUS_INTERVAL_S - 1.0)
     status = manager.wait_for("STATUS", since=count + 1)
     assert status == {"STATUS": "serving: 3 in flight, 10.0 req/s"}

@@ -96,7 +96,7 @@ async def test_call_errors_are_a_fixed_vocabulary_without_secrets_or_addresses(
 
 @pytest_twisted.ensureDeferred
 async def test_an_internal_error_says_nothing_about_the_inside(partner, make_gateway,
-                                                              no_logged_errors):
+                                                              no_logged_errors, monkeypatch):
     from twisted.logger import globalLogPublisher
 
     gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}))
@@ -107,11 +107,11 @@ async def test_an_internal_error_says_nothing_about_the_inside(partner, make_gat
     recorder = LogRecorder()
     globalLogPublisher.addObserver(recorder)
     try:
-        gw.gateway._targeting = broken
+        monkeypatch.setattr("txfanout.gateway.parse", broken)
         received = await within(raw_client(gw.address, request(close=False)).closed)
     finally:
         globalLogPublisher.removeObserver(recorder)
-        del gw.gateway._targeting
+        monkeypatch.undo()
     [(status, headers, body)] = parse_responses(received)
     assert status == 500 and json.loads(body) == {"error": "internal error"}
     assert headers[b"connection"] == b"close"
@@ -119,7 +119,7 @@ async def test_an_internal_error_says_nothing_about_the_inside(partner, make_gat
     assert "boom" in logged and "Traceback" in logged
     assert len(no_logged_errors) == 1
     no_logged_errors.clear()  # expected: it is what this test provokes
-    assert gw.gateway.admitted == 0
+    assert gw.gateway.admission.admitted == 0
     assert (await gw.post()).code == 200
 
 

@@ -25,7 +25,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from txfanout.config import ConfigError, parse
-from txfanout.gateway import GatewaySite, compile_snapshot
+from txfanout.site import GatewaySite
+from txfanout.snapshot import compile_snapshot
 
 from .certs import KeyPair, TestPKI
 from .conftest import route_config, within

@@ -78,7 +78,7 @@ class Admin:
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Request) -> bytes:
-        return _json(request, {"status": "ok", "inflight": self.gateway.admitted,
+        return _json(request, {"status": "ok", "inflight": self.gateway.admission.admitted,
                                "pid": os.getpid()})
 
     @app.route("/readyz", methods=["GET"])
@@ -86,7 +86,7 @@ class Admin:
         """200 while serving; 503 while starting and once draining (SIGTERM),
         so that a load balancer stops sending before the listener closes."""
         g = self.gateway
-        status = "draining" if g.draining else "ready" if g.ready else "starting"
+        status = "draining" if g.admission.draining else "ready" if g.ready else "starting"
         return _json(request, {"status": status}, 200 if status == "ready" else 503)
 
     @app.route("/debug/inflight", methods=["GET"])

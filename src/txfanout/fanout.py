@@ -16,12 +16,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
 from . import outcomes
-from .breaker import Breaker
-from .lag import ReactorLag
-from .config import PartnerConfig, ServerConfig
+from .budget import Budget
+from .config import ServerConfig
 from .outcomes import CallResult
 from .phases import CallPhase
-from .upstream import Upstream, host_header
+from .snapshot import PartnerState
+from .upstream import Upstream
 
 
 def call_headers(prepared: Headers,
@@ -37,54 +37,19 @@ def call_headers(prepared: Headers,
     return headers
 
 
-class CallSlots:
-    """Calls in flight to one partner. A reload that changes the partner's
-    settings hands the same object to its new state, so that calls started
-    on the old settings still count against the cap."""
-
-    __slots__ = ("inflight",)
-
-    def __init__(self) -> None:
-        self.inflight = 0
-
-
-class PartnerState:
-    """A partner's live state: its config, prepared headers, calls in flight,
-    circuit breaker (None when ``breaker_failures`` is 0)."""
-
-    __slots__ = ("config", "url", "headers", "slots", "breaker")
-
-    def __init__(self, config: PartnerConfig, clock: IReactorTime,
-                 lag: ReactorLag | None = None, slots: CallSlots | None = None) -> None:
-        self.config = config
-        self.url = config.url.encode("ascii")
-        headers = Headers({b"Content-Type": [b"application/json"],
-                           b"Host": [host_header(self.url)]})
-        for name, value in config.headers.items():
-            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
-        self.headers = headers
-        self.slots = slots or CallSlots()
-        # A timeout while the event loop lags by a quarter of the partner's
-        # timeout is the gateway's doing: it does not count against the partner.
-        excused_after = config.timeout_ms / 4000.0
-        self.breaker = Breaker(clock, config.breaker_failures,
-                               config.breaker_cooldown_ms / 1000.0, config.breaker_probes,
-                               excused=lambda: lag is not None and lag.recent >= excused_after,
-                               ) if config.breaker_failures else None
-
-
 class Fanout:
     """One request's fan-out, visible while in flight."""
 
     def __init__(self, clock: IReactorTime, upstream: Upstream, server: ServerConfig,
-                 request_id: str, route: str, started: float, deadline_at: float) -> None:
+                 request_id: str, route: str, budget: Budget) -> None:
         self._clock = clock
         self._upstream = upstream
         self._server = server
         self.request_id = request_id
         self.route = route
-        self.started = started
-        self.deadline_at = deadline_at
+        self.budget = budget
+        self.started = budget.started
+        self.deadline_at = budget.deadline_at
         self.partners: list[str] = []
         self.results: list[CallResult | None] = []
         self.phases: list[CallPhase | None] = []  # of started calls, for the in-flight view
@@ -102,9 +67,8 @@ class Fanout:
             self.results.append(None)
             self.phases.append(None)
             now = self._clock.seconds()
-            left_ms = (self.deadline_at - now) * 1000.0 - server.reserve_ms
-            budget_ms = min(float(config.timeout_ms), left_ms)
-            if budget_ms < server.min_call_ms:
+            budget_ms = self.budget.for_call(config.timeout_ms, now)
+            if budget_ms is None:
                 self.results[index] = CallResult(config.name, outcomes.SKIPPED,
                                                  error="no time left in the deadline")
                 continue

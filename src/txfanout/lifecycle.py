@@ -98,7 +98,8 @@ class Lifecycle(service.Service):
 
     def _ready(self, _: Any) -> None:
         server = self.gateway.snapshot.config.server
-        self._last_total, self._last_time = self.gateway.admitted_total, self._reactor.seconds()
+        self._last_total = self.gateway.admission.admitted_total
+        self._last_time = self._reactor.seconds()
         if self.draining:
             return
         freeze_startup()
@@ -130,12 +131,12 @@ class Lifecycle(service.Service):
 
     def status_line(self) -> str:
         """``serving: N in flight, R req/s`` (R over the last interval)."""
-        now, total = self._reactor.seconds(), self.gateway.admitted_total
+        now, total = self._reactor.seconds(), self.gateway.admission.admitted_total
         elapsed = now - self._last_time
         rate = (total - self._last_total) / elapsed if elapsed > 0 else 0.0
         self._last_total, self._last_time = total, now
         state = "draining" if self.draining else "serving"
-        return f"{state}: {self.gateway.admitted} in flight, {rate:.1f} req/s"
+        return f"{state}: {self.gateway.admission.admitted} in flight, {rate:.1f} req/s"
 
     def _report_status(self) -> None:
         self.notifier.status(self.status_line())
@@ -202,29 +203,29 @@ class Lifecycle(service.Service):
         just before it stops."""
         if self.draining:
             log.warn("second stop signal: stopping now, {count} requests in flight",
-                     count=self.gateway.admitted)
+                     count=self.gateway.admission.admitted)
             self._stop_reactor()
             return self.drained
         self.draining = True
-        self.gateway.draining = True
+        self.gateway.admission.draining = True
         self.gateway.ready = False
         started = self._reactor.seconds()
         budget = self.gateway.snapshot.config.server.deadline_ms / 1000.0 + DRAIN_MARGIN_S
         log.info("draining: /readyz is 503; {count} requests in flight, waiting up to "
-                 "{budget:.1f} s", count=self.gateway.admitted, budget=budget)
+                 "{budget:.1f} s", count=self.gateway.admission.admitted, budget=budget)
         self.notifier.stopping(self.status_line())
 
         def closed(_: Any) -> Deferred[None]:
             log.info("draining: no longer accepting connections")
             left = max(0.0, budget - (self._reactor.seconds() - started))
-            return self.gateway.idle().addTimeout(left, self._reactor)
+            return self.gateway.admission.idle().addTimeout(left, self._reactor)
 
         def finished(result: Any) -> None:
             ms = (self._reactor.seconds() - started) * 1000.0
             if isinstance(result, Failure):
                 if result.check(TimeoutError):
                     log.warn("drain: {count} requests still in flight after {ms:.0f} ms; "
-                             "stopping anyway", count=self.gateway.admitted, ms=ms)
+                             "stopping anyway", count=self.gateway.admission.admitted, ms=ms)
                 else:
                     log.failure("drain failed; stopping", failure=result)
             else:

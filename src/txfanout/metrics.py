@@ -10,7 +10,7 @@ is read from the live state when scraped, so it costs nothing per request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 from urllib.parse import urlsplit
 
 from prometheus_client import (
@@ -27,19 +27,17 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.platform_collector import PlatformCollector
 
 from . import outcomes
+from .admission import SHED_REASONS, Admission
 from .config import Config
+from .inflight import OverdueWatch
+from .lag import ReactorLag
+from .snapshot import PartnerState, Snapshot
+from .upstream import Upstream
 
 if TYPE_CHECKING:
-    from .fanout import Fanout, PartnerState
-    from .gateway import Gateway
+    from .fanout import Fanout
 
 UNKNOWN_ROUTE = "unknown"
-CLIENT_CLOSED = 499  # the client went away before the answer (nginx's code)
-SHED_MAX_INFLIGHT = "max_inflight"
-SHED_REACTOR_LAG = "reactor_lag"
-SHED_DRAINING = "draining"
-# Pre-created so that rate() sees them from the start.
-SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING)
 # From 1 ms to 1 s in steps that keep p50 and p99 readable, then a tail.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
                    0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
@@ -53,7 +51,17 @@ CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTEN
 disable_created_metrics()
 
 
-def circuit_open(state: "PartnerState") -> bool:
+class LiveView(Protocol):
+    """What the metrics read of a gateway when scraped."""
+
+    admission: Admission
+    overdue: OverdueWatch
+    lag: ReactorLag
+    snapshot: Snapshot
+    upstream: Upstream
+
+
+def circuit_open(state: PartnerState) -> bool:
     """Whether a partner's breaker is open or half-open (not yet trusted)."""
     return state.breaker is not None and state.breaker.is_open
 
@@ -69,7 +77,7 @@ class _PartnerChildren:
 class GatewayMetrics:
     """The gateway's metrics; ``exposition()`` is the /metrics body."""
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: LiveView) -> None:
         self.registry = registry = CollectorRegistry()
         self._requests = Counter(
             "txfanout_requests", "Requests answered, by route and HTTP status "
@@ -98,7 +106,7 @@ class GatewayMetrics:
         self._duration_children: dict[str, Any] = {}
         self._shed_children: dict[str, Any] = {}
         self._partner_children: dict[str, _PartnerChildren] = {}
-        for reason in SHED_REASONS:
+        for reason in SHED_REASONS:  # pre-created, so that rate() sees them from the start
             self._shed_child(reason)
         self.compile(gateway.snapshot.config)
 
@@ -176,7 +184,7 @@ def _upstream_of(url: str) -> str:
 class LiveCollector:
     """Levels read from the gateway when scraped."""
 
-    def __init__(self, gateway: "Gateway") -> None:
+    def __init__(self, gateway: LiveView) -> None:
         self._gateway = gateway
 
     def describe(self) -> Iterable[Metric]:
@@ -187,8 +195,8 @@ class LiveCollector:
         inflight, limit, overdue, lag, partner_inflight, breaker, partner_upstream, \
             connections, opened, closed = families
         g = self._gateway
-        inflight.add_metric([], g.admitted)
-        limit.add_metric([], g.limit.current)
+        inflight.add_metric([], g.admission.admitted)
+        limit.add_metric([], g.admission.limit.current)
         overdue.add_metric([], g.overdue.scan())
         lag.add_metric([], g.lag.lag)
         for name, state in g.snapshot.partners.items():

@@ -12,7 +12,8 @@ from . import config as configuration
 from . import demo, logs
 from .accesslog import AccessLog
 from .admin import admin_site
-from .gateway import Gateway, GatewaySite
+from .gateway import Gateway
+from .site import GatewaySite
 from .lifecycle import DRAIN_MARGIN_S, Lifecycle
 from .memory import TRACEMALLOC, AllocationSites
 from .listeners import (

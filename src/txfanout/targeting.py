@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import OS_NAMES, Config, PartnerConfig
+from twisted.web.http_headers import Headers
+
+from .config import OS_NAMES, Config, PartnerConfig, TargetingConfig
 
 _OS_ALIASES = {
     "ipados": "ios", "iphone os": "ios", "iphoneos": "ios",
@@ -103,3 +105,37 @@ class Selector:
         if country not in self._countries:
             country = None
         return self._tables[route][(country, os_name)]
+
+
+class Targeting:
+    """Where a request says its country and OS (configurable header, else a
+    JSON field of its body; the OS, failing both, from its User-Agent)."""
+
+    __slots__ = ("_config", "_country_header", "_country_path", "_os_header", "_os_path")
+
+    def __init__(self, config: TargetingConfig) -> None:
+        self._config = config
+        self._country_header = config.country_header.encode("ascii")
+        self._country_path = tuple(config.country_field.split("."))
+        self._os_header = config.os_header.encode("ascii")
+        self._os_path = tuple(config.os_field.split("."))
+
+    def resolve(self, headers: Headers, document: Any) -> tuple[str | None, str]:
+        """(country or None, OS) of a request; :class:`BadTargeting` when a
+        value it gives is malformed."""
+        t = self._config
+        country: str | None = None
+        raw = headers.getRawHeaders(self._country_header)
+        if raw is not None:
+            country = parse_country(raw[-1], t.country_header)
+        else:
+            value = json_field(document, self._country_path)
+            if value is not None:
+                country = parse_country(value, t.country_field)
+        raw = headers.getRawHeaders(self._os_header)
+        if raw is not None:
+            return country, parse_os(raw[-1], t.os_header)
+        value = json_field(document, self._os_path)
+        if value is not None:
+            return country, parse_os(value, t.os_field)
+        return country, os_from_user_agent(headers.getRawHeaders(b"User-Agent", [b""])[0])

@@ -12,7 +12,7 @@ import json
 import re
 from typing import NamedTuple
 
-from .metrics import SHED_DRAINING, SHED_MAX_INFLIGHT, SHED_REACTOR_LAG
+from .admission import SHED_DRAINING, SHED_MAX_INFLIGHT, SHED_REACTOR_LAG
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Large",
             414: b"URI Too Long", 431: b"Request Header Fields Too Large",

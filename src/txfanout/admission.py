@@ -1,0 +1,85 @@
+"""Who gets in: the in-flight slots, and why a request is refused one.
+
+A request takes a slot once it has arrived whole (or is refused with 503
+before anything is spent on it) and gives it back when it is answered or
+abandoned. It is refused while the gateway drains, while every slot is
+taken (``limit``, see limit.py), or while the event loop runs late by more
+than ``max_lag_ms`` (lag.py). The reasons below are the ``reason`` label of
+``txfanout_shed_total`` and pick the 503's prepared text (wire.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from .config import ServerConfig
+from .lag import ReactorLag
+from .limit import InflightLimit
+
+SHED_MAX_INFLIGHT = "max_inflight"
+SHED_REACTOR_LAG = "reactor_lag"
+SHED_DRAINING = "draining"
+SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING)
+
+
+class Admission:
+    """The in-flight slots of one gateway process."""
+
+    def __init__(self, clock: IReactorTime, lag: ReactorLag, server: ServerConfig,
+                 refused: Callable[[str], None] = lambda reason: None) -> None:
+        self.lag = lag
+        self.limit = InflightLimit(clock, server.max_inflight, server.adaptive_inflight)
+        self._refused = refused
+        self._max_lag_s = server.max_lag_ms / 1000.0
+        self.admitted = 0
+        self.admitted_total = 0
+        self.draining = False
+        self._idle_waiters: list[Deferred[None]] = []
+
+    def configure(self, server: ServerConfig) -> None:
+        """Apply a reloaded ``[server]`` section."""
+        self.limit.configure(server.max_inflight, server.adaptive_inflight)
+        self._max_lag_s = server.max_lag_ms / 1000.0
+
+    def shed_reason(self) -> str | None:
+        """Why a request arriving now would be refused; None: it would not."""
+        if self.draining:
+            return SHED_DRAINING
+        if self.admitted >= self.limit.current:
+            return SHED_MAX_INFLIGHT
+        if self._max_lag_s and self.lag.recent > self._max_lag_s:
+            return SHED_REACTOR_LAG
+        return None
+
+    def admit(self) -> str | None:
+        """Take a slot; or count the refusal and say why not."""
+        reason = self.shed_reason()
+        if reason is None:
+            self.admitted += 1
+            self.admitted_total += 1
+            return None
+        self._refused(reason)
+        return reason
+
+    def refused(self, reason: str) -> None:
+        """Count a request refused without ``admit`` (see site.py)."""
+        self._refused(reason)
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.admitted -= 1
+        if not self.admitted and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires when no slot is taken (at once if none is)."""
+        if not self.admitted:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle_waiters.append(d)
+        return d

@@ -1,0 +1,363 @@
+"""The public socket: HTTP/1.1 hygiene, limits, and refusals on the wire.
+
+``GatewaySite`` serves the gateway's Klein app with ``GatewayChannel`` (one
+client connection: a deadline for each request to arrive whole, small
+limits on the request head, refusals before parsing under overload, one
+send per answer) and ``GatewayRequest`` (one request: its body capped and
+held in memory, its route matched once, its in-flight slot taken before the
+handler runs and given back when it ends). The site knows the gateway only
+through :class:`Front`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+
+from ._compat import SLOTS
+from .admission import SHED_DRAINING, Admission
+from .answer import write_error
+from .config import ServerConfig
+from .conncap import CappedChannel, CappedSite
+from .sendnow import write_now, write_soon
+from .wire import SHED_ANSWERS, raw_error, sole_request
+
+if TYPE_CHECKING:
+    from .fanout import Fanout
+
+log = Logger()
+
+_HOST = re.compile(rb"^[\x21-\x7e]{0,255}$")
+
+# Limits on what a client may send before its request is routed.
+MAX_LINE_BYTES = 8192      # request line, and each header line
+MAX_HEAD_BYTES = 16384     # request line and all headers
+MAX_HEADERS = 100
+
+CLIENT_CLOSED = 499  # the status counted when the client left first (nginx's)
+
+
+class Front(Protocol):
+    """What the site needs of the gateway it serves."""
+
+    clock: IReactorTime
+    admission: Admission
+
+    @property
+    def server(self) -> ServerConfig: ...
+
+    def route(self, path: bytes) -> str | None:
+        """The route a request path names; None: not a route."""
+
+    def resource(self) -> IResource: ...
+
+    def request_ended(self, request: "GatewayRequest", code: int) -> None:
+        """Count (and maybe log) a request answered or abandoned."""
+
+    def refused_on_arrival(self, path: bytes, reason: str) -> None:
+        """Count a request refused with 503 before it was parsed."""
+
+    def idle_closed(self) -> None:
+        """Count a client connection closed for being idle."""
+
+
+@dataclass(**SLOTS)
+class Exchange:
+    """One request's life in the gateway, once it is complete."""
+
+    started: float  # its first byte: the deadline counts from here
+    route: str | None  # the route its path names (matched once); None: none
+    fanout: "Fanout | None" = None  # its fan-out, once the handler started it
+
+
+class GatewayRequest(Request):
+    """A request that is admitted (or refused with 503) before it is routed,
+    and whose body is refused with 413 past ``max_body_bytes`` without being
+    buffered."""
+
+    _admitted = False
+    _refused = False
+    _body_size = 0
+    arrived: float | None = None  # when its first byte was read (set by the channel)
+    exchange: Exchange | None = None  # set when it is complete (process)
+
+    def __init__(self, channel: "GatewayChannel", *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.front: Front = channel.site.front
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self.front.server.max_body_bytes
+        if length is not None and length > limit:
+            self._refuse_body(limit)
+            return
+        # In memory whatever the length: bodies are capped at max_body_bytes
+        # (Twisted would spool a body of unknown length to a temporary file).
+        self.content = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_size += len(data)
+        limit = self.front.server.max_body_bytes
+        if self._body_size > limit:
+            self._refuse_body(limit)
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_body(self, limit: int) -> None:
+        """Answer 413 now and close: the rest of the body is never read."""
+        self._refused = True
+        self.content = None
+        self.channel.refuse(413, f"body over {limit} bytes")
+        self.front.request_ended(self, 413)
+
+    def process(self) -> None:
+        if self._refused:
+            return
+        self.site = self.channel.site
+        front = self.front
+        route = front.route(self.path)
+        self.exchange = Exchange(self.arrived or front.clock.seconds(), route)
+        # Anything but a route never reaches Klein (which would log a
+        # traceback for a path or Host that is not UTF-8), nor takes a slot.
+        if route is None:
+            write_error(self, 404, "no such route")
+            return
+        hosts = self.requestHeaders.getRawHeaders(b"Host")
+        if hosts is None:
+            if self.clientproto == b"HTTP/1.1":  # RFC 9112 3.2: Host is required
+                write_error(self, 400, "missing Host header")
+                return
+        elif len(hosts) > 1 or not _HOST.match(hosts[0]):
+            write_error(self, 400, "bad Host header")
+            return
+        refused = front.admission.admit()
+        if refused is not None:
+            self._shed(refused)
+            return
+        self._admitted = True
+        super().process()
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name == b"Server":
+            return  # Twisted names itself and its version: nothing a client needs
+        super().setHeader(name, value)
+
+    def _shed(self, reason: str) -> None:
+        """Answer 503 as cheaply as it can be done: refusing must cost far
+        less than serving, or clients that retry at once (ignoring
+        Retry-After) eat the capacity the refusals were meant to protect."""
+        keep = self.channel.persistent and reason != SHED_DRAINING
+        if not keep:
+            self.channel.persistent = False
+        self.code = 503
+        self.startedWriting = 1  # the whole answer goes out as one prepared write
+        write_now(self.channel.transport, SHED_ANSWERS[reason, keep])
+        self.finish()
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.front.admission.release()
+
+    def finish(self) -> None:
+        self._release()
+        super().finish()
+        self.front.request_ended(self, self.code)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._release()
+        abandoned = self.exchange is not None and not self.finished
+        super().connectionLost(reason)
+        if abandoned:
+            self.front.request_ended(self, CLIENT_CLOSED)
+
+    def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
+        log.failure("unhandled error serving {path}", failure=reason,
+                    path=self.path[:200])
+        if not self.finished and not self._disconnected:
+            write_error(self, 500, "internal error", close=True)
+
+
+class GatewayChannel(CappedChannel):
+    """HTTP/1.1 channel with a deadline for each request to arrive in full
+    (headers and body: slowloris gets 408 and a closed connection), small
+    limits on the request head (414, 431), JSON answers with a close for
+    every request it refuses on the wire (Twisted's own is a bare 400), and
+    that reports itself to the site for the connection cap. The idle
+    keep-alive timeout is HTTPChannel's own ``timeOut``; its closes are
+    counted, not logged."""
+
+    MAX_LENGTH = MAX_LINE_BYTES
+    totalHeadersSize = MAX_HEAD_BYTES
+    maxHeaders = MAX_HEADERS
+    _arrival_timer: IDelayedCall | None = None
+    _arrived: float | None = None
+
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        """The local address, asked of the kernel once per connection (Twisted
+        asks for every request it builds: a system call each)."""
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._arrival_timer is None and not self._handlingRequest:  # a new request
+            front = self.site.front
+            reason = front.admission.shed_reason()
+            if reason is not None and self._shed_unparsed(front, reason, data):
+                return
+            self._arrived = front.clock.seconds()
+            self._arrival_timer = self.callLater(self.site.request_timeout, self._too_slow)
+        super().dataReceived(data)
+
+    def _shed_unparsed(self, front: Front, reason: str, data: bytes) -> bool:
+        """Refuse a request that came whole in ``data`` without building a
+        Request for it: under overload, clients that retry at once send
+        these by the thousand, and a refusal must cost far less than an
+        answer. False: not a sole whole request; parse it the long way."""
+        request = sole_request(data)
+        if request is None or self.transport.disconnecting:
+            return False
+        keep = request.keep_alive and reason != SHED_DRAINING
+        self.resetTimeout()
+        write_now(self.transport, SHED_ANSWERS[reason, keep])
+        front.admission.refused(reason)
+        front.refused_on_arrival(request.path, reason)
+        if not keep:
+            self.persistent = False
+            self.loseConnection()
+        return True
+
+    # An answer's head waits for its first body bytes, so that the two leave
+    # in one send (see sendnow); an answer without a body sends it when done.
+    _head: list[bytes] | None = None
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        head = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        self._head = head
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            self._head.append(data)
+            data = b"".join(self._head)
+            self._head = None
+        write_soon(self.transport, data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        self.write(b"".join(iovec))
+
+    def requestDone(self, request: Request) -> None:
+        if self._head is not None:
+            self.write(b"")
+        super().requestDone(request)
+
+    def allContentReceived(self) -> None:
+        self._stop_arrival_timer()
+        if self.requests:  # the deadline counts from the request's first byte
+            self.requests[-1].arrived = self._arrived
+        self._arrived = None
+        if not self.transport.disconnecting:  # else refused: nothing to serve
+            super().allContentReceived()
+
+    def _stop_arrival_timer(self) -> None:
+        if self._arrival_timer is not None:
+            if self._arrival_timer.active():
+                self._arrival_timer.cancel()
+            self._arrival_timer = None
+
+    def _too_slow(self) -> None:
+        self._arrival_timer = None
+        self.refuse(408, "request not received in time")
+
+    def refuse(self, code: int, message: str) -> None:
+        """Answer ``code`` with a JSON error and close; nothing more is read."""
+        if self.transport.disconnecting:
+            return
+        self._stop_arrival_timer()
+        self.write(raw_error(code, message))
+        self.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's parser calls this for every request it cannot accept.
+        if self._receivedHeaderCount > self.maxHeaders:
+            self.refuse(431, f"more than {self.maxHeaders} request headers")
+        elif self._receivedHeaderSize > self.totalHeadersSize:
+            self.refuse(431, f"request head over {self.totalHeadersSize} bytes")
+        else:
+            self.refuse(400, "malformed HTTP request")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self.requests:  # a request exists once its request line is parsed
+            self.refuse(431, f"request header line over {self.MAX_LENGTH} bytes")
+        else:
+            self.refuse(414, f"request line over {self.MAX_LENGTH} bytes")
+
+    def allHeadersReceived(self) -> None:
+        # RFC 9112 6.3: chunked must be the one and final coding, else the
+        # body's length is ambiguous (Twisted takes the first header it
+        # likes and ignores "identity"): 400 and close, never two requests.
+        codings = self.requests[-1].requestHeaders.getRawHeaders(b"Transfer-Encoding")
+        if codings is not None and (len(codings) > 1 or codings[0].lower() != b"chunked"):
+            self.refuse(400, "Transfer-Encoding must be chunked alone")
+            return
+        super().allHeadersReceived()
+
+    def _send100Continue(self) -> None:
+        if not self.transport.disconnecting:  # not after a 413 for that body
+            super()._send100Continue()
+
+    def timeoutConnection(self) -> None:
+        # Twisted's own, without its log line per connection (thousands of
+        # idle keep-alive clients would flood the journal): counted instead.
+        self.site.front.idle_closed()
+        if self.abortTimeout is not None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()
+
+    def forceAbortClient(self) -> None:
+        # Twisted's own (the close stalled: abort), without its log line.
+        self._abortingCall = None
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_arrival_timer()
+        super().connectionLost(reason)
+
+
+class GatewaySite(CappedSite):
+    """The public listener's site: serves the gateway's Klein app, with a cap
+    on open client connections (``server.max_connections``, see conncap)."""
+
+    protocol = GatewayChannel
+    requestFactory = GatewayRequest
+    displayTracebacks = False
+
+    def __init__(self, front: Front, **kwargs: Any) -> None:
+        server = front.server
+        kwargs.setdefault("timeout", server.idle_timeout_ms / 1000.0)
+        kwargs.setdefault("parsePOSTFormSubmission", False)  # bodies are JSON, not forms
+        super().__init__(front.resource(), **kwargs)
+        self.front = front
+        self.request_timeout = server.request_timeout_ms / 1000.0
+
+    @property
+    def max_connections(self) -> int:  # type: ignore[override]
+        return self.front.server.max_connections
+
+    def log(self, request: Request) -> None:
+        """No per-request line in the daemon's log (see the access log)."""

@@ -1,0 +1,94 @@
+"""One configuration, compiled: what a request runs on from start to end.
+
+A reload compiles a new :class:`Snapshot`; requests in flight keep the one
+they started with. A partner whose settings did not change keeps its live
+state (:class:`PartnerState`: its breaker, its calls in flight) across the
+reload; one whose settings changed gets a fresh state that shares the old
+one's :class:`CallSlots`, so that its cap holds across the reload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.http_headers import Headers
+
+from . import tls
+from .breaker import Breaker
+from .config import Config, PartnerConfig
+from .lag import ReactorLag
+from .targeting import Selector, Targeting
+from .upstream import host_header
+
+
+class CallSlots:
+    """Calls in flight to one partner (shared across a reload, see above)."""
+
+    __slots__ = ("inflight",)
+
+    def __init__(self) -> None:
+        self.inflight = 0
+
+
+class PartnerState:
+    """A partner's live state: its config, prepared headers, calls in flight,
+    circuit breaker (None when ``breaker_failures`` is 0)."""
+
+    __slots__ = ("config", "url", "headers", "slots", "breaker")
+
+    def __init__(self, config: PartnerConfig, clock: IReactorTime,
+                 lag: ReactorLag | None = None, slots: CallSlots | None = None) -> None:
+        self.config = config
+        self.url = config.url.encode("ascii")
+        headers = Headers({b"Content-Type": [b"application/json"],
+                           b"Host": [host_header(self.url)]})
+        for name, value in config.headers.items():
+            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
+        self.headers = headers
+        self.slots = slots or CallSlots()
+        # A timeout while the event loop lags by a quarter of the partner's
+        # timeout is the gateway's doing: it does not count against the partner.
+        excused_after = config.timeout_ms / 4000.0
+        self.breaker = Breaker(clock, config.breaker_failures,
+                               config.breaker_cooldown_ms / 1000.0, config.breaker_probes,
+                               excused=lambda: lag is not None and lag.recent >= excused_after,
+                               ) if config.breaker_failures else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One configuration, compiled."""
+
+    config: Config
+    selector: Selector
+    targeting: Targeting
+    partners: dict[str, PartnerState]
+    deadline_header: bytes
+    routes: dict[bytes, str]  # b"/bid" -> "bid": the route of a request path
+
+    def select(self, route: str, country: str | None, os_name: str) -> list[PartnerState]:
+        """The live states of the partners a request calls, in order."""
+        partners = self.partners
+        return [partners[p.name] for p in self.selector.select(route, country, os_name)]
+
+
+def compile_snapshot(config: Config, clock: IReactorTime,
+                     previous: Mapping[str, PartnerState] = {},
+                     lag: ReactorLag | None = None) -> Snapshot:
+    """Compile ``config``; a partner whose PartnerConfig is unchanged keeps
+    its state from ``previous`` (so its in-flight count and breaker stay true)."""
+    tls.warn_unverified(config.partners)
+    partners = {}
+    for name, p in config.partners.items():
+        old = previous.get(name)
+        if old is not None and old.config == p:
+            partners[name] = old
+        else:  # new or changed: fresh state, but calls in flight still count
+            partners[name] = PartnerState(p, clock, lag, old.slots if old is not None else None)
+    return Snapshot(
+        config=config, selector=Selector(config), targeting=Targeting(config.targeting),
+        partners=partners,
+        deadline_header=config.server.deadline_header.encode("ascii"),
+        routes={b"/" + name.encode("ascii"): name for name in config.routes})
