@@ -152,7 +152,7 @@ def wrk(registry: Registry, url: str, lua: str, connections: int, duration_s: fl
     """Closed loop: ``connections`` keep-alive connections for ``duration_s``."""
     secs = max(1, round(duration_s))
     cmd = pinned(["wrk", f"-t{threads}", f"-c{connections}", f"-d{secs}s",
-                  f"--timeout", f"{timeout_s}s", "-s", lua, url], cpu)
+                  "--timeout", f"{timeout_s}s", "-s", lua, url], cpu)
     code, out = run_bounded(cmd, secs + timeout_s + 30, registry, "wrk", log_path)
     return parse_wrk(out, code)
 

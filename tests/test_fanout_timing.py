@@ -55,18 +55,76 @@ def test_no_budget_means_skipped_not_started():
     assert partner.slots.inflight == 0
 
 
-def test_partner_at_its_cap_is_shed_without_queueing():
+def outcomes_of(d):
+    """The outcomes a fired gather fired with."""
+    assert d.called, "the gather has not fired"
+    return [r.outcome for r in d.result]
+
+
+def test_a_call_to_a_full_partner_waits_for_a_slot_first_come_first_served():
     clock, upstream = Clock(), RecordingUpstream()
     partner = PartnerState(PartnerConfig("a", "http://h/", max_concurrency=2), clock)
     first = fanout(clock, upstream).run([partner, partner], b"{}")
     assert partner.slots.inflight == 2
     second = fanout(clock, upstream).run([partner], b"{}")
-    assert [r.outcome for r in second.result] == ["shed"]
-    assert len(upstream.calls) == 2
-    for _, _, _, d in upstream.calls:
+    third = fanout(clock, upstream).run([partner], b"{}")
+    assert len(upstream.calls) == 2 and len(partner.slots.waiting) == 2
+    clock.advance(0.1)
+    upstream.calls[0][3].callback(CallResult("a", "ok", 200))  # a slot frees
+    assert len(upstream.calls) == 3 and len(partner.slots.waiting) == 1
+    assert abs(upstream.calls[2][1] - 0.3) < 1e-9  # its own timeout, from now
+    upstream.calls[1][3].callback(CallResult("a", "ok", 200))
+    assert outcomes_of(first) == ["ok", "ok"]
+    for _, _, _, d in upstream.calls[2:]:
         d.callback(CallResult("a", "ok", 200))
-    assert partner.slots.inflight == 0
-    assert [r.outcome for r in first.result] == ["ok", "ok"]
+    assert outcomes_of(second) == ["ok"] and outcomes_of(third) == ["ok"]
+    assert partner.slots.inflight == 0 and not partner.slots.waiting
+
+
+def test_a_waiting_call_is_shed_when_its_budget_runs_out():
+    clock, upstream = Clock(), RecordingUpstream()
+    partner = PartnerState(PartnerConfig("a", "http://h/", max_concurrency=1), clock)
+    fanout(clock, upstream).run([partner], b"{}")
+    waiting = fanout(clock, upstream).run([partner], b"{}")
+    clock.advance(0.489)  # 500 ms deadline less 5 reserve, 5 min_call: 490 ms
+    assert not waiting.called
+    clock.advance(0.001)
+    assert outcomes_of(waiting) == ["shed"] and not partner.slots.waiting
+    assert len(upstream.calls) == 1
+
+
+def test_no_more_calls_wait_than_the_partner_takes_at_once():
+    clock, upstream = Clock(), RecordingUpstream()
+    partner = PartnerState(PartnerConfig("a", "http://h/", max_concurrency=2), clock)
+    fanout(clock, upstream).run([partner, partner], b"{}")
+    fanout(clock, upstream).run([partner, partner], b"{}")  # both wait
+    third = fanout(clock, upstream).run([partner], b"{}")
+    assert outcomes_of(third) == ["shed"] and len(partner.slots.waiting) == 2
+
+
+def test_cancelling_a_waiting_call_takes_it_out_of_the_queue():
+    clock, upstream = Clock(), RecordingUpstream()
+    partner = PartnerState(PartnerConfig("a", "http://h/", max_concurrency=1), clock)
+    fanout(clock, upstream).run([partner], b"{}")
+    waiting = fanout(clock, upstream).run([partner], b"{}")
+    waiting.cancel()
+    assert outcomes_of(waiting) == ["cancelled"] and not partner.slots.waiting
+    upstream.calls[0][3].callback(CallResult("a", "ok", 200))
+    assert partner.slots.inflight == 0 and len(upstream.calls) == 1
+    assert not clock.getDelayedCalls()  # its timer went with it
+
+
+def test_a_slot_passes_over_a_waiting_call_its_breaker_refuses():
+    clock, upstream = Clock(), RecordingUpstream()
+    config = PartnerConfig("a", "http://h/", max_concurrency=2, breaker_failures=1)
+    partner = PartnerState(config, clock)
+    fanout(clock, upstream).run([partner, partner], b"{}")
+    first = fanout(clock, upstream).run([partner], b"{}")
+    second = fanout(clock, upstream).run([partner], b"{}")
+    partner.breaker.record("error", None, partner.breaker.epoch)  # opens it
+    upstream.calls[0][3].callback(CallResult("a", "ok", 200))
+    assert outcomes_of(first) == ["open"] and outcomes_of(second) == ["open"]
+    assert partner.slots.inflight == 1 and not partner.slots.waiting
 
 
 def test_gather_waits_for_all_and_cancel_aborts_the_rest():

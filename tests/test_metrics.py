@@ -75,8 +75,9 @@ async def test_shed_skipped_and_cancelled_calls(partner, make_gateway):
     client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
                                     b"Content-Length: 2\r\n\r\n{}")
     await within(arrived)
-    # The hanging partner is at its cap: the next request sheds its call.
-    answer = await gw.post()
+    # The hanging partner is at its cap: the next request's call waits for a
+    # slot as long as its budget allows, then is shed.
+    answer = await gw.post(headers={"X-Fanout-Deadline-Ms": "200"})
     assert answer.outcomes() == {"hang": "shed", "ok": "ok"}
     assert calls(gw, "hang", "shed") == 1
     # Shed calls were not made: no duration for them.

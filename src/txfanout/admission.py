@@ -3,8 +3,11 @@
 A request takes a slot once it has arrived whole (or is refused with 503
 before anything is spent on it) and gives it back when it is answered or
 abandoned. It is refused while the gateway drains, while every slot is
-taken (``limit``, see limit.py), or while the event loop runs late by more
-than ``max_lag_ms`` (lag.py). The reasons below are the ``reason`` label of
+taken (``limit``: ``max_inflight``, lowered while the event loop runs late,
+see limit.py), or while the event loop runs late by more than
+``max_lag_ms`` (lag.py). A client that sends again on its connection before
+the Retry-After of its last 503 is refused again while the gateway is still
+refusing (see site.py). The reasons below are the ``reason`` label of
 ``txfanout_shed_total`` and pick the 503's prepared text (wire.py).
 """
 
@@ -22,7 +25,19 @@ from .limit import InflightLimit
 SHED_MAX_INFLIGHT = "max_inflight"
 SHED_REACTOR_LAG = "reactor_lag"
 SHED_DRAINING = "draining"
-SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING)
+SHED_EARLY_RETRY = "early_retry"
+SHED_PARTNERS_FULL = "partners_full"  # admitted, but no partner had a slot (gateway.py)
+SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING, SHED_EARLY_RETRY,
+                SHED_PARTNERS_FULL)
+
+RETRY_AFTER_S = 1  # what every 503 says in Retry-After
+DEFAULT_MAX_LAG_MS = 200  # the lag the limit steers by when max_lag_ms is 0 (off)
+
+
+def lag_target(server: ServerConfig) -> float:
+    """The lag (seconds) the adaptive limit keeps the event loop under: half
+    of ``max_lag_ms``, where every request is refused."""
+    return (server.max_lag_ms or DEFAULT_MAX_LAG_MS) / 2000.0
 
 
 class Admission:
@@ -30,19 +45,32 @@ class Admission:
 
     def __init__(self, clock: IReactorTime, lag: ReactorLag, server: ServerConfig,
                  refused: Callable[[str], None] = lambda reason: None) -> None:
+        self._clock = clock
         self.lag = lag
-        self.limit = InflightLimit(clock, server.max_inflight, server.adaptive_inflight)
+        self.limit = InflightLimit(clock, server.max_inflight, server.adaptive_inflight,
+                                   lag_target(server))
+        lag.watch(lambda lag: self.limit.observe(lag.recent))
         self._refused = refused
         self._max_lag_s = server.max_lag_ms / 1000.0
         self.admitted = 0
         self.admitted_total = 0
         self.draining = False
+        self.refused_at = float("-inf")  # when the last request was refused
         self._idle_waiters: list[Deferred[None]] = []
 
     def configure(self, server: ServerConfig) -> None:
         """Apply a reloaded ``[server]`` section."""
-        self.limit.configure(server.max_inflight, server.adaptive_inflight)
+        self.limit.configure(server.max_inflight, server.adaptive_inflight, lag_target(server))
         self._max_lag_s = server.max_lag_ms / 1000.0
+
+    @property
+    def room(self) -> int:
+        """Slots free now."""
+        return self.limit.current - self.admitted
+
+    def refusing(self) -> bool:
+        """Was a request refused within the last Retry-After?"""
+        return self._clock.seconds() - self.refused_at < RETRY_AFTER_S
 
     def shed_reason(self) -> str | None:
         """Why a request arriving now would be refused; None: it would not."""
@@ -61,11 +89,13 @@ class Admission:
             self.admitted += 1
             self.admitted_total += 1
             return None
-        self._refused(reason)
+        self.refused(reason)
         return reason
 
     def refused(self, reason: str) -> None:
-        """Count a request refused without ``admit`` (see site.py)."""
+        """Count a request refused (by ``admit``, or by the site before it
+        was parsed)."""
+        self.refused_at = self._clock.seconds()
         self._refused(reason)
 
     def release(self) -> None:

@@ -47,10 +47,9 @@ def write_error(request: Request, code: int, message: str, close: bool = False) 
 
 
 def results(request: Request, inbound: Inbound, calls: Sequence[CallResult],
-            elapsed: float) -> bytes:
+            elapsed: float, complete: bool) -> bytes:
     """The 200 answer: one entry per selected partner, and whether every
-    one of them answered."""
-    complete = is_complete(calls)
+    one of them answered (``is_complete``)."""
     request.setHeader(b"X-Request-Id", inbound.request_id.encode("ascii"))
     request.setHeader(b"X-Fanout-Complete", b"true" if complete else b"false")
     return json_body(request, json.dumps({

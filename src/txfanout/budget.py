@@ -44,6 +44,11 @@ class Budget:
     def of(cls, started: float, ms: int, server: ServerConfig) -> "Budget":
         return cls(started, started + ms / 1000.0, server.reserve_ms, server.min_call_ms)
 
+    @property
+    def last_start(self) -> float:
+        """The latest time a call can start (with ``min_call_ms`` left)."""
+        return self.deadline_at - (self.reserve_ms + self.min_call_ms) / 1000.0
+
     def for_call(self, timeout_ms: int, now: float) -> float | None:
         """A call's timeout in ms, started ``now``; None: too little is left
         to start it."""

@@ -1,17 +1,24 @@
-"""Scatter-gather for one inbound request.
+"""Scatter and gather: one request's partner calls.
 
-Each selected partner gets a call whose timeout is what is left of the
-request's deadline (less a reserve for answering), capped by the partner's
-own timeout. The gather fires when every call has ended; as every call is
-bounded by the deadline, so is the gather. Cancelling the gather (the client
-went away) aborts every call still running.
+Scatter: each selected partner gets a call whose timeout is its share of
+the request's budget (budget.py). A partner at its ``max_concurrency``
+makes the call wait, first come first served, for one of its slots, for as
+long as the budget allows a call to start (at most ``max_concurrency``
+calls wait per partner; past that, or when the budget runs out, the call is
+``shed``); an open breaker refuses it (``open``).
+
+Gather: ``gatherResults`` over one Deferred per partner, each of which
+fires with that partner's :class:`CallResult` and never fails, so the
+gather fires when every call has ended; as every call is bounded by the
+deadline, so is the gather. Cancelling it (the client went away) cancels
+every call: those running are aborted, those waiting leave the queue.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
@@ -37,6 +44,53 @@ def call_headers(prepared: Headers,
     return headers
 
 
+class SlotWait:
+    """A call waiting in its partner's queue (``CallSlots.waiting``) for at
+    most ``wait_s``; ``result`` fires with its CallResult."""
+
+    __slots__ = ("_fanout", "_index", "partner", "result", "_timer", "_call")
+
+    def __init__(self, fanout: "Fanout", index: int, partner: PartnerState,
+                 clock: IReactorTime, wait_s: float) -> None:
+        self._fanout = fanout
+        self._index = index
+        self.partner = partner
+        self.result: Deferred[CallResult] = Deferred(self._cancel)
+        self._timer = clock.callLater(wait_s, self._expire)
+        self._call: Deferred[CallResult] | None = None
+        partner.slots.waiting.append(self)
+
+    def start(self) -> None:
+        """A slot is free (and this call has left the queue): call."""
+        self._timer.cancel()
+        self._call = self._fanout._start(self._index, self.partner)
+        self._call.chainDeferred(self.result)
+
+    def _expire(self) -> None:
+        self.partner.slots.waiting.remove(self)
+        self.result.callback(CallResult(self.partner.config.name, outcomes.SHED,
+                                        error="partner at max_concurrency"))
+
+    def _cancel(self, result: Deferred[CallResult]) -> None:
+        if self._call is not None:
+            self._call.cancel()  # it fires at once, and so does result
+            return
+        self._timer.cancel()
+        self.partner.slots.waiting.remove(self)
+        result.callback(CallResult(self.partner.config.name, outcomes.CANCELLED,
+                                   error="cancelled"))
+
+
+def _release(partner: PartnerState) -> None:
+    """A call to ``partner`` ended: its slot goes to the first call waiting
+    for one (a call that is then refused, e.g. by the breaker, passes it on)."""
+    slots = partner.slots
+    slots.inflight -= 1
+    waiting = slots.waiting
+    while waiting and slots.inflight < waiting[0].partner.config.max_concurrency:
+        waiting.popleft().start()
+
+
 class Fanout:
     """One request's fan-out, visible while in flight."""
 
@@ -44,7 +98,7 @@ class Fanout:
                  request_id: str, route: str, budget: Budget) -> None:
         self._clock = clock
         self._upstream = upstream
-        self._server = server
+        self._deadline_header = server.deadline_header
         self.request_id = request_id
         self.route = route
         self.budget = budget
@@ -53,61 +107,70 @@ class Fanout:
         self.partners: list[str] = []
         self.results: list[CallResult | None] = []
         self.phases: list[CallPhase | None] = []  # of started calls, for the in-flight view
-        self._calls: list[Deferred[CallResult]] = []
-        self._pending = 0
-        self.done: Deferred[list[CallResult]] = Deferred(self._cancel)
+        self._body = b""
 
     def run(self, partners: Iterable[PartnerState], body: bytes) -> Deferred[list[CallResult]]:
         """Start every call; the result fires with one CallResult per partner,
         in the order given."""
-        server = self._server
+        self._body = body
+        calls = []
         for index, partner in enumerate(partners):
-            config = partner.config
-            self.partners.append(config.name)
+            self.partners.append(partner.config.name)
             self.results.append(None)
             self.phases.append(None)
-            now = self._clock.seconds()
-            budget_ms = self.budget.for_call(config.timeout_ms, now)
-            if budget_ms is None:
-                self.results[index] = CallResult(config.name, outcomes.SKIPPED,
-                                                 error="no time left in the deadline")
-                continue
-            slots = partner.slots
-            if slots.inflight >= config.max_concurrency:
-                self.results[index] = CallResult(config.name, outcomes.SHED,
-                                                 error="partner at max_concurrency")
-                continue
-            breaker = partner.breaker
-            if breaker is not None and not breaker.allow():
-                self.results[index] = CallResult(config.name, outcomes.OPEN,
-                                                 error="circuit open after repeated failures")
-                continue
-            headers = call_headers(partner.headers, (
-                (server.deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self.request_id)))
-            slots.inflight += 1
-            self._pending += 1
-            phase = self.phases[index] = CallPhase(now)
-            call = self._upstream.call(config, partner.url, headers, body, budget_ms / 1000.0,
-                                       phase=phase)
-            self._calls.append(call)
-            call.addCallback(self._finished, index, partner)
-        if not self._pending:
-            self.done.callback(self.results)  # type: ignore[arg-type]
-        return self.done
+            call = self._scatter(index, partner)
+            call.addCallback(self._ended, index)
+            calls.append(call)
+        return gatherResults(calls)
 
-    def _finished(self, result: CallResult, index: int, partner: PartnerState) -> None:
-        partner.slots.inflight -= 1
-        if partner.breaker is not None:
-            partner.breaker.record(result.outcome, result.status, result.unread)
+    def _ended(self, result: CallResult, index: int) -> CallResult:
         self.results[index] = result
-        self._pending -= 1
-        if not self._pending and not self.done.called:
-            self._calls = []
-            self.done.callback(self.results)  # type: ignore[arg-type]
+        return result
 
-    def _cancel(self, _: Deferred[list[CallResult]]) -> None:
-        for call in self._calls:
-            call.cancel()
+    def _scatter(self, index: int, partner: PartnerState) -> Deferred[CallResult]:
+        """Call ``partner`` now, or queue the call for one of its slots."""
+        config = partner.config
+        now = self._clock.seconds()
+        if self.budget.for_call(config.timeout_ms, now) is None:
+            return succeed(CallResult(config.name, outcomes.SKIPPED,
+                                      error="no time left in the deadline"))
+        slots = partner.slots
+        if slots.inflight < config.max_concurrency:
+            return self._start(index, partner)
+        wait_s = self.budget.last_start - now
+        if wait_s <= 0 or len(slots.waiting) >= config.max_concurrency:
+            return succeed(CallResult(config.name, outcomes.SHED,
+                                      error="partner at max_concurrency"))
+        return SlotWait(self, index, partner, self._clock, wait_s).result
+
+    def _start(self, index: int, partner: PartnerState) -> Deferred[CallResult]:
+        """Start the call to ``partner`` (one of its slots is free)."""
+        config = partner.config
+        now = self._clock.seconds()
+        budget_ms = self.budget.for_call(config.timeout_ms, now)
+        if budget_ms is None:
+            return succeed(CallResult(config.name, outcomes.SKIPPED,
+                                      error="no time left in the deadline"))
+        breaker = partner.breaker
+        if breaker is not None and not breaker.allow():
+            return succeed(CallResult(config.name, outcomes.OPEN,
+                                      error="circuit open after repeated failures"))
+        epoch = breaker.epoch if breaker is not None else 0
+        headers = call_headers(partner.headers, (
+            (self._deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self.request_id)))
+        partner.slots.inflight += 1
+        phase = self.phases[index] = CallPhase(now)
+        call = self._upstream.call(config, partner.url, headers, self._body, budget_ms / 1000.0,
+                                   phase=phase)
+        return call.addCallback(self._finished, partner, epoch, budget_ms < config.timeout_ms)
+
+    @staticmethod
+    def _finished(result: CallResult, partner: PartnerState, epoch: int,
+                  cut: bool) -> CallResult:
+        if partner.breaker is not None:
+            partner.breaker.record(result.outcome, result.status, epoch, cut)
+        _release(partner)
+        return result
 
     def pending_partners(self) -> list[str]:
         """Names of partners whose call is still running."""

@@ -16,9 +16,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
-from . import answer
+from . import answer, outcomes
 from .accesslog import AccessLog
-from .admission import Admission
+from .admission import SHED_PARTNERS_FULL, Admission
 from .config import Config, ServerConfig
 from .fanout import Fanout
 from .inbound import Inbound, Refused, RequestIds, parse
@@ -30,6 +30,7 @@ from . import sendnow
 from .site import GatewayRequest
 from .snapshot import compile_snapshot
 from .upstream import Upstream, idle_caps
+from .wire import RETRY_AFTER, SHED_MESSAGES
 
 log = Logger()
 
@@ -42,7 +43,8 @@ class Gateway:
     def __init__(self, reactor: Any, config: Config) -> None:
         self.clock = reactor
         self.lag = ReactorLag(reactor)
-        self.snapshot = compile_snapshot(config, reactor, lag=self.lag)
+        self.snapshot = compile_snapshot(config, reactor, lag=self.lag,
+                                         breaker_changed=self._breaker_changed)
         self.upstream = Upstream(reactor, config.upstream.idle_timeout_ms / 1000.0,
                                  idle_caps(config.partners.values()))
         self.inflight: set[Fanout] = set()
@@ -68,7 +70,8 @@ class Gateway:
         snapshot they started with; partners whose config is unchanged keep
         their state; the pool is resized for the new caps."""
         old = self.snapshot.config
-        self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners, self.lag)
+        self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners, self.lag,
+                                         self._breaker_changed)
         self.upstream.resize(config.upstream.idle_timeout_ms / 1000.0,
                              idle_caps(config.partners.values()))
         self.metrics.compile(config)
@@ -103,6 +106,11 @@ class Gateway:
     def idle_closed(self) -> None:
         self.metrics.idle_closed()
 
+    def _breaker_changed(self, partner: str, old: str, new: str, why: str) -> None:
+        log.warn("partner {partner}: circuit breaker {old} -> {new} ({why})",
+                 partner=partner, old=old, new=new, why=why)
+        self.metrics.breaker_changed(partner, new)
+
     # -- the one public route --
 
     @app.route("/", branch=True)
@@ -131,17 +139,20 @@ class Gateway:
 
     def _answer(self, results: list[CallResult], request: GatewayRequest,
                 inbound: Inbound) -> bytes:
-        budget = inbound.budget
-        elapsed = self.clock.seconds() - budget.started
-        limit = self.admission.limit
-        if elapsed > budget.deadline_at - budget.started or any(r.unread for r in results):
-            limit.answered_late()
-        else:
-            limit.answered_in_time()
-        return answer.results(request, inbound, results, elapsed)
+        if _none_called_for_capacity(results):
+            # A 200 whose partners all went uncalled for want of a slot would
+            # be hollow, and the client could not tell to retry.
+            self.admission.refused(SHED_PARTNERS_FULL)
+            request.setHeader(b"Retry-After", RETRY_AFTER)
+            return answer.json_error(request, 503, SHED_MESSAGES[SHED_PARTNERS_FULL])
+        complete = answer.is_complete(results)
+        self.metrics.answered(inbound.route, complete)
+        elapsed = self.clock.seconds() - inbound.budget.started
+        return answer.results(request, inbound, results, elapsed, complete)
 
     def start(self) -> None:
-        """Start the background work (the lag monitor)."""
+        """Start the background work (the lag monitor, which the adaptive
+        in-flight limit follows)."""
         self.lag.start()
         sendnow.follow(self.lag)
 
@@ -151,3 +162,9 @@ class Gateway:
         if self.access_log is not None:
             self.access_log.close()
         return self.upstream.close()
+
+
+def _none_called_for_capacity(results: list[CallResult]) -> bool:
+    """No partner was called, and at least one for want of a slot."""
+    return bool(results) and all(r.outcome in outcomes.NOT_CALLED for r in results) \
+        and any(r.outcome == outcomes.SHED for r in results)

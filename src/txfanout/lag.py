@@ -3,12 +3,18 @@
 A blocked or saturated reactor runs every callback late; the lateness of a
 timer scheduled every ``interval`` seconds measures it. ``ReactorLag.lag`` is
 the latest measurement, in seconds (0.0 before the first one): read it from
-metrics, from admission control, or from anything else that wants to know.
+metrics, from admission control, or from anything else that wants to know;
+``watch`` is told of each one.
+
+It is the gateway's own evidence of being behind: a timer it set itself,
+run late by the work it had to do first. No client or partner can make it
+late but by the work it makes the gateway do.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -34,6 +40,11 @@ class ReactorLag:
         self._recent: deque[float] = deque(maxlen=window)
         self._due = 0.0
         self._call: IDelayedCall | None = None
+        self._watchers: list[Callable[["ReactorLag"], None]] = []
+
+    def watch(self, watcher: Callable[["ReactorLag"], None]) -> None:
+        """Call ``watcher(self)`` after each measurement."""
+        self._watchers.append(watcher)
 
     @property
     def running(self) -> bool:
@@ -60,6 +71,8 @@ class ReactorLag:
         self._recent.append(self.lag)
         self.recent = max(self._recent)
         self._schedule()
+        for watcher in self._watchers:
+            watcher(self)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"<ReactorLag lag={self.lag:.4f}s interval={self.interval}s>"

@@ -1,15 +1,20 @@
-"""The in-flight limit: ``max_inflight``, lowered while the gateway itself
-makes answers late.
+"""The in-flight limit: ``max_inflight``, lowered while the gateway's own
+event loop runs late.
 
-A gateway that keeps up reads its partners' answers as they come and
-answers within the deadline. One that has taken on more than its core can
-serve does neither: partners' answers wait unread in its sockets until their
-calls time out, or its answers leave after the deadline. Such a request cuts
-the limit by a quarter (at most once per ``CUT_EVERY`` seconds, about the
-time a cut takes to show); each request answered in time raises it by
-``1/limit``, about one per round of requests, back up to ``max_inflight``.
-Additive increase, multiplicative decrease: how TCP finds what a path
-carries.
+A gateway that has taken on more than its core can serve runs every turn of
+its event loop long: partners' answers wait unread in its sockets, calls
+time out, answers leave late. The one sign of that which no client and no
+partner can fake is the loop's own lag (lag.py: how late the gateway runs a
+timer it set itself). A client's short deadline, a slow upload, a partner's
+slow or dripping answer do not make it late; only work does, and that is
+what the limit is for.
+
+So the limit follows the lag, as TCP's window follows loss: each time the
+worst lag of the last half second (``ReactorLag.recent``) is above
+``target``, the limit is cut by a quarter (at most once per ``CUT_EVERY``,
+the time a cut takes to show, and not below ``FLOOR``); each time it is
+below half the target, the limit grows by a fifth, back to ``max_inflight``
+(from the floor in about three seconds of ordinary traffic).
 """
 
 from __future__ import annotations
@@ -17,24 +22,28 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 
 CUT = 0.75
-CUT_EVERY = 0.25  # seconds
+CUT_EVERY = 0.5  # seconds: the lag window (ReactorLag: 5 samples of 0.1 s)
+GROW = 1.2
 FLOOR = 8
 
 
 class InflightLimit:
     """How many requests may be in flight now (``current``)."""
 
-    __slots__ = ("_clock", "_adaptive", "ceiling", "value", "_next_cut")
+    __slots__ = ("_clock", "_adaptive", "ceiling", "target", "value", "_next_cut")
 
-    def __init__(self, clock: IReactorTime, ceiling: int, adaptive: bool = True) -> None:
+    def __init__(self, clock: IReactorTime, ceiling: int, adaptive: bool = True,
+                 target: float = 0.1) -> None:
         self._clock = clock
         self._next_cut = 0.0
         self.value = float(ceiling)
-        self.configure(ceiling, adaptive)
+        self.configure(ceiling, adaptive, target)
 
-    def configure(self, ceiling: int, adaptive: bool) -> None:
-        """A new ``max_inflight`` (and whether to adapt below it)."""
+    def configure(self, ceiling: int, adaptive: bool, target: float) -> None:
+        """A new ``max_inflight``, whether to adapt below it, and the lag
+        (seconds) to keep the event loop under."""
         self.ceiling = ceiling
+        self.target = target
         self._adaptive = adaptive
         self.value = float(ceiling) if not adaptive else min(self.value, float(ceiling))
 
@@ -42,16 +51,14 @@ class InflightLimit:
     def current(self) -> int:
         return int(self.value)
 
-    def answered_in_time(self) -> None:
-        value = self.value
-        if value < self.ceiling:
-            self.value = min(float(self.ceiling), value + 1.0 / value)
-
-    def answered_late(self) -> None:
-        """A request the gateway made late (see the module's docstring)."""
+    def observe(self, lag: float) -> None:
+        """Follow one measurement of the recent lag (seconds)."""
         if not self._adaptive:
             return
-        now = self._clock.seconds()
-        if now >= self._next_cut:
-            self.value = max(float(min(FLOOR, self.ceiling)), self.value * CUT)
-            self._next_cut = now + CUT_EVERY
+        if lag > self.target:
+            now = self._clock.seconds()
+            if now >= self._next_cut:
+                self.value = max(float(min(FLOOR, self.ceiling)), self.value * CUT)
+                self._next_cut = now + CUT_EVERY
+        elif lag < self.target / 2 and self.value < self.ceiling:
+            self.value = min(float(self.ceiling), self.value * GROW + 1.0)

@@ -28,6 +28,7 @@ from prometheus_client.platform_collector import PlatformCollector
 
 from . import outcomes
 from .admission import SHED_REASONS, Admission
+from .breaker import STATES
 from .config import Config
 from .inflight import OverdueWatch
 from .lag import ReactorLag
@@ -41,7 +42,6 @@ UNKNOWN_ROUTE = "unknown"
 # From 1 ms to 1 s in steps that keep p50 and p99 readable, then a tail.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2,
                    0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
-_NOT_CALLED = frozenset((outcomes.SHED, outcomes.OPEN, outcomes.SKIPPED))
 # What generate_latest() writes (prometheus-client's own server says so;
 # its CONTENT_TYPE_LATEST became 1.0.0 in 0.22, 0.0.4 before).
 CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
@@ -85,6 +85,14 @@ class GatewayMetrics:
         self._duration = Histogram(
             "txfanout_request_duration_seconds", "Time from arrival to answer, by route.",
             ("route",), buckets=LATENCY_BUCKETS, registry=registry)
+        self._answers = Counter(
+            "txfanout_answers", "200 answers by route and completeness (complete: every "
+            "selected partner was called and answered, ok or http_error).",
+            ("route", "complete"), registry=registry)
+        self._breaker_transitions = Counter(
+            "txfanout_breaker_transitions", "Circuit breaker changes of state, by partner and "
+            "the state entered (each is also logged with its reason).",
+            ("partner", "state"), registry=registry)
         self._shed = Counter(
             "txfanout_shed", "Requests refused at admission (503), by reason.",
             ("reason",), registry=registry)
@@ -103,6 +111,7 @@ class GatewayMetrics:
         PlatformCollector(registry=registry)
         registry.register(LiveCollector(gateway))
         self._request_children: dict[tuple[str, int], Any] = {}
+        self._answer_children: dict[str, tuple[Any, Any]] = {}
         self._duration_children: dict[str, Any] = {}
         self._shed_children: dict[str, Any] = {}
         self._partner_children: dict[str, _PartnerChildren] = {}
@@ -116,8 +125,12 @@ class GatewayMetrics:
         later (a reloaded configuration) are created on first use."""
         for route in (*config.routes, UNKNOWN_ROUTE):
             self._route_duration(route)
+        for route in config.routes:
+            self._route_answers(route)
         for partner in config.partners:
             self._partner(partner)
+            for state in STATES:
+                self._breaker_transitions.labels(partner, state)
 
     # -- the hot path --
 
@@ -139,8 +152,17 @@ class GatewayMetrics:
                 continue
             children = self._partner_children.get(name) or self._partner(name)
             children.outcomes[result.outcome].inc()
-            if result.outcome not in _NOT_CALLED:
+            if result.outcome not in outcomes.NOT_CALLED:
                 children.duration.observe(result.latency_ms / 1000.0)
+
+    def answered(self, route: str, complete: bool) -> None:
+        """One 200 answer on ``route``, complete or not."""
+        children = self._answer_children.get(route) or self._route_answers(route)
+        children[complete].inc()
+
+    def breaker_changed(self, partner: str, state: str) -> None:
+        """A partner's breaker entered ``state``."""
+        self._breaker_transitions.labels(partner, state).inc()
 
     def shed(self, reason: str) -> None:
         """One request refused at admission for ``reason`` (a constant of the
@@ -158,6 +180,12 @@ class GatewayMetrics:
         if child is None:
             child = self._duration_children[route] = self._duration.labels(route)
         return child
+
+    def _route_answers(self, route: str) -> tuple[Any, Any]:
+        """(incomplete, complete) children of ``route``."""
+        children = self._answer_children[route] = (self._answers.labels(route, "false"),
+                                                    self._answers.labels(route, "true"))
+        return children
 
     def _partner(self, name: str) -> _PartnerChildren:
         children = _PartnerChildren(self._calls, self._call_duration, name)

@@ -18,6 +18,7 @@ SKIPPED = "skipped"        # less than min_call_ms of budget left; not called
 CANCELLED = "cancelled"    # the client went away; the call was aborted
 
 ALL = (OK, HTTP_ERROR, TIMEOUT, ERROR, TOO_LARGE, SHED, OPEN, SKIPPED, CANCELLED)
+NOT_CALLED = frozenset((SHED, OPEN, SKIPPED))  # the partner never saw the request
 
 
 @dataclass(**SLOTS)
@@ -30,10 +31,6 @@ class CallResult:
     latency_ms: float = 0.0
     body: str | None = None
     error: str | None = None
-    # A timeout with the partner's answer already waiting, unread, in the
-    # gateway's socket: the gateway was too busy to read it; not reported
-    # to clients, and not held against the partner by its breaker.
-    unread: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {

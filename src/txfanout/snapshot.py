@@ -9,8 +9,9 @@ one's :class:`CallSlots`, so that its cap holds across the reload.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
@@ -22,14 +23,26 @@ from .lag import ReactorLag
 from .targeting import Selector, Targeting
 from .upstream import host_header
 
+if TYPE_CHECKING:
+    from .fanout import SlotWait
+
+#: ``changed(partner, from, to, why)``: a partner's breaker changed state.
+BreakerChanged = Callable[[str, str, str, str], None]
+
+
+def _ignore(partner: str, old: str, new: str, why: str) -> None:
+    pass
+
 
 class CallSlots:
-    """Calls in flight to one partner (shared across a reload, see above)."""
+    """Calls in flight to one partner, and calls waiting for one of its
+    slots (shared across a reload, see above)."""
 
-    __slots__ = ("inflight",)
+    __slots__ = ("inflight", "waiting")
 
     def __init__(self) -> None:
         self.inflight = 0
+        self.waiting: deque[SlotWait] = deque()
 
 
 class PartnerState:
@@ -39,7 +52,8 @@ class PartnerState:
     __slots__ = ("config", "url", "headers", "slots", "breaker")
 
     def __init__(self, config: PartnerConfig, clock: IReactorTime,
-                 lag: ReactorLag | None = None, slots: CallSlots | None = None) -> None:
+                 lag: ReactorLag | None = None, slots: CallSlots | None = None,
+                 breaker_changed: BreakerChanged = _ignore) -> None:
         self.config = config
         self.url = config.url.encode("ascii")
         headers = Headers({b"Content-Type": [b"application/json"],
@@ -51,10 +65,13 @@ class PartnerState:
         # A timeout while the event loop lags by a quarter of the partner's
         # timeout is the gateway's doing: it does not count against the partner.
         excused_after = config.timeout_ms / 4000.0
-        self.breaker = Breaker(clock, config.breaker_failures,
-                               config.breaker_cooldown_ms / 1000.0, config.breaker_probes,
-                               excused=lambda: lag is not None and lag.recent >= excused_after,
-                               ) if config.breaker_failures else None
+        name = config.name
+        self.breaker = Breaker(
+            clock, config.breaker_failures, config.breaker_cooldown_ms / 1000.0,
+            config.breaker_probes,
+            excused=lambda: lag is not None and lag.recent >= excused_after,
+            changed=lambda old, new, why: breaker_changed(name, old, new, why),
+        ) if config.breaker_failures else None
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,8 @@ class Snapshot:
 
 def compile_snapshot(config: Config, clock: IReactorTime,
                      previous: Mapping[str, PartnerState] = {},
-                     lag: ReactorLag | None = None) -> Snapshot:
+                     lag: ReactorLag | None = None,
+                     breaker_changed: BreakerChanged = _ignore) -> Snapshot:
     """Compile ``config``; a partner whose PartnerConfig is unchanged keeps
     its state from ``previous`` (so its in-flight count and breaker stay true)."""
     tls.warn_unverified(config.partners)
@@ -86,7 +104,8 @@ def compile_snapshot(config: Config, clock: IReactorTime,
         if old is not None and old.config == p:
             partners[name] = old
         else:  # new or changed: fresh state, but calls in flight still count
-            partners[name] = PartnerState(p, clock, lag, old.slots if old is not None else None)
+            partners[name] = PartnerState(p, clock, lag, old.slots if old is not None else None,
+                                          breaker_changed)
     return Snapshot(
         config=config, selector=Selector(config), targeting=Targeting(config.targeting),
         partners=partners,

@@ -24,7 +24,7 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
 )
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
@@ -341,12 +341,17 @@ class Upstream:
         producer = BytesProducer(body, phase)
         d = self._post(partner, url, headers, producer)
         d.addCallback(_read_capped, partner.max_response_bytes, phase)
-        unread = False
+        timer: IDelayedCall
 
-        def on_timeout() -> None:
-            nonlocal unread
+        def on_timeout(read_first: bool = True) -> None:
+            nonlocal timer
+            connection = producer.connection
+            if read_first and connection is not None and unread_bytes(connection):
+                # Bytes wait that the reactor has not read yet (it was busy):
+                # judge the call after the next poll has read them, not before.
+                timer = clock.callLater(0, on_timeout, False)
+                return
             why_stopped.append(outcomes.TIMEOUT)
-            unread = producer.connection is not None and unread_bytes(producer.connection)
             d.cancel()
 
         timer = clock.callLater(timeout_s, on_timeout)
@@ -364,10 +369,9 @@ class Upstream:
                 if why_stopped[0] != outcomes.TIMEOUT:
                     return CallResult(name, why_stopped[0], None, latency, None, "cancelled")
                 what = ("TLS handshake not finished" if result.check(HandshakeCancelled)
-                        else "answer not read" if unread else "no answer")
-                busy = " (gateway busy)" if unread else ""
+                        else "no answer")
                 return CallResult(name, outcomes.TIMEOUT, None, latency, None,
-                                  f"{what} in {round(timeout_s * 1000)} ms{busy}", unread)
+                                  f"{what} in {round(timeout_s * 1000)} ms")
             if result.check(BodyTooLarge):
                 return CallResult(name, outcomes.TOO_LARGE, None, latency, None,
                                   f"body over {partner.max_response_bytes} bytes")

@@ -12,17 +12,29 @@ import json
 import re
 from typing import NamedTuple
 
-from .admission import SHED_DRAINING, SHED_MAX_INFLIGHT, SHED_REACTOR_LAG
+from .admission import (
+    RETRY_AFTER_S,
+    SHED_DRAINING,
+    SHED_EARLY_RETRY,
+    SHED_MAX_INFLIGHT,
+    SHED_PARTNERS_FULL,
+    SHED_REACTOR_LAG,
+)
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Large",
             414: b"URI Too Long", 431: b"Request Header Fields Too Large",
             503: b"Service Unavailable"}
 
-_SHED_MESSAGES = {
+SHED_MESSAGES = {
     SHED_MAX_INFLIGHT: "gateway at its in-flight limit; retry later",
     SHED_REACTOR_LAG: "gateway overloaded (event loop behind); retry later",
     SHED_DRAINING: "gateway is shutting down; retry",
+    SHED_EARLY_RETRY: "retried before Retry-After while the gateway is overloaded; "
+                      "wait before retrying",
+    SHED_PARTNERS_FULL: "every partner of this request is at its max_concurrency; "
+                        "retry later",
 }
+RETRY_AFTER = b"%d" % RETRY_AFTER_S
 
 
 def raw_error(code: int, message: str, close: bool = True, extra: bytes = b"") -> bytes:
@@ -37,8 +49,8 @@ def raw_error(code: int, message: str, close: bool = True, extra: bytes = b"") -
 
 #: (shed reason, keep the connection open) -> the whole 503 answer.
 SHED_ANSWERS = {(reason, keep): raw_error(503, message, close=not keep,
-                                          extra=b"Retry-After: 1\r\n")
-                for reason, message in _SHED_MESSAGES.items() for keep in (True, False)}
+                                          extra=b"Retry-After: %s\r\n" % RETRY_AFTER)
+                for reason, message in SHED_MESSAGES.items() for keep in (True, False)}
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,10})[ \t]*\r\n")
 
