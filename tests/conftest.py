@@ -124,6 +124,7 @@ class GatewayUnderTest:
         self.gateway = Gateway(reactor, self.config)
         self.site = GatewaySite(self.gateway)
         self.port = reactor.listenTCP(0, self.site, backlog=1024, interface="127.0.0.1")
+        self.site.listening(self.port)
 
     @property
     def address(self) -> tuple[str, int]:

@@ -50,6 +50,7 @@ async def test_admin_stops_accepting_at_its_connection_cap(partner, make_gateway
     gw = make_gateway(route_config({"a": {"url": partner.url("/ok")}}))
     site = admin_site(gw.gateway)
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    site.listening(port)
     clients: list[AdminClient] = []
     try:
         for _ in range(ADMIN_MAX_CONNECTIONS):

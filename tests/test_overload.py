@@ -16,6 +16,7 @@ from txfanout.site import GatewayRequest
 from txfanout.lag import ReactorLag
 
 from .conftest import RawClient, keep_alive_client, raw_client, route_config, within
+from .fakes import answer, connect, full_gateway
 
 POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 POST_CLOSE = b"POST /bid HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
@@ -66,9 +67,8 @@ def requests_counted(gw, code: int) -> float:
         "txfanout_requests_total", {"route": "bid", "code": str(code)}) or 0.0
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_keep_alive_client_refused_at_capacity_stays_connected(partner, make_gateway):
-    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
+def test_a_keep_alive_client_refused_at_capacity_stays_connected():
+    clock, gateway, site = full_gateway()
     built = []
 
     class CountedRequest(GatewayRequest):
@@ -76,20 +76,23 @@ async def test_a_keep_alive_client_refused_at_capacity_stays_connected(partner, 
             built.append(self)
             super().__init__(*args, **kwargs)
 
-    gw.site.requestFactory = CountedRequest
-    assert gw.gateway.admission.admit() is None  # the one slot is taken
-    client = await keep_alive_client(gw.address)
+    site.requestFactory = CountedRequest
+    channel, transport = connect(site)
     chunked = (b"POST /bid HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"2\r\n{}\r\n0\r\n\r\n")
     for raw in (POST, POST, chunked):  # refused unparsed twice, then the long way
-        answer = await within(client.request(raw))
-        assert answer.startswith(b"HTTP/1.1 503 "), answer
-        assert b"\r\nRetry-After: 1\r\n" in answer and b"Connection: close" not in answer
-    gw.gateway.admission.release()
-    assert (await within(client.request(POST))).startswith(b"HTTP/1.1 200 ")
-    assert not client.closed.called
-    assert shed(gw, "max_inflight") == 3 and requests_counted(gw, 503) == 3
-    assert requests_counted(gw, 200) == 1 and gw.gateway.admission.admitted == 0
+        channel.dataReceived(raw)
+        refused = answer(transport)
+        assert refused.startswith(b"HTTP/1.1 503 "), refused
+        assert b"\r\nRetry-After: 1\r\n" in refused and b"Connection: close" not in refused
+        clock.advance(1.0)  # as a client that honours Retry-After
+    gateway.admission.release()
+    channel.dataReceived(POST)
+    assert gateway.admission.admitted == 1 and not transport.disconnecting
+    registry = gateway.metrics.registry
+    assert registry.get_sample_value("txfanout_shed_total", {"reason": "max_inflight"}) == 3
+    assert registry.get_sample_value("txfanout_requests_total",
+                                     {"route": "bid", "code": "503"}) == 3
     assert len(built) == 2  # the chunked one and the one served
 
 

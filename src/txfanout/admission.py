@@ -6,8 +6,8 @@ abandoned. It is refused while the gateway drains, while every slot is
 taken (``limit``: ``max_inflight``, lowered while the event loop runs late,
 see limit.py), or while the event loop runs late by more than
 ``max_lag_ms`` (lag.py). A client that sends again on its connection before
-the Retry-After of its last 503 is refused again while the gateway is still
-refusing (see site.py). The reasons below are the ``reason`` label of
+the Retry-After of its last 503 is refused again if the gateway has refused
+others since (see site.py). The reasons below are the ``reason`` label of
 ``txfanout_shed_total`` and pick the 503's prepared text (wire.py).
 """
 
@@ -45,32 +45,42 @@ class Admission:
 
     def __init__(self, clock: IReactorTime, lag: ReactorLag, server: ServerConfig,
                  refused: Callable[[str], None] = lambda reason: None) -> None:
-        self._clock = clock
         self.lag = lag
         self.limit = InflightLimit(clock, server.max_inflight, server.adaptive_inflight,
                                    lag_target(server))
-        lag.watch(lambda lag: self.limit.observe(lag.recent))
+        lag.watch(self._follow)
         self._refused = refused
         self._max_lag_s = server.max_lag_ms / 1000.0
         self.admitted = 0
         self.admitted_total = 0
         self.draining = False
-        self.refused_at = float("-inf")  # when the last request was refused
+        self.capacity_refusals = 0  # refusals for want of capacity, since start
         self._idle_waiters: list[Deferred[None]] = []
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, watcher: Callable[[], None]) -> None:
+        """Call ``watcher()`` whenever the room may have changed."""
+        self._watchers.append(watcher)
+
+    def _changed(self) -> None:
+        for watcher in self._watchers:
+            watcher()
 
     def configure(self, server: ServerConfig) -> None:
         """Apply a reloaded ``[server]`` section."""
         self.limit.configure(server.max_inflight, server.adaptive_inflight, lag_target(server))
         self._max_lag_s = server.max_lag_ms / 1000.0
+        self._changed()
 
     @property
     def room(self) -> int:
         """Slots free now."""
         return self.limit.current - self.admitted
 
-    def refusing(self) -> bool:
-        """Was a request refused within the last Retry-After?"""
-        return self._clock.seconds() - self.refused_at < RETRY_AFTER_S
+
+    def _follow(self, lag: ReactorLag) -> None:
+        self.limit.observe(lag.recent)
+        self._changed()
 
     def shed_reason(self) -> str | None:
         """Why a request arriving now would be refused; None: it would not."""
@@ -88,6 +98,7 @@ class Admission:
         if reason is None:
             self.admitted += 1
             self.admitted_total += 1
+            self._changed()
             return None
         self.refused(reason)
         return reason
@@ -95,12 +106,14 @@ class Admission:
     def refused(self, reason: str) -> None:
         """Count a request refused (by ``admit``, or by the site before it
         was parsed)."""
-        self.refused_at = self._clock.seconds()
+        if reason != SHED_EARLY_RETRY:
+            self.capacity_refusals += 1
         self._refused(reason)
 
     def release(self) -> None:
         """Give a slot back."""
         self.admitted -= 1
+        self._changed()
         if not self.admitted and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:

@@ -1,9 +1,17 @@
-"""A cap on a Site's open connections, shared by the public and admin faces.
+"""Accept: how many new connections a Site takes, for the public and admin
+faces alike.
 
-At the cap the site's listening ports stop accepting: newcomers wait in the
-kernel's backlog (its size bounds them) until a connection closes. Twisted
-accepts connections in batches, so those of a batch past the cap are closed
-at once.
+A site accepts while it has ``room()``: under ``max_connections`` open
+connections, and whatever else a subclass counts (the public face: free
+in-flight slots, see site.py). With no room its listening ports stop
+accepting: newcomers wait in the kernel's backlog (its size bounds them),
+costing nothing, instead of being accepted, read and refused at once, over
+and over, by clients that retry at once. With room, a port takes at most
+that many connections per batch (Twisted's ``Port.numberAccepts``); one that
+a batch takes past ``max_connections`` anyway is closed at once.
+
+The site learns its ports from ``listening(port)``, which the listener (or
+a test) calls once the port is up.
 """
 
 from __future__ import annotations
@@ -15,23 +23,13 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
 
-def _listening_port(transport: Any) -> Any:
-    """The listening port a connection was accepted on (through TLS too)."""
-    while transport is not None:
-        port = getattr(transport, "server", None)
-        if port is not None:
-            return port
-        transport = getattr(transport, "transport", None)
-    return None
-
-
 class CappedChannel(HTTPChannel):
     """An HTTP channel that reports its opening and closing to its
     :class:`CappedSite`."""
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.connection_opened(self.transport)
+        self.site.connection_opened()
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -39,9 +37,7 @@ class CappedChannel(HTTPChannel):
 
 
 class CappedSite(Site):
-    """A Site that keeps at most ``max_connections`` connections open (a
-    subclass sets it, or makes it a property read at each connection, so
-    that a reload can change it)."""
+    """A Site that accepts only while it has ``room()`` (see the module)."""
 
     protocol = CappedChannel
     max_connections: int
@@ -49,25 +45,44 @@ class CappedSite(Site):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.open_connections = 0
-        self._paused_ports: set[Any] = set()
+        self.ports: list[Any] = []
+        self._paused = False
+
+    def listening(self, port: Any) -> None:
+        """Accept on ``port`` (a listening port of this site) as room allows."""
+        self.ports.append(port)
+        self.sync_accepting()
+
+    def room(self) -> int:
+        """Connections the site takes now."""
+        return self.max_connections - self.open_connections
+
+    def sync_accepting(self) -> None:
+        """Pause or resume the ports for the room there is now."""
+        room = self.room()
+        if room <= 0:
+            if not self._paused:
+                self._paused = True
+                for port in self.ports:
+                    port.stopReading()
+            return
+        for port in self.ports:
+            port.numberAccepts = room
+        if self._paused:
+            self._paused = False
+            for port in self.ports:
+                if port.connected:
+                    port.startReading()
 
     def buildProtocol(self, addr: Any) -> Any:
         if self.open_connections >= self.max_connections:
             return None  # Twisted closes it at once
         return super().buildProtocol(addr)
 
-    def connection_opened(self, transport: Any) -> None:
+    def connection_opened(self) -> None:
         self.open_connections += 1
-        if self.open_connections >= self.max_connections:
-            port = _listening_port(transport)
-            if port is not None and port not in self._paused_ports:
-                port.stopReading()
-                self._paused_ports.add(port)
+        self.sync_accepting()
 
     def connection_closed(self) -> None:
         self.open_connections -= 1
-        if self._paused_ports and self.open_connections < self.max_connections:
-            for port in self._paused_ports:
-                if port.connected:
-                    port.startReading()
-            self._paused_ports.clear()
+        self.sync_accepting()

@@ -23,10 +23,12 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._compat import SLOTS
-from .admission import SHED_DRAINING, Admission
+from .admission import RETRY_AFTER_S, SHED_DRAINING, SHED_EARLY_RETRY, Admission
 from .answer import write_error
 from .config import ServerConfig
 from .conncap import CappedChannel, CappedSite
+from .lag import ReactorLag
+from .pool import unread_bytes
 from .sendnow import write_now, write_soon
 from .wire import SHED_ANSWERS, raw_error, sole_request
 
@@ -43,6 +45,12 @@ MAX_HEAD_BYTES = 16384     # request line and all headers
 MAX_HEADERS = 100
 
 CLIENT_CLOSED = 499  # the status counted when the client left first (nginx's)
+
+# After a 503 on a kept-alive connection, its next request is not read for
+# this long: a client that honours Retry-After sends nothing sooner, and one
+# that does not costs one refusal per Retry-After, not one per round trip.
+PACE_MARGIN_S = 0.1
+PACE_S = RETRY_AFTER_S - PACE_MARGIN_S
 
 
 class Front(Protocol):
@@ -139,6 +147,11 @@ class GatewayRequest(Request):
         elif len(hosts) > 1 or not _HOST.match(hosts[0]):
             write_error(self, 400, "bad Host header")
             return
+        channel = self.channel
+        if channel.retried_early and channel.others_refused_since():
+            front.admission.refused(SHED_EARLY_RETRY)
+            self._shed(SHED_EARLY_RETRY)
+            return
         refused = front.admission.admit()
         if refused is not None:
             self._shed(refused)
@@ -155,17 +168,21 @@ class GatewayRequest(Request):
         """Answer 503 as cheaply as it can be done: refusing must cost far
         less than serving, or clients that retry at once (ignoring
         Retry-After) eat the capacity the refusals were meant to protect."""
-        keep = self.channel.persistent and reason != SHED_DRAINING
+        channel = self.channel
+        keep = channel.persistent and reason != SHED_DRAINING
         if not keep:
-            self.channel.persistent = False
+            channel.persistent = False
         self.code = 503
         self.startedWriting = 1  # the whole answer goes out as one prepared write
-        write_now(self.channel.transport, SHED_ANSWERS[reason, keep])
+        write_now(channel.transport, SHED_ANSWERS[reason, keep])
         self.finish()
+        if keep:
+            channel.pace()
 
     def _release(self) -> None:
         if self._admitted:
             self._admitted = False
+            self.site.request_answered()
             self.front.admission.release()
 
     def finish(self) -> None:
@@ -201,6 +218,50 @@ class GatewayChannel(CappedChannel):
     maxHeaders = MAX_HEADERS
     _arrival_timer: IDelayedCall | None = None
     _arrived: float | None = None
+    _unheard: int | None = None  # the site's period it was accepted in, until it speaks
+    _pace_timer: IDelayedCall | None = None
+    _paced_until = 0.0
+    _sent_while_paced = False
+    _refusals_seen = 0  # the gateway's capacity refusals when its last 503 went out
+    retried_early = False  # its request came before the Retry-After of its last 503
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._unheard = self.site.unheard_connection()
+
+    def _heard(self) -> None:
+        if self._unheard is not None:
+            self.site.connection_heard(self._unheard)
+            self._unheard = None
+
+    def pace(self) -> None:
+        """A 503 went out on this kept-alive connection: read nothing more
+        from it for ``PACE_S`` (see there). A request it sent before then
+        (``retried_early``) is refused again if others were refused for
+        want of capacity since, whether or not a slot is free when it is
+        read: its client did not wait, and the wait would make its answer
+        late anyway."""
+        if self.transport.disconnecting:
+            return
+        if self._pace_timer is not None and self._pace_timer.active():
+            self._pace_timer.cancel()
+        self._refusals_seen = self.site.front.admission.capacity_refusals
+        self._paced_until = self.site.front.clock.seconds() + PACE_S
+        self.transport.pauseProducing()
+        self._pace_timer = self.callLater(PACE_S, self._unpace)
+
+    def others_refused_since(self) -> bool:
+        """Has the gateway refused others for want of capacity since this
+        connection's last 503?"""
+        return self.site.front.admission.capacity_refusals > self._refusals_seen
+
+    def _unpace(self) -> None:
+        self._pace_timer = None
+        late = self.site.front.clock.seconds() - self._paced_until
+        # Bytes already waiting were sent before the Retry-After was up
+        # (unless this timer ran so late that they may not have been).
+        self._sent_while_paced = late < PACE_MARGIN_S and unread_bytes(self.transport)
+        self.transport.resumeProducing()
 
     _host: Any = None
 
@@ -212,12 +273,18 @@ class GatewayChannel(CappedChannel):
         return self._host
 
     def dataReceived(self, data: bytes) -> None:
+        self._heard()
         if self._arrival_timer is None and not self._handlingRequest:  # a new request
             front = self.site.front
+            now = front.clock.seconds()
+            self.retried_early = self._sent_while_paced or now < self._paced_until
+            self._sent_while_paced = False
             reason = front.admission.shed_reason()
+            if reason is None and self.retried_early and self.others_refused_since():
+                reason = SHED_EARLY_RETRY
             if reason is not None and self._shed_unparsed(front, reason, data):
                 return
-            self._arrived = front.clock.seconds()
+            self._arrived = now
             self._arrival_timer = self.callLater(self.site.request_timeout, self._too_slow)
         super().dataReceived(data)
 
@@ -234,7 +301,9 @@ class GatewayChannel(CappedChannel):
         write_now(self.transport, SHED_ANSWERS[reason, keep])
         front.admission.refused(reason)
         front.refused_on_arrival(request.path, reason)
-        if not keep:
+        if keep:
+            self.pace()
+        else:
             self.persistent = False
             self.loseConnection()
         return True
@@ -336,12 +405,32 @@ class GatewayChannel(CappedChannel):
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_arrival_timer()
+        if self._pace_timer is not None and self._pace_timer.active():
+            self._pace_timer.cancel()
         super().connectionLost(reason)
+        self._heard()
+
+
+# While every in-flight slot is taken, new connections are still accepted,
+# to be refused at once (503), but only as fast as this budget refills: by
+# half a refusal per request answered, and a few per lag period, up to a
+# burst. Refusals then cost at most a small share of the loop (a refusal of
+# a new connection costs about a tenth of serving a request on CPython);
+# the rest wait in the listening socket's backlog, costing nothing.
+REFUSAL_BURST = 128
+REFUSALS_PER_ANSWER = 0.5
+REFUSALS_PER_PERIOD = 10
 
 
 class GatewaySite(CappedSite):
-    """The public listener's site: serves the gateway's Klein app, with a cap
-    on open client connections (``server.max_connections``, see conncap)."""
+    """The public listener's site: serves the gateway's Klein app.
+
+    It accepts new connections while it has room (see conncap): under
+    ``server.max_connections`` open connections, and under the free
+    in-flight slots less the connections accepted in the current lag
+    period that have not sent anything yet (so that a batch of new
+    connections is not accepted before the last one's requests are in);
+    with no slot free, as many as its refusal budget allows (see above)."""
 
     protocol = GatewayChannel
     requestFactory = GatewayRequest
@@ -354,10 +443,50 @@ class GatewaySite(CappedSite):
         super().__init__(front.resource(), **kwargs)
         self.front = front
         self.request_timeout = server.request_timeout_ms / 1000.0
+        self._unheard = 0  # accepted for a slot in this period, not heard from yet
+        self._period = 0
+        self._refusals = float(REFUSAL_BURST)
+        front.admission.watch(self.sync_accepting)
+        front.admission.lag.watch(self._new_period)
 
     @property
     def max_connections(self) -> int:  # type: ignore[override]
         return self.front.server.max_connections
+
+    def _slots(self) -> int:
+        return self.front.admission.room - self._unheard
+
+    def room(self) -> int:
+        slots = self._slots()
+        return min(super().room(), slots if slots > 0 else int(self._refusals))
+
+    def unheard_connection(self) -> int | None:
+        """Count a new connection: for a slot (its period returned, until it
+        is heard from) or against the refusal budget (None)."""
+        if self._slots() > 0:
+            self._unheard += 1
+            self.sync_accepting()
+            return self._period
+        self._refusals -= 1
+        self.sync_accepting()
+        return None
+
+    def connection_heard(self, period: int) -> None:
+        """A connection of ``period`` sent its first bytes, or closed."""
+        if period == self._period:
+            self._unheard -= 1
+            self.sync_accepting()
+
+    def request_answered(self) -> None:
+        """A request was answered: the refusal budget grows."""
+        self._refusals = min(REFUSAL_BURST, self._refusals + REFUSALS_PER_ANSWER)
+
+    def _new_period(self, lag: ReactorLag) -> None:
+        # Connections that have not spoken by now stop holding the door shut.
+        self._period += 1
+        self._unheard = 0
+        self._refusals = min(REFUSAL_BURST, self._refusals + REFUSALS_PER_PERIOD)
+        self.sync_accepting()
 
     def log(self, request: Request) -> None:
         """No per-request line in the daemon's log (see the access log)."""
