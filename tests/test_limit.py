@@ -22,9 +22,12 @@ from .rawpartners import RawPartner
 def test_lag_above_the_target_cuts_it_at_most_once_per_period_down_to_a_floor():
     clock = Clock()
     limit = InflightLimit(clock, 100, target=0.1)
-    limit.observe(0.15)
-    limit.observe(0.15)  # the same period: the first cut has not shown yet
-    assert limit.current == 75
+    limit.observe(0.125)
+    limit.observe(0.125)  # the same period: the first cut has not shown yet
+    assert limit.current == 80  # in proportion: 0.1 / 0.125
+    clock.advance(CUT_EVERY)
+    limit.observe(1.0)
+    assert limit.current == 40  # at most by half
     for _ in range(30):
         clock.advance(CUT_EVERY)
         limit.observe(0.15)
@@ -44,7 +47,7 @@ def test_lag_below_half_the_target_brings_it_back_to_max_inflight_within_seconds
     while limit.current < 2000:
         limit.observe(0.001)  # one lag sample every 100 ms
         ticks += 1
-    assert ticks * 0.1 <= 5.0, ticks  # the issue asks for 10 s at most
+    assert ticks * 0.1 <= 7.0, ticks  # the issue asks for 10 s at most
 
 
 def test_fixed_when_not_adaptive_and_clamped_by_a_reload():
@@ -66,8 +69,8 @@ def test_a_busy_event_loop_cuts_it():
     lag.start()
     admission = Admission(clock, lag, ServerConfig(max_inflight=40))
     clock.advance(0.35)  # the probe due at 0.1 s ran 250 ms late
-    assert admission.limit.current == 30
-    for _ in range(10):
+    assert admission.limit.current == 20
+    for _ in range(12):
         clock.advance(0.1)  # on time again: the late sample leaves the window
     assert admission.limit.current == 40
 

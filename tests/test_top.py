@@ -189,7 +189,8 @@ def test_dashboard_and_alerts_use_metrics_the_daemon_exports(live):
     rules = yaml.safe_load((ROOT / "etc" / "prometheus-alerts.yml").read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"]]
     assert {a["alert"] for a in alerts} >= {"TxfanoutOverdueInflight", "TxfanoutShedding",
-                                            "TxfanoutBreakerOpen", "TxfanoutRSSGrowth"}
+                                            "TxfanoutBreakerOpen", "TxfanoutRSSGrowth",
+                                            "TxfanoutHollowAnswers"}
     assert all(a["expr"] and a["labels"]["severity"] for a in alerts)
     used = _metric_names(" ".join(exprs + [a["expr"] for a in alerts]))
     assert len(used) >= 10

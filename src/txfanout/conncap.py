@@ -22,6 +22,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
+ACCEPT_BATCH = 128
+
 
 class CappedChannel(HTTPChannel):
     """An HTTP channel that reports its opening and closing to its
@@ -66,8 +68,9 @@ class CappedSite(Site):
                 for port in self.ports:
                     port.stopReading()
             return
+        batch = min(room, ACCEPT_BATCH)
         for port in self.ports:
-            port.numberAccepts = room
+            port.numberAccepts = batch
         if self._paused:
             self._paused = False
             for port in self.ports:

@@ -9,21 +9,23 @@ timer it set itself). A client's short deadline, a slow upload, a partner's
 slow or dripping answer do not make it late; only work does, and that is
 what the limit is for.
 
-So the limit follows the lag, as TCP's window follows loss: each time the
-worst lag of the last half second (``ReactorLag.recent``) is above
-``target``, the limit is cut by a quarter (at most once per ``CUT_EVERY``,
-the time a cut takes to show, and not below ``FLOOR``); each time it is
-below half the target, the limit grows by a fifth, back to ``max_inflight``
-(from the floor in about three seconds of ordinary traffic).
+So the limit follows the lag, as TCP's window follows loss: when the worst
+lag of the last half second (``ReactorLag.recent``) is above ``target``, the
+limit is cut in proportion (``target / lag``, at most by half, at most once
+per ``CUT_EVERY``, the time a cut takes to show, and not below ``FLOOR``);
+each time it is below half the target, the limit grows by a tenth, back to
+``max_inflight`` (from the floor in about six seconds of ordinary traffic).
+Between the two it holds: under overload it settles where the loop's turns
+take between half the target and the target.
 """
 
 from __future__ import annotations
 
 from twisted.internet.interfaces import IReactorTime
 
-CUT = 0.75
+MAX_CUT = 0.5
 CUT_EVERY = 0.5  # seconds: the lag window (ReactorLag: 5 samples of 0.1 s)
-GROW = 1.2
+GROW = 1.1
 FLOOR = 8
 
 
@@ -58,7 +60,8 @@ class InflightLimit:
         if lag > self.target:
             now = self._clock.seconds()
             if now >= self._next_cut:
-                self.value = max(float(min(FLOOR, self.ceiling)), self.value * CUT)
+                cut = max(MAX_CUT, self.target / lag)
+                self.value = max(float(min(FLOOR, self.ceiling)), self.value * cut)
                 self._next_cut = now + CUT_EVERY
         elif lag < self.target / 2 and self.value < self.ceiling:
             self.value = min(float(self.ceiling), self.value * GROW + 1.0)
