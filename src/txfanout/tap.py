@@ -12,6 +12,7 @@ from . import config as configuration
 from . import demo, logs
 from .accesslog import AccessLog
 from .admin import admin_site
+from .gcpacer import GcPacer
 from .gateway import Gateway
 from .site import GatewaySite
 from .lifecycle import DRAIN_MARGIN_S, Lifecycle
@@ -219,7 +220,7 @@ def makeService(options: Options) -> service.IService:
     gateway.access_log = options.access_log
     sites = AllocationSites(options["tracemalloc"]) if options["tracemalloc"] else None
     GatewayService(gateway).setServiceParent(top)
-    for watcher in (gateway.overdue, sites):
+    for watcher in (gateway.overdue, sites, GcPacer(reactor)):
         if watcher is not None:
             Running(watcher).setServiceParent(top)
     public = Listener("public", endpoint, GatewaySite(gateway))
