@@ -12,6 +12,7 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.python.usage import UsageError
 
 from txfanout import tap
+from txfanout.gcpacer import GcPacer
 
 from .daemon import Daemon, free_port
 
@@ -74,8 +75,9 @@ def test_make_service_builds_listeners_and_demo(tmp_path):
     o = options("--demo", "--demo-port", str(free_port()))
     top = tap.makeService(o)
     assert IServiceCollection.providedBy(top)
-    # demo partners, pool closer, overdue watch, public, admin, lifecycle (signals, notify)
-    assert len(list(top)) == 6
+    # demo partners, pool closer, overdue watch, GC pacer, public, admin, lifecycle
+    assert len(list(top)) == 7
+    assert any(isinstance(s, tap.Running) and isinstance(s.thing, GcPacer) for s in top)
     assert set(o.config.routes) == {"bid"}
 
 
