@@ -2,7 +2,8 @@
 
 Each is started as a subprocess on 127.0.0.1 with the same fan-out, the same
 partner URLs and the same timeouts; :func:`start` returns once it answers
-its readiness probe.
+its readiness probe. Each says where its counters are (``Running.counters``):
+txfanout's admin /metrics, the references' ``GET /stats``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Running:
     child: Child
     url: str  # where the load goes
     ready_url: str
+    # where its counters are: (URLs, "metrics" for txfanout | "stats")
+    counters: tuple[list[str], str] = field(default_factory=lambda: ([], "stats"))
 
 
 def _env() -> dict[str, str]:
@@ -144,5 +147,10 @@ def start(registry: Registry, name: str, setup: Setup, workdir: str, logdir: str
             if taken and attempt + 1 < attempts:
                 continue
             raise
-        return Running(name, child, f"{base}/bid", ready)
+        if name == TXFANOUT:
+            counters = ([f"http://127.0.0.1:{admin_port + i}/metrics"
+                         for i in range(setup.workers)], "metrics")
+        else:
+            counters = ([f"{base}/stats"], "stats")
+        return Running(name, child, f"{base}/bid", ready, counters)
     raise AssertionError("unreachable")

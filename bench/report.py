@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-REFERENCE_ORDER = ("bare-twisted", "aiohttp", "aiohttp-uvloop")
+REFERENCE_ORDER = ("bare-twisted", "aiohttp", "aiohttp-uvloop", "go-nethttp")
 
 
 def collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -45,6 +45,22 @@ def _codes(row: dict[str, Any]) -> str:
     return " ".join(parts) if parts else "0"
 
 
+def _complete(row: dict[str, Any]) -> str:
+    """Complete answers/s and their share of the 200s, saying where the
+    figure comes from when it is not the gateway's counters."""
+    complete = row.get("complete_rps")
+    if complete is None:
+        return "–"
+    src = row.get("complete_rps_source")
+    if src == "nginx bound":
+        return f"≤ {complete:.0f}/s (nginx bound)"
+    share = row.get("complete_share")
+    text = f"{complete:.0f}/s"
+    if share is not None:
+        text += f" ({100 * share:.1f}% of 200s)"
+    return text + (" (wrk)" if src == "wrk" else "")
+
+
 def _extra(row: dict[str, Any]) -> str:
     """Scenario-specific figures for the last column."""
     s = row["scenario"]
@@ -52,10 +68,11 @@ def _extra(row: dict[str, Any]) -> str:
     complete = row.get("complete_rps")
     if s in ("overload", "polite"):
         out.append(f"goodput {row['goodput_rps']:.0f}/s")
-    if complete is not None and (s in ("overload", "polite")
+    if complete is not None and (s in ("overload", "polite", "seed")
                                  or complete < 0.9 * row["goodput_rps"]):
-        bound = "≤ " if row.get("complete_rps_source") == "nginx bound" else ""
-        out.append(f"complete {bound}{complete:.0f}/s")
+        out.append(f"complete {_complete(row)}")
+    if row.get("answers_vs_client") is not None and abs(row["answers_vs_client"] - 1) > 0.05:
+        out.append(f"gateway counted {row['answers_vs_client']:.2f}x the client's 200s")
     if s == "overload":
         out.append(f"p99(200) {_f(row.get('p99_200_ms'))} ms")
         if row.get("p99_503_ms") is not None:
@@ -107,10 +124,11 @@ def _load_label(row: dict[str, Any]) -> str:
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """txfanout / reference for each (scenario, fan-out) group."""
     out = []
-    groups: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["scenario"], r["fanout"]), {})[r["gateway"]] = r
-    for (scenario, fo), by in groups.items():
+        label = (r.get("label") or "") if r["scenario"] != "workers" else ""
+        groups.setdefault((r["scenario"], r["fanout"], label), {})[r["gateway"]] = r
+    for (scenario, fo, label), by in groups.items():
         tx = by.get("txfanout")
         if tx is None:
             continue
@@ -124,7 +142,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if a is None or b in (None, 0):
                     return None
                 return round(a / b, 2)
-            out.append({"scenario": scenario, "fanout": fo, "reference": ref,
+            out.append({"scenario": scenario, "fanout": fo, "label": label, "reference": ref,
                         "rps": q("rps"), "goodput": q("goodput_rps"),
                         "complete": q("complete_rps"), "p50": q("p50_ms"),
                         "p99": q("p99_ms"), "cpu_per_1k": q("cpu_s_per_1k"),
@@ -152,7 +170,8 @@ def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
                   "| CPU s/1k | peak RSS |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for q in rat:
-            lines.append(f"| {q['scenario']} | {q['fanout']} | {q['reference']} | "
+            lines.append(f"| {q['scenario'] + (' ' + q['label'] if q['label'] else '')} | "
+                         f"{q['fanout']} | {q['reference']} | "
                          f"{_f(q['rps'], 2)} | {_f(q['goodput'], 2)} | {_f(q['complete'], 2)} | "
                          f"{_f(q['p50'], 2)} | "
                          f"{_f(q['p99'], 2)} | {_f(q['cpu_per_1k'], 2)} | {_f(q['peak_rss'], 2)} |")
@@ -182,7 +201,12 @@ def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
     written = []
     gws = list(dict.fromkeys(r["gateway"] + (f" {r['label']}" if r["scenario"] == "workers"
                                              else "") for r in rows))
-    groups = list(dict.fromkeys((r["scenario"], r["fanout"]) for r in rows))
+
+    def group(r: dict[str, Any]) -> tuple[str, int, str]:
+        return (r["scenario"], r["fanout"],
+                (r.get("label") or "") if r["scenario"] != "workers" else "")
+
+    groups = list(dict.fromkeys(group(r) for r in rows))
 
     def key(r: dict[str, Any]) -> str:
         return r["gateway"] + (f" {r['label']}" if r["scenario"] == "workers" else "")
@@ -194,7 +218,7 @@ def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
             xs, ys, lows = [], [], []
             for j, g in enumerate(groups):
                 for r in rows:
-                    if (r["scenario"], r["fanout"]) == g and key(r) == gw:
+                    if group(r) == g and key(r) == gw:
                         xs.append(j + i * width)
                         ys.append(r.get(metric) or 0)
                         lows.append(r.get(second) or 0 if second else 0)
@@ -203,7 +227,7 @@ def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
                 ax.scatter(xs, lows, marker="_", color="black", s=200, zorder=3)
             ax.bar_label(bars_, fmt="%.0f" if metric.endswith("rps") else "%.1f", fontsize=7)
         ax.set_xticks([j + width * (len(gws) - 1) / 2 for j in range(len(groups))])
-        ax.set_xticklabels([f"{s}\nfan-out {fo}" for s, fo in groups])
+        ax.set_xticklabels([f"{s}{' ' + lb if lb else ''}\nfan-out {fo}" for s, fo, lb in groups])
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.legend(fontsize=8)
@@ -214,8 +238,9 @@ def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
         written.append(path)
 
     bars("rps", "requests/s (all answers)", "throughput.png")
-    if any(r["scenario"] == "overload" for r in rows):
+    if any(r["scenario"] in ("overload", "seed") for r in rows):
         bars("goodput_rps", "200 answers/s", "goodput.png")
+        bars("complete_rps", "complete answers/s", "complete.png")
     bars("p99_ms", "p99 latency, ms (tick: p50)", "latency.png", second="p50_ms")
 
     fig, ax = plt.subplots(figsize=(8, 4.5))

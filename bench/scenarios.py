@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import gateways, loadgen
+from . import counters, gateways, loadgen
 from .gateways import Running, Setup
 from .loadgen import LoadResult
 from .nginx import Nginx
@@ -139,9 +139,12 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         mark = ctx.nginx.access_log_mark() if ctx.nginx.access_log else 0
         ngx_pids = process_tree(ctx.nginx.child.pid)
         host0, ngx0, (me0, kids0) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
+        # the gateway's own counters, right before and right after the load
+        c0 = counters.read(*g.counters)
         t0, rss0, cpu0 = sampler.sample()
         result = load(g)
         t1, _, cpu1 = sampler.sample()
+        c1 = counters.read(*g.counters)
         host1, ngx1, (me1, kids1) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
         after = ctx.nginx.status()
         time.sleep(1.2 if ctx.nginx.access_log else 0)  # access log flush=1s
@@ -193,14 +196,7 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         "gateway_log_errors": _log_errors(g.child.log_path),
         "gateway_exit": code, "gateway_log": g.child.log_path,
     }
-    # Answers/s in which every partner answered: exact from wrk's count of
-    # X-Fanout-Complete: false; otherwise bounded by what nginx served.
-    if result.incomplete is not None and result.duration_s:
-        row["complete_rps"] = round(max(0, result.ok - result.incomplete) / result.duration_s, 1)
-        row["complete_rps_source"] = "wrk"
-    else:
-        row["complete_rps"] = round(min(row["goodput_rps"], row["upstream_rps"] / setup.fanout), 1)
-        row["complete_rps_source"] = "nginx bound"
+    completeness(row, result, counters.delta(c0, c1), setup, window)
     if result.partner_timeouts is not None:
         row["cancellations_per_s"] = round(result.partner_timeouts / result.duration_s, 1) \
             if result.duration_s else 0.0
@@ -208,6 +204,71 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
                  f"non-2xx {row['non2xx'] or 0}, socket errors {result.socket_errors or 0}")
     ctx.rows.append(row)
     return row
+
+
+def completeness(row: dict[str, Any], result: LoadResult, d: dict[str, Any] | None,
+                 setup: Setup, window: float) -> None:
+    """Complete answers/s (every partner answered), 503s/s and the p99 of
+    the 200s and of the 503s, into ``row``.
+
+    Complete answers come from the gateway's counters over the load window
+    (source "counters", any load generator): the share of its 200 answers
+    that were complete (``complete_share``), applied to the 200s/s the
+    client received. When the gateway and the client counted the same 200s
+    (ab, which waits for every answer) that is exactly complete answers
+    counted / duration; a load generator that stops at the end of its
+    duration leaves answers unread that the gateway counted
+    (``answers_vs_client`` > 1), and the share keeps those out. When a
+    scrape failed: wrk's count of ``X-Fanout-Complete: false`` (source
+    "wrk"); else only bounded by what nginx served (source "nginx bound":
+    complete/s <= nginx requests/s / fan-out)."""
+    duration = result.duration_s or window
+    row["counters"] = d
+    if d is not None:
+        row["complete_rps_source"] = "counters"
+        row["answers_counted"] = d["answers"]
+        row["complete_counted"] = d["complete"]
+        # (txfanout: a complete answer whose client hung up as it was sent
+        # counts as complete and as a 499, hence the cap)
+        share = min(1.0, d["complete"] / d["answers"]) if d["answers"] else None
+        row["complete_share"] = round(share, 4) if share is not None else None
+        row["complete_rps"] = round(row["goodput_rps"] * share, 1) if share is not None else 0.0
+        row["answers_vs_client"] = round(d["answers"] / result.ok, 3) if result.ok else None
+        if d["source"] == "metrics":
+            row["gw_codes"] = d.get("codes", {})
+            row["gw_shed"] = d.get("shed", {})
+            row.update(counters.gateway_latency(d, setup.deadline_ms / 1000.0))
+        if result.incomplete is not None:
+            row["complete_wrk"] = max(0, result.ok - result.incomplete)
+    elif result.incomplete is not None and duration:
+        row["complete_rps"] = round(max(0, result.ok - result.incomplete) / duration, 1)
+        row["complete_rps_source"] = "wrk"
+        row["complete_share"] = (round(1 - result.incomplete / result.ok, 4) if result.ok
+                                 else None)
+    else:
+        row["complete_rps"] = round(min(row["goodput_rps"], row["upstream_rps"] / setup.fanout), 1)
+        row["complete_rps_source"] = "nginx bound"
+        row["complete_share"] = None
+    # 503s/s: as the client counted them (wrk, h2load), else as txfanout
+    # counted them (ab does not say which non-2xx it got)
+    if "503" in result.statuses or result.tool != "ab":
+        row["rps_503"] = round(result.statuses.get("503", 0) / duration, 1) if duration else 0.0
+        row["rps_503_source"] = result.tool
+    elif d is not None and d["source"] == "metrics":
+        row["rps_503"] = round(d.get("codes", {}).get("503", 0) / duration, 1)
+        row["rps_503_source"] = "gateway"
+    else:
+        row["rps_503"] = round(result.non2xx / duration, 1) if duration else 0.0
+        row["rps_503_source"] = "ab non-2xx"
+    # p99 of the 200s and of the 503s: per status from h2load's log; from
+    # wrk or ab only when every answer was a 2xx (they give no breakdown)
+    if result.by_status:
+        row["p99_200_ms"] = result.by_status.get("200", {}).get("p99_ms")
+        row["p99_503_ms"] = result.by_status.get("503", {}).get("p99_ms")
+    else:
+        clean = result.non2xx == 0 and not result.socket_errors
+        row["p99_200_ms"] = result.p99_ms if clean else None
+        row["p99_503_ms"] = None
 
 
 def _wrk_load(ctx: Context, connections: int, duration: float, tag: str) -> Callable[[Running], LoadResult]:
@@ -278,10 +339,7 @@ def overload(ctx: Context) -> None:
         return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, ctx.duration,
                               ctx.load_cpu, ctx.workdir, log_path=log_path,
                               name=os.path.basename(log_path)[:-len(".load.log")])
-    for row in _many_clients(ctx, "overload", load):
-        by = row["load"]["by_status"]
-        row["p99_200_ms"] = by.get("200", {}).get("p99_ms")
-        row["p99_503_ms"] = by.get("503", {}).get("p99_ms")
+    _many_clients(ctx, "overload", load)
 
 
 def polite(ctx: Context) -> None:
