@@ -85,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
 def _versions() -> dict[str, str]:
     out: dict[str, str] = {"python": platform.python_version()}
     for tool, args in (("nginx", ["-v"]), ("wrk", ["-v"]), ("ab", ["-V"]),
-                       ("h2load", ["--version"])):
+                       ("h2load", ["--version"]), ("go", ["version"])):
         if shutil.which(tool):
             try:
                 r = subprocess.run([tool] + args, capture_output=True, text=True, timeout=10)
@@ -133,6 +133,12 @@ def run(args: argparse.Namespace) -> int:
         for p in pre.problems:
             print(f"  - {p}", file=sys.stderr)
         return 2
+    early_notes = [f"{gw} skipped: {w}" for gw in pre.skipped
+                   for w in pre.warnings if w.startswith(f"gateway {gw} ")]
+    gws = [g for g in gws if g not in pre.skipped]
+    if not gws:
+        print("cannot run: no gateway left to measure", file=sys.stderr)
+        return 2
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = os.path.abspath(args.out or os.path.join(BENCH_DIR, "out", f"{stamp}-{scenario}"))
@@ -147,6 +153,16 @@ def run(args: argparse.Namespace) -> int:
                + (5 if scenario == "soak" else 0))
     bound = 120 + 2 * n_rows * per_row
     install_signal_handlers()
+    build_dir = None
+    if gateways.GO_NETHTTP in gws:
+        # built once per run, with its cache, in a temp dir removed at the end
+        build_dir = tempfile.mkdtemp(prefix="bench-go-")
+        print("bench: building go-nethttp (bench/ref_go) with go", flush=True)
+        why = gateways.build_go(build_dir, os.path.join(logdir, "go-build.log"))
+        if why:
+            print(f"warning: go-nethttp skipped: {why}", file=sys.stderr)
+            early_notes.append(f"go-nethttp skipped: {why}")
+            gws = [g for g in gws if g != gateways.GO_NETHTTP]
     set_time_bound(bound)
 
     gw_cpu, load_cpu = (0, 1) if pin else (None, None)
@@ -209,11 +225,13 @@ def run(args: argparse.Namespace) -> int:
         except OSError:
             pass
         shutil.rmtree(ngx_dir, ignore_errors=True)
+        if build_dir is not None:
+            shutil.rmtree(build_dir, ignore_errors=True)
 
     meta["started"] = [{"name": n, "pid": pid} for n, pid in registry.started]
     meta["left_running"] = [pid for _, pid in registry.started if _alive(pid)]
     rows = report.collapse(ctx.rows) if ctx else []
-    notes = ctx.notes if ctx else []
+    notes = early_notes + (ctx.notes if ctx else [])
     if status:
         notes.append(f"run did not finish (exit {status}); rows so far only")
     meta["pinning_note"] = ("gateway pinned to CPU 0 with taskset; wrk/ab/h2load, nginx and "
@@ -257,8 +275,8 @@ def signal_safe_stop(registry: Registry) -> None:
 
 def check(_: argparse.Namespace) -> int:
     tools = set().union(*scenarios.TOOLS.values())
-    pre = preflight.check(tools, [gateways.TXFANOUT, gateways.BARE_TWISTED, gateways.AIOHTTP],
-                          True, True)
+    pre = preflight.check(tools, [gateways.TXFANOUT, gateways.BARE_TWISTED, gateways.AIOHTTP,
+                                  gateways.GO_NETHTTP], True, True)
     pre.facts["uvloop"] = preflight.has_module("uvloop")
     for p in pre.problems:
         print(f"missing: {p}")

@@ -23,8 +23,12 @@ TXFANOUT = "txfanout"
 BARE_TWISTED = "bare-twisted"
 AIOHTTP = "aiohttp"
 AIOHTTP_UVLOOP = "aiohttp-uvloop"
-ALL = (TXFANOUT, BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP)
-REFERENCES = (BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP)
+GO_NETHTTP = "go-nethttp"
+ALL = (TXFANOUT, BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP, GO_NETHTTP)
+REFERENCES = (BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP, GO_NETHTTP)
+GO_SOURCE = os.path.join(BENCH_DIR, "ref_go")
+# go-nethttp's binary, once build_go() has built it in this run
+_go_binary: str | None = None
 
 
 @dataclass
@@ -96,6 +100,34 @@ def supports_workers() -> bool:
     return "--workers" in txfanout_options()
 
 
+def build_go(tmpdir: str, log_path: str, timeout_s: float = 300) -> str:
+    """Build bench/ref_go with the distribution's ``go`` into ``tmpdir``
+    (its GOCACHE too; standard library only, GOPROXY=off: no network);
+    return a note on failure ('' on success). Done once per run."""
+    global _go_binary
+    import shutil
+
+    go = shutil.which("go")
+    if go is None:
+        return "go not found: apt-get install golang-go"
+    binary = os.path.join(tmpdir, "ref-go-nethttp")
+    env = dict(os.environ, GOCACHE=os.path.join(tmpdir, "gocache"),
+               GOPATH=os.path.join(tmpdir, "gopath"), GOPROXY="off", GOFLAGS="",
+               GOTOOLCHAIN="local", GOTELEMETRY="off", CGO_ENABLED="0", GO111MODULE="on")
+    cmd = [go, "build", "-trimpath", "-o", binary, "."]
+    try:
+        out = subprocess.run(cmd, cwd=GO_SOURCE, env=env, capture_output=True, text=True,
+                             timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"go build took over {timeout_s:.0f} s"
+    with open(log_path, "w", encoding="utf-8") as f:
+        f.write(f"$ (cd {GO_SOURCE} && {' '.join(cmd)})\n{out.stdout}{out.stderr}")
+    if out.returncode != 0 or not os.path.exists(binary):
+        return f"go build failed (exit {out.returncode}); see {log_path}"
+    _go_binary = binary
+    return ""
+
+
 def command(name: str, setup: Setup, port: int, admin_port: int, workdir: str) -> list[str]:
     """The command line that starts gateway ``name`` on ``port``."""
     if name == TXFANOUT:
@@ -119,6 +151,10 @@ def command(name: str, setup: Setup, port: int, admin_port: int, workdir: str) -
         return [sys.executable, os.path.join(BENCH_DIR, "ref_aiohttp.py")] + common
     if name == AIOHTTP_UVLOOP:
         return [sys.executable, os.path.join(BENCH_DIR, "ref_aiohttp.py"), "--uvloop"] + common
+    if name == GO_NETHTTP:
+        if _go_binary is None:
+            raise RuntimeError("go-nethttp is not built (gateways.build_go)")
+        return [_go_binary] + common
     raise ValueError(f"unknown gateway {name!r}; known: {', '.join(ALL)}")
 
 

@@ -124,3 +124,33 @@ def test_bench_counters_from_metrics() -> None:
     assert lat["gw_p99_200_ms"] is None and lat["gw_p99_200_over_ms"] == 500.0
     assert lat["gw_200_within_deadline"] == round(1 - 1 / 95, 4)
     assert counters.histogram_quantile(0.5, [(1.0, 10.0), (float("inf"), 10.0)]) == 0.5
+
+
+def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
+    """The Go reference: built with the distribution's go at run time,
+    driven like the others, its /stats read around the load window."""
+    reason = _skip_reason()
+    if reason is None and shutil.which("go") is None:
+        reason = "go not installed (apt-get install golang-go)"
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "out"
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--scenario", "steady", "--quick",
+         "--duration", "2", "--fanouts", "2", "--gateways", "go-nethttp", "--no-plots",
+         "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    data = json.loads((out / "results.json").read_text())
+    [row] = data["rows"]
+    assert row["gateway"] == "go-nethttp" and row["fanout"] == 2, output
+    assert row["statuses"] == {"200": row["requests"]} and row["requests"] > 0, output
+    assert row["incomplete"] == 0 and row["partner_timeouts"] == 0, output
+    assert row["complete_rps_source"] == "counters" and row["complete_share"] == 1.0, output
+    assert row["upstream_rps"] > 0 and row["gateway_log_errors"] == 0, output
+    assert data["meta"]["versions"]["go"].startswith("go version"), output
+    assert data["meta"]["left_running"] == []
+    assert (out / "logs" / "go-build.log").exists()
