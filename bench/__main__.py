@@ -49,15 +49,17 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a scenario and write table, JSON and plots")
     run.add_argument("--scenario", choices=scenarios.SCENARIOS, default="steady")
     run.add_argument("--duration", type=float, default=None,
-                     help="seconds of measured load per row (default: steady/overload/slow/"
-                          "workers 15, soak 120; seed is sized by -n instead)")
+                     help="seconds of measured load per row (default 15, soak 120; seed: "
+                          "its keep-alive rows; its ab rows are sized by -n, and ab -c 64 runs "
+                          "as long as ab -c 2500 took)")
     run.add_argument("--fanouts", type=_csv_ints, default=[1, 2, 8],
                      help="comma-separated fan-outs (steady default 1,2,8; other scenarios 2)")
     run.add_argument("--gateways", type=_csv_gateways,
                      default=[gateways.TXFANOUT, gateways.BARE_TWISTED, gateways.AIOHTTP],
                      help="comma-separated, from: " + ", ".join(gateways.ALL))
     run.add_argument("--connections", type=int, default=64,
-                     help="closed-loop connections for wrk (default 64)")
+                     help="closed-loop connections for wrk, and the few clients of the "
+                          "seed's reference rows (default 64; seed --quick: 16)")
     run.add_argument("--out", default=None, help="output folder (default bench/out/<timestamp>)")
     run.add_argument("--quick", action="store_true",
                      help="smoke-test sizes: 2 s rows, 1 s warm-up, 1 s settle, small ab/h2load")
@@ -74,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
                      help="do not pin (default on >= 2 CPUs: gateway on CPU 0, "
                           "load generator and nginx on CPU 1)")
     run.add_argument("--clients", type=int, default=None,
-                     help="overload: h2load clients (default 1000; 200 with --quick)")
+                     help="overload, polite: clients (default 1000; 200 with --quick); "
+                          "seed: the many clients (default 2500; 200 with --quick)")
     run.add_argument("--max-inflight", type=int, default=None,
                      help="txfanout's max_inflight (default: overload 64, others 2000)")
     run.add_argument("--no-plots", action="store_true")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -114,11 +115,12 @@ RULE = "|" + "---|" * (HEADER.count("|") - 1)
 
 
 def _load_label(row: dict[str, Any]) -> str:
-    if row["tool"] == "wrk":
-        return "wrk"
-    if row["tool"] == "ab":
-        return "ab"
-    return f"h2load{' ' + row['label'] if row.get('label') else ''}"
+    label = row.get("label") or ""
+    if row["scenario"] == "workers" or not label:
+        return row["tool"]
+    if label.startswith(row["tool"]):
+        return label
+    return f"{row['tool']} {label}"
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -150,6 +152,131 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+SHARE_OK = 0.9  # >= 90% of the 200s complete
+RATIO_OK = 0.9  # complete/s at many clients >= 0.9 of that at 64
+
+
+def _p99_200(row: dict[str, Any]) -> tuple[float | None, str]:
+    """p99 of the 200s and where it comes from: the client (h2load's log;
+    wrk or ab when every answer was a 2xx), else txfanout's histogram."""
+    if row.get("p99_200_ms") is not None:
+        return row["p99_200_ms"], "client"
+    if row.get("gw_p99_200_ms") is not None:
+        return row["gw_p99_200_ms"], "gateway-side"
+    if row.get("gw_p99_200_over_ms") is not None:
+        return math.inf, "gateway-side"
+    return None, ""
+
+
+def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The answers the seed scenario exists for, per gateway and shape (new
+    connection per request, keep-alive): the share of the 200s that were
+    complete at many clients, complete/s at many clients as a share of
+    complete/s at 64, and the p99 of the 200s against the deadline."""
+    seed: list[dict[str, Any]] = []
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["scenario"] == "seed" and r.get("shape"):
+            groups.setdefault((r["gateway"], r["fanout"], r["shape"]), []).append(r)
+    for (gw, fo, shape), rs in groups.items():
+        ordered = sorted(rs, key=lambda r: r.get("clients") or 0)
+        few, many = ordered[0], ordered[-1]
+        if few is many:
+            continue
+        share = many.get("complete_share")
+        ratio = (round(many["complete_rps"] / few["complete_rps"], 3)
+                 if few.get("complete_rps") else None)
+        p99, p99_src = _p99_200(many)
+        deadline = many.get("deadline_ms") or 500
+        seed.append({
+            "gateway": gw, "fanout": fo, "shape": shape,
+            "clients": many.get("clients"), "clients_ref": few.get("clients"),
+            "complete_rps": many.get("complete_rps"), "complete_rps_ref": few.get("complete_rps"),
+            "complete_source": many.get("complete_rps_source"),
+            "complete_share": share, "share_ok": None if share is None else share >= SHARE_OK,
+            "complete_ratio": ratio, "ratio_ok": None if ratio is None else ratio >= RATIO_OK,
+            "p99_200_ms": None if p99 is not None and math.isinf(p99) else p99,
+            "p99_200_source": p99_src, "deadline_ms": deadline,
+            "p99_ok": None if p99 is None else p99 <= deadline,
+            "gw_200_within_deadline": many.get("gw_200_within_deadline"),
+        })
+    return {"seed": seed}
+
+
+def _yes(ok: bool | None) -> str:
+    return "–" if ok is None else ("yes" if ok else "**NO**")
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _rate_503(row: dict[str, Any]) -> str:
+    v = row.get("rps_503")
+    if v is None:
+        return "–"
+    src = row.get("rps_503_source")
+    return f"{v:.0f}" + (" (ab non-2xx)" if src == "ab non-2xx" else "")
+
+
+def _gw_p99(row: dict[str, Any]) -> str:
+    if row.get("gw_p99_ms") is None and row.get("gw_p99_over_ms") is None:
+        return "–"
+
+    def one(key: str) -> str:
+        if row.get(key) is not None:
+            return f"{row[key]:.0f}"
+        over = row.get(key.replace("_ms", "_over_ms"))
+        return f"> {over:.0f}" if over is not None else "–"
+    return f"{one('gw_p99_ms')} / {one('gw_p99_200_ms')}"
+
+
+def _seed_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> list[str]:
+    seed_rows = [r for r in rows if r["scenario"] == "seed" and r.get("shape")]
+    if not seed_rows:
+        return []
+    lines = ["", "Seed: every gateway at many clients and at few, in both shapes, same run. "
+             "complete = every selected partner called and answered, from the gateway's own "
+             "counters; p99 of the 200s and of the 503s from h2load's per-request log, from "
+             "ab only when every answer was a 2xx (ab gives no per-status latency); gw p99 = "
+             "txfanout's histogram over the window (first byte to answer: the accept queue "
+             "is not in it), all answers / the 200s:", "",
+             "| gateway | fo | shape | load | req/s | 200/s | complete/s | complete % of 200s "
+             "| 503/s | p99 200s ms | p99 503s ms | p99 all ms (client) | gw p99 ms (all / 200s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in seed_rows:
+        bound = "≤ " if r.get("complete_rps_source") == "nginx bound" else ""
+        lines.append(" | ".join([
+            f"| {r['gateway']}", str(r["fanout"]), r["shape"], r.get("label") or "",
+            _f(r["rps"], 0), _f(r["goodput_rps"], 0), f"{bound}{_f(r['complete_rps'], 0)}",
+            _pct(r.get("complete_share")), _rate_503(r), _f(r.get("p99_200_ms"), 1),
+            _f(r.get("p99_503_ms"), 1), _f(r["p99_ms"], 1), _gw_p99(r)]) + " |")
+    if summary:
+        lines += ["", f"Seed, the three questions (at {summary[0]['clients']} clients; "
+                  f"reference {summary[0]['clients_ref']} clients, same gateway, same shape):",
+                  "",
+                  f"| gateway | fo | shape | >= {100 * SHARE_OK:.0f}% of 200s complete? "
+                  f"| complete/s >= {RATIO_OK} x the {summary[0]['clients_ref']}-client rate? "
+                  f"| p99 of the 200s <= deadline? |",
+                  "|---|---|---|---|---|---|"]
+        for q in summary:
+            ratio = ("–" if q["complete_ratio"] is None else
+                     f"{q['complete_ratio']:.2f} ({_f(q['complete_rps'], 0)} / "
+                     f"{_f(q['complete_rps_ref'], 0)}/s) {_yes(q['ratio_ok'])}")
+            if q["p99_200_source"]:
+                p99 = ("> 5000 ms" if q["p99_200_ms"] is None else f"{q['p99_200_ms']:.0f} ms")
+                p99 += f" ({q['p99_200_source']}) vs {q['deadline_ms']} ms {_yes(q['p99_ok'])}"
+            else:
+                p99 = "– (ab mixes statuses)"
+            if q.get("gw_200_within_deadline") is not None:
+                p99 += f"; gw: {_pct(q['gw_200_within_deadline'])} of 200s within it"
+            bound = " (nginx bound)" if q["complete_source"] == "nginx bound" else ""
+            lines.append(f"| {q['gateway']} | {q['fanout']} | {q['shape']} | "
+                         f"{_pct(q['complete_share'])}{bound} {_yes(q['share_ok'])} | "
+                         f"{ratio} | {p99} |")
+    return lines
+
+
 def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
     """The result table, ratio rows and notes as markdown."""
     lines = [HEADER, RULE]
@@ -175,6 +302,8 @@ def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
                          f"{_f(q['rps'], 2)} | {_f(q['goodput'], 2)} | {_f(q['complete'], 2)} | "
                          f"{_f(q['p50'], 2)} | "
                          f"{_f(q['p99'], 2)} | {_f(q['cpu_per_1k'], 2)} | {_f(q['peak_rss'], 2)} |")
+    summary = summaries(rows)
+    lines += _seed_markdown(rows, summary["seed"])
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -183,8 +312,8 @@ def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
 def write_json(path: str, meta: dict[str, Any], rows: list[dict[str, Any]],
                notes: list[str]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows, "ratios": ratios(rows), "notes": notes}, f,
-                  indent=2)
+        json.dump({"meta": meta, "rows": rows, "ratios": ratios(rows),
+                   "summaries": summaries(rows), "notes": notes}, f, indent=2)
 
 
 def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:

@@ -154,3 +154,47 @@ def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
     assert data["meta"]["versions"]["go"].startswith("go version"), output
     assert data["meta"]["left_running"] == []
     assert (out / "logs" / "go-build.log").exists()
+
+
+def _run_quick(tmp_path: Path, scenario: str, *extra: str) -> dict:
+    out = tmp_path / scenario
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--scenario", scenario, "--quick",
+         "--duration", "1", "--no-plots", "--out", str(out), *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    data = json.loads((out / "results.json").read_text())
+    data["table"] = (out / "table.md").read_text()
+    data["output"] = output
+    assert data["meta"]["left_running"] == [], output
+    return data
+
+
+def test_bench_seed_quick(tmp_path: Path) -> None:
+    """seed: both shapes at many and few clients, complete answers from
+    the counters, the three questions answered."""
+    reason = _skip_reason()
+    for tool, pkg in (("ab", "apache2-utils"), ("h2load", "nghttp2-client")):
+        if reason is None and shutil.which(tool) is None:
+            reason = f"{tool} not installed (apt-get install {pkg})"
+    if reason:
+        pytest.skip(reason)
+    data = _run_quick(tmp_path, "seed", "--gateways", "txfanout")
+    rows = {r["label"]: r for r in data["rows"]}
+    assert set(rows) == {"ab c200", "ab c16", "h2load c200", "h2load c16"}, data["output"]
+    for label, row in rows.items():
+        assert row["complete_rps_source"] == "counters", label
+        assert row["complete_share"] is not None and row["complete_rps"] > 0, label
+        assert row["tool"] == label.split()[0] and row["clients"] == int(label[label.index("c") + 1:])
+        assert row["gw_p99_ms"] is not None and row["rps_503"] is not None, label
+    assert rows["h2load c200"]["p99_200_ms"] is not None
+    [ab, ka] = data["summaries"]["seed"]
+    assert (ab["shape"], ka["shape"]) == ("new connection per request", "keep-alive")
+    for q in (ab, ka):
+        assert q["complete_ratio"] is not None and q["complete_share"] is not None, q
+        assert q["p99_200_source"] in ("client", "gateway-side"), q
+    assert "the three questions" in data["table"]
+
