@@ -74,6 +74,10 @@ def _extra(row: dict[str, Any]) -> str:
         out.append(f"complete {_complete(row)}")
     if row.get("answers_vs_client") is not None and abs(row["answers_vs_client"] - 1) > 0.05:
         out.append(f"gateway counted {row['answers_vs_client']:.2f}x the client's 200s")
+    if row.get("goodput_vs_capacity") is not None:
+        out.append(f"of capacity {_f(row.get('capacity_rps'), 0)}/s: 200s "
+                   f"{row['goodput_vs_capacity']:.2f}, complete "
+                   f"{_f(row.get('complete_vs_capacity'), 2)}")
     if s == "overload":
         out.append(f"p99(200) {_f(row.get('p99_200_ms'))} ms")
         if row.get("p99_503_ms") is not None:
@@ -120,6 +124,8 @@ def _load_label(row: dict[str, Any]) -> str:
         return row["tool"]
     if label.startswith(row["tool"]):
         return label
+    if label == "capacity":
+        return f"{row['tool']} c{row.get('clients')} (capacity)"
     return f"{row['tool']} {label}"
 
 
@@ -169,10 +175,14 @@ def _p99_200(row: dict[str, Any]) -> tuple[float | None, str]:
 
 
 def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The answers the seed scenario exists for, per gateway and shape (new
-    connection per request, keep-alive): the share of the 200s that were
-    complete at many clients, complete/s at many clients as a share of
-    complete/s at 64, and the p99 of the 200s against the deadline."""
+    """The answers the seed and overload scenarios exist for, per gateway:
+
+    - seed, per shape (new connection per request, keep-alive): the share
+      of the 200s that were complete at many clients, complete/s at many
+      clients as a share of complete/s at 64, and the p99 of the 200s
+      against the deadline;
+    - overload: goodput (200/s) and complete/s as shares of the capacity
+      measured just before (wrk c=64)."""
     seed: list[dict[str, Any]] = []
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in rows:
@@ -200,7 +210,14 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             "p99_ok": None if p99 is None else p99 <= deadline,
             "gw_200_within_deadline": many.get("gw_200_within_deadline"),
         })
-    return {"seed": seed}
+    overload = []
+    for r in rows:
+        if r["scenario"] == "overload" and r.get("label") != "capacity":
+            overload.append({k: r.get(k) for k in (
+                "gateway", "fanout", "clients", "capacity_rps", "capacity_source", "rps",
+                "goodput_rps", "complete_rps", "complete_share", "rps_503", "p99_200_ms",
+                "p99_503_ms", "goodput_vs_capacity", "complete_vs_capacity")})
+    return {"seed": seed, "overload": overload}
 
 
 def _yes(ok: bool | None) -> str:
@@ -277,6 +294,25 @@ def _seed_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) ->
     return lines
 
 
+def _overload_markdown(summary: list[dict[str, Any]]) -> list[str]:
+    if not summary:
+        return []
+    lines = ["", "Overload: goodput as a share of each gateway's capacity, measured just before "
+             "on the same set-up (wrk c=64, complete answers/s):", "",
+             "| gateway | fo | clients | capacity complete/s | req/s | 200/s | complete/s "
+             "| complete % of 200s | 503/s | p99 200s ms | p99 503s ms | 200/s ÷ capacity "
+             "| complete/s ÷ capacity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for q in summary:
+        lines.append(" | ".join([
+            f"| {q['gateway']}", str(q["fanout"]), str(q["clients"]), _f(q["capacity_rps"], 0),
+            _f(q["rps"], 0), _f(q["goodput_rps"], 0), _f(q["complete_rps"], 0),
+            _pct(q["complete_share"]), _f(q["rps_503"], 0), _f(q["p99_200_ms"], 1),
+            _f(q["p99_503_ms"], 1), _f(q["goodput_vs_capacity"], 2),
+            _f(q["complete_vs_capacity"], 2)]) + " |")
+    return lines
+
+
 def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
     """The result table, ratio rows and notes as markdown."""
     lines = [HEADER, RULE]
@@ -304,6 +340,7 @@ def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
                          f"{_f(q['p99'], 2)} | {_f(q['cpu_per_1k'], 2)} | {_f(q['peak_rss'], 2)} |")
     summary = summaries(rows)
     lines += _seed_markdown(rows, summary["seed"])
+    lines += _overload_markdown(summary["overload"])
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

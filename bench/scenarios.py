@@ -363,34 +363,54 @@ def seed(ctx: Context) -> None:
 
 
 def _many_clients(ctx: Context, scenario: str,
-                  load: Callable[[Running, int, str], LoadResult]) -> list[dict[str, Any]]:
+                  load: Callable[[Running, int, str], LoadResult],
+                  capacity_s: float | None = None) -> list[dict[str, Any]]:
     """Rows of ``load(gateway, clients, log_path)``: 1,000 clients (or
-    --clients) against txfanout at max_inflight 64 (or --max-inflight)."""
+    --clients) against txfanout at max_inflight 64 (or --max-inflight).
+    With ``capacity_s``, each gateway's row comes after a row of wrk at
+    --connections (64) for that long on the same set-up (label
+    "capacity"), and the many-clients row keeps its complete answers/s
+    (``capacity_rps``) to quote goodput as a share of it."""
     clients = ctx.clients or (200 if ctx.quick else 1000)
     rows = []
     for fo in _fanouts(ctx):
         for name in ctx.order():
+            setup = _setup(ctx, fo, name, 64)
+            capacity = None
+            if capacity_s:
+                capacity = measure(ctx, scenario, name, setup,
+                                   _wrk_load(ctx, ctx.connections, capacity_s,
+                                             f"{scenario}-{name}-fo{fo}-capacity"),
+                                   label="capacity")
+                capacity["clients"] = ctx.connections
             log_path = os.path.join(ctx.logdir, f"{scenario}-{name}-fo{fo}.load.log")
 
             def run(g: Running, log_path: str = log_path) -> LoadResult:
                 return load(g, clients, log_path)
-            row = measure(ctx, scenario, name, _setup(ctx, fo, name, 64), run,
-                          label=f"c{clients}")
+            row = measure(ctx, scenario, name, setup, run, label=f"c{clients}")
             row["clients"] = clients
+            if capacity is not None:
+                cap = capacity["complete_rps"] or 0
+                row["capacity_rps"] = capacity["complete_rps"]
+                row["capacity_source"] = capacity["complete_rps_source"]
+                row["goodput_vs_capacity"] = round(row["goodput_rps"] / cap, 3) if cap else None
+                row["complete_vs_capacity"] = (round(row["complete_rps"] / cap, 3)
+                                               if cap else None)
             rows.append(row)
     return rows
 
 
 def overload(ctx: Context) -> None:
     """Offered load far above max_inflight: h2load --h1 closed loop with many
-    clients; txfanout capped at max_inflight 64 (or --max-inflight); goodput and
-    per-status p99."""
+    clients; txfanout capped at max_inflight 64 (or --max-inflight); goodput
+    and complete answers/s as shares of the gateway's capacity measured just
+    before on the same set-up (wrk c=64, 5 s; --quick 2 s); per-status p99."""
 
     def load(g: Running, clients: int, log_path: str) -> LoadResult:
         return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, ctx.duration,
                               ctx.load_cpu, ctx.workdir, log_path=log_path,
                               name=os.path.basename(log_path)[:-len(".load.log")])
-    _many_clients(ctx, "overload", load)
+    _many_clients(ctx, "overload", load, capacity_s=2.0 if ctx.quick else 5.0)
 
 
 def polite(ctx: Context) -> None:
@@ -481,5 +501,5 @@ def rows_expected(scenario: str, gateways_: list[str], fanouts: list[int]) -> in
     fos = len(fanouts) if scenario == "steady" or fanouts != [1, 2, 8] else 1
     if scenario == "workers":
         return 2 * fos
-    per_gateway = {"seed": 4}.get(scenario, 1)
+    per_gateway = {"seed": 4, "overload": 2}.get(scenario, 1)
     return fos * len(gateways_) * per_gateway

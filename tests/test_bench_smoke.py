@@ -173,9 +173,10 @@ def _run_quick(tmp_path: Path, scenario: str, *extra: str) -> dict:
     return data
 
 
-def test_bench_seed_quick(tmp_path: Path) -> None:
+def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
     """seed: both shapes at many and few clients, complete answers from
-    the counters, the three questions answered."""
+    the counters, the three questions answered; overload: a capacity row
+    before the many-clients row, goodput as a share of it."""
     reason = _skip_reason()
     for tool, pkg in (("ab", "apache2-utils"), ("h2load", "nghttp2-client")):
         if reason is None and shutil.which(tool) is None:
@@ -198,3 +199,12 @@ def test_bench_seed_quick(tmp_path: Path) -> None:
         assert q["p99_200_source"] in ("client", "gateway-side"), q
     assert "the three questions" in data["table"]
 
+    data = _run_quick(tmp_path, "overload", "--gateways", "txfanout")
+    rows = {r["label"]: r for r in data["rows"]}
+    assert set(rows) == {"capacity", "c200"}, data["output"]
+    assert rows["capacity"]["tool"] == "wrk" and rows["c200"]["tool"] == "h2load"
+    assert rows["c200"]["capacity_rps"] == rows["capacity"]["complete_rps"] > 0
+    assert rows["c200"]["goodput_vs_capacity"] is not None
+    [q] = data["summaries"]["overload"]
+    assert q["complete_vs_capacity"] == rows["c200"]["complete_vs_capacity"]
+    assert "÷ capacity" in data["table"]
