@@ -315,7 +315,8 @@ def seed_sizes(ctx: Context) -> dict[str, Any]:
     2000."""
     many = ctx.clients or (200 if ctx.quick else 2500)
     few = 16 if ctx.quick else ctx.connections
-    return {"many": many, "few": few, "n": 2000 if ctx.quick else 50000,
+    # ab refuses a concurrency above -n
+    return {"many": many, "few": few, "n": max(many, 2000 if ctx.quick else 50000),
             "ab_few_max_s": 10 if ctx.quick else 120}
 
 
