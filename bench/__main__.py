@@ -49,15 +49,17 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a scenario and write table, JSON and plots")
     run.add_argument("--scenario", choices=scenarios.SCENARIOS, default="steady")
     run.add_argument("--duration", type=float, default=None,
-                     help="seconds of measured load per row (default: steady/overload/slow/"
-                          "workers 15, soak 120; seed is sized by -n instead)")
+                     help="seconds of measured load per row (default 15, soak 120; seed: "
+                          "its keep-alive rows; its ab rows are sized by -n, and ab -c 64 runs "
+                          "as long as ab -c 2500 took)")
     run.add_argument("--fanouts", type=_csv_ints, default=[1, 2, 8],
                      help="comma-separated fan-outs (steady default 1,2,8; other scenarios 2)")
     run.add_argument("--gateways", type=_csv_gateways,
                      default=[gateways.TXFANOUT, gateways.BARE_TWISTED, gateways.AIOHTTP],
                      help="comma-separated, from: " + ", ".join(gateways.ALL))
     run.add_argument("--connections", type=int, default=64,
-                     help="closed-loop connections for wrk (default 64)")
+                     help="closed-loop connections for wrk, and the few clients of the "
+                          "seed's reference rows (default 64; seed --quick: 16)")
     run.add_argument("--out", default=None, help="output folder (default bench/out/<timestamp>)")
     run.add_argument("--quick", action="store_true",
                      help="smoke-test sizes: 2 s rows, 1 s warm-up, 1 s settle, small ab/h2load")
@@ -74,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
                      help="do not pin (default on >= 2 CPUs: gateway on CPU 0, "
                           "load generator and nginx on CPU 1)")
     run.add_argument("--clients", type=int, default=None,
-                     help="overload: h2load clients (default 1000; 200 with --quick)")
+                     help="overload, polite: clients (default 1000; 200 with --quick); "
+                          "seed: the many clients (default 2500; 200 with --quick)")
     run.add_argument("--max-inflight", type=int, default=None,
                      help="txfanout's max_inflight (default: overload 64, others 2000)")
     run.add_argument("--no-plots", action="store_true")
@@ -85,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
 def _versions() -> dict[str, str]:
     out: dict[str, str] = {"python": platform.python_version()}
     for tool, args in (("nginx", ["-v"]), ("wrk", ["-v"]), ("ab", ["-V"]),
-                       ("h2load", ["--version"])):
+                       ("h2load", ["--version"]), ("go", ["version"])):
         if shutil.which(tool):
             try:
                 r = subprocess.run([tool] + args, capture_output=True, text=True, timeout=10)
@@ -133,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
         for p in pre.problems:
             print(f"  - {p}", file=sys.stderr)
         return 2
+    early_notes = [f"{gw} skipped: {w}" for gw in pre.skipped
+                   for w in pre.warnings if w.startswith(f"gateway {gw} ")]
+    gws = [g for g in gws if g not in pre.skipped]
+    if not gws:
+        print("cannot run: no gateway left to measure", file=sys.stderr)
+        return 2
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = os.path.abspath(args.out or os.path.join(BENCH_DIR, "out", f"{stamp}-{scenario}"))
@@ -147,6 +156,16 @@ def run(args: argparse.Namespace) -> int:
                + (5 if scenario == "soak" else 0))
     bound = 120 + 2 * n_rows * per_row
     install_signal_handlers()
+    build_dir = None
+    if gateways.GO_NETHTTP in gws:
+        # built once per run, with its cache, in a temp dir removed at the end
+        build_dir = tempfile.mkdtemp(prefix="bench-go-")
+        print("bench: building go-nethttp (bench/ref_go) with go", flush=True)
+        why = gateways.build_go(build_dir, os.path.join(logdir, "go-build.log"))
+        if why:
+            print(f"warning: go-nethttp skipped: {why}", file=sys.stderr)
+            early_notes.append(f"go-nethttp skipped: {why}")
+            gws = [g for g in gws if g != gateways.GO_NETHTTP]
     set_time_bound(bound)
 
     gw_cpu, load_cpu = (0, 1) if pin else (None, None)
@@ -209,11 +228,13 @@ def run(args: argparse.Namespace) -> int:
         except OSError:
             pass
         shutil.rmtree(ngx_dir, ignore_errors=True)
+        if build_dir is not None:
+            shutil.rmtree(build_dir, ignore_errors=True)
 
     meta["started"] = [{"name": n, "pid": pid} for n, pid in registry.started]
     meta["left_running"] = [pid for _, pid in registry.started if _alive(pid)]
     rows = report.collapse(ctx.rows) if ctx else []
-    notes = ctx.notes if ctx else []
+    notes = early_notes + (ctx.notes if ctx else [])
     if status:
         notes.append(f"run did not finish (exit {status}); rows so far only")
     meta["pinning_note"] = ("gateway pinned to CPU 0 with taskset; wrk/ab/h2load, nginx and "
@@ -257,8 +278,8 @@ def signal_safe_stop(registry: Registry) -> None:
 
 def check(_: argparse.Namespace) -> int:
     tools = set().union(*scenarios.TOOLS.values())
-    pre = preflight.check(tools, [gateways.TXFANOUT, gateways.BARE_TWISTED, gateways.AIOHTTP],
-                          True, True)
+    pre = preflight.check(tools, [gateways.TXFANOUT, gateways.BARE_TWISTED, gateways.AIOHTTP,
+                                  gateways.GO_NETHTTP], True, True)
     pre.facts["uvloop"] = preflight.has_module("uvloop")
     for p in pre.problems:
         print(f"missing: {p}")

@@ -2,7 +2,8 @@
 
 Each is started as a subprocess on 127.0.0.1 with the same fan-out, the same
 partner URLs and the same timeouts; :func:`start` returns once it answers
-its readiness probe.
+its readiness probe. Each says where its counters are (``Running.counters``):
+txfanout's admin /metrics, the references' ``GET /stats``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ TXFANOUT = "txfanout"
 BARE_TWISTED = "bare-twisted"
 AIOHTTP = "aiohttp"
 AIOHTTP_UVLOOP = "aiohttp-uvloop"
-ALL = (TXFANOUT, BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP)
-REFERENCES = (BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP)
+GO_NETHTTP = "go-nethttp"
+ALL = (TXFANOUT, BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP, GO_NETHTTP)
+REFERENCES = (BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP, GO_NETHTTP)
+GO_SOURCE = os.path.join(BENCH_DIR, "ref_go")
+# go-nethttp's binary, once build_go() has built it in this run
+_go_binary: str | None = None
 
 
 @dataclass
@@ -48,6 +53,8 @@ class Running:
     child: Child
     url: str  # where the load goes
     ready_url: str
+    # where its counters are: (URLs, "metrics" for txfanout | "stats")
+    counters: tuple[list[str], str] = field(default_factory=lambda: ([], "stats"))
 
 
 def _env() -> dict[str, str]:
@@ -93,6 +100,34 @@ def supports_workers() -> bool:
     return "--workers" in txfanout_options()
 
 
+def build_go(tmpdir: str, log_path: str, timeout_s: float = 300) -> str:
+    """Build bench/ref_go with the distribution's ``go`` into ``tmpdir``
+    (its GOCACHE too; standard library only, GOPROXY=off: no network);
+    return a note on failure ('' on success). Done once per run."""
+    global _go_binary
+    import shutil
+
+    go = shutil.which("go")
+    if go is None:
+        return "go not found: apt-get install golang-go"
+    binary = os.path.join(tmpdir, "ref-go-nethttp")
+    env = dict(os.environ, GOCACHE=os.path.join(tmpdir, "gocache"),
+               GOPATH=os.path.join(tmpdir, "gopath"), GOPROXY="off", GOFLAGS="",
+               GOTOOLCHAIN="local", GOTELEMETRY="off", CGO_ENABLED="0", GO111MODULE="on")
+    cmd = [go, "build", "-trimpath", "-o", binary, "."]
+    try:
+        out = subprocess.run(cmd, cwd=GO_SOURCE, env=env, capture_output=True, text=True,
+                             timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"go build took over {timeout_s:.0f} s"
+    with open(log_path, "w", encoding="utf-8") as f:
+        f.write(f"$ (cd {GO_SOURCE} && {' '.join(cmd)})\n{out.stdout}{out.stderr}")
+    if out.returncode != 0 or not os.path.exists(binary):
+        return f"go build failed (exit {out.returncode}); see {log_path}"
+    _go_binary = binary
+    return ""
+
+
 def command(name: str, setup: Setup, port: int, admin_port: int, workdir: str) -> list[str]:
     """The command line that starts gateway ``name`` on ``port``."""
     if name == TXFANOUT:
@@ -116,6 +151,10 @@ def command(name: str, setup: Setup, port: int, admin_port: int, workdir: str) -
         return [sys.executable, os.path.join(BENCH_DIR, "ref_aiohttp.py")] + common
     if name == AIOHTTP_UVLOOP:
         return [sys.executable, os.path.join(BENCH_DIR, "ref_aiohttp.py"), "--uvloop"] + common
+    if name == GO_NETHTTP:
+        if _go_binary is None:
+            raise RuntimeError("go-nethttp is not built (gateways.build_go)")
+        return [_go_binary] + common
     raise ValueError(f"unknown gateway {name!r}; known: {', '.join(ALL)}")
 
 
@@ -144,5 +183,10 @@ def start(registry: Registry, name: str, setup: Setup, workdir: str, logdir: str
             if taken and attempt + 1 < attempts:
                 continue
             raise
-        return Running(name, child, f"{base}/bid", ready)
+        if name == TXFANOUT:
+            counters = ([f"http://127.0.0.1:{admin_port + i}/metrics"
+                         for i in range(setup.workers)], "metrics")
+        else:
+            counters = ([f"{base}/stats"], "stats")
+        return Running(name, child, f"{base}/bid", ready, counters)
     raise AssertionError("unreachable")

@@ -178,11 +178,17 @@ def parse_wrk(out: str, code: int = 0) -> LoadResult:
 
 
 def ab(registry: Registry, url: str, body_path: str, requests: int, concurrency: int,
-       cpu: int | None, log_path: str | None = None, timeout_s: float = 600) -> LoadResult:
+       cpu: int | None, log_path: str | None = None, timeout_s: float = 600,
+       time_limit_s: float | None = None) -> LoadResult:
     """``ab -n N -c C -p body -T application/json``, as the seed ran it (no
-    keep-alive: one connection per request)."""
-    cmd = pinned(["ab", "-q", "-r", "-s", "10", "-n", str(requests), "-c", str(concurrency),
-                  "-p", body_path, "-T", "application/json", url], cpu)
+    keep-alive: one connection per request). With ``time_limit_s``, ``-t T``
+    comes first (it implies -n 50000, which the -n after it replaces): ab
+    stops after T seconds or N requests, whichever comes first."""
+    limit = ["-t", str(max(1, round(time_limit_s)))] if time_limit_s else []
+    cmd = pinned(["ab", "-q", "-r", "-s", "10"] + limit + ["-n", str(requests),
+                  "-c", str(concurrency), "-p", body_path, "-T", "application/json", url], cpu)
+    if time_limit_s:
+        timeout_s = min(timeout_s, time_limit_s + 60)
     code, out = run_bounded(cmd, timeout_s, registry, "ab", log_path)
     return parse_ab(out, code)
 

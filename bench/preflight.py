@@ -20,6 +20,7 @@ TOOLS = {
     "ab": "apache2-utils",
     "h2load": "nghttp2-client",
     "taskset": "util-linux",
+    "go": "golang-go",
 }
 # gateway -> python modules it needs, and how to get them
 MODULES = {
@@ -28,6 +29,9 @@ MODULES = {
     "aiohttp": (("aiohttp",), "pip install aiohttp (or pip install '.[bench]')"),
     "aiohttp-uvloop": (("aiohttp", "uvloop"), "pip install aiohttp uvloop"),
 }
+# gateways built at run time with a tool; without it the gateway is skipped
+# (a warning and a note in the table), the rest of the run goes on
+BUILT_WITH = {"go-nethttp": "go"}
 
 
 @dataclass
@@ -37,6 +41,16 @@ class Report:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     facts: dict[str, object] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # gateways that cannot be built
+
+
+def tool_version(cmd: list[str]) -> str:
+    """First line of what ``cmd`` prints ('' when it fails)."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return (out.stdout + out.stderr).strip().splitlines()[0]
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        return ""
 
 
 def has_module(name: str) -> bool:
@@ -63,6 +77,14 @@ def check(tools: set[str], gateways: list[str], want_plots: bool = True,
         except (OSError, subprocess.TimeoutExpired) as e:
             r.problems.append(f"nginx -V failed: {e}")
     for gw in gateways:
+        tool = BUILT_WITH.get(gw)
+        if tool is not None:
+            if shutil.which(tool) is None:
+                r.warnings.append(f"gateway {gw} needs {tool} to be built: apt-get install "
+                                  f"{TOOLS[tool]}; {gw} is skipped")
+                r.skipped.append(gw)
+            else:
+                r.facts[f"{tool}_version"] = tool_version([tool, "version"])
         modules, how = MODULES.get(gw, ((), ""))
         missing = [m for m in modules if not has_module(m)]
         if missing:

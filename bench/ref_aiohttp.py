@@ -42,7 +42,8 @@ async def call(session: ClientSession, index: int, url: str, body: bytes) -> dic
 
 def make_app(urls: list[str], timeout_s: float, pool_size: int) -> web.Application:
     app = web.Application()
-    state: dict[str, Any] = {"n": 0, "prefix": os.urandom(4).hex()}
+    state: dict[str, Any] = {"n": 0, "prefix": os.urandom(4).hex(), "answers": 0,
+                             "complete": 0, "started": time.monotonic()}
 
     async def on_startup(app: web.Application) -> None:
         state["session"] = ClientSession(
@@ -54,6 +55,10 @@ def make_app(urls: list[str], timeout_s: float, pool_size: int) -> web.Applicati
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({"answers": state["answers"], "complete": state["complete"],
+                                  "uptime_s": round(time.monotonic() - state["started"], 3)})
 
     async def fanout(request: web.Request) -> web.Response:
         started = time.monotonic()
@@ -79,10 +84,17 @@ def make_app(urls: list[str], timeout_s: float, pool_size: int) -> web.Applicati
                            "complete": complete,
                            "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
                            "results": results})
+        # Counted when the client is still there to receive it (as the other
+        # references do): a client that hung up gets no answer.
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            state["answers"] += 1
+            state["complete"] += complete
         return web.Response(text=data, content_type="application/json",
                             headers={"X-Fanout-Complete": "true" if complete else "false"})
 
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/stats", stats)
     app.router.add_post("/{route}", fanout)
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

@@ -4,7 +4,9 @@ A minimal twisted.web Resource + Agent on one tuned HTTPConnectionPool, no
 features: POST /anything fans the body out to N partner URLs, each call
 bounded by ``min(timeout, deadline)``; stragglers are cancelled (their
 connection aborted); the answer is the same JSON shape as txfanout's.
-``GET /healthz`` answers 200.
+``GET /healthz`` answers 200; ``GET /stats`` answers JSON counters of the 200 answers given
+since start and of the complete ones (every partner ok, as its
+X-Fanout-Complete says).
 
     python bench/ref_twisted.py --port 8081 --fanout 2 \\
         --partner-url 'http://127.0.0.1:8000/bid{i}' --timeout-ms 300 --deadline-ms 500
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -68,9 +71,15 @@ class Fanout(Resource):
         self.headers = Headers({b"Content-Type": [b"application/json"]})
         self.counter = 0
         self.prefix = os.urandom(4).hex()
+        self.answers = 0  # 200 answers written to a client still there
+        self.complete = 0  # of which every partner was ok
+        self.started = time.monotonic()
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
+        if request.path == b"/stats":
+            return json.dumps({"answers": self.answers, "complete": self.complete,
+                               "uptime_s": round(time.monotonic() - self.started, 3)}).encode()
         return b'{"status":"ok"}'
 
     def call(self, index: int, url: bytes, body: bytes) -> defer.Deferred[dict[str, Any]]:
@@ -128,6 +137,8 @@ class Fanout(Resource):
             request.setHeader(b"Content-Length", b"%d" % len(data))
             request.write(data)
             request.finish()
+            self.answers += 1
+            self.complete += complete
 
         def gone(_: Any) -> None:
             for c in calls:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
-REFERENCE_ORDER = ("bare-twisted", "aiohttp", "aiohttp-uvloop")
+REFERENCE_ORDER = ("bare-twisted", "aiohttp", "aiohttp-uvloop", "go-nethttp")
 
 
 def collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -45,6 +46,22 @@ def _codes(row: dict[str, Any]) -> str:
     return " ".join(parts) if parts else "0"
 
 
+def _complete(row: dict[str, Any]) -> str:
+    """Complete answers/s and their share of the 200s, saying where the
+    figure comes from when it is not the gateway's counters."""
+    complete = row.get("complete_rps")
+    if complete is None:
+        return "–"
+    src = row.get("complete_rps_source")
+    if src == "nginx bound":
+        return f"≤ {complete:.0f}/s (nginx bound)"
+    share = row.get("complete_share")
+    text = f"{complete:.0f}/s"
+    if share is not None:
+        text += f" ({100 * share:.1f}% of 200s)"
+    return text + (" (wrk)" if src == "wrk" else "")
+
+
 def _extra(row: dict[str, Any]) -> str:
     """Scenario-specific figures for the last column."""
     s = row["scenario"]
@@ -52,10 +69,15 @@ def _extra(row: dict[str, Any]) -> str:
     complete = row.get("complete_rps")
     if s in ("overload", "polite"):
         out.append(f"goodput {row['goodput_rps']:.0f}/s")
-    if complete is not None and (s in ("overload", "polite")
+    if complete is not None and (s in ("overload", "polite", "seed")
                                  or complete < 0.9 * row["goodput_rps"]):
-        bound = "≤ " if row.get("complete_rps_source") == "nginx bound" else ""
-        out.append(f"complete {bound}{complete:.0f}/s")
+        out.append(f"complete {_complete(row)}")
+    if row.get("answers_vs_client") is not None and abs(row["answers_vs_client"] - 1) > 0.05:
+        out.append(f"gateway counted {row['answers_vs_client']:.2f}x the client's 200s")
+    if row.get("goodput_vs_capacity") is not None:
+        out.append(f"of capacity {_f(row.get('capacity_rps'), 0)}/s: 200s "
+                   f"{row['goodput_vs_capacity']:.2f}, complete "
+                   f"{_f(row.get('complete_vs_capacity'), 2)}")
     if s == "overload":
         out.append(f"p99(200) {_f(row.get('p99_200_ms'))} ms")
         if row.get("p99_503_ms") is not None:
@@ -97,20 +119,24 @@ RULE = "|" + "---|" * (HEADER.count("|") - 1)
 
 
 def _load_label(row: dict[str, Any]) -> str:
-    if row["tool"] == "wrk":
-        return "wrk"
-    if row["tool"] == "ab":
-        return "ab"
-    return f"h2load{' ' + row['label'] if row.get('label') else ''}"
+    label = row.get("label") or ""
+    if row["scenario"] == "workers" or not label:
+        return row["tool"]
+    if label.startswith(row["tool"]):
+        return label
+    if label == "capacity":
+        return f"{row['tool']} c{row.get('clients')} (capacity)"
+    return f"{row['tool']} {label}"
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """txfanout / reference for each (scenario, fan-out) group."""
     out = []
-    groups: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    groups: dict[tuple[str, int, str], dict[str, dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["scenario"], r["fanout"]), {})[r["gateway"]] = r
-    for (scenario, fo), by in groups.items():
+        label = (r.get("label") or "") if r["scenario"] != "workers" else ""
+        groups.setdefault((r["scenario"], r["fanout"], label), {})[r["gateway"]] = r
+    for (scenario, fo, label), by in groups.items():
         tx = by.get("txfanout")
         if tx is None:
             continue
@@ -124,12 +150,167 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if a is None or b in (None, 0):
                     return None
                 return round(a / b, 2)
-            out.append({"scenario": scenario, "fanout": fo, "reference": ref,
+            out.append({"scenario": scenario, "fanout": fo, "label": label, "reference": ref,
                         "rps": q("rps"), "goodput": q("goodput_rps"),
                         "complete": q("complete_rps"), "p50": q("p50_ms"),
                         "p99": q("p99_ms"), "cpu_per_1k": q("cpu_s_per_1k"),
                         "peak_rss": q("peak_rss_mb")})
     return out
+
+
+SHARE_OK = 0.9  # >= 90% of the 200s complete
+RATIO_OK = 0.9  # complete/s at many clients >= 0.9 of that at 64
+
+
+def _p99_200(row: dict[str, Any]) -> tuple[float | None, str]:
+    """p99 of the 200s and where it comes from: the client (h2load's log;
+    wrk or ab when every answer was a 2xx), else txfanout's histogram."""
+    if row.get("p99_200_ms") is not None:
+        return row["p99_200_ms"], "client"
+    if row.get("gw_p99_200_ms") is not None:
+        return row["gw_p99_200_ms"], "gateway-side"
+    if row.get("gw_p99_200_over_ms") is not None:
+        return math.inf, "gateway-side"
+    return None, ""
+
+
+def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The answers the seed and overload scenarios exist for, per gateway:
+
+    - seed, per shape (new connection per request, keep-alive): the share
+      of the 200s that were complete at many clients, complete/s at many
+      clients as a share of complete/s at 64, and the p99 of the 200s
+      against the deadline;
+    - overload: goodput (200/s) and complete/s as shares of the capacity
+      measured just before (wrk c=64)."""
+    seed: list[dict[str, Any]] = []
+    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["scenario"] == "seed" and r.get("shape"):
+            groups.setdefault((r["gateway"], r["fanout"], r["shape"]), []).append(r)
+    for (gw, fo, shape), rs in groups.items():
+        ordered = sorted(rs, key=lambda r: r.get("clients") or 0)
+        few, many = ordered[0], ordered[-1]
+        if few is many:
+            continue
+        share = many.get("complete_share")
+        ratio = (round(many["complete_rps"] / few["complete_rps"], 3)
+                 if few.get("complete_rps") else None)
+        p99, p99_src = _p99_200(many)
+        deadline = many.get("deadline_ms") or 500
+        seed.append({
+            "gateway": gw, "fanout": fo, "shape": shape,
+            "clients": many.get("clients"), "clients_ref": few.get("clients"),
+            "complete_rps": many.get("complete_rps"), "complete_rps_ref": few.get("complete_rps"),
+            "complete_source": many.get("complete_rps_source"),
+            "complete_share": share, "share_ok": None if share is None else share >= SHARE_OK,
+            "complete_ratio": ratio, "ratio_ok": None if ratio is None else ratio >= RATIO_OK,
+            "p99_200_ms": None if p99 is not None and math.isinf(p99) else p99,
+            "p99_200_source": p99_src, "deadline_ms": deadline,
+            "p99_ok": None if p99 is None else p99 <= deadline,
+            "gw_200_within_deadline": many.get("gw_200_within_deadline"),
+        })
+    overload = []
+    for r in rows:
+        if r["scenario"] == "overload" and r.get("label") != "capacity":
+            overload.append({k: r.get(k) for k in (
+                "gateway", "fanout", "clients", "capacity_rps", "capacity_source", "rps",
+                "goodput_rps", "complete_rps", "complete_share", "rps_503", "p99_200_ms",
+                "p99_503_ms", "goodput_vs_capacity", "complete_vs_capacity")})
+    return {"seed": seed, "overload": overload}
+
+
+def _yes(ok: bool | None) -> str:
+    return "–" if ok is None else ("yes" if ok else "**NO**")
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _rate_503(row: dict[str, Any]) -> str:
+    v = row.get("rps_503")
+    if v is None:
+        return "–"
+    src = row.get("rps_503_source")
+    return f"{v:.0f}" + (" (ab non-2xx)" if src == "ab non-2xx" else "")
+
+
+def _gw_p99(row: dict[str, Any]) -> str:
+    if row.get("gw_p99_ms") is None and row.get("gw_p99_over_ms") is None:
+        return "–"
+
+    def one(key: str) -> str:
+        if row.get(key) is not None:
+            return f"{row[key]:.0f}"
+        over = row.get(key.replace("_ms", "_over_ms"))
+        return f"> {over:.0f}" if over is not None else "–"
+    return f"{one('gw_p99_ms')} / {one('gw_p99_200_ms')}"
+
+
+def _seed_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> list[str]:
+    seed_rows = [r for r in rows if r["scenario"] == "seed" and r.get("shape")]
+    if not seed_rows:
+        return []
+    lines = ["", "Seed: every gateway at many clients and at few, in both shapes, same run. "
+             "complete = every selected partner called and answered, from the gateway's own "
+             "counters; p99 of the 200s and of the 503s from h2load's per-request log, from "
+             "ab only when every answer was a 2xx (ab gives no per-status latency); gw p99 = "
+             "txfanout's histogram over the window (first byte to answer: the accept queue "
+             "is not in it), all answers / the 200s:", "",
+             "| gateway | fo | shape | load | req/s | 200/s | complete/s | complete % of 200s "
+             "| 503/s | p99 200s ms | p99 503s ms | p99 all ms (client) | gw p99 ms (all / 200s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in seed_rows:
+        bound = "≤ " if r.get("complete_rps_source") == "nginx bound" else ""
+        lines.append(" | ".join([
+            f"| {r['gateway']}", str(r["fanout"]), r["shape"], r.get("label") or "",
+            _f(r["rps"], 0), _f(r["goodput_rps"], 0), f"{bound}{_f(r['complete_rps'], 0)}",
+            _pct(r.get("complete_share")), _rate_503(r), _f(r.get("p99_200_ms"), 1),
+            _f(r.get("p99_503_ms"), 1), _f(r["p99_ms"], 1), _gw_p99(r)]) + " |")
+    if summary:
+        lines += ["", f"Seed, the three questions (at {summary[0]['clients']} clients; "
+                  f"reference {summary[0]['clients_ref']} clients, same gateway, same shape):",
+                  "",
+                  f"| gateway | fo | shape | >= {100 * SHARE_OK:.0f}% of 200s complete? "
+                  f"| complete/s >= {RATIO_OK} x the {summary[0]['clients_ref']}-client rate? "
+                  f"| p99 of the 200s <= deadline? |",
+                  "|---|---|---|---|---|---|"]
+        for q in summary:
+            ratio = ("–" if q["complete_ratio"] is None else
+                     f"{q['complete_ratio']:.2f} ({_f(q['complete_rps'], 0)} / "
+                     f"{_f(q['complete_rps_ref'], 0)}/s) {_yes(q['ratio_ok'])}")
+            if q["p99_200_source"]:
+                p99 = ("> 5000 ms" if q["p99_200_ms"] is None else f"{q['p99_200_ms']:.0f} ms")
+                p99 += f" ({q['p99_200_source']}) vs {q['deadline_ms']} ms {_yes(q['p99_ok'])}"
+            else:
+                p99 = "– (ab mixes statuses)"
+            if q.get("gw_200_within_deadline") is not None:
+                p99 += f"; gw: {_pct(q['gw_200_within_deadline'])} of 200s within it"
+            bound = " (nginx bound)" if q["complete_source"] == "nginx bound" else ""
+            lines.append(f"| {q['gateway']} | {q['fanout']} | {q['shape']} | "
+                         f"{_pct(q['complete_share'])}{bound} {_yes(q['share_ok'])} | "
+                         f"{ratio} | {p99} |")
+    return lines
+
+
+def _overload_markdown(summary: list[dict[str, Any]]) -> list[str]:
+    if not summary:
+        return []
+    lines = ["", "Overload: goodput as a share of each gateway's capacity, measured just before "
+             "on the same set-up (wrk c=64, complete answers/s):", "",
+             "| gateway | fo | clients | capacity complete/s | req/s | 200/s | complete/s "
+             "| complete % of 200s | 503/s | p99 200s ms | p99 503s ms | 200/s ÷ capacity "
+             "| complete/s ÷ capacity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for q in summary:
+        lines.append(" | ".join([
+            f"| {q['gateway']}", str(q["fanout"]), str(q["clients"]), _f(q["capacity_rps"], 0),
+            _f(q["rps"], 0), _f(q["goodput_rps"], 0), _f(q["complete_rps"], 0),
+            _pct(q["complete_share"]), _f(q["rps_503"], 0), _f(q["p99_200_ms"], 1),
+            _f(q["p99_503_ms"], 1), _f(q["goodput_vs_capacity"], 2),
+            _f(q["complete_vs_capacity"], 2)]) + " |")
+    return lines
 
 
 def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
@@ -152,10 +333,14 @@ def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
                   "| CPU s/1k | peak RSS |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for q in rat:
-            lines.append(f"| {q['scenario']} | {q['fanout']} | {q['reference']} | "
+            lines.append(f"| {q['scenario'] + (' ' + q['label'] if q['label'] else '')} | "
+                         f"{q['fanout']} | {q['reference']} | "
                          f"{_f(q['rps'], 2)} | {_f(q['goodput'], 2)} | {_f(q['complete'], 2)} | "
                          f"{_f(q['p50'], 2)} | "
                          f"{_f(q['p99'], 2)} | {_f(q['cpu_per_1k'], 2)} | {_f(q['peak_rss'], 2)} |")
+    summary = summaries(rows)
+    lines += _seed_markdown(rows, summary["seed"])
+    lines += _overload_markdown(summary["overload"])
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
@@ -164,8 +349,8 @@ def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
 def write_json(path: str, meta: dict[str, Any], rows: list[dict[str, Any]],
                notes: list[str]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows, "ratios": ratios(rows), "notes": notes}, f,
-                  indent=2)
+        json.dump({"meta": meta, "rows": rows, "ratios": ratios(rows),
+                   "summaries": summaries(rows), "notes": notes}, f, indent=2)
 
 
 def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
@@ -182,7 +367,12 @@ def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
     written = []
     gws = list(dict.fromkeys(r["gateway"] + (f" {r['label']}" if r["scenario"] == "workers"
                                              else "") for r in rows))
-    groups = list(dict.fromkeys((r["scenario"], r["fanout"]) for r in rows))
+
+    def group(r: dict[str, Any]) -> tuple[str, int, str]:
+        return (r["scenario"], r["fanout"],
+                (r.get("label") or "") if r["scenario"] != "workers" else "")
+
+    groups = list(dict.fromkeys(group(r) for r in rows))
 
     def key(r: dict[str, Any]) -> str:
         return r["gateway"] + (f" {r['label']}" if r["scenario"] == "workers" else "")
@@ -194,7 +384,7 @@ def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
             xs, ys, lows = [], [], []
             for j, g in enumerate(groups):
                 for r in rows:
-                    if (r["scenario"], r["fanout"]) == g and key(r) == gw:
+                    if group(r) == g and key(r) == gw:
                         xs.append(j + i * width)
                         ys.append(r.get(metric) or 0)
                         lows.append(r.get(second) or 0 if second else 0)
@@ -203,7 +393,7 @@ def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
                 ax.scatter(xs, lows, marker="_", color="black", s=200, zorder=3)
             ax.bar_label(bars_, fmt="%.0f" if metric.endswith("rps") else "%.1f", fontsize=7)
         ax.set_xticks([j + width * (len(gws) - 1) / 2 for j in range(len(groups))])
-        ax.set_xticklabels([f"{s}\nfan-out {fo}" for s, fo in groups])
+        ax.set_xticklabels([f"{s}{' ' + lb if lb else ''}\nfan-out {fo}" for s, fo, lb in groups])
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.legend(fontsize=8)
@@ -214,8 +404,9 @@ def plots(outdir: str, rows: list[dict[str, Any]], title: str) -> list[str]:
         written.append(path)
 
     bars("rps", "requests/s (all answers)", "throughput.png")
-    if any(r["scenario"] == "overload" for r in rows):
+    if any(r["scenario"] in ("overload", "seed") for r in rows):
         bars("goodput_rps", "200 answers/s", "goodput.png")
+        bars("complete_rps", "complete answers/s", "complete.png")
     bars("p99_ms", "p99 latency, ms (tick: p50)", "latency.png", second="p50_ms")
 
     fig, ax = plt.subplots(figsize=(8, 4.5))

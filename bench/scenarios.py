@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import gateways, loadgen
+from . import counters, gateways, loadgen
 from .gateways import Running, Setup
 from .loadgen import LoadResult
 from .nginx import Nginx
@@ -23,10 +23,10 @@ from .procs import (Registry, Sampler, cpu_seconds, host_busy_seconds, own_and_c
                     process_tree, wait_for_quiet)
 
 SCENARIOS = ("steady", "seed", "overload", "polite", "slow", "soak", "workers")
-DEFAULT_DURATION = {"steady": 15, "seed": 0, "overload": 15, "polite": 15, "slow": 15,
+DEFAULT_DURATION = {"steady": 15, "seed": 15, "overload": 15, "polite": 15, "slow": 15,
                     "soak": 120, "workers": 15}
 # load generators each scenario uses (wrk is always used to warm up)
-TOOLS = {"steady": {"wrk"}, "seed": {"wrk", "ab"}, "overload": {"wrk", "h2load"},
+TOOLS = {"steady": {"wrk"}, "seed": {"wrk", "ab", "h2load"}, "overload": {"wrk", "h2load"},
          "polite": {"wrk"},
          "slow": {"wrk"}, "soak": {"wrk", "h2load"}, "workers": {"wrk"}}
 
@@ -117,7 +117,7 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
     """Run one row: gateway ``name`` under ``load``; return the row.
     ``prepare`` runs after the warm-up, outside the measured window."""
     cpu = ctx.gw_cpu if gw_cpu == "default" else gw_cpu
-    tag = f"{scenario}-{name}-fo{setup.fanout}{('-' + label) if label else ''}"
+    tag = f"{scenario}-{name}-fo{setup.fanout}{('-' + label.replace(' ', '-')) if label else ''}"
     if ctx.repeat > 1:
         done = sum(1 for r in ctx.rows if (r["scenario"], r["gateway"], r["fanout"], r["label"])
                    == (scenario, name, setup.fanout, label))
@@ -139,9 +139,12 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         mark = ctx.nginx.access_log_mark() if ctx.nginx.access_log else 0
         ngx_pids = process_tree(ctx.nginx.child.pid)
         host0, ngx0, (me0, kids0) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
+        # the gateway's own counters, right before and right after the load
+        c0 = counters.read(*g.counters)
         t0, rss0, cpu0 = sampler.sample()
         result = load(g)
         t1, _, cpu1 = sampler.sample()
+        c1 = counters.read(*g.counters)
         host1, ngx1, (me1, kids1) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
         after = ctx.nginx.status()
         time.sleep(1.2 if ctx.nginx.access_log else 0)  # access log flush=1s
@@ -193,14 +196,7 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         "gateway_log_errors": _log_errors(g.child.log_path),
         "gateway_exit": code, "gateway_log": g.child.log_path,
     }
-    # Answers/s in which every partner answered: exact from wrk's count of
-    # X-Fanout-Complete: false; otherwise bounded by what nginx served.
-    if result.incomplete is not None and result.duration_s:
-        row["complete_rps"] = round(max(0, result.ok - result.incomplete) / result.duration_s, 1)
-        row["complete_rps_source"] = "wrk"
-    else:
-        row["complete_rps"] = round(min(row["goodput_rps"], row["upstream_rps"] / setup.fanout), 1)
-        row["complete_rps_source"] = "nginx bound"
+    completeness(row, result, counters.delta(c0, c1), setup, window)
     if result.partner_timeouts is not None:
         row["cancellations_per_s"] = round(result.partner_timeouts / result.duration_s, 1) \
             if result.duration_s else 0.0
@@ -208,6 +204,77 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
                  f"non-2xx {row['non2xx'] or 0}, socket errors {result.socket_errors or 0}")
     ctx.rows.append(row)
     return row
+
+
+def completeness(row: dict[str, Any], result: LoadResult, d: dict[str, Any] | None,
+                 setup: Setup, window: float) -> None:
+    """Complete answers/s (every partner answered), 503s/s and the p99 of
+    the 200s and of the 503s, into ``row``.
+
+    Complete answers come from the gateway's counters over the load window
+    (source "counters", any load generator): the share of its 200 answers
+    that were complete (``complete_share``), applied to the 200s/s the
+    client received. When the gateway and the client counted the same 200s
+    (ab, which waits for every answer) that is exactly complete answers
+    counted / duration; a load generator that stops at the end of its
+    duration leaves answers unread that the gateway counted
+    (``answers_vs_client`` > 1), and the share keeps those out. When a
+    scrape failed: wrk's count of ``X-Fanout-Complete: false`` (source
+    "wrk"); else only bounded by what nginx served (source "nginx bound":
+    complete/s <= nginx requests/s / fan-out)."""
+    duration = result.duration_s or window
+    row["counters"] = d
+    if d is not None:
+        row["complete_rps_source"] = "counters"
+        row["answers_counted"] = d["answers"]
+        row["complete_counted"] = d["complete"]
+        # (txfanout: a complete answer whose client hung up as it was sent
+        # counts as complete and as a 499, hence the cap)
+        share = min(1.0, d["complete"] / d["answers"]) if d["answers"] else None
+        row["complete_share"] = round(share, 4) if share is not None else None
+        row["complete_rps"] = round(row["goodput_rps"] * share, 1) if share is not None else 0.0
+        row["answers_vs_client"] = round(d["answers"] / result.ok, 3) if result.ok else None
+        if d["source"] == "metrics":
+            row["gw_codes"] = d.get("codes", {})
+            row["gw_shed"] = d.get("shed", {})
+            row.update(counters.gateway_latency(d, setup.deadline_ms / 1000.0))
+        if result.incomplete is not None:
+            row["complete_wrk"] = max(0, result.ok - result.incomplete)
+    elif result.incomplete is not None and duration:
+        row["complete_rps"] = round(max(0, result.ok - result.incomplete) / duration, 1)
+        row["complete_rps_source"] = "wrk"
+        row["complete_share"] = (round(1 - result.incomplete / result.ok, 4) if result.ok
+                                 else None)
+    else:
+        row["complete_rps"] = round(min(row["goodput_rps"], row["upstream_rps"] / setup.fanout), 1)
+        row["complete_rps_source"] = "nginx bound"
+        row["complete_share"] = None
+    # 503s/s as the client counted them; ab does not say which non-2xx it
+    # got: its non-2xx count, called 503s when txfanout's counters say every
+    # non-200 it sent was a 503 (or a 499, which no client receives). The
+    # gateway's own count is kept too: it can be a little higher (ab sends
+    # again a request refused while it was still sending; a refusal held by
+    # pacing can be written after the load generator left).
+    if duration:
+        if result.tool != "ab":
+            row["rps_503"] = round(result.statuses.get("503", 0) / duration, 1)
+            row["rps_503_source"] = result.tool
+        else:
+            row["rps_503"] = round(result.non2xx / duration, 1)
+            codes = set((d or {}).get("codes", {})) - {"200", "499"}
+            all_503 = d is not None and d["source"] == "metrics" and codes <= {"503"}
+            row["rps_503_source"] = "ab non-2xx, 503 per gateway" if all_503 else "ab non-2xx"
+        if d is not None and d["source"] == "metrics":
+            row["gw_rps_503"] = round(d.get("codes", {}).get("503", 0) / duration, 1)
+    # p99 of the 200s and of the 503s: per status from h2load's log; from
+    # wrk or ab only when every answer was a 2xx (they give no breakdown)
+    if result.by_status:
+        row["p99_200_ms"] = result.by_status.get("200", {}).get("p99_ms")
+        row["p99_503_ms"] = result.by_status.get("503", {}).get("p99_ms")
+    else:
+        clean = result.non2xx == 0 and not result.socket_errors
+        row["p99_200_ms"] = result.p99_ms if clean else None
+        row["p99_503_ms"] = None
 
 
 def _wrk_load(ctx: Context, connections: int, duration: float, tag: str) -> Callable[[Running], LoadResult]:
@@ -238,50 +305,113 @@ def _fanouts(ctx: Context) -> list[int]:
     return ctx.fanouts if ctx.fanouts != [1, 2, 8] else [2]
 
 
-def seed(ctx: Context) -> None:
-    """As the seed ran it: fan-out 2, ``ab -n 50000 -c 2500`` (no keep-alive)."""
-    n, c = (2000, 200) if ctx.quick else (50000, 2500)
-    for fo in _fanouts(ctx):
-        for name in ctx.order():
+SHAPE_NEW_CONN = "new connection per request"
+SHAPE_KEEPALIVE = "keep-alive"
 
-            def run(g: Running, fo: int = fo) -> LoadResult:
-                return loadgen.ab(ctx.registry, g.url, ctx.body_path, n, c, ctx.load_cpu,
-                                  os.path.join(ctx.logdir, f"seed-{g.name}-fo{fo}.load.log"))
-            measure(ctx, "seed", name, _setup(ctx, fo, name, 2000), run)
+
+def seed_sizes(ctx: Context) -> dict[str, Any]:
+    """Clients and sizes of the seed rows: 2,500 clients (or --clients)
+    against 64 (--connections); ab -n 50000; --quick: 200 against 16, -n
+    2000."""
+    many = ctx.clients or (200 if ctx.quick else 2500)
+    few = 16 if ctx.quick else ctx.connections
+    # ab refuses a concurrency above -n
+    return {"many": many, "few": few, "n": max(many, 2000 if ctx.quick else 50000),
+            "ab_few_max_s": 10 if ctx.quick else 120}
+
+
+def seed(ctx: Context) -> None:
+    """The seed's load in the two shapes its issue asks about, fan-out 2,
+    each at 2,500 clients and at 64 against the same gateway in the same
+    run, so that complete answers/s at 2,500 can be quoted as a share of
+    those at 64:
+
+    - new connection per request: ``ab -n 50000 -c 2500`` as the seed ran
+      it, then ``ab -c 64`` for as long as that took (``-t``);
+    - keep-alive: ``h2load --h1`` with 2,500 clients for ``--duration``
+      (default 15 s), then with 64.
+    """
+    z = seed_sizes(ctx)
+    many, few = z["many"], z["few"]
+    for fo in _fanouts(ctx):
+        for shape in (SHAPE_NEW_CONN, SHAPE_KEEPALIVE):
+            for name in ctx.order():
+                setup = _setup(ctx, fo, name, 2000)
+                took: dict[str, float] = {}
+                for clients in (many, few):
+                    label = f"{'ab' if shape == SHAPE_NEW_CONN else 'h2load'} c{clients}"
+                    log_path = os.path.join(ctx.logdir, f"seed-{name}-fo{fo}-"
+                                            f"{label.replace(' ', '-')}.load.log")
+
+                    def run(g: Running, clients: int = clients, log_path: str = log_path,
+                            shape: str = shape) -> LoadResult:
+                        if shape == SHAPE_KEEPALIVE:
+                            return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients,
+                                                  ctx.duration, ctx.load_cpu, ctx.workdir,
+                                                  log_path=log_path,
+                                                  name=os.path.basename(log_path)[:-9])
+                        if clients == many:
+                            return loadgen.ab(ctx.registry, g.url, ctx.body_path, z["n"],
+                                              clients, ctx.load_cpu, log_path)
+                        # as long as the many-clients row took (it is sized by -n)
+                        limit = min(z["ab_few_max_s"], max(2.0, took.get("s", ctx.duration)))
+                        return loadgen.ab(ctx.registry, g.url, ctx.body_path, 1_000_000,
+                                          clients, ctx.load_cpu, log_path, time_limit_s=limit)
+                    row = measure(ctx, "seed", name, setup, run, label=label)
+                    row.update(shape=shape, clients=clients)
+                    if clients == many:
+                        took["s"] = row["load"]["duration_s"]
 
 
 def _many_clients(ctx: Context, scenario: str,
-                  load: Callable[[Running, int, str], LoadResult]) -> list[dict[str, Any]]:
+                  load: Callable[[Running, int, str], LoadResult],
+                  capacity_s: float | None = None) -> list[dict[str, Any]]:
     """Rows of ``load(gateway, clients, log_path)``: 1,000 clients (or
-    --clients) against txfanout at max_inflight 64 (or --max-inflight)."""
+    --clients) against txfanout at max_inflight 64 (or --max-inflight).
+    With ``capacity_s``, each gateway's row comes after a row of wrk at
+    --connections (64) for that long on the same set-up (label
+    "capacity"), and the many-clients row keeps its complete answers/s
+    (``capacity_rps``) to quote goodput as a share of it."""
     clients = ctx.clients or (200 if ctx.quick else 1000)
     rows = []
     for fo in _fanouts(ctx):
         for name in ctx.order():
+            setup = _setup(ctx, fo, name, 64)
+            capacity = None
+            if capacity_s:
+                capacity = measure(ctx, scenario, name, setup,
+                                   _wrk_load(ctx, ctx.connections, capacity_s,
+                                             f"{scenario}-{name}-fo{fo}-capacity"),
+                                   label="capacity")
+                capacity["clients"] = ctx.connections
             log_path = os.path.join(ctx.logdir, f"{scenario}-{name}-fo{fo}.load.log")
 
             def run(g: Running, log_path: str = log_path) -> LoadResult:
                 return load(g, clients, log_path)
-            row = measure(ctx, scenario, name, _setup(ctx, fo, name, 64), run,
-                          label=f"c{clients}")
+            row = measure(ctx, scenario, name, setup, run, label=f"c{clients}")
             row["clients"] = clients
+            if capacity is not None:
+                cap = capacity["complete_rps"] or 0
+                row["capacity_rps"] = capacity["complete_rps"]
+                row["capacity_source"] = capacity["complete_rps_source"]
+                row["goodput_vs_capacity"] = round(row["goodput_rps"] / cap, 3) if cap else None
+                row["complete_vs_capacity"] = (round(row["complete_rps"] / cap, 3)
+                                               if cap else None)
             rows.append(row)
     return rows
 
 
 def overload(ctx: Context) -> None:
     """Offered load far above max_inflight: h2load --h1 closed loop with many
-    clients; txfanout capped at max_inflight 64 (or --max-inflight); goodput and
-    per-status p99."""
+    clients; txfanout capped at max_inflight 64 (or --max-inflight); goodput
+    and complete answers/s as shares of the gateway's capacity measured just
+    before on the same set-up (wrk c=64, 5 s; --quick 2 s); per-status p99."""
 
     def load(g: Running, clients: int, log_path: str) -> LoadResult:
         return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, ctx.duration,
                               ctx.load_cpu, ctx.workdir, log_path=log_path,
                               name=os.path.basename(log_path)[:-len(".load.log")])
-    for row in _many_clients(ctx, "overload", load):
-        by = row["load"]["by_status"]
-        row["p99_200_ms"] = by.get("200", {}).get("p99_ms")
-        row["p99_503_ms"] = by.get("503", {}).get("p99_ms")
+    _many_clients(ctx, "overload", load, capacity_s=2.0 if ctx.quick else 5.0)
 
 
 def polite(ctx: Context) -> None:
@@ -372,4 +502,5 @@ def rows_expected(scenario: str, gateways_: list[str], fanouts: list[int]) -> in
     fos = len(fanouts) if scenario == "steady" or fanouts != [1, 2, 8] else 1
     if scenario == "workers":
         return 2 * fos
-    return fos * len(gateways_)
+    per_gateway = {"seed": 4, "overload": 2}.get(scenario, 1)
+    return fos * len(gateways_) * per_gateway

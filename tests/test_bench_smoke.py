@@ -56,12 +56,19 @@ def test_bench_steady_smoke(tmp_path: Path) -> None:
         assert row["statuses"] == {"200": row["requests"]}, where
         assert row["socket_errors"] == {}, where
         assert row["partner_timeouts"] == 0 and row["incomplete"] == 0, where
+        # complete answers from the gateway's own counters (txfanout's
+        # /metrics, the references' /stats), read around the load window
+        assert row["complete_rps_source"] == "counters", where
+        assert row["complete_share"] == 1.0 and row["complete_counted"] > 0, where
+        assert row["complete_rps"] == row["goodput_rps"], where
+        assert row["answers_counted"] >= row["requests"], where
         assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"], where
         assert row["cpu_s_per_1k"] > 0, where
         assert row["peak_rss_mb"] > 0 and row["settled_rss_mb"] > 0, where
         assert row["upstream_rps"] > 0, where  # nginx saw the fan-out calls
         assert row["upstream_conns_new"] >= 0, where
         assert row["gateway_log_errors"] == 0, where
+    assert rows["txfanout"]["gw_p99_ms"] > 0 and rows["txfanout"]["gw_codes"]["200"] > 0
     refs = {(q["reference"], q["fanout"]) for q in data["ratios"]}
     assert refs == {("bare-twisted", 1), ("aiohttp", 1)}
     assert all(q["rps"] and q["rps"] > 0 for q in data["ratios"])
@@ -78,3 +85,126 @@ def test_bench_steady_smoke(tmp_path: Path) -> None:
     for s in started:
         with pytest.raises(ProcessLookupError):
             os.kill(s["pid"], 0)
+
+
+METRICS = """\
+# HELP txfanout_answers_total 200 answers by route and completeness.
+# TYPE txfanout_answers_total counter
+txfanout_answers_total{route="bid",complete="false"} 7.0
+txfanout_answers_total{route="bid",complete="true"} 90.0
+txfanout_requests_total{route="bid",code="200"} 95.0
+txfanout_requests_total{route="bid",code="503"} 900.0
+txfanout_requests_total{route="bid",code="499"} 2.0
+txfanout_shed_total{reason="max_inflight"} 900.0
+txfanout_request_duration_seconds_bucket{route="bid",le="0.001"} 900.0
+txfanout_request_duration_seconds_bucket{route="bid",le="0.1"} 950.0
+txfanout_request_duration_seconds_bucket{route="bid",le="0.5"} 996.0
+txfanout_request_duration_seconds_bucket{route="bid",le="+Inf"} 997.0
+"""
+
+
+def test_bench_counters_from_metrics() -> None:
+    """The harness reads txfanout's counters: 200s from requests_total,
+    complete ones from answers_total, and the p99 of the 200s from the
+    top of the duration histogram (refusals at arrival sit at 0 s)."""
+    sys.path.insert(0, str(REPO))
+    from bench import counters
+
+    zero = counters.from_metrics([""], 0.0)
+    c = counters.from_metrics([METRICS], 1.0)
+    assert (c.answers, c.complete, c.answers_metric) == (95, 90, 97)
+    assert c.shed == {"max_inflight": 900}
+    d = counters.delta(zero, c)
+    assert d is not None and d["codes"] == {"200": 95, "499": 2, "503": 900}
+    lat = counters.gateway_latency(d, 0.5)
+    # all answers: rank 987 of 997 falls in (0.1, 0.5]
+    assert 100 < lat["gw_p99_ms"] < 500
+    # the 200s' p99 is the observation ranked 997 - 0.95 = 996.05: past
+    # le=0.5 (996 observations), in the +Inf bucket
+    assert lat["gw_p99_200_ms"] is None and lat["gw_p99_200_over_ms"] == 500.0
+    assert lat["gw_200_within_deadline"] == round(1 - 1 / 95, 4)
+    assert counters.histogram_quantile(0.5, [(1.0, 10.0), (float("inf"), 10.0)]) == 0.5
+
+
+def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
+    """The Go reference: built with the distribution's go at run time,
+    driven like the others, its /stats read around the load window."""
+    reason = _skip_reason()
+    if reason is None and shutil.which("go") is None:
+        reason = "go not installed (apt-get install golang-go)"
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "out"
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--scenario", "steady", "--quick",
+         "--duration", "2", "--fanouts", "2", "--gateways", "go-nethttp", "--no-plots",
+         "--out", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    data = json.loads((out / "results.json").read_text())
+    [row] = data["rows"]
+    assert row["gateway"] == "go-nethttp" and row["fanout"] == 2, output
+    assert row["statuses"] == {"200": row["requests"]} and row["requests"] > 0, output
+    assert row["incomplete"] == 0 and row["partner_timeouts"] == 0, output
+    assert row["complete_rps_source"] == "counters" and row["complete_share"] == 1.0, output
+    assert row["upstream_rps"] > 0 and row["gateway_log_errors"] == 0, output
+    assert data["meta"]["versions"]["go"].startswith("go version"), output
+    assert data["meta"]["left_running"] == []
+    assert (out / "logs" / "go-build.log").exists()
+
+
+def _run_quick(tmp_path: Path, scenario: str, *extra: str) -> dict:
+    out = tmp_path / scenario
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--scenario", scenario, "--quick",
+         "--duration", "1", "--no-plots", "--out", str(out), *extra],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    data = json.loads((out / "results.json").read_text())
+    data["table"] = (out / "table.md").read_text()
+    data["output"] = output
+    assert data["meta"]["left_running"] == [], output
+    return data
+
+
+def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
+    """seed: both shapes at many and few clients, complete answers from
+    the counters, the three questions answered; overload: a capacity row
+    before the many-clients row, goodput as a share of it."""
+    reason = _skip_reason()
+    for tool, pkg in (("ab", "apache2-utils"), ("h2load", "nghttp2-client")):
+        if reason is None and shutil.which(tool) is None:
+            reason = f"{tool} not installed (apt-get install {pkg})"
+    if reason:
+        pytest.skip(reason)
+    data = _run_quick(tmp_path, "seed", "--gateways", "txfanout")
+    rows = {r["label"]: r for r in data["rows"]}
+    assert set(rows) == {"ab c200", "ab c16", "h2load c200", "h2load c16"}, data["output"]
+    for label, row in rows.items():
+        assert row["complete_rps_source"] == "counters", label
+        assert row["complete_share"] is not None and row["complete_rps"] > 0, label
+        assert row["tool"] == label.split()[0] and row["clients"] == int(label[label.index("c") + 1:])
+        assert row["gw_p99_ms"] is not None and row["rps_503"] is not None, label
+    assert rows["h2load c200"]["p99_200_ms"] is not None
+    [ab, ka] = data["summaries"]["seed"]
+    assert (ab["shape"], ka["shape"]) == ("new connection per request", "keep-alive")
+    for q in (ab, ka):
+        assert q["complete_ratio"] is not None and q["complete_share"] is not None, q
+        assert q["p99_200_source"] in ("client", "gateway-side"), q
+    assert "the three questions" in data["table"]
+
+    data = _run_quick(tmp_path, "overload", "--gateways", "txfanout")
+    rows = {r["label"]: r for r in data["rows"]}
+    assert set(rows) == {"capacity", "c200"}, data["output"]
+    assert rows["capacity"]["tool"] == "wrk" and rows["c200"]["tool"] == "h2load"
+    assert rows["c200"]["capacity_rps"] == rows["capacity"]["complete_rps"] > 0
+    assert rows["c200"]["goodput_vs_capacity"] is not None
+    [q] = data["summaries"]["overload"]
+    assert q["complete_vs_capacity"] == rows["c200"]["complete_vs_capacity"]
+    assert "÷ capacity" in data["table"]

@@ -1,0 +1,3 @@
+module txfanout.bench/ref_go
+
+go 1.19
