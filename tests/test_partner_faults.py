@@ -37,6 +37,10 @@ CASES = [
     ("/reset-mid-body", "error", "connection reset"),
     ("/garbage-status", "error", MALFORMED),
     ("/garbage-line", "error", MALFORMED),
+    ("/status-negative", "error", MALFORMED),
+    ("/status-999", "error", MALFORMED),
+    ("/status-huge", "error", MALFORMED),
+    ("/status-underscore", "error", MALFORMED),
     ("/bad-chunked", "error", MALFORMED),
     ("/conflicting-length", "error", MALFORMED),
     ("/length-and-chunked", "error", MALFORMED),
@@ -79,6 +83,19 @@ async def test_partner_fault(path, outcome, error, partner, raw_partner, make_ga
     await within(raw_partner.idle(), 2)  # the gateway closed the faulty connection
     assert not gw.gateway.inflight and gw.gateway.admitted == 0
     assert all(p.slots.inflight == 0 for p in gw.gateway.snapshot.partners.values())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_status_out_of_range_counts_against_the_breaker(partner, raw_partner,
+                                                                make_gateway, logs):
+    gw = make_gateway(route_config({
+        "healthy": faulty(partner.url("/ok")),
+        "faulty": faulty(raw_partner.url("/status-negative"), breaker_failures=2,
+                         breaker_cooldown_ms=60000)}, deadline_ms=3000))
+    for _ in range(2):
+        assert result_of(await gw.post())["outcome"] == "error"
+    assert result_of(await gw.post())["outcome"] == "open"
+    assert raw_partner.requests == [b"/status-negative"] * 2
 
 
 @pytest_twisted.ensureDeferred
