@@ -8,22 +8,16 @@ was on is closed (nothing keeps streaming, nothing leaks).
 
 from __future__ import annotations
 
-import ipaddress
 import socket
-from typing import Any, Iterator
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IResolutionReceiver
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
 
 from txfanout.pool import MAX_RESPONSE_HEAD_BYTES
 
 from .conftest import route_config, within
-from .hostile import SECRET, logs, raw_partner, until  # noqa: F401 - fixtures
+from .hostile import SECRET, local_names, logs, raw_partner, until  # noqa: F401 - fixtures
 from .partners import refused_url
 from .rawpartners import GZIP_BOMB
 
@@ -110,57 +104,14 @@ async def test_refused_connection(partner, make_gateway, logs):
     assert (result["outcome"], result["error"]) == ("error", "connection refused")
 
 
-@implementer(IHostResolution)
-class _Resolution:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def cancel(self) -> None:
-        pass
-
-
-@implementer(IHostnameResolver)
-class NoNames:
-    """A name resolver that knows IP literals only (the test's own client
-    connects to 127.0.0.1 through it): a lookup of any name fails at once,
-    in process, and nothing goes to the machine's resolver. ``asked`` lists
-    the names looked up."""
-
-    def __init__(self) -> None:
-        self.asked: list[str] = []
-
-    def resolveHostName(self, receiver: IResolutionReceiver, hostName: str, portNumber: int = 0,
-                        addressTypes: Any = None, transportSemantics: str = "TCP") -> _Resolution:
-        resolution = _Resolution(hostName)
-        receiver.resolutionBegan(resolution)
-        try:
-            ip = ipaddress.ip_address(hostName)
-        except ValueError:
-            self.asked.append(hostName)
-        else:
-            address = IPv4Address if ip.version == 4 else IPv6Address
-            receiver.addressResolved(address("TCP", hostName, portNumber))
-        receiver.resolutionComplete()
-        return resolution
-
-
-@pytest.fixture
-def no_names() -> Iterator[NoNames]:
-    """The reactor resolves names with :class:`NoNames` for one test."""
-    resolver = NoNames()
-    previous = reactor.installNameResolver(resolver)
-    yield resolver
-    reactor.installNameResolver(previous)
-
-
 @pytest_twisted.ensureDeferred
-async def test_unresolvable_name_fails_fast(partner, make_gateway, logs, no_names):
+async def test_unresolvable_name_fails_fast(partner, make_gateway, logs, local_names):
     gw = make_gateway(with_healthy(partner, "http://partner.invalid:80/bid"))
     answer = await gw.post()
     result = result_of(answer)
     assert (result["outcome"], result["error"]) == ("error", "DNS lookup failed")
     assert result["latency_ms"] < TIMEOUT_MS  # not left to time out
-    assert no_names.asked == ["partner.invalid"]
+    assert local_names.asked == ["partner.invalid"]
     assert "partner.invalid" not in answer.body.decode()
 
 
