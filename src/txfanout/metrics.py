@@ -11,7 +11,6 @@ is read from the live state when scraped, so it costs nothing per request.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
-from urllib.parse import urlsplit
 
 from prometheus_client import (
     CollectorRegistry,
@@ -28,6 +27,7 @@ from prometheus_client.platform_collector import PlatformCollector
 
 from . import outcomes
 from .config import Config
+from .poolstats import upstream_key, upstream_label
 
 if TYPE_CHECKING:
     from .fanout import Fanout, PartnerState
@@ -166,13 +166,6 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-def _upstream_of(url: str) -> str:
-    u = urlsplit(url)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    host = f"[{u.hostname}]" if u.hostname and ":" in u.hostname else u.hostname
-    return f"{u.scheme}://{host}:{port}"
-
-
 class LiveCollector:
     """Levels read from the gateway when scraped."""
 
@@ -194,7 +187,8 @@ class LiveCollector:
         for name, state in g.snapshot.partners.items():
             partner_inflight.add_metric([name], state.slots.inflight)
             breaker.add_metric([name], 1.0 if circuit_open(state) else 0.0)
-            partner_upstream.add_metric([name, _upstream_of(state.config.url)], 1.0)
+            partner_upstream.add_metric(
+                [name, upstream_label(upstream_key(state.config.url))], 1.0)
         for row in g.upstream.connections.view(g.upstream.pool):
             connections.add_metric([row["upstream"], "idle"], row["idle"])
             connections.add_metric([row["upstream"], "active"], row["active"])
