@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.web.server import Request, Site
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from . import inflight, metrics
 from .configview import config_view
@@ -66,6 +68,15 @@ class Admin:
     @app.handle_errors(BadParameter)
     def bad_parameter(self, request: Request, failure: Any) -> bytes:
         return _json(request, {"error": str(failure.value)}, 400)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: Request, failure: Any) -> bytes:
+        return _json(request, {"error": "no such admin page (GET / lists them)"}, 404)
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: Request, failure: Any) -> bytes:
+        request.setHeader(b"Allow", ", ".join(failure.value.valid_methods).encode("ascii"))
+        return _json(request, {"error": "method not allowed: use GET"}, 405)
 
     @app.route("/", methods=["GET"])
     def index(self, request: Request) -> bytes:
@@ -121,10 +132,31 @@ backlog (scrapers and operators need a few; a runaway client must not take
 the process's file descriptors)."""
 
 
+class AdminRequest(Request):
+    """An admin request: no ``Server`` header; a path or Host that is not
+    UTF-8 refused with a JSON 400 (Klein would log a traceback for it)."""
+
+    def process(self) -> None:
+        try:
+            unquote_to_bytes(self.path).decode("utf-8")
+            self.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            self.write(_json(self, {"error": "path and Host must be UTF-8"}, 400))
+            self.finish()
+            return
+        super().process()
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name == b"Server":
+            return  # Twisted names itself and its version: nothing a client needs
+        super().setHeader(name, value)
+
+
 class AdminSite(CappedSite):
     """The admin face's site: no tracebacks, no log line per request, at most
     :data:`ADMIN_MAX_CONNECTIONS` connections open."""
 
+    requestFactory = AdminRequest
     displayTracebacks = False
     max_connections = ADMIN_MAX_CONNECTIONS
 
