@@ -20,6 +20,7 @@ from urllib.parse import unquote_to_bytes
 from klein import Klein
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -27,7 +28,6 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from . import inflight, metrics
 from .adminauth import CHALLENGE, UNAUTHORIZED, authorized
 from .configview import config_view
-from .conncap import CappedChannel, CappedSite
 from .gateway import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES, Gateway
 from .memory import AllocationSites, memory_view
 
@@ -134,9 +134,9 @@ class Admin:
 
 ADMIN_IDLE_TIMEOUT_S = 60
 ADMIN_MAX_CONNECTIONS = 64
-"""Open connections the admin face serves at once; more wait in the kernel's
-backlog (scrapers and operators need a few; a runaway client must not take
-the process's file descriptors)."""
+"""Open connections the admin face serves at once (scrapers and operators
+need a few; a runaway client must not take the process's file descriptors).
+See :class:`AdminSite` for what happens at the cap."""
 ADMIN_MAX_BODY_BYTES = 4096
 """Every admin page is a GET: a request body past this gets 413 and a close
 (in memory up to it, never spooled to a file)."""
@@ -202,17 +202,23 @@ class AdminRequest(Request):
         super().setHeader(name, value)
 
 
-class AdminChannel(CappedChannel):
+class AdminChannel(HTTPChannel):
     """An admin connection: each request's head and body must arrive within
     ``server.request_timeout_ms`` of its first byte (else 408 and close:
     dripping bytes does not keep it open), heads are bounded as on the public
-    face, and a refused request gets a JSON error and a close."""
+    face, a refused request gets a JSON error and a close, and the site
+    learns when the connection waits for a request and when it is answering
+    one."""
 
     MAX_LENGTH = MAX_LINE_BYTES
     totalHeadersSize = MAX_HEAD_BYTES
     maxHeaders = MAX_HEADERS
     site: "AdminSite"
     _arrival: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.opened(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._arrival is None and not self._handlingRequest:  # a new request
@@ -222,7 +228,12 @@ class AdminChannel(CappedChannel):
     def allContentReceived(self) -> None:
         self._stop_arrival()
         if not self.transport.disconnecting:  # else refused: nothing to serve
+            self.site.answering(self)
             super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        self.site.waiting(self)  # before a pipelined request is read (in super)
+        super().requestDone(request)
 
     def _too_slow(self) -> None:
         self._arrival = None
@@ -264,11 +275,19 @@ class AdminChannel(CappedChannel):
     def connectionLost(self, reason: Failure) -> None:
         self._stop_arrival()
         super().connectionLost(reason)
+        self.site.closed(self)
 
 
-class AdminSite(CappedSite):
-    """The admin face's site: no tracebacks, no log line per request, at most
-    :data:`ADMIN_MAX_CONNECTIONS` connections open."""
+class AdminSite(Site):
+    """The admin face's site: no tracebacks, no log line per request, and at
+    most :data:`ADMIN_MAX_CONNECTIONS` connections open.
+
+    At the cap a newcomer is accepted in the place of the connection that
+    has waited longest for a whole request (one still sending its head or
+    body, or idle between requests): connections that send slowly or not at
+    all cannot lock operators out, and an operator's request, sent at once,
+    is answered. Only while every open connection is being answered is a
+    newcomer closed at once."""
 
     protocol = AdminChannel
     requestFactory = AdminRequest
@@ -278,12 +297,42 @@ class AdminSite(CappedSite):
     def __init__(self, resource: IResource, gateway: Gateway, **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self.gateway = gateway
+        self.connections: set[AdminChannel] = set()
+        self._waiting: dict[AdminChannel, None] = {}  # insertion order: longest waiting first
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections)
 
     def token(self) -> str | None:
         return self.gateway.snapshot.config.server.admin_token
 
     def request_timeout(self) -> float:
         return self.gateway.snapshot.config.server.request_timeout_ms / 1000.0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.connections) >= self.max_connections:
+            if not self._waiting:
+                return None  # Twisted closes it at once
+            longest = next(iter(self._waiting))
+            self.closed(longest)
+            longest.transport.abortConnection()
+        return super().buildProtocol(addr)
+
+    def opened(self, channel: AdminChannel) -> None:
+        self.connections.add(channel)
+        self._waiting[channel] = None
+
+    def answering(self, channel: AdminChannel) -> None:
+        self._waiting.pop(channel, None)
+
+    def waiting(self, channel: AdminChannel) -> None:
+        if channel in self.connections:  # not one already dropped
+            self._waiting[channel] = None
+
+    def closed(self, channel: AdminChannel) -> None:
+        self.connections.discard(channel)
+        self._waiting.pop(channel, None)
 
     def log(self, request: Request) -> None:
         pass

@@ -1,4 +1,5 @@
-"""A cap on a Site's open connections, shared by the public and admin faces.
+"""A cap on a Site's open connections (the public face's; the admin face
+makes room at its cap instead, see admin.AdminSite).
 
 At the cap the site's listening ports stop accepting: newcomers wait in the
 kernel's backlog (its size bounds them) until a connection closes. Twisted
