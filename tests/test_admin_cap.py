@@ -93,7 +93,9 @@ async def test_slow_connections_do_not_lock_an_operator_out(token, partner, make
     server = {"admin_token": token} if token else {}
     gw = make_gateway(route_config({"a": {"url": partner.url("/ok")}}, **server))
     site = admin_site(gw.gateway)
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    # A backlog for all of them at once (at Twisted's 50, the rest would wait
+    # a second for their SYN to be sent again).
+    port = reactor.listenTCP(0, site, backlog=128, interface="127.0.0.1")
     address = ("127.0.0.1", port.getHost().port)
     slow = [raw_client(address, b"G") for _ in range(ADMIN_MAX_CONNECTIONS)]
     operator: AdminClient | None = None
