@@ -119,7 +119,7 @@ def main() -> None:
         try:
             daemon.wait_ready()
             drippers = Drippers(daemon.admin_port, args.drippers)
-            time.sleep(0.5)  # a human-scale pause: let the daemon accept them all
+            time.sleep(0.5)  # nothing tells a client it was accepted: give the daemon time
             times = [probe(daemon.admin_port, token, args.timeout) for _ in range(args.probes)]
         finally:
             if drippers is not None:
