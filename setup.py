@@ -9,22 +9,25 @@ setup(
     python_requires=">=3.9",
     package_dir={"": "src", "twisted.plugins": "twisted/plugins"},
     packages=find_packages("src") + ["twisted.plugins"],
+    # Floors: the oldest releases the code and tests work with, each pinned in
+    # constraints-lowest.txt (which says what fails below it); .ci/run tests them.
     install_requires=[
-        "Twisted[tls]>=24.3",
-        "klein>=24.8",
-        "prometheus-client>=0.20",
-        "service-identity>=24.1",
-        "pyOpenSSL>=24.0",
-        "tomli>=2; python_version<'3.11'",
+        "Twisted[tls]>=25.5",
+        "klein>=23.5",
+        "Werkzeug>=0.15.5",  # klein's; the admin face catches its routing errors
+        "prometheus-client>=0.18",
+        "service-identity>=23.1",
+        "pyOpenSSL>=24.3",
+        "tomli>=1.1; python_version<'3.11'",
     ],
     extras_require={
         # wheel: tests/test_packaging.py builds this project without build isolation;
         # aiohttp, matplotlib: tests/test_bench_smoke.py runs the bench harness.
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6", "treq>=24.9", "wheel",
-                 "PyYAML>=6", "aiohttp>=3.9", "matplotlib>=3.8"],
+        "test": ["pytest>=6.2.4", "pytest-twisted>=1.13", "hypothesis>=4.24.3", "treq>=20.9",
+                 "wheel>=0.21", "PyYAML>=6", "aiohttp>=3.8.3", "matplotlib>=3.7.3"],
         # python -m bench (also needs nginx, libnginx-mod-http-echo, wrk,
         # apache2-utils, nghttp2-client from the distribution)
-        "bench": ["aiohttp>=3.9", "matplotlib>=3.8", "uvloop>=0.19; sys_platform != 'win32'"],
+        "bench": ["aiohttp>=3.8.3", "matplotlib>=3.7.3", "uvloop>=0.19; sys_platform != 'win32'"],
     },
     entry_points={"console_scripts": ["txfanout=txfanout.__main__:main"]},
 )

@@ -1,17 +1,21 @@
 """Helpers shared by the hostile-world tests: a log recorder that fails the
-test on any logged failure or leaked secret, raw-partner fixture, and a few
-wire helpers."""
+test on any logged failure or leaked secret, raw-partner fixture, a name
+resolver that asks no one, and a few wire helpers."""
 
 from __future__ import annotations
 
 import gc
-from typing import Any, AsyncIterator
+import ipaddress
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IResolutionReceiver
 from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
 from .rawpartners import RawPartner
 
@@ -69,6 +73,54 @@ async def raw_partner() -> AsyncIterator[RawPartner]:
     server = RawPartner().start()
     yield server
     await server.stop()
+
+
+@implementer(IHostResolution)
+class _Resolution:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def cancel(self) -> None:
+        pass
+
+
+@implementer(IHostnameResolver)
+class LocalNames:
+    """A name resolver that asks no one (tests send nothing off the machine):
+    IP literals resolve to themselves (the test's own clients connect to
+    127.0.0.1 through it), names in ``known`` (lower case) to their IPv4
+    address, and any other name fails at once. ``asked`` lists the names
+    looked up, as given."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, str] = {}
+        self.asked: list[str] = []
+
+    def resolveHostName(self, receiver: IResolutionReceiver, hostName: str, portNumber: int = 0,
+                        addressTypes: Any = None, transportSemantics: str = "TCP") -> _Resolution:
+        resolution = _Resolution(hostName)
+        receiver.resolutionBegan(resolution)
+        try:
+            ip = ipaddress.ip_address(hostName)
+        except ValueError:
+            self.asked.append(hostName)
+            known = self.known.get(hostName.lower())
+            if known is not None:
+                receiver.addressResolved(IPv4Address("TCP", known, portNumber))
+        else:
+            address = IPv4Address if ip.version == 4 else IPv6Address
+            receiver.addressResolved(address("TCP", hostName, portNumber))
+        receiver.resolutionComplete()
+        return resolution
+
+
+@pytest.fixture
+def local_names() -> Iterator[LocalNames]:
+    """The reactor resolves names with a :class:`LocalNames` for one test."""
+    resolver = LocalNames()
+    previous = reactor.installNameResolver(resolver)
+    yield resolver
+    reactor.installNameResolver(previous)
 
 
 async def until(condition: Any, timeout: float = 2.0, step: float = 0.005) -> None:

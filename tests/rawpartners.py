@@ -12,6 +12,10 @@ connection open for the next request (keep-alive) unless it says otherwise.
 ``/reset-mid-body``        announces 100 bytes, sends 10, resets (RST)
 ``/garbage-status``        ``HTTP/1.1 two-hundred OK``
 ``/garbage-line``          a status line that is not HTTP at all
+``/status-negative``       status ``-200`` (``int()`` takes it)
+``/status-999``            status ``999``, out of HTTP's range
+``/status-huge``           status ``99999999999999999999``
+``/status-underscore``     status ``2_00`` (``int()`` reads 200)
 ``/bad-chunked``           chunked body with a chunk size that is not hex
 ``/conflicting-length``    two different Content-Length values
 ``/length-and-chunked``    Content-Length and Transfer-Encoding: chunked
@@ -146,6 +150,10 @@ BEHAVIOURS: dict[bytes, Callable[["RawPartnerProtocol"], None]] = {
     b"/reset-mid-body": _reset_mid_body,
     b"/garbage-status": _fixed(b"HTTP/1.1 two-hundred OK\r\nContent-Length: 2\r\n\r\nok"),
     b"/garbage-line": _fixed(b"\x16\x03\x01garbage-that-is-not-http\r\n\r\n"),
+    b"/status-negative": _fixed(b"HTTP/1.1 -200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    b"/status-999": _fixed(b"HTTP/1.1 999 OK\r\nContent-Length: 2\r\n\r\nok"),
+    b"/status-huge": _fixed(b"HTTP/1.1 99999999999999999999 OK\r\nContent-Length: 2\r\n\r\nok"),
+    b"/status-underscore": _fixed(b"HTTP/1.1 2_00 OK\r\nContent-Length: 2\r\n\r\nok"),
     b"/bad-chunked": _fixed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                             b"zz\r\nhello\r\n0\r\n\r\n"),
     b"/conflicting-length": _fixed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"

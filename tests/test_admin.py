@@ -16,6 +16,7 @@ from txfanout import upstream as upstream_module
 from txfanout.admin import admin_site
 from txfanout.memory import TRACEMALLOC, AllocationSites
 
+from .certs import TestPKI
 from .conftest import Answer, route_config, within
 from .partners import PartnerServer
 
@@ -168,6 +169,25 @@ async def test_debug_config_redacts_secrets(partner, make_gateway, make_admin):
     assert a["url"].endswith("/ok?<redacted>")
     assert config["partners"]["b"]["countries"] == ["DE", "FR"]
     assert config["routes"]["bid"]["partners"] == ["a", "b"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_debug_config_with_an_https_partner(partner, make_gateway, make_admin, tmp_path):
+    pki = TestPKI(tmp_path)
+    gw = make_gateway(route_config({
+        "a": one(partner, "/ok"),
+        "s": {"url": "https://127.0.0.1:1/bid", "ca_file": str(pki.ca),
+              "client_cert": str(pki.client.cert), "client_key": str(pki.client.key),
+              "tls_min_version": "1.3"},
+    }))
+    view = await make_admin(gw.gateway).get("/debug/config")
+    assert view.code == 200, view.body
+    s = view.json["partners"]["s"]
+    assert "tls" not in s  # derived from the keys below, which show it
+    assert (s["ca_file"], s["client_cert"], s["tls_min_version"], s["tls_verify"]) == \
+        (str(pki.ca), str(pki.client.cert), "1.3", True)
+    assert s["client_key"] == "<redacted>"
+    assert b"-----BEGIN" not in view.body
 
 
 @pytest_twisted.ensureDeferred

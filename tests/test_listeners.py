@@ -80,18 +80,10 @@ async def test_an_inherited_socket_is_served_and_stops_alone():
 
     sock = bind_listening_socket(reactor, "tcp:0:interface=127.0.0.1")
     address = sock.getsockname()
-    class Site(Factory):
-        protocol = Hello
-        ports: list = []
-
-        def listening(self, port):
-            self.ports.append(port)
-
-    site = Site()
-    listener = Listener("public", inherited_endpoint(reactor, sock.detach()), site)
+    listener = Listener("public", inherited_endpoint(reactor, sock.detach()),
+                        Factory.forProtocol(Hello))
     listener.startService()
     await within(listener.ready)
-    assert site.ports == [listener.port]  # told, so that it can pause accepting
     assert await within(raw_client(address, b"").closed) == b"hello"
     first, second = listener.stop_accepting(), listener.stopService()
     await within(first)

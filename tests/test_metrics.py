@@ -19,6 +19,7 @@ from txfanout.inflight import OverdueWatch
 from txfanout.top import Scrape
 
 from .conftest import raw_client, route_config, within
+from .hostile import local_names  # noqa: F401 - fixture
 from .partners import PartnerServer, refused_url
 
 
@@ -171,6 +172,22 @@ async def test_upstream_connections(partner, make_gateway):
         assert value(gw, conns + "_opened_total", upstream=b) == 2
     finally:
         await other.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_partner_and_its_connections_name_one_upstream(partner, make_gateway,
+                                                                local_names):
+    # Host names ignore case, label values do not: both series must spell the
+    # upstream alike, or PromQL joins on it (and txfanout top) find nothing.
+    local_names.known["partner.test"] = "127.0.0.1"
+    port = partner.port.getHost().port
+    gw = make_gateway(route_config({"a": {"url": f"http://Partner.Test:{port}/ok"}}))
+    assert (await gw.post()).outcomes() == {"a": "ok"}
+    scrape = Scrape.parse(gw.gateway.metrics.exposition().decode(), 0.0)
+    [(partner_of, _)] = scrape.values("txfanout_partner_upstream", partner="a")
+    [(opened, count)] = scrape.values("txfanout_upstream_connections_opened_total")
+    assert partner_of["upstream"] == opened["upstream"] == f"http://Partner.Test:{port}"
+    assert count == 1
 
 
 @pytest_twisted.ensureDeferred

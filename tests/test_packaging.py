@@ -14,7 +14,7 @@ from pathlib import Path
 from .daemon import TWISTD_MAIN
 
 ROOT = Path(__file__).parent.parent
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__",
                                     "dropin.cache", ".pytest_cache")
 
 

@@ -19,7 +19,7 @@ from txfanout.adminauth import bearer_matches, listens_on_loopback
 from txfanout.config import ConfigError, ServerConfig, parse
 
 from .conftest import raw_client, route_config, within
-from .hostile import SECRET, LogRecorder, logs, raw_partner  # noqa: F401 - fixtures
+from .hostile import SECRET, LogRecorder, local_names, logs, raw_partner  # noqa: F401 - fixtures
 from .partners import refused_url
 from .test_client_attacks import parse_responses, request
 
@@ -70,7 +70,7 @@ async def test_nothing_in_a_request_changes_where_or_how_a_partner_is_called(
 
 @pytest_twisted.ensureDeferred
 async def test_call_errors_are_a_fixed_vocabulary_without_secrets_or_addresses(
-        partner, raw_partner, make_gateway, logs):
+        partner, raw_partner, make_gateway, logs, local_names):
     secret = {"headers": {"X-Api-Key": SECRET, "Authorization": "Bearer " + SECRET}}
     refused = refused_url()
     gw = make_gateway(route_config({
@@ -88,6 +88,7 @@ async def test_call_errors_are_a_fixed_vocabulary_without_secrets_or_addresses(
     text = answer.body.decode()
     for needle in (SECRET, "127.0.0.1", "partner.invalid", refused, "Traceback", ".py"):
         assert needle not in text
+    assert local_names.asked == ["partner.invalid"]  # in process: no DNS query sent
     for result in answer.json["results"]:
         assert result.get("error") is None or result["error"] in FIXED_ERRORS \
             or result["error"].startswith(("no answer in ", "body over ")), result

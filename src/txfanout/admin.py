@@ -4,22 +4,32 @@
 while starting or draining), and the debug views: ``/debug/inflight``,
 ``/debug/memory``, ``/debug/pool``, ``/debug/config``. None of it is served
 on the public listener.
+
+Its connections are bounded in number and in time, and it takes no body:
+see :class:`AdminSite`, :class:`AdminChannel` and :class:`AdminRequest`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from . import inflight, metrics
+from .adminauth import CHALLENGE, UNAUTHORIZED, authorized
 from .configview import config_view
-from .adminauth import TokenGuard
-from .conncap import CappedSite
 from .gateway import Gateway
+from .site import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from .memory import AllocationSites, memory_view
 
 ENDPOINTS = {
@@ -66,6 +76,15 @@ class Admin:
     @app.handle_errors(BadParameter)
     def bad_parameter(self, request: Request, failure: Any) -> bytes:
         return _json(request, {"error": str(failure.value)}, 400)
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: Request, failure: Any) -> bytes:
+        return _json(request, {"error": "no such admin page (GET / lists them)"}, 404)
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: Request, failure: Any) -> bytes:
+        request.setHeader(b"Allow", ", ".join(failure.value.valid_methods).encode("ascii"))
+        return _json(request, {"error": "method not allowed: use GET"}, 405)
 
     @app.route("/", methods=["GET"])
     def index(self, request: Request) -> bytes:
@@ -116,24 +135,211 @@ class Admin:
 
 ADMIN_IDLE_TIMEOUT_S = 60
 ADMIN_MAX_CONNECTIONS = 64
-"""Open connections the admin face serves at once; more wait in the kernel's
-backlog (scrapers and operators need a few; a runaway client must not take
-the process's file descriptors)."""
+"""Open connections the admin face serves at once (scrapers and operators
+need a few; a runaway client must not take the process's file descriptors).
+See :class:`AdminSite` for what happens at the cap."""
+ADMIN_MAX_BODY_BYTES = 4096
+"""Every admin page is a GET: a request body past this gets 413 and a close
+(in memory up to it, never spooled to a file)."""
 
 
-class AdminSite(CappedSite):
-    """The admin face's site: no tracebacks, no log line per request, at most
-    :data:`ADMIN_MAX_CONNECTIONS` connections open."""
+_REASONS = {400: b"Bad Request", 401: b"Unauthorized", 408: b"Request Timeout",
+            413: b"Content Too Large", 414: b"URI Too Long",
+            431: b"Request Header Fields Too Large"}
 
+
+def _refusal(code: int, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer: a JSON error announcing the connection's
+    close. ``extra``: more header lines, each ending in CRLF."""
+    body = json.dumps({"error": message}).encode("utf-8")
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"%sContent-Length: %d\r\n\r\n%s" % (code, _REASONS[code], extra, len(body), body))
+
+
+class AdminRequest(Request):
+    """An admin request: authorized (or refused with 401) as soon as its head
+    is in, before any of its body is read; a body over
+    :data:`ADMIN_MAX_BODY_BYTES` refused with 413; no ``Server`` header; a
+    path or Host that is not UTF-8 refused with a JSON 400 (Klein would log
+    a traceback for it)."""
+
+    channel: "AdminChannel"
+    _body_size = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if not authorized(self, self.channel.site.token()):
+            self._refuse(401, UNAUTHORIZED, CHALLENGE)
+        elif length is not None and length > ADMIN_MAX_BODY_BYTES:
+            self._refuse(413, f"admin requests take no body over {ADMIN_MAX_BODY_BYTES} bytes")
+        else:
+            self.content = io.BytesIO()  # Twisted would spool a big body to a file
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.content is None:  # refused
+            return
+        self._body_size += len(data)
+        if self._body_size > ADMIN_MAX_BODY_BYTES:
+            self._refuse(413, f"admin requests take no body over {ADMIN_MAX_BODY_BYTES} bytes")
+            return
+        self.content.write(data)
+
+    def _refuse(self, code: int, message: str, extra: bytes = b"") -> None:
+        self.content = None
+        self.channel.refuse(code, message, extra)
+
+    def process(self) -> None:
+        try:
+            unquote_to_bytes(self.path).decode("utf-8")
+            self.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            self.write(_json(self, {"error": "path and Host must be UTF-8"}, 400))
+            self.finish()
+            return
+        super().process()
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        if name == b"Server":
+            return  # Twisted names itself and its version: nothing a client needs
+        super().setHeader(name, value)
+
+
+class AdminChannel(HTTPChannel):
+    """An admin connection: each request's head and body must arrive within
+    ``server.request_timeout_ms`` of its first byte (else 408 and close:
+    dripping bytes does not keep it open), heads are bounded as on the public
+    face, a refused request gets a JSON error and a close, and the site
+    learns when the connection waits for a request and when it is answering
+    one."""
+
+    MAX_LENGTH = MAX_LINE_BYTES
+    totalHeadersSize = MAX_HEAD_BYTES
+    maxHeaders = MAX_HEADERS
+    site: "AdminSite"
+    _arrival: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.opened(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._arrival is None and not self._handlingRequest:  # a new request
+            self._arrival = self.callLater(self.site.request_timeout(), self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._stop_arrival()
+        if not self.transport.disconnecting:  # else refused: nothing to serve
+            self.site.answering(self)
+            super().allContentReceived()
+
+    def requestDone(self, request: Request) -> None:
+        self.site.waiting(self)  # before a pipelined request is read (in super)
+        super().requestDone(request)
+
+    def _too_slow(self) -> None:
+        self._arrival = None
+        self.refuse(408, "request not received in time")
+
+    def refuse(self, code: int, message: str, extra: bytes = b"") -> None:
+        """Answer ``code`` with a JSON error and close; nothing more is read."""
+        if self.transport.disconnecting:
+            return
+        self._stop_arrival()
+        self.transport.write(_refusal(code, message, extra))
+        self.loseConnection()
+
+    def _stop_arrival(self) -> None:
+        if self._arrival is not None:
+            if self._arrival.active():
+                self._arrival.cancel()
+            self._arrival = None
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's parser calls this for every request it cannot accept.
+        if self._receivedHeaderCount > self.maxHeaders:
+            self.refuse(431, f"more than {self.maxHeaders} request headers")
+        elif self._receivedHeaderSize > self.totalHeadersSize:
+            self.refuse(431, f"request head over {self.totalHeadersSize} bytes")
+        else:
+            self.refuse(400, "malformed HTTP request")
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self.requests:  # a request exists once its request line is parsed
+            self.refuse(431, f"request header line over {self.MAX_LENGTH} bytes")
+        else:
+            self.refuse(414, f"request line over {self.MAX_LENGTH} bytes")
+
+    def _send100Continue(self) -> None:
+        if not self.transport.disconnecting:  # not after a 401 or 413
+            super()._send100Continue()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_arrival()
+        super().connectionLost(reason)
+        self.site.closed(self)
+
+
+class AdminSite(Site):
+    """The admin face's site: no tracebacks, no log line per request, and at
+    most :data:`ADMIN_MAX_CONNECTIONS` connections open.
+
+    At the cap a newcomer is accepted in the place of the connection that
+    has waited longest for a whole request (one still sending its head or
+    body, or idle between requests): connections that send slowly or not at
+    all cannot lock operators out, and an operator's request, sent at once,
+    is answered. Only while every open connection is being answered is a
+    newcomer closed at once."""
+
+    protocol = AdminChannel
+    requestFactory = AdminRequest
     displayTracebacks = False
     max_connections = ADMIN_MAX_CONNECTIONS
+
+    def __init__(self, resource: IResource, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.gateway = gateway
+        self.connections: set[AdminChannel] = set()
+        self._waiting: dict[AdminChannel, None] = {}  # insertion order: longest waiting first
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections)
+
+    def token(self) -> str | None:
+        return self.gateway.snapshot.config.server.admin_token
+
+    def request_timeout(self) -> float:
+        return self.gateway.snapshot.config.server.request_timeout_ms / 1000.0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.connections) >= self.max_connections:
+            if not self._waiting:
+                return None  # Twisted closes it at once
+            longest = next(iter(self._waiting))
+            self.closed(longest)
+            longest.transport.abortConnection()
+        return super().buildProtocol(addr)
+
+    def opened(self, channel: AdminChannel) -> None:
+        self.connections.add(channel)
+        self._waiting[channel] = None
+
+    def answering(self, channel: AdminChannel) -> None:
+        self._waiting.pop(channel, None)
+
+    def waiting(self, channel: AdminChannel) -> None:
+        if channel in self.connections:  # not one already dropped
+            self._waiting[channel] = None
+
+    def closed(self, channel: AdminChannel) -> None:
+        self.connections.discard(channel)
+        self._waiting.pop(channel, None)
 
     def log(self, request: Request) -> None:
         pass
 
 
-def admin_site(gateway: Gateway, sites: AllocationSites | None = None, **kwargs: Any) -> Site:
-    resource = TokenGuard(Admin(gateway, sites).app.resource(),
-                          lambda: gateway.snapshot.config.server.admin_token)
+def admin_site(gateway: Gateway, sites: AllocationSites | None = None,
+               **kwargs: Any) -> AdminSite:
     kwargs.setdefault("timeout", ADMIN_IDLE_TIMEOUT_S)  # Twisted's default is 12 hours
-    return AdminSite(resource, **kwargs)
+    return AdminSite(Admin(gateway, sites).app.resource(), gateway, **kwargs)

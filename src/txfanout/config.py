@@ -93,8 +93,10 @@ class PartnerConfig:
     client_key: str | None = None
     tls_min_version: str | None = None
     tls_verify: bool = True
-    # Built from the keys above at load, for https URLs: the files already read.
-    tls: PartnerTLS | None = field(default=None, compare=False, repr=False)
+    # Built from the keys above at load, for https URLs: the files already read
+    # ("derived": not a key of the file, left out of the effective config).
+    tls: PartnerTLS | None = field(default=None, compare=False, repr=False,
+                                   metadata={"derived": True})
 
     def matches(self, country: str | None, os_name: str | None) -> bool:
         """True when a request from ``country`` / ``os_name`` may call this

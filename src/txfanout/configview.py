@@ -3,6 +3,8 @@
 Redacted: every partner header value (API keys travel there), the query
 string of partner URLs, and any value whose key names a secret (``key``,
 ``secret``, ``token``, ``password``, ``passphrase``; not ``*_file`` paths).
+Left out: what the loader derived from the keys (a partner's TLS settings
+with its files read), which the keys themselves show.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def _redact_url(url: str) -> str:
 def _plain(value: Any, key: str = "") -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name), f.name)
-                for f in dataclasses.fields(value)}
+                for f in dataclasses.fields(value) if not f.metadata.get("derived")}
     if key == "headers" and isinstance(value, dict):
         return {name: REDACTED for name in value}
     if isinstance(value, dict):

@@ -1,5 +1,5 @@
-"""Accept: how many new connections a Site takes, for the public and admin
-faces alike.
+"""Accept: how many new connections the public face takes (the admin face
+makes room at its cap instead, see admin.AdminSite).
 
 A site accepts while it has ``room()``: under ``max_connections`` open
 connections, and whatever else a subclass counts (the public face: free
@@ -7,8 +7,10 @@ in-flight slots, see site.py). With no room its listening ports stop
 accepting: newcomers wait in the kernel's backlog (its size bounds them),
 costing nothing, instead of being accepted, read and refused at once, over
 and over, by clients that retry at once. With room, a port takes at most
-that many connections per batch (Twisted's ``Port.numberAccepts``); one that
-a batch takes past ``max_connections`` anyway is closed at once.
+that many connections per batch (Twisted's ``Port.numberAccepts``), and
+never more than ``ACCEPT_BATCH``, so that a flood of new connections is
+taken over several turns of the event loop rather than in one long one; a
+connection a batch takes past ``max_connections`` anyway is closed at once.
 
 The site learns its ports from ``listening(port)``, which the listener (or
 a test) calls once the port is up.

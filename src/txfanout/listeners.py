@@ -126,12 +126,11 @@ def inherited_endpoint(reactor: Any, fd: int) -> IStreamServerEndpoint:
 
 
 class Listener(service.Service):
-    """Listens with ``site`` (a CappedSite) on ``endpoint`` while running.
+    """Listens with ``factory`` on ``endpoint`` while running.
 
-    ``ready`` fires with the port once listening (and the site is told of
-    it); ``stop_accepting`` closes the port (connections already accepted
-    stay open). A failure to listen when the daemon starts stops it, like
-    ``strports.service``.
+    ``ready`` fires with the port once listening; ``stop_accepting`` closes
+    the port (connections already accepted stay open). A failure to listen
+    when the daemon starts stops it, like ``strports.service``.
     """
 
     def __init__(self, name: str, endpoint: IStreamServerEndpoint, factory: Any) -> None:
@@ -154,7 +153,6 @@ class Listener(service.Service):
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
-        self.factory.listening(port)
         self.ready.callback(port)
 
     def stop_accepting(self) -> Deferred[None]:

@@ -11,7 +11,6 @@ is read from the live state when scraped, so it costs nothing per request.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, Protocol
-from urllib.parse import urlsplit
 
 from prometheus_client import (
     CollectorRegistry,
@@ -32,6 +31,7 @@ from .breaker import STATES
 from .config import Config
 from .inflight import OverdueWatch
 from .lag import ReactorLag
+from .poolstats import upstream_key, upstream_label
 from .snapshot import PartnerState, Snapshot
 from .upstream import Upstream
 
@@ -202,13 +202,6 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-def _upstream_of(url: str) -> str:
-    u = urlsplit(url)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    host = f"[{u.hostname}]" if u.hostname and ":" in u.hostname else u.hostname
-    return f"{u.scheme}://{host}:{port}"
-
-
 class LiveCollector:
     """Levels read from the gateway when scraped."""
 
@@ -230,7 +223,8 @@ class LiveCollector:
         for name, state in g.snapshot.partners.items():
             partner_inflight.add_metric([name], state.slots.inflight)
             breaker.add_metric([name], 1.0 if circuit_open(state) else 0.0)
-            partner_upstream.add_metric([name, _upstream_of(state.config.url)], 1.0)
+            partner_upstream.add_metric(
+                [name, upstream_label(upstream_key(state.config.url))], 1.0)
         for row in g.upstream.connections.view(g.upstream.pool):
             connections.add_metric([row["upstream"], "idle"], row["idle"])
             connections.add_metric([row["upstream"], "active"], row["active"])

@@ -52,13 +52,22 @@ class ResponseHeadTooLarge(PartnerProtocolError):
 class GuardedParser(HTTPClientParser):
     """Twisted's response parser with a bound on the whole head (Twisted
     bounds each line, not their number nor a stream of ``100 Continue``
-    heads) and no tolerance for a body framed by both Transfer-Encoding and
-    Content-Length (RFC 9112 6.3: a smuggling attempt; Twisted would pick
-    one). Installed on each request's parser by :class:`GuardedClientProtocol`.
+    heads), status codes of three digits from 100 to 599 only (Twisted takes
+    whatever ``int()`` takes: ``-200``, ``2_00``, twenty digits), and no
+    tolerance for a body framed by both Transfer-Encoding and Content-Length
+    (RFC 9112 6.3: a smuggling attempt; Twisted would pick one). Installed on
+    each request's parser by :class:`GuardedClientProtocol`.
     """
 
     MAX_LENGTH = MAX_RESPONSE_HEAD_BYTES
     _head_bytes = 0
+
+    def statusReceived(self, status: bytes) -> None:
+        parts = status.split(b" ", 2)
+        code = parts[1] if len(parts) > 1 else b""
+        if not (len(code) == 3 and code.isdigit() and b"100" <= code <= b"599"):
+            raise PartnerProtocolError()
+        super().statusReceived(status)
 
     def lineReceived(self, line: bytes) -> None:
         self._head_bytes += len(line) + 1

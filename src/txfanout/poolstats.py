@@ -10,27 +10,39 @@ the open ones that are not idle.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.client import _HTTP11ClientFactory
+from twisted.web.client import URI, _HTTP11ClientFactory
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from .pool import GuardedClientProtocol, PartnerPool
 from .tls import HandshakeAwareProtocol
 
-Key = tuple[bytes, bytes, int]
+UpstreamKey = tuple[bytes, bytes, int]
+"""(scheme, host, port) of a partner URL as Twisted's Agent parses it (host
+as written, without IPv6 brackets): what connections are counted under."""
+PoolKey = Union[UpstreamKey, tuple[bytes, bytes, int, bytes]]
+"""A key of the pool: the upstream's, plus its TLS profile's key for https."""
 
 
-def upstream_label(key: Key) -> str:
-    """``scheme://host:port`` for a pool key (the URL's, not the resolved IP)."""
-    scheme, host, port = (k.decode("ascii") if isinstance(k, bytes) else k for k in key)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
+def upstream_key(url: str) -> UpstreamKey:
+    """The upstream a partner URL's calls go to (the Agent's parse)."""
+    uri = URI.fromBytes(url.encode("ascii"))
+    return (uri.scheme, uri.host, uri.port)
+
+
+def upstream_label(key: UpstreamKey) -> str:
+    """``scheme://host:port``: the one spelling of an upstream in every
+    ``upstream`` label (the URL's host as written, not the resolved IP)."""
+    scheme, host, port = key
+    name = host.decode("ascii")
+    if ":" in name:
+        name = f"[{name}]"
+    return f"{scheme.decode('ascii')}://{name}:{port}"
 
 
 class UpstreamConnections:
@@ -38,7 +50,7 @@ class UpstreamConnections:
 
     __slots__ = ("key", "label", "opened", "closed")
 
-    def __init__(self, key: Key) -> None:
+    def __init__(self, key: UpstreamKey) -> None:
         self.key = key
         self.label = upstream_label(key)
         self.opened = 0
@@ -50,9 +62,9 @@ class ConnectionStats:
     the partner URLs in the configuration)."""
 
     def __init__(self) -> None:
-        self.upstreams: dict[Key, UpstreamConnections] = {}
+        self.upstreams: dict[UpstreamKey, UpstreamConnections] = {}
 
-    def for_key(self, key: Key) -> UpstreamConnections:
+    def for_key(self, key: UpstreamKey) -> UpstreamConnections:
         counter = self.upstreams.get(key)
         if counter is None:
             counter = self.upstreams[key] = UpstreamConnections(key)

@@ -223,7 +223,9 @@ def makeService(options: Options) -> service.IService:
     for watcher in (gateway.overdue, sites, GcPacer(reactor)):
         if watcher is not None:
             Running(watcher).setServiceParent(top)
-    public = Listener("public", endpoint, GatewaySite(gateway))
+    site = GatewaySite(gateway)
+    public = Listener("public", endpoint, site)
+    public.ready.addCallback(site.listening)  # so that it can stop accepting
     public.setServiceParent(top)
     admin = Listener("admin", admin_endpoint, admin_site(gateway, sites))
     admin.setServiceParent(top)

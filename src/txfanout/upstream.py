@@ -45,7 +45,8 @@ from .config import PartnerConfig
 from .outcomes import CallResult
 from .phases import READING, SENT, CallPhase
 from .pool import PartnerPool, PartnerProtocolError, unread_bytes
-from .poolstats import ConnectionStats, CountingClientFactory, CountingEndpoints
+from .poolstats import (ConnectionStats, CountingClientFactory, CountingEndpoints, PoolKey,
+                        upstream_key)
 from .tls import HandshakeCancelled, HandshakeEndpoint, PartnerTLS
 
 # Agents kept for TLS profiles; past this many the cache starts afresh (an
@@ -117,11 +118,10 @@ class _TLSProfileAgent(Agent):
         return super()._requestWithEndpoint(key + (self._profile,), *rest)
 
 
-def pool_key(partner: PartnerConfig) -> tuple[Any, ...]:
-    """The key the pool keeps ``partner``'s connections under: the Agent's
-    (scheme, host, port) of its URL, plus its TLS profile's key if any."""
-    uri = URI.fromBytes(partner.url.encode("ascii"))
-    key = (uri.scheme, uri.host, uri.port)
+def pool_key(partner: PartnerConfig) -> PoolKey:
+    """The key the pool keeps ``partner``'s connections under: its upstream,
+    plus its TLS profile's key if any."""
+    key = upstream_key(partner.url)
     return key if partner.tls is None else key + (partner.tls.key,)
 
 
