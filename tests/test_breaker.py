@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from txfanout.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, verdict
+from txfanout.breaker import CLOSED, HALF_OPEN, OPEN, WINDOW_S, Breaker, verdict
 
 from .conftest import route_config
 from .daemon import ThreadedPartner
@@ -63,19 +63,44 @@ def call(b: Breaker, outcome: str, status: int | None = None, cut: bool = False)
     b.record(outcome, status, b.epoch, cut)
 
 
-def test_opens_after_n_consecutive_failures_only():
+def test_opens_once_failures_reach_the_count_and_half_the_calls():
     clock = Clock()
     b = Breaker(clock, failures=3, cooldown_s=5.0, probes=2)
-    for outcome in ("timeout", "error", "ok", "timeout", "error"):
+    for outcome in ("ok", "ok", "ok", "ok", "timeout", "error", "timeout"):
         call(b, outcome)
-    assert b.state == CLOSED  # the ok broke the run
+    assert b.state == CLOSED  # 3 failures, but of 7 calls
     for _ in range(10):  # shed says nothing about health
         b.record("shed", None, b.epoch)
     call(b, "http_error", 500)
-    assert b.state == OPEN
+    assert b.state == OPEN  # 4 of 8
     assert not b.allow()
     clock.advance(4.9)
     assert not b.allow()
+
+
+def test_a_partner_slow_for_a_fifth_of_its_calls_stays_closed():
+    clock = Clock()
+    b = Breaker(clock, failures=5, cooldown_s=5.0, probes=2)
+    for _ in range(200):  # timeouts end together, in runs of five
+        for _ in range(20):
+            call(b, "ok", 200)
+        for _ in range(5):
+            call(b, "timeout")
+        clock.advance(0.1)
+    assert b.state == CLOSED
+
+
+def test_only_the_last_ten_seconds_count():
+    clock = Clock()
+    b = Breaker(clock, failures=3, cooldown_s=5.0, probes=2)
+    call(b, "error")
+    call(b, "error")
+    clock.advance(WINDOW_S)
+    call(b, "error")
+    assert b.state == CLOSED  # the first two are out of the window
+    call(b, "error")
+    call(b, "error")
+    assert b.state == OPEN
 
 
 def test_half_open_probes_close_or_reopen():
@@ -146,7 +171,7 @@ def test_every_change_of_state_is_reported_with_its_reason():
     clock.advance(0.5)
     call(b, "ok", 200)
     assert changes.changes == [
-        (CLOSED, OPEN, "2 failures in a row (last: http_error)"),
+        (CLOSED, OPEN, "2 of 2 calls failed in 10 s (last: http_error)"),
         (OPEN, HALF_OPEN, "cool-down of 500 ms over"),
         (HALF_OPEN, CLOSED, "1 probes answered"),
     ]
@@ -199,10 +224,12 @@ async def test_a_breaker_that_opens_is_logged_and_counted(partner, make_gateway,
                                             "breaker_failures": 2}}))
     for _ in range(2):
         await gw.post()
-    assert (await gw.post()).outcomes() == {"bad": "open"}
+    refused = await gw.post()  # its one partner's circuit is open: nobody to call
+    assert refused.code == 503 and "circuit open" in refused.json["error"]
+    assert refused.header("Retry-After") == "1"
     [line] = logs.lines
-    assert line == "partner bad: circuit breaker closed -> open (2 failures in a row " \
-                   "(last: http_error))"
+    assert line == "partner bad: circuit breaker closed -> open (2 of 2 calls failed " \
+                   "in 10 s (last: http_error))"
     counted = gw.gateway.metrics.registry.get_sample_value(
         "txfanout_breaker_transitions_total", {"partner": "bad", "state": "open"})
     assert counted == 1

@@ -94,6 +94,8 @@ async def test_shed_skipped_and_cancelled_calls(partner, make_gateway):
     assert calls(gw, "hang", "cancelled") == 1
     assert value(gw, "txfanout_partner_inflight", partner="hang") == 0
     assert value(gw, "txfanout_requests_total", route="bid", code="499") == 1
+    # Answers sent: the shed one and the skipped one; not the one nobody took.
+    assert value(gw, "txfanout_answers_total", route="bid", complete="false") == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -281,5 +283,6 @@ async def test_circuit_open_gauge_follows_the_breaker(partner, make_gateway):
     for _ in range(2):
         await gw.post()
     assert value(gw, "txfanout_partner_circuit_open", partner="bad") == 1
-    assert (await gw.post()).outcomes() == {"bad": "open"}
+    assert (await gw.post()).code == 503  # no partner left to call
     assert calls(gw, "bad", "open") == 1
+    assert value(gw, "txfanout_shed_total", reason="partners_unavailable") == 1

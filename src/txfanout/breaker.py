@@ -1,9 +1,15 @@
 """Per-partner circuit breaker.
 
-Closed: every call goes. After ``failures`` consecutive failures (timeout,
-error, 5xx) it opens: calls are refused at no cost (outcome ``open``) for
-``cooldown_s``. Then it is half-open: up to ``probes`` calls go at once; one
-failure opens it again, ``probes`` successes close it.
+Closed: every call goes. Once, within the last ``WINDOW_S`` seconds, at
+least ``failures`` calls failed (timeout, error, 5xx) and they were at least
+half of the calls that ended, it opens: calls are refused at no cost
+(outcome ``open``) for ``cooldown_s``. Then it is half-open: up to ``probes``
+calls go at once; one failure opens it again, ``probes`` successes close it.
+
+Failures "in a row" would not do: at a few hundred calls per second, timers
+that expire together end their calls together, and a partner that is slow
+for a fifth of its calls has five in a row every second or so. A share of a
+window tells a degraded partner from a broken one.
 
 Only failures the partner caused count. Outcomes that say nothing about the
 partner's health (shed, skipped, cancelled) count for neither side, and
@@ -27,6 +33,7 @@ from . import outcomes
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
+WINDOW_S = 10  # seconds of results a closed breaker weighs, in one-second buckets
 
 _FAILURES = frozenset((outcomes.TIMEOUT, outcomes.ERROR))
 _SUCCESSES = frozenset((outcomes.OK, outcomes.TOO_LARGE))
@@ -52,8 +59,8 @@ class Breaker:
     ``epoch``), ``record()`` after it."""
 
     __slots__ = ("_clock", "_failures", "_cooldown", "_probes", "_excused", "_changed",
-                 "state", "epoch", "_consecutive", "_open_until", "_probing",
-                 "_probe_successes")
+                 "state", "epoch", "_seconds", "_failed", "_judged", "_open_until",
+                 "_probing", "_probe_successes")
 
     def __init__(self, clock: IReactorTime, failures: int, cooldown_s: float,
                  probes: int, excused: Callable[[], bool] = lambda: False,
@@ -66,7 +73,10 @@ class Breaker:
         self._probes = probes
         self.state = CLOSED
         self.epoch = 0  # counts the changes of state
-        self._consecutive = 0
+        # Per second of the window (a ring): which second, calls failed, calls judged.
+        self._seconds = [-1] * WINDOW_S
+        self._failed = [0] * WINDOW_S
+        self._judged = [0] * WINDOW_S
         self._open_until = 0.0
         self._probing = 0
         self._probe_successes = 0
@@ -106,24 +116,34 @@ class Breaker:
             elif healthy:
                 self._probe_successes += 1
                 if self._probe_successes >= self._probes:
-                    self._consecutive = 0
                     self._enter(CLOSED, f"{self._probes} probes answered")
             return
-        if healthy is None:
-            return
+        if healthy is not None:
+            self._judge(healthy, outcome)
+
+    def _judge(self, healthy: bool, outcome: str) -> None:
+        """Count one result of a closed breaker; trip it if that is enough."""
+        now = int(self._clock.seconds())
+        i = now % WINDOW_S
+        if self._seconds[i] != now:
+            self._seconds[i], self._failed[i], self._judged[i] = now, 0, 0
+        self._judged[i] += 1
         if healthy:
-            self._consecutive = 0
             return
-        self._consecutive += 1
-        if self._consecutive >= self._failures:
-            self._trip(f"{self._consecutive} failures in a row (last: {outcome})")
+        self._failed[i] += 1
+        recent = [j for j, second in enumerate(self._seconds) if now - second < WINDOW_S]
+        failed = sum(self._failed[j] for j in recent)
+        judged = sum(self._judged[j] for j in recent)
+        if failed >= self._failures and 2 * failed >= judged:
+            self._trip(f"{failed} of {judged} calls failed in {WINDOW_S} s (last: {outcome})")
 
     def _trip(self, why: str) -> None:
         self._open_until = self._clock.seconds() + self._cooldown
-        self._consecutive = 0
         self._enter(OPEN, why)
 
     def _enter(self, state: str, why: str) -> None:
         old, self.state = self.state, state
         self.epoch += 1
+        if state == CLOSED:
+            self._seconds = [-1] * WINDOW_S  # a fresh start: what came before is judged
         self._changed(old, state, why)

@@ -18,7 +18,7 @@ from twisted.web.resource import IResource
 
 from . import answer, outcomes
 from .accesslog import AccessLog
-from .admission import SHED_PARTNERS_FULL, Admission
+from .admission import SHED_PARTNERS_UNAVAILABLE, Admission
 from .config import Config, ServerConfig
 from .fanout import Fanout
 from .inbound import Inbound, Refused, RequestIds, parse
@@ -94,6 +94,8 @@ class Gateway:
             route = exchange.route or UNKNOWN_ROUTE
             elapsed, fanout = self.clock.seconds() - exchange.started, exchange.fanout
         self.metrics.request_ended(route, code, elapsed)
+        if code == 200 and exchange is not None and exchange.complete is not None:
+            self.metrics.answered(route, exchange.complete)
         if self.access_log is not None:
             self.access_log.request_ended(fanout, route, code, elapsed)
 
@@ -139,14 +141,13 @@ class Gateway:
 
     def _answer(self, results: list[CallResult], request: GatewayRequest,
                 inbound: Inbound) -> bytes:
-        if _none_called_for_capacity(results):
-            # A 200 whose partners all went uncalled for want of a slot would
-            # be hollow, and the client could not tell to retry.
-            self.admission.refused(SHED_PARTNERS_FULL)
+        if _no_partner_callable(results):
+            # A 200 whose partners all went uncalled (no slot, or circuit
+            # open) would be hollow, and the client could not tell to retry.
+            self.admission.refused(SHED_PARTNERS_UNAVAILABLE)
             request.setHeader(b"Retry-After", RETRY_AFTER)
-            return answer.json_error(request, 503, SHED_MESSAGES[SHED_PARTNERS_FULL])
-        complete = answer.is_complete(results)
-        self.metrics.answered(inbound.route, complete)
+            return answer.json_error(request, 503, SHED_MESSAGES[SHED_PARTNERS_UNAVAILABLE])
+        complete = request.exchange.complete = answer.is_complete(results)  # type: ignore[union-attr]
         elapsed = self.clock.seconds() - inbound.budget.started
         return answer.results(request, inbound, results, elapsed, complete)
 
@@ -164,7 +165,8 @@ class Gateway:
         return self.upstream.close()
 
 
-def _none_called_for_capacity(results: list[CallResult]) -> bool:
-    """No partner was called, and at least one for want of a slot."""
+def _no_partner_callable(results: list[CallResult]) -> bool:
+    """No partner was called, and not only for want of time (``skipped``:
+    the request's own deadline): some had no slot, or an open circuit."""
     return bool(results) and all(r.outcome in outcomes.NOT_CALLED for r in results) \
-        and any(r.outcome == outcomes.SHED for r in results)
+        and any(r.outcome != outcomes.SKIPPED for r in results)

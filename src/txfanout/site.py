@@ -84,6 +84,7 @@ class Exchange:
     started: float  # its first byte: the deadline counts from here
     route: str | None  # the route its path names (matched once); None: none
     fanout: "Fanout | None" = None  # its fan-out, once the handler started it
+    complete: bool | None = None  # whether its 200 is complete, once answered
 
 
 class GatewayRequest(Request):
@@ -148,7 +149,7 @@ class GatewayRequest(Request):
             write_error(self, 400, "bad Host header")
             return
         channel = self.channel
-        if channel.retried_early and channel.others_refused_since():
+        if channel.retried_early and front.admission.pressed():
             front.admission.refused(SHED_EARLY_RETRY)
             self._shed(SHED_EARLY_RETRY)
             return
@@ -222,7 +223,6 @@ class GatewayChannel(CappedChannel):
     _pace_timer: IDelayedCall | None = None
     _paced_until = 0.0
     _sent_while_paced = False
-    _refusals_seen = 0  # the gateway's capacity refusals when its last 503 went out
     retried_early = False  # its request came before the Retry-After of its last 503
 
     def connectionMade(self) -> None:
@@ -237,23 +237,17 @@ class GatewayChannel(CappedChannel):
     def pace(self) -> None:
         """A 503 went out on this kept-alive connection: read nothing more
         from it for ``PACE_S`` (see there). A request it sent before then
-        (``retried_early``) is refused again if others were refused for
-        want of capacity since, whether or not a slot is free when it is
-        read: its client did not wait, and the wait would make its answer
-        late anyway."""
+        (``retried_early``) is refused again while the gateway has been full
+        within a Retry-After, whether or not a slot is free when it is read:
+        its client did not wait, and the wait made its answer late anyway
+        (served, it would go to the back of the clients' p99)."""
         if self.transport.disconnecting:
             return
         if self._pace_timer is not None and self._pace_timer.active():
             self._pace_timer.cancel()
-        self._refusals_seen = self.site.front.admission.capacity_refusals
         self._paced_until = self.site.front.clock.seconds() + PACE_S
         self.transport.pauseProducing()
         self._pace_timer = self.callLater(PACE_S, self._unpace)
-
-    def others_refused_since(self) -> bool:
-        """Has the gateway refused others for want of capacity since this
-        connection's last 503?"""
-        return self.site.front.admission.capacity_refusals > self._refusals_seen
 
     def _unpace(self) -> None:
         self._pace_timer = None
@@ -280,7 +274,7 @@ class GatewayChannel(CappedChannel):
             self.retried_early = self._sent_while_paced or now < self._paced_until
             self._sent_while_paced = False
             reason = front.admission.shed_reason()
-            if reason is None and self.retried_early and self.others_refused_since():
+            if reason is None and self.retried_early and front.admission.pressed():
                 reason = SHED_EARLY_RETRY
             if reason is not None and self._shed_unparsed(front, reason, data):
                 return

@@ -17,7 +17,7 @@ from .admission import (
     SHED_DRAINING,
     SHED_EARLY_RETRY,
     SHED_MAX_INFLIGHT,
-    SHED_PARTNERS_FULL,
+    SHED_PARTNERS_UNAVAILABLE,
     SHED_REACTOR_LAG,
 )
 
@@ -31,8 +31,8 @@ SHED_MESSAGES = {
     SHED_DRAINING: "gateway is shutting down; retry",
     SHED_EARLY_RETRY: "retried before Retry-After while the gateway is overloaded; "
                       "wait before retrying",
-    SHED_PARTNERS_FULL: "every partner of this request is at its max_concurrency; "
-                        "retry later",
+    SHED_PARTNERS_UNAVAILABLE: "no partner of this request can be called now (each at "
+                               "its max_concurrency or its circuit open); retry later",
 }
 RETRY_AFTER = b"%d" % RETRY_AFTER_S
 
