@@ -1,5 +1,6 @@
-"""``pip install .`` (not editable) into a fresh venv gives a working
-``twistd fanout``, the ``txfanout`` command, and a plugin cache."""
+"""``pip install .`` into a fresh venv gives a working ``twistd fanout``, the
+``txfanout`` command, and a plugin cache; ``pip install -e .`` a working
+``twistd fanout`` on the sources."""
 
 from __future__ import annotations
 
@@ -52,18 +53,24 @@ def borrowed_site_packages(farm: Path) -> Path:
     return farm
 
 
-def test_pip_install_into_a_fresh_venv(tmp_path: Path) -> None:
-    # Build from a copy: pip writes build/ and *.egg-info beside the sources.
+def fresh_venv(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A copy of the sources (pip writes build/ and *.egg-info beside them)
+    and a venv whose dependencies (and pip) come from this environment,
+    behind its own site-packages: tests do not download. Returns (sources,
+    venv, site-packages)."""
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
     site_dir = venv / Path(sysconfig.get_path("purelib", vars={"base": ""}).lstrip("/"))
     assert site_dir.is_dir(), site_dir
-    # The dependencies (and pip) come from this environment, behind the
-    # venv's own site-packages: tests do not download.
     borrowed = borrowed_site_packages(tmp_path / "borrowed")
     (site_dir / "outer.pth").write_text(f"{borrowed}\n")
+    return source, venv, site_dir
+
+
+def test_pip_install_into_a_fresh_venv(tmp_path: Path) -> None:
+    source, venv, site_dir = fresh_venv(tmp_path)
     python = venv / "bin" / "python"
     run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", source,
         cwd=tmp_path)
@@ -84,3 +91,14 @@ def test_pip_install_into_a_fresh_venv(tmp_path: Path) -> None:
 
     manual = run(python, "-c", TWISTD_MAIN, "fanout", "--help", cwd=tmp_path)
     assert "--workers=" in manual and "SIGNALS" in manual and "EXIT STATUS" in manual
+
+
+def test_an_editable_install_serves_twistd_fanout_from_the_sources(tmp_path: Path) -> None:
+    source, venv, site_dir = fresh_venv(tmp_path)
+    python = venv / "bin" / "python"
+    run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e",
+        source, cwd=tmp_path)
+    where = run(python, "-c", "import txfanout; print(txfanout.__file__)", cwd=tmp_path)
+    assert str(source) in where, where  # the sources themselves, through the link tree
+    manual = run(python, "-c", TWISTD_MAIN, "fanout", "--help", cwd=tmp_path)
+    assert "--workers=" in manual
