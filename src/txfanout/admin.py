@@ -126,7 +126,7 @@ class Admin:
         return _json(request, {
             "max_idle_per_upstream": upstream.pool.maxPersistentPerHost,
             "idle_timeout_s": upstream.pool.cachedConnectionTimeout,
-            "upstreams": upstream.connections.view(upstream.pool)})
+            "upstreams": [row._asdict() for row in upstream.connections.view(upstream.pool)]})
 
     @app.route("/debug/config", methods=["GET"])
     def debug_config(self, request: Request) -> bytes:

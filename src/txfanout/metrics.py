@@ -10,7 +10,7 @@ is read from the live state when scraped, so it costs nothing per request.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -202,43 +202,27 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-class LiveCollector:
-    """Levels read from the gateway when scraped."""
+class _Levels(NamedTuple):
+    """The families the live collector fills at each scrape."""
 
-    def __init__(self, gateway: LiveView) -> None:
-        self._gateway = gateway
+    inflight: GaugeMetricFamily
+    limit: GaugeMetricFamily
+    overdue: GaugeMetricFamily
+    lag: GaugeMetricFamily
+    partner_inflight: GaugeMetricFamily
+    breaker: GaugeMetricFamily
+    partner_upstream: GaugeMetricFamily
+    connections: GaugeMetricFamily
+    opened: CounterMetricFamily
+    closed: CounterMetricFamily
 
-    def describe(self) -> Iterable[Metric]:
-        return self._families()
-
-    def collect(self) -> Iterable[Metric]:
-        families = self._families()
-        inflight, limit, overdue, lag, partner_inflight, breaker, partner_upstream, \
-            connections, opened, closed = families
-        g = self._gateway
-        inflight.add_metric([], g.admission.admitted)
-        limit.add_metric([], g.admission.limit.current)
-        overdue.add_metric([], g.overdue.scan())
-        lag.add_metric([], g.lag.lag)
-        for name, state in g.snapshot.partners.items():
-            partner_inflight.add_metric([name], state.slots.inflight)
-            breaker.add_metric([name], 1.0 if circuit_open(state) else 0.0)
-            partner_upstream.add_metric(
-                [name, upstream_label(upstream_key(state.config.url))], 1.0)
-        for row in g.upstream.connections.view(g.upstream.pool):
-            connections.add_metric([row["upstream"], "idle"], row["idle"])
-            connections.add_metric([row["upstream"], "active"], row["active"])
-            opened.add_metric([row["upstream"]], row["opened"])
-            closed.add_metric([row["upstream"]], row["closed"])
-        return families
-
-    @staticmethod
-    def _families() -> list[Metric]:
-        return [
+    @classmethod
+    def empty(cls) -> "_Levels":
+        return cls(
             GaugeMetricFamily("txfanout_inflight_requests", "Requests being served."),
             GaugeMetricFamily("txfanout_inflight_limit",
                               "Requests admitted at once now: max_inflight, lowered while "
-                              "the gateway answers late (adaptive_inflight)."),
+                              "the event loop lags (adaptive_inflight)."),
             GaugeMetricFamily("txfanout_overdue_inflight",
                               "Requests still in flight well past their deadline "
                               "(a leak: must stay 0)."),
@@ -260,4 +244,33 @@ class LiveCollector:
             CounterMetricFamily("txfanout_upstream_connections_closed",
                                 "Connections to an upstream that were closed.",
                                 labels=["upstream"]),
-        ]
+        )
+
+
+class LiveCollector:
+    """Levels read from the gateway when scraped."""
+
+    def __init__(self, gateway: LiveView) -> None:
+        self._gateway = gateway
+
+    def describe(self) -> Iterable[Metric]:
+        return list(_Levels.empty())
+
+    def collect(self) -> Iterable[Metric]:
+        levels = _Levels.empty()
+        g = self._gateway
+        levels.inflight.add_metric([], g.admission.admitted)
+        levels.limit.add_metric([], g.admission.limit.current)
+        levels.overdue.add_metric([], g.overdue.scan())
+        levels.lag.add_metric([], g.lag.lag)
+        for name, state in g.snapshot.partners.items():
+            levels.partner_inflight.add_metric([name], state.slots.inflight)
+            levels.breaker.add_metric([name], 1.0 if circuit_open(state) else 0.0)
+            levels.partner_upstream.add_metric(
+                [name, upstream_label(upstream_key(state.config.url))], 1.0)
+        for row in g.upstream.connections.view(g.upstream.pool):
+            levels.connections.add_metric([row.upstream, "idle"], row.idle)
+            levels.connections.add_metric([row.upstream, "active"], row.active)
+            levels.opened.add_metric([row.upstream], row.opened)
+            levels.closed.add_metric([row.upstream], row.closed)
+        return list(levels)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import select
 import socket
-from typing import Any, Hashable, Mapping
+from typing import Any, Mapping, Union
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -30,6 +30,12 @@ from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
 
 from .sendnow import write_soon
+
+UpstreamKey = tuple[bytes, bytes, int]
+"""(scheme, host, port) of a partner URL as Twisted's Agent parses it (host
+as written, without IPv6 brackets): what connections are counted under."""
+PoolKey = Union[UpstreamKey, tuple[bytes, bytes, int, bytes]]
+"""A key of the pool: the upstream's, plus its TLS profile's key for https."""
 
 MAX_RESPONSE_HEAD_BYTES = 16384
 """Status line plus headers (1xx heads included) a partner may send for one
@@ -244,14 +250,14 @@ class PartnerPool(HTTPConnectionPool):
 
     _factory = GuardedClientFactory
     retryAutomatically = False
-    idle_caps: Mapping[Hashable, int] = {}
+    idle_caps: Mapping[PoolKey, int] = {}
     """Idle connections kept per pool key; a key not in it keeps up to
     ``maxPersistentPerHost``."""
 
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor, persistent=True)
 
-    def getConnection(self, key: Hashable, endpoint: Any) -> Deferred[Any]:
+    def getConnection(self, key: PoolKey, endpoint: Any) -> Deferred[Any]:
         connections = self._connections.get(key)
         while connections:
             first = connections[0]
@@ -264,7 +270,11 @@ class PartnerPool(HTTPConnectionPool):
                 first.transport.abortConnection()
         return super().getConnection(key, endpoint)
 
-    def set_idle_caps(self, caps: Mapping[Hashable, int], fallback: int) -> None:
+    def idle_connections(self) -> Mapping[PoolKey, list[Any]]:
+        """The idle connections kept, by pool key."""
+        return self._connections  # type: ignore[no-any-return]
+
+    def set_idle_caps(self, caps: Mapping[PoolKey, int], fallback: int) -> None:
         """Keep up to ``caps[key]`` idle connections under each key (else
         ``fallback``); idle connections past the new caps are closed now."""
         self.idle_caps = caps
@@ -279,7 +289,7 @@ class PartnerPool(HTTPConnectionPool):
             dropped.transport.loseConnection()
             self._timeouts.pop(dropped).cancel()
 
-    def _putConnection(self, key: Hashable, connection: Any) -> None:
+    def _putConnection(self, key: PoolKey, connection: Any) -> None:
         # Twisted's own, with the key's cap; and "at the cap", not "equal to
         # it" (Twisted's test), so a list over a lowered cap cannot grow.
         if connection.state != "QUIESCENT":

@@ -10,7 +10,7 @@ the open ones that are not idle.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, NamedTuple
 
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.defer import Deferred
@@ -19,15 +19,8 @@ from twisted.web.client import URI, _HTTP11ClientFactory
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from .pool import GuardedClientProtocol, PartnerPool
+from .pool import GuardedClientProtocol, PartnerPool, UpstreamKey
 from .tls import HandshakeAwareProtocol
-
-UpstreamKey = tuple[bytes, bytes, int]
-"""(scheme, host, port) of a partner URL as Twisted's Agent parses it (host
-as written, without IPv6 brackets): what connections are counted under."""
-PoolKey = Union[UpstreamKey, tuple[bytes, bytes, int, bytes]]
-"""A key of the pool: the upstream's, plus its TLS profile's key for https."""
-
 
 def upstream_key(url: str) -> UpstreamKey:
     """The upstream a partner URL's calls go to (the Agent's parse)."""
@@ -57,6 +50,17 @@ class UpstreamConnections:
         self.closed = 0
 
 
+class UpstreamView(NamedTuple):
+    """One upstream's connections, as /debug/pool and the metrics show them."""
+
+    upstream: str
+    idle: int
+    active: int
+    opened: int
+    closed: int
+    max_idle: int
+
+
 class ConnectionStats:
     """Every upstream's counters, created on first connection (so bounded by
     the partner URLs in the configuration)."""
@@ -70,21 +74,20 @@ class ConnectionStats:
             counter = self.upstreams[key] = UpstreamConnections(key)
         return counter
 
-    def view(self, pool: PartnerPool) -> list[dict[str, Any]]:
+    def view(self, pool: PartnerPool) -> list[UpstreamView]:
         """Per upstream: idle, active, opened, closed, and the cap on idle
         connections (sorted by upstream)."""
         out = []
         for key, counter in self.upstreams.items():
             # TLS profiles pool under (scheme, host, port, profile): count them all.
-            idle = sum(1 for k, conns in pool._connections.items() if k[:3] == key
+            idle = sum(1 for k, conns in pool.idle_connections().items() if k[:3] == key
                        for c in conns if c.state == "QUIESCENT")
             max_idle = sum(cap for k, cap in pool.idle_caps.items() if k[:3] == key)
             open_now = counter.opened - counter.closed
-            out.append({"upstream": counter.label, "idle": idle,
-                        "active": max(0, open_now - idle),
-                        "opened": counter.opened, "closed": counter.closed,
-                        "max_idle": max_idle or pool.maxPersistentPerHost})
-        out.sort(key=lambda row: row["upstream"])
+            out.append(UpstreamView(counter.label, idle, max(0, open_now - idle),
+                                    counter.opened, counter.closed,
+                                    max_idle or pool.maxPersistentPerHost))
+        out.sort(key=lambda row: row.upstream)
         return out
 
 

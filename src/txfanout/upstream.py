@@ -14,7 +14,7 @@ gateway's CPU at fan-out 2 for features a partner POST never uses.
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from twisted.internet import error as net_error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -44,9 +44,8 @@ from . import outcomes, tls
 from .config import PartnerConfig
 from .outcomes import CallResult
 from .phases import READING, SENT, CallPhase
-from .pool import PartnerPool, PartnerProtocolError, unread_bytes
-from .poolstats import (ConnectionStats, CountingClientFactory, CountingEndpoints, PoolKey,
-                        upstream_key)
+from .pool import PartnerPool, PartnerProtocolError, PoolKey, unread_bytes
+from .poolstats import ConnectionStats, CountingClientFactory, CountingEndpoints, upstream_key
 from .tls import HandshakeCancelled, HandshakeEndpoint, PartnerTLS
 
 # Agents kept for TLS profiles; past this many the cache starts afresh (an
@@ -125,10 +124,10 @@ def pool_key(partner: PartnerConfig) -> PoolKey:
     return key if partner.tls is None else key + (partner.tls.key,)
 
 
-def idle_caps(partners: Iterable[PartnerConfig]) -> dict[Hashable, int]:
+def idle_caps(partners: Iterable[PartnerConfig]) -> dict[PoolKey, int]:
     """Idle connections worth keeping per pool key: the sum of the
     ``max_concurrency`` of the partners whose connections it holds."""
-    caps: dict[Hashable, int] = {}
+    caps: dict[PoolKey, int] = {}
     for p in partners:
         key = pool_key(p)
         caps[key] = caps.get(key, 0) + p.max_concurrency
@@ -276,7 +275,7 @@ class Upstream:
     """The shared pool and client, and the one way to call a partner."""
 
     def __init__(self, reactor: Any, idle_timeout_s: float,
-                 per_key: Mapping[Hashable, int] = {}) -> None:
+                 per_key: Mapping[PoolKey, int] = {}) -> None:
         self.clock: IReactorTime = reactor
         self._reactor = reactor
         self.pool = PartnerPool(reactor)
@@ -302,7 +301,7 @@ class Upstream:
             self._tls_agents[partner_tls.key] = agent
         return agent
 
-    def resize(self, idle_timeout_s: float, per_key: Mapping[Hashable, int] = {}) -> None:
+    def resize(self, idle_timeout_s: float, per_key: Mapping[PoolKey, int] = {}) -> None:
         """Keep up to ``per_key[key]`` idle connections under each pool key
         (see :func:`idle_caps`), and under any other (an upstream a reload
         dropped) the largest of those, each for at most ``idle_timeout_s``
