@@ -264,7 +264,53 @@ class GatewayChannel(CappedChannel):
     def requestDone(self, request: Request) -> None:
         if self._head is not None:
             self.write(b"")
+        if self.persistent and self._waitingForTransport:
+            # Twisted would go on to the next pipelined request, whatever
+            # the client left unread: hold it, and read nothing more, until
+            # the transport has sent everything (resumeProducing).
+            self._held = request
+            self._networkProducer.pauseProducing()
+            return
         super().requestDone(request)
+
+    # Back-pressure. The transport pauses its producer (this channel) when
+    # more than its bufferSize (64 KiB) waits unsent, and resumes it once all
+    # of it is sent. While paused, the next request is neither parsed nor
+    # read (see requestDone), and unsent bytes that do not drain within
+    # request_timeout get the connection aborted: a client that does not
+    # read costs one answer and a bounded time.
+    _held: Request | None = None  # answered; the next request waits for the client
+    _drain_timer: IDelayedCall | None = None
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self._start_drain_timer()
+
+    def resumeProducing(self) -> None:
+        self._stop_drain_timer()
+        super().resumeProducing()
+        held, self._held = self._held, None
+        if held is not None:
+            super().requestDone(held)
+
+    def loseConnection(self) -> None:
+        # A close waits for the unsent bytes: bounded like a pause.
+        self._start_drain_timer()
+        super().loseConnection()
+
+    def _start_drain_timer(self) -> None:
+        if self._drain_timer is None:
+            self._drain_timer = self.callLater(self.site.request_timeout, self._not_drained)
+
+    def _stop_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            if self._drain_timer.active():
+                self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def _not_drained(self) -> None:
+        self._drain_timer = None
+        self.transport.abortConnection()
 
     def allContentReceived(self) -> None:
         self._stop_arrival_timer()
@@ -324,18 +370,13 @@ class GatewayChannel(CappedChannel):
     def timeoutConnection(self) -> None:
         # Twisted's own, without its log line per connection (thousands of
         # idle keep-alive clients would flood the journal): counted instead.
+        # A close that stalls is aborted by the drain timer (loseConnection).
         self.site.front.idle_closed()
-        if self.abortTimeout is not None:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
         self.loseConnection()
-
-    def forceAbortClient(self) -> None:
-        # Twisted's own (the close stalled: abort), without its log line.
-        self._abortingCall = None
-        self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_arrival_timer()
+        self._stop_drain_timer()
         super().connectionLost(reason)
 
 
