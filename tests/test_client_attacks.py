@@ -149,6 +149,8 @@ async def test_refused_with_one_answer_and_closed(name, gw, logs):
 
 # -- answered with a 4xx (or 200), connection kept until Connection: close --
 
+CHUNKED = b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+
 UTF8_COUNTRY = "\u00fc".encode()
 ANSWERED = {
     # Routes that are not routes: traversal, admin paths, absolute URIs.
@@ -230,6 +232,17 @@ ANSWERED = {
         b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"8000\r\n" + b" " * 0x8000 + b"\r\n" + b"8000\r\n" + b" " * 0x8000 + b"\r\n"
         + b"10\r\n" + b" " * 16 + b"\r\n0\r\n\r\n", 413),
+    # Chunk framing counts against max_body_bytes, each chunk as at least
+    # 256 bytes: tiny chunks cost CPU per chunk, not per byte.
+    "tiny-chunks": (CHUNKED + b"1\r\n{\r\n" + b"1\r\n \r\n" * 300 + b"1\r\n}\r\n0\r\n\r\n",
+                    413),
+    "long-chunk-extensions": (CHUNKED + (b"1;e=" + b"e" * 1000 + b"\r\n \r\n") * 80
+                              + b"2\r\n{}\r\n0\r\n\r\n", 413),
+    "huge-trailers": (CHUNKED + b"2\r\n{}\r\n0\r\n"
+                      + (b"X-T: " + b"t" * 8140 + b"\r\n") * 8 + b"\r\n", 413),
+    "chunks-within-the-cap": (CHUNKED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                              + b"1\r\n[\r\n" + (b"fa0\r\n" + b" " * 4000 + b"\r\n") * 15
+                              + b"1\r\n]\r\n0\r\n\r\n", 200),
     "chunked-with-extensions-and-trailer": (
         b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close"
         b"\r\n\r\n2;ext=1\r\n{}\r\n0\r\nX-Trailer: t\r\n\r\n", 200),
@@ -248,6 +261,15 @@ async def test_answered_with_the_status_that_fits(name, gw, logs):
         assert "Traceback" not in message and "/" not in message  # no path, no URL
     assert gw.site.open_connections == 0
     await still_serves(gw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_in_tiny_chunks_is_refused_with_a_413_that_says_why(gw, logs):
+    answers = await exchange(gw.address, CHUNKED + b"1\r\n \r\n" * 65000)
+    assert [a[0] for a in answers] == [413]
+    assert error_of(answers[0]) == "body over 65536 bytes (chunk framing counted)"
+    assert gw.gateway.metrics.registry.get_sample_value(
+        "txfanout_requests_total", {"route": "unknown", "code": "413"}) == 1
 
 
 @pytest_twisted.ensureDeferred

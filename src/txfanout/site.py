@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import _ChunkedTransferDecoder
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._compat import SLOTS
 from .admission import SHED_DRAINING, Admission
 from .answer import write_error
+from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .config import ServerConfig
 from .conncap import CappedChannel, CappedSite
 from .sendnow import write_now, write_soon
@@ -96,7 +98,7 @@ class GatewayRequest(Request):
     def gotLength(self, length: int | None) -> None:
         limit = self.front.server.max_body_bytes
         if length is not None and length > limit:
-            self._refuse_body(limit)
+            self.refuse_body(f"body over {limit} bytes")
             return
         # In memory whatever the length: bodies are capped at max_body_bytes
         # (Twisted would spool a body of unknown length to a temporary file).
@@ -108,15 +110,15 @@ class GatewayRequest(Request):
         self._body_size += len(data)
         limit = self.front.server.max_body_bytes
         if self._body_size > limit:
-            self._refuse_body(limit)
+            self.refuse_body(f"body over {limit} bytes")
             return
         super().handleContentChunk(data)
 
-    def _refuse_body(self, limit: int) -> None:
+    def refuse_body(self, message: str) -> None:
         """Answer 413 now and close: the rest of the body is never read."""
         self._refused = True
         self.content = None
-        self.channel.refuse(413, f"body over {limit} bytes")
+        self.channel.refuse(413, message)
         self.front.request_ended(self, 413)
 
     def process(self) -> None:
@@ -362,6 +364,15 @@ class GatewayChannel(CappedChannel):
             self.refuse(400, "Transfer-Encoding must be chunked alone")
             return
         super().allHeadersReceived()
+        if isinstance(self._transferDecoder, _ChunkedTransferDecoder):
+            self._transferDecoder = CountedChunkedDecoder.replacing(
+                self._transferDecoder, self.site.front.server.max_body_bytes)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        try:
+            super().rawDataReceived(data)
+        except BodyTooLarge as e:  # a chunked body, framing counted (chunked.py)
+            self.requests[-1].refuse_body(str(e))
 
     def _send100Continue(self) -> None:
         if not self.transport.disconnecting:  # not after a 413 for that body
