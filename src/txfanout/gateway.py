@@ -122,7 +122,8 @@ class Gateway:
                                           inbound.request_id, inbound.route, inbound.budget)
         self.inflight.add(fanout)
         done = fanout.run(partners, inbound.body)
-        return done.addBoth(self._forget, fanout).addCallback(self._answer, request, inbound)
+        return done.addBoth(self._forget, fanout).addCallback(
+            self._answer, request, inbound, snapshot.config.server.max_answer_bytes)
 
     def _forget(self, result: Any, fanout: Fanout) -> Any:
         self.inflight.discard(fanout)
@@ -130,7 +131,7 @@ class Gateway:
         return result
 
     def _answer(self, results: list[CallResult], request: GatewayRequest,
-                inbound: Inbound) -> bytes:
+                inbound: Inbound, max_bytes: int) -> bytes:
         budget = inbound.budget
         elapsed = self.clock.seconds() - budget.started
         limit = self.admission.limit
@@ -138,7 +139,7 @@ class Gateway:
             limit.answered_late()
         else:
             limit.answered_in_time()
-        return answer.results(request, inbound, results, elapsed)
+        return answer.results(request, inbound, results, elapsed, max_bytes)
 
     def start(self) -> None:
         """Start the background work (the lag monitor)."""
