@@ -85,11 +85,9 @@ class Gateway:
     def request_ended(self, request: GatewayRequest, code: int) -> None:
         """Count (and maybe log) one request that was answered or abandoned."""
         exchange = request.exchange
-        if exchange is None:  # refused before it was complete (413)
-            route, elapsed, fanout = UNKNOWN_ROUTE, None, None
-        else:
-            route = exchange.route or UNKNOWN_ROUTE
-            elapsed, fanout = self.clock.seconds() - exchange.started, exchange.fanout
+        assert exchange is not None  # complete: refusals before are refused_on_wire
+        route = exchange.route or UNKNOWN_ROUTE
+        elapsed, fanout = self.clock.seconds() - exchange.started, exchange.fanout
         self.metrics.request_ended(route, code, elapsed)
         if self.access_log is not None:
             self.access_log.request_ended(fanout, route, code, elapsed)
@@ -99,6 +97,14 @@ class Gateway:
         self.metrics.request_ended(route, 503, 0.0)
         if self.access_log is not None:
             self.access_log.request_ended(None, route, 503, 0.0)
+
+    def refused_on_wire(self, path: bytes | None, code: int, elapsed: float | None) -> None:
+        # Counted, not timed: a slowloris 408 would otherwise be a route's
+        # slowest "answer" (the duration histogram has no code label).
+        route = (self.route(path) if path is not None else None) or UNKNOWN_ROUTE
+        self.metrics.request_ended(route, code, None)
+        if self.access_log is not None:
+            self.access_log.request_ended(None, route, code, elapsed)
 
     def idle_closed(self) -> None:
         self.metrics.idle_closed()

@@ -67,6 +67,11 @@ class Front(Protocol):
     def refused_on_arrival(self, path: bytes, reason: str) -> None:
         """Count a request refused with 503 before it was parsed."""
 
+    def refused_on_wire(self, path: bytes | None, code: int, elapsed: float | None) -> None:
+        """Count (and maybe log) a request refused on the wire (400, 408,
+        413, 414, 431); ``path``: None when its request line was not read;
+        ``elapsed``: since its first byte, when known."""
+
     def idle_closed(self) -> None:
         """Count a client connection closed for being idle."""
 
@@ -119,7 +124,6 @@ class GatewayRequest(Request):
         self._refused = True
         self.content = None
         self.channel.refuse(413, message)
-        self.front.request_ended(self, 413)
 
     def process(self) -> None:
         if self._refused:
@@ -333,12 +337,18 @@ class GatewayChannel(CappedChannel):
         self.refuse(408, "request not received in time")
 
     def refuse(self, code: int, message: str) -> None:
-        """Answer ``code`` with a JSON error and close; nothing more is read."""
+        """Answer ``code`` with a JSON error and close; nothing more is read.
+        Every refusal on the wire passes here, and is counted here."""
         if self.transport.disconnecting:
             return
         self._stop_arrival_timer()
         self.write(raw_error(code, message))
         self.loseConnection()
+        arrived = self._arrived
+        elapsed = None if arrived is None else self.site.front.clock.seconds() - arrived
+        # Twisted keeps the path once the request line is parsed, until
+        # the request is complete.
+        self.site.front.refused_on_wire(getattr(self, "_path", None), code, elapsed)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's parser calls this for every request it cannot accept.
