@@ -9,10 +9,13 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import Clock, LoopingCall
 
+from txfanout.admission import SHED_MAX_INFLIGHT
 from txfanout.site import GatewayRequest
+from txfanout.wire import SHED_ANSWERS, SHED_HEADS
 from txfanout.lag import ReactorLag
 
 from .conftest import RawClient, keep_alive_client, raw_client, route_config, within
@@ -91,6 +94,55 @@ async def test_a_keep_alive_client_refused_at_capacity_stays_connected(partner, 
     assert shed(gw, "max_inflight") == 3 and requests_counted(gw, 503) == 3
     assert requests_counted(gw, 200) == 1 and gw.gateway.admission.admitted == 0
     assert len(built) == 2  # the chunked one and the one served
+
+
+class Collector(RawClient):
+    """A kept-alive connection: ``until(n)`` fires once ``n`` bytes came."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+        self._waiting: tuple[int, Deferred[bytes]] | None = None
+
+    def until(self, size: int) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self._waiting = (size, d)
+        self.dataReceived(b"")
+        return within(d)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._waiting is not None and len(self.received) >= self._waiting[0]:
+            d, self._waiting = self._waiting[1], None
+            d.callback(self.received)
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_refused_at_capacity_gets_no_body_on_a_kept_alive_connection(
+        partner, make_gateway):
+    # A body after a HEAD's head would be read as the start of the next
+    # answer. Both shed paths: a whole request refused unparsed, and a
+    # pipelined one parsed into a Request first.
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
+    assert gw.gateway.admission.admit() is None  # the one slot is taken
+    head_only = SHED_HEADS[SHED_MAX_INFLIGHT, True]
+    whole = SHED_ANSWERS[SHED_MAX_INFLIGHT, True]
+    head = b"HEAD /bid HTTP/1.1\r\nHost: x\r\n\r\n"
+    client = Collector()
+    await connectProtocol(TCP4ClientEndpoint(reactor, *gw.address), client)
+    client.transport.write(head)  # refused unparsed
+    assert await client.until(len(head_only)) == head_only
+    client.transport.write(POST)
+    assert await client.until(len(head_only + whole)) == head_only + whole
+    client.received = b""
+    client.transport.write(head + POST)  # pipelined: parsed, then refused
+    assert await client.until(len(head_only + whole)) == head_only + whole
+    gw.gateway.admission.release()
+    client.received = b""
+    client.transport.write(POST)  # the connection is still in step
+    assert (await client.until(12)).startswith(b"HTTP/1.1 200")
+    client.transport.loseConnection()
+    await within(client.closed)
+    assert shed(gw, "max_inflight") == 4
 
 
 @pytest_twisted.ensureDeferred

@@ -30,7 +30,7 @@ from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .config import ServerConfig
 from .conncap import CappedChannel, CappedSite
 from .sendnow import write_now, write_soon
-from .wire import SHED_ANSWERS, raw_error, sole_request
+from .wire import SHED_ANSWERS, SHED_HEADS, raw_error, sole_request
 
 if TYPE_CHECKING:
     from .fanout import Fanout
@@ -166,7 +166,8 @@ class GatewayRequest(Request):
             self.channel.persistent = False
         self.code = 503
         self.startedWriting = 1  # the whole answer goes out as one prepared write
-        write_now(self.channel.transport, SHED_ANSWERS[reason, keep])
+        answers = SHED_HEADS if self.method == b"HEAD" else SHED_ANSWERS
+        write_now(self.channel.transport, answers[reason, keep])
         self.finish()
 
     def _release(self) -> None:
@@ -237,7 +238,7 @@ class GatewayChannel(CappedChannel):
             return False
         keep = request.keep_alive and reason != SHED_DRAINING
         self.resetTimeout()
-        write_now(self.transport, SHED_ANSWERS[reason, keep])
+        write_now(self.transport, (SHED_HEADS if request.head else SHED_ANSWERS)[reason, keep])
         front.admission.refused(reason)
         front.refused_on_arrival(request.path, reason)
         if not keep:
