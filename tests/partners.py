@@ -8,6 +8,7 @@
 ``/reset``         resets the connection (RST) on request
 ``/big/N``         200 with N bytes and a Content-Length
 ``/bigchunked/N``  200 with N bytes, chunked (no Content-Length)
+``/ff/N``          200 with N bytes of 0xff (not UTF-8)
 ``/drip/N``        headers, then one byte every 50 ms, N bytes in all
 ``/echo``          200 with the request's method, URI, headers and body as JSON
 """
@@ -56,6 +57,8 @@ class Behaviours(Resource):
                                "uri": request.uri.decode()}).encode()
         if kind == "big":
             return b"x" * int(arg)
+        if kind == "ff":
+            return b"\xff" * int(arg)
         if kind == "bigchunked":
             request.write(b"x" * int(arg))  # no Content-Length: chunked
             request.finish()

@@ -23,6 +23,11 @@ connection open for the next request (keep-alive) unless it says otherwise.
 ``/huge-length``           announces 100 MiB, sends a few bytes, stalls
 ``/huge-close-delimited``  no length, no chunking: 2 MiB then close
 ``/huge-chunked``          2 MiB in 64 KiB chunks
+``/tiny-chunks``           200, chunked: 20 bytes in 1-byte chunks
+``/long-chunk-extensions`` 200, chunked: 2 bytes, each chunk with a 900-byte
+                           extension
+``/huge-trailers``         200, chunked: 2 bytes, then 2 KiB of trailers
+``/fitting-chunks``        200, chunked: 600 bytes in two 300-byte chunks
 ``/continue-stall``        ``100 Continue``, then nothing
 ``/continue-flood``        ``100 Continue`` a thousand times
 ``/huge-headers``          200 with 2,000 header lines (about 150 KiB)
@@ -109,6 +114,17 @@ def _huge_chunked(p: "RawPartnerProtocol") -> None:
                       + b"0\r\n\r\n")
 
 
+CHUNKED_200 = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _chunked(body: bytes) -> Callable[["RawPartnerProtocol"], None]:
+    """Answer 200 with the chunked ``body`` (its framing as given), keep-alive."""
+    def behaviour(p: "RawPartnerProtocol") -> None:
+        p.transport.write(CHUNKED_200 + body)
+        p.answered()
+    return behaviour
+
+
 def _huge_headers(p: "RawPartnerProtocol") -> None:
     lines = b"".join(b"X-Junk-%04d: %s\r\n" % (i, b"j" * 60) for i in range(2000))
     p.transport.write(b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok")
@@ -165,6 +181,12 @@ BEHAVIOURS: dict[bytes, Callable[["RawPartnerProtocol"], None]] = {
     b"/huge-length": _fixed(b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\nxxxx"),
     b"/huge-close-delimited": _huge_close_delimited,
     b"/huge-chunked": _huge_chunked,
+    b"/tiny-chunks": _chunked(b"1\r\nx\r\n" * 20 + b"0\r\n\r\n"),
+    b"/long-chunk-extensions": _chunked((b"1;e=" + b"e" * 900 + b"\r\nx\r\n") * 2
+                                        + b"0\r\n\r\n"),
+    b"/huge-trailers": _chunked(b"2\r\nok\r\n0\r\n"
+                                + b"X-Trailer: " + b"t" * 2048 + b"\r\n\r\n"),
+    b"/fitting-chunks": _chunked((b"12c\r\n" + b"x" * 300 + b"\r\n") * 2 + b"0\r\n\r\n"),
     b"/continue-stall": _fixed(b"HTTP/1.1 100 Continue\r\n\r\n"),
     b"/continue-flood": _fixed(b"HTTP/1.1 100 Continue\r\n\r\n" * 1000),
     b"/huge-headers": _huge_headers,

@@ -135,6 +135,20 @@ REFUSED = {
 }
 
 
+def counted(gw) -> dict[tuple[str, str], float]:
+    """txfanout_requests_total by (route, code), zeros left out."""
+    [family] = [m for m in gw.gateway.metrics.registry.collect()
+                if m.name == "txfanout_requests"]
+    return {(s.labels["route"], s.labels["code"]): s.value for s in family.samples
+            if s.name == "txfanout_requests_total" and s.value}
+
+
+# Requests that never reach the gateway's handler have no path until their
+# request line is read, and count as route "unknown" until then.
+NO_PATH = {"garbage", "http2-preface", "http0.9", "bare-lf-request-line", "nul-in-path",
+           "high-byte-in-path", "path-too-long", "query-too-long", "request-line-never-ends"}
+
+
 @pytest.mark.parametrize("name", list(REFUSED))
 @pytest_twisted.ensureDeferred
 async def test_refused_with_one_answer_and_closed(name, gw, logs):
@@ -144,10 +158,13 @@ async def test_refused_with_one_answer_and_closed(name, gw, logs):
     assert answers[0][1][b"connection"] == b"close"
     assert error_of(answers[0])
     assert gw.site.open_connections == 0
+    assert counted(gw) == {("unknown" if name in NO_PATH else "bid", str(code)): 1}
     await still_serves(gw)
 
 
 # -- answered with a 4xx (or 200), connection kept until Connection: close --
+
+CHUNKED = b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 UTF8_COUNTRY = "\u00fc".encode()
 ANSWERED = {
@@ -230,6 +247,17 @@ ANSWERED = {
         b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"8000\r\n" + b" " * 0x8000 + b"\r\n" + b"8000\r\n" + b" " * 0x8000 + b"\r\n"
         + b"10\r\n" + b" " * 16 + b"\r\n0\r\n\r\n", 413),
+    # Chunk framing counts against max_body_bytes, each chunk as at least
+    # 256 bytes: tiny chunks cost CPU per chunk, not per byte.
+    "tiny-chunks": (CHUNKED + b"1\r\n{\r\n" + b"1\r\n \r\n" * 300 + b"1\r\n}\r\n0\r\n\r\n",
+                    413),
+    "long-chunk-extensions": (CHUNKED + (b"1;e=" + b"e" * 1000 + b"\r\n \r\n") * 80
+                              + b"2\r\n{}\r\n0\r\n\r\n", 413),
+    "huge-trailers": (CHUNKED + b"2\r\n{}\r\n0\r\n"
+                      + (b"X-T: " + b"t" * 8140 + b"\r\n") * 8 + b"\r\n", 413),
+    "chunks-within-the-cap": (CHUNKED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                              + b"1\r\n[\r\n" + (b"fa0\r\n" + b" " * 4000 + b"\r\n") * 15
+                              + b"1\r\n]\r\n0\r\n\r\n", 200),
     "chunked-with-extensions-and-trailer": (
         b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close"
         b"\r\n\r\n2;ext=1\r\n{}\r\n0\r\nX-Trailer: t\r\n\r\n", 200),
@@ -248,6 +276,14 @@ async def test_answered_with_the_status_that_fits(name, gw, logs):
         assert "Traceback" not in message and "/" not in message  # no path, no URL
     assert gw.site.open_connections == 0
     await still_serves(gw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_body_in_tiny_chunks_is_refused_with_a_413_that_says_why(gw, logs):
+    answers = await exchange(gw.address, CHUNKED + b"1\r\n \r\n" * 65000)
+    assert [a[0] for a in answers] == [413]
+    assert error_of(answers[0]) == "body over 65536 bytes (chunk framing counted)"
+    assert counted(gw) == {("bid", "413"): 1}
 
 
 @pytest_twisted.ensureDeferred
@@ -328,6 +364,8 @@ async def test_slow_or_unfinished_requests_get_408(name, gw, logs):
         took = time.monotonic() - started
     codes = [a[0] for a in parse_responses(received)]
     assert codes[-1] == 408 and codes[:-1] in ([], [100], [200]), codes
+    # Dripped, the request line is not even whole in time: no path yet.
+    assert counted(gw)[("unknown" if dripped else "bid", "408")] == 1
     assert 0.25 < took < 2.0
     assert gw.site.open_connections == 0
     await still_serves(gw)

@@ -142,3 +142,11 @@ def test_the_shipped_example_config_is_valid():
     example = Path(__file__).parent.parent / "etc" / "txfanout.toml"
     config = load(str(example))
     assert set(config.routes) == {"bid"}
+
+
+def test_max_answer_bytes_has_a_default_and_a_range():
+    raw = {"partners": {"a": {"url": "http://127.0.0.1:1/"}},
+           "routes": {"bid": {"partners": ["a"]}}}
+    assert parse(raw).server.max_answer_bytes == 16 * 1024 * 1024
+    assert errors_of({**raw, "server": {"max_answer_bytes": 1000}}) == [
+        "server.max_answer_bytes: must be an integer from 65536 to 1073741824"]

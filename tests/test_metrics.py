@@ -114,7 +114,7 @@ async def test_requests_by_route_and_code_with_bounded_labels(partner, make_gate
     assert value(gw, total, route="bid", code="405") == 1
     assert value(gw, total, route="bid", code="400") == 1
     assert value(gw, total, route="unknown", code="404") == 20
-    assert value(gw, total, route="unknown", code="413") == 1  # refused before its path
+    assert value(gw, total, route="bid", code="413") == 1  # its path came before its body
     scrape = Scrape.parse(gw.gateway.metrics.exposition().decode(), 0.0)
     assert {d["route"] for d, _ in scrape.values(total)} == {"bid", "unknown"}
     assert {d["route"] for d, _ in scrape.values("txfanout_request_duration_seconds_count")} \

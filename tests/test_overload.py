@@ -12,7 +12,9 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import ClientFactory
 from twisted.internet.task import Clock, LoopingCall
 
+from txfanout.admission import SHED_MAX_INFLIGHT
 from txfanout.site import GatewayRequest
+from txfanout.wire import SHED_ANSWERS, SHED_HEADS
 from txfanout.lag import ReactorLag
 
 from .conftest import RawClient, keep_alive_client, raw_client, route_config, within
@@ -94,6 +96,47 @@ def test_a_keep_alive_client_refused_at_capacity_stays_connected():
     assert registry.get_sample_value("txfanout_requests_total",
                                      {"route": "bid", "code": "503"}) == 3
     assert len(built) == 2  # the chunked one and the one served
+
+
+class Collector(RawClient):
+    """A kept-alive connection: ``until(n)`` fires once ``n`` bytes came."""
+
+    def __init__(self) -> None:
+        super().__init__(b"")
+        self._waiting: tuple[int, Deferred[bytes]] | None = None
+
+    def until(self, size: int) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self._waiting = (size, d)
+        self.dataReceived(b"")
+        return within(d)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._waiting is not None and len(self.received) >= self._waiting[0]:
+            d, self._waiting = self._waiting[1], None
+            d.callback(self.received)
+
+
+def test_head_refused_at_capacity_gets_no_body_on_a_kept_alive_connection():
+    # A body after a HEAD's head would be read as the start of the next
+    # answer. Both shed paths: a whole request refused unparsed, and a
+    # pipelined one parsed into a Request first.
+    clock, gateway, site = full_gateway()
+    head_only = SHED_HEADS[SHED_MAX_INFLIGHT, True]
+    whole = SHED_ANSWERS[SHED_MAX_INFLIGHT, True]
+    head = b"HEAD /bid HTTP/1.1\r\nHost: x\r\n\r\n"
+    channel, transport = connect(site)
+    for sent, expected in ((head, head_only), (POST, whole),  # refused unparsed
+                           (head + POST, head_only + whole)):  # pipelined: parsed first
+        channel.dataReceived(sent)
+        assert answer(transport) == expected
+        clock.advance(1.0)  # as a client that honours Retry-After
+    gateway.admission.release()
+    channel.dataReceived(POST)  # the connection is still in step
+    assert gateway.admission.admitted == 1 and not transport.disconnecting
+    assert gateway.metrics.registry.get_sample_value(
+        "txfanout_shed_total", {"reason": "max_inflight"}) == 4
 
 
 @pytest_twisted.ensureDeferred

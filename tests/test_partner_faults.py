@@ -25,6 +25,7 @@ TIMEOUT_MS = 150
 MALFORMED = "malformed HTTP response"
 HEAD_TOO_LARGE = f"response headers over {MAX_RESPONSE_HEAD_BYTES} bytes"
 NO_ANSWER = f"no answer in {TIMEOUT_MS} ms"
+FRAMED_TOO_LARGE = "body over 1000 bytes (chunk framing counted)"
 
 CASES = [
     # (path on the raw partner, outcome, error text)
@@ -46,7 +47,11 @@ CASES = [
     ("/unknown-encoding", "error", MALFORMED),
     ("/huge-length", "too_large", "body over 1000 bytes"),
     ("/huge-close-delimited", "too_large", "body over 1000 bytes"),
-    ("/huge-chunked", "too_large", "body over 1000 bytes"),
+    ("/huge-chunked", "too_large", FRAMED_TOO_LARGE),  # refused at its first size line
+    # 20 bytes of data, but each chunk counts as at least 256 bytes.
+    ("/tiny-chunks", "too_large", FRAMED_TOO_LARGE),
+    ("/long-chunk-extensions", "too_large", FRAMED_TOO_LARGE),
+    ("/huge-trailers", "too_large", FRAMED_TOO_LARGE),
     ("/continue-flood", "error", HEAD_TOO_LARGE),
     ("/huge-headers", "error", HEAD_TOO_LARGE),
     ("/huge-header-line", "error", HEAD_TOO_LARGE),
@@ -95,6 +100,17 @@ async def test_a_status_out_of_range_counts_against_the_breaker(partner, raw_par
         assert result_of(await gw.post())["outcome"] == "error"
     assert result_of(await gw.post())["outcome"] == "open"
     assert raw_partner.requests == [b"/status-negative"] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_chunked_answer_within_the_cap_framing_counted_is_read(
+        partner, raw_partner, make_gateway, logs):
+    # 600 bytes in two chunks of 300: 2 x 307 + 256 (the last chunk) counted.
+    gw = make_gateway(with_healthy(partner, raw_partner.url("/fitting-chunks")))
+    for _ in range(2):
+        result = result_of(await gw.post())
+        assert (result["outcome"], result["body"]) == ("ok", "x" * 600)
+    assert raw_partner.connections == 1  # and the connection is kept
 
 
 @pytest_twisted.ensureDeferred

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from txfanout.wire import SHED_ANSWERS, SoleRequest, sole_request
+from txfanout.wire import SHED_ANSWERS, SHED_HEADS, SoleRequest, sole_request
 
 HEAD = b"POST /bid HTTP/1.1\r\nHost: x\r\n"
 
@@ -16,8 +16,9 @@ HEAD = b"POST /bid HTTP/1.1\r\nHost: x\r\n"
     (b"GET /x HTTP/1.1\r\n\r\n", SoleRequest(b"/x", True)),  # no headers at all
     (HEAD + b"Connection: keep-alive\r\nContent-Length: 2\r\n\r\n{}", SoleRequest(b"/bid", False)),
     (b"POST /bid HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}", SoleRequest(b"/bid", False)),
+    (b"HEAD /bid HTTP/1.1\r\nHost: x\r\n\r\n", SoleRequest(b"/bid", True, head=True)),
 ], ids=["whole", "header-case-and-spaces", "no-body", "no-headers", "connection-header",
-        "http-1.0"])
+        "http-1.0", "head"])
 def test_a_whole_plain_request_is_recognised(data: bytes, expected: SoleRequest) -> None:
     assert sole_request(data) == expected
 
@@ -46,3 +47,10 @@ def test_prepared_refusals_close_only_when_they_say_so() -> None:
         head = answer.split(b"\r\n\r\n")[0]
         assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1" in head
         assert (b"\r\nConnection: close" in head) is not keep, (reason, keep)
+
+
+def test_prepared_refusals_to_head_are_the_same_heads_without_a_body() -> None:
+    for key, answer in SHED_ANSWERS.items():
+        head, body = answer.split(b"\r\n\r\n")
+        assert SHED_HEADS[key] == head + b"\r\n\r\n"
+        assert b"\r\nContent-Length: %d\r\n" % len(body) in SHED_HEADS[key]

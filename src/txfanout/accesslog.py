@@ -3,7 +3,7 @@
 ``{"ts": 1714550000.123, "id": "…", "route": "bid", "status": 200,
 "elapsed_ms": 12.3, "partners": [{"partner": "a", "outcome": "ok",
 "status": 200, "latency_ms": 3.1}, …]}``; ``id`` and ``partners`` are null
-for requests refused before their fan-out (404, 400, 413, 503 …).
+for requests refused before their fan-out (404, 400, 408, 413, 414, 431, 503 …).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ class ServerConfig:
     deadline_ms: int = 500
     max_inflight: int = 2000
     max_body_bytes: int = 65536
+    max_answer_bytes: int = 16 * 1024 * 1024
     deadline_header: str = "X-Fanout-Deadline-Ms"
     reserve_ms: int = 5
     min_call_ms: int = 5
@@ -373,6 +374,7 @@ def parse(raw: Mapping[str, Any]) -> Config:
         "deadline_ms": lambda v, p: chk.integer(v, p, 10, 60000),
         "max_inflight": lambda v, p: chk.integer(v, p, 1, 1000000),
         "max_body_bytes": lambda v, p: chk.integer(v, p, 0, 64 * 1024 * 1024),
+        "max_answer_bytes": lambda v, p: chk.integer(v, p, 65536, 1024 * 1024 * 1024),
         "deadline_header": chk.header,
         "reserve_ms": lambda v, p: chk.integer(v, p, 0, 10000),
         "min_call_ms": lambda v, p: chk.integer(v, p, 1, 10000),

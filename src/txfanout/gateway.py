@@ -88,11 +88,9 @@ class Gateway:
     def request_ended(self, request: GatewayRequest, code: int) -> None:
         """Count (and maybe log) one request that was answered or abandoned."""
         exchange = request.exchange
-        if exchange is None:  # refused before it was complete (413)
-            route, elapsed, fanout = UNKNOWN_ROUTE, None, None
-        else:
-            route = exchange.route or UNKNOWN_ROUTE
-            elapsed, fanout = self.clock.seconds() - exchange.started, exchange.fanout
+        assert exchange is not None  # complete: refusals before are refused_on_wire
+        route = exchange.route or UNKNOWN_ROUTE
+        elapsed, fanout = self.clock.seconds() - exchange.started, exchange.fanout
         self.metrics.request_ended(route, code, elapsed)
         if code == 200 and exchange is not None and exchange.complete is not None:
             self.metrics.answered(route, exchange.complete)
@@ -104,6 +102,14 @@ class Gateway:
         self.metrics.request_ended(route, 503, 0.0)
         if self.access_log is not None:
             self.access_log.request_ended(None, route, 503, 0.0)
+
+    def refused_on_wire(self, path: bytes | None, code: int, elapsed: float | None) -> None:
+        # Counted, not timed: a slowloris 408 would otherwise be a route's
+        # slowest "answer" (the duration histogram has no code label).
+        route = (self.route(path) if path is not None else None) or UNKNOWN_ROUTE
+        self.metrics.request_ended(route, code, None)
+        if self.access_log is not None:
+            self.access_log.request_ended(None, route, code, elapsed)
 
     def idle_closed(self) -> None:
         self.metrics.idle_closed()
@@ -132,7 +138,8 @@ class Gateway:
                                           inbound.request_id, inbound.route, inbound.budget)
         self.inflight.add(fanout)
         done = fanout.run(partners, inbound.body)
-        return done.addBoth(self._forget, fanout).addCallback(self._answer, request, inbound)
+        return done.addBoth(self._forget, fanout).addCallback(
+            self._answer, request, inbound, snapshot.config.server.max_answer_bytes)
 
     def _forget(self, result: Any, fanout: Fanout) -> Any:
         self.inflight.discard(fanout)
@@ -140,16 +147,17 @@ class Gateway:
         return result
 
     def _answer(self, results: list[CallResult], request: GatewayRequest,
-                inbound: Inbound) -> bytes:
+                inbound: Inbound, max_bytes: int) -> bytes:
         if _no_partner_callable(results):
             # A 200 whose partners all went uncalled (no slot, or circuit
             # open) would be hollow, and the client could not tell to retry.
             self.admission.refused(SHED_PARTNERS_UNAVAILABLE)
             request.setHeader(b"Retry-After", RETRY_AFTER)
             return answer.json_error(request, 503, SHED_MESSAGES[SHED_PARTNERS_UNAVAILABLE])
-        complete = request.exchange.complete = answer.is_complete(results)  # type: ignore[union-attr]
         elapsed = self.clock.seconds() - inbound.budget.started
-        return answer.results(request, inbound, results, elapsed, complete)
+        body, complete = answer.results(request, inbound, results, elapsed, max_bytes)
+        request.exchange.complete = complete  # type: ignore[union-attr]
+        return body
 
     def start(self) -> None:
         """Start the background work (the lag monitor, which the adaptive

@@ -10,9 +10,11 @@ the wire.
   and another one is used, so a stale connection does not cost a call.
   Twisted itself already skips connections whose close the reactor saw;
 * its connections speak :class:`GuardedClientProtocol`: the response head
-  is bounded, a body framed two ways is refused, any parse failure has one
-  name, and a connection on which the partner sent more than the response is
-  never reused (the extra bytes would be read as the next call's answer);
+  is bounded, a body framed two ways is refused, a chunked body's framing
+  counts against the call's ``max_response_bytes`` (chunked.py), any parse
+  failure has one name, and a connection on which the partner sent more
+  than the response is never reused (the extra bytes would be read as the
+  next call's answer);
 * idle connections are capped per key (``idle_caps``: each upstream's own
   partners' concurrency), not only by the one ``maxPersistentPerHost``, and
   a lower cap (a reload) closes the surplus at once.
@@ -28,7 +30,9 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
 from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.http import _ChunkedTransferDecoder
 
+from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .sendnow import write_soon
 
 UpstreamKey = tuple[bytes, bytes, int]
@@ -67,6 +71,7 @@ class GuardedParser(HTTPClientParser):
 
     MAX_LENGTH = MAX_RESPONSE_HEAD_BYTES
     _head_bytes = 0
+    body_limit: int | None = None  # the call's max_response_bytes (GuardedClientProtocol)
 
     def statusReceived(self, status: bytes) -> None:
         parts = status.split(b" ", 2)
@@ -90,10 +95,17 @@ class GuardedParser(HTTPClientParser):
             raise PartnerProtocolError()
         super().allHeadersReceived()
 
+    def switchToBodyMode(self, decoder: Any) -> None:
+        if self.body_limit is not None and type(decoder) is _ChunkedTransferDecoder:
+            decoder = CountedChunkedDecoder.replacing(decoder, self.body_limit)
+        super().switchToBodyMode(decoder)
+
 
 class GuardedClientProtocol(HTTP11ClientProtocol):
     """``HTTP11ClientProtocol`` with a :class:`GuardedParser` per request and
-    every parse failure reported as a :class:`PartnerProtocolError`."""
+    every parse failure reported as a :class:`PartnerProtocolError` (a
+    chunked body over its cap as :class:`BodyTooLarge`). A request's body
+    producer may name the response's cap (``response_limit``)."""
 
     def request(self, request: Any) -> Deferred[Any]:
         producer = request.bodyProducer
@@ -111,8 +123,9 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
         parser = self._parser
         if parser is not None and type(parser) is HTTPClientParser:
             # Twisted builds the parser inside request() from a module global;
-            # the subclass only adds methods and a class-level counter.
+            # the subclass only adds methods and class-level defaults.
             parser.__class__ = GuardedParser
+            parser.body_limit = getattr(producer, "response_limit", None)
         return d
 
     _call_transport: "CallTransport | None" = None
@@ -122,7 +135,7 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
             self._parser.dataReceived(data)  # type: ignore[union-attr]
             if self._call_transport is not None:
                 self._call_transport.settle()
-        except PartnerProtocolError:
+        except (PartnerProtocolError, BodyTooLarge):
             self._giveUp(Failure())
         except Exception:  # ParseError, ValueError (Content-Length), KeyError
             # (unknown Transfer-Encoding), chunked decoding, or bytes while

@@ -19,18 +19,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import _ChunkedTransferDecoder
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._compat import SLOTS
 from .admission import RETRY_AFTER_S, SHED_DRAINING, SHED_EARLY_RETRY, Admission
 from .answer import write_error
+from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .config import ServerConfig
 from .conncap import CappedChannel, CappedSite
 from .lag import ReactorLag
 from .pool import unread_bytes
 from .sendnow import write_now, write_soon
-from .wire import SHED_ANSWERS, raw_error, sole_request
+from .wire import SHED_ANSWERS, SHED_HEADS, raw_error, sole_request
 
 if TYPE_CHECKING:
     from .fanout import Fanout
@@ -73,6 +75,11 @@ class Front(Protocol):
     def refused_on_arrival(self, path: bytes, reason: str) -> None:
         """Count a request refused with 503 before it was parsed."""
 
+    def refused_on_wire(self, path: bytes | None, code: int, elapsed: float | None) -> None:
+        """Count (and maybe log) a request refused on the wire (400, 408,
+        413, 414, 431); ``path``: None when its request line was not read;
+        ``elapsed``: since its first byte, when known."""
+
     def idle_closed(self) -> None:
         """Count a client connection closed for being idle."""
 
@@ -105,7 +112,7 @@ class GatewayRequest(Request):
     def gotLength(self, length: int | None) -> None:
         limit = self.front.server.max_body_bytes
         if length is not None and length > limit:
-            self._refuse_body(limit)
+            self.refuse_body(f"body over {limit} bytes")
             return
         # In memory whatever the length: bodies are capped at max_body_bytes
         # (Twisted would spool a body of unknown length to a temporary file).
@@ -117,16 +124,15 @@ class GatewayRequest(Request):
         self._body_size += len(data)
         limit = self.front.server.max_body_bytes
         if self._body_size > limit:
-            self._refuse_body(limit)
+            self.refuse_body(f"body over {limit} bytes")
             return
         super().handleContentChunk(data)
 
-    def _refuse_body(self, limit: int) -> None:
+    def refuse_body(self, message: str) -> None:
         """Answer 413 now and close: the rest of the body is never read."""
         self._refused = True
         self.content = None
-        self.channel.refuse(413, f"body over {limit} bytes")
-        self.front.request_ended(self, 413)
+        self.channel.refuse(413, message)
 
     def process(self) -> None:
         if self._refused:
@@ -175,7 +181,8 @@ class GatewayRequest(Request):
             channel.persistent = False
         self.code = 503
         self.startedWriting = 1  # the whole answer goes out as one prepared write
-        write_now(channel.transport, SHED_ANSWERS[reason, keep])
+        answers = SHED_HEADS if self.method == b"HEAD" else SHED_ANSWERS
+        write_now(channel.transport, answers[reason, keep])
         self.finish()
         if keep:
             channel.pace()
@@ -292,7 +299,7 @@ class GatewayChannel(CappedChannel):
             return False
         keep = request.keep_alive and reason != SHED_DRAINING
         self.resetTimeout()
-        write_now(self.transport, SHED_ANSWERS[reason, keep])
+        write_now(self.transport, (SHED_HEADS if request.head else SHED_ANSWERS)[reason, keep])
         front.admission.refused(reason)
         front.refused_on_arrival(request.path, reason)
         if keep:
@@ -327,7 +334,53 @@ class GatewayChannel(CappedChannel):
     def requestDone(self, request: Request) -> None:
         if self._head is not None:
             self.write(b"")
+        if self.persistent and self._waitingForTransport:
+            # Twisted would go on to the next pipelined request, whatever
+            # the client left unread: hold it, and read nothing more, until
+            # the transport has sent everything (resumeProducing).
+            self._held = request
+            self._networkProducer.pauseProducing()
+            return
         super().requestDone(request)
+
+    # Back-pressure. The transport pauses its producer (this channel) when
+    # more than its bufferSize (64 KiB) waits unsent, and resumes it once all
+    # of it is sent. While paused, the next request is neither parsed nor
+    # read (see requestDone), and unsent bytes that do not drain within
+    # request_timeout get the connection aborted: a client that does not
+    # read costs one answer and a bounded time.
+    _held: Request | None = None  # answered; the next request waits for the client
+    _drain_timer: IDelayedCall | None = None
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self._start_drain_timer()
+
+    def resumeProducing(self) -> None:
+        self._stop_drain_timer()
+        super().resumeProducing()
+        held, self._held = self._held, None
+        if held is not None:
+            super().requestDone(held)
+
+    def loseConnection(self) -> None:
+        # A close waits for the unsent bytes: bounded like a pause.
+        self._start_drain_timer()
+        super().loseConnection()
+
+    def _start_drain_timer(self) -> None:
+        if self._drain_timer is None:
+            self._drain_timer = self.callLater(self.site.request_timeout, self._not_drained)
+
+    def _stop_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            if self._drain_timer.active():
+                self._drain_timer.cancel()
+            self._drain_timer = None
+
+    def _not_drained(self) -> None:
+        self._drain_timer = None
+        self.transport.abortConnection()
 
     def allContentReceived(self) -> None:
         self._stop_arrival_timer()
@@ -348,12 +401,18 @@ class GatewayChannel(CappedChannel):
         self.refuse(408, "request not received in time")
 
     def refuse(self, code: int, message: str) -> None:
-        """Answer ``code`` with a JSON error and close; nothing more is read."""
+        """Answer ``code`` with a JSON error and close; nothing more is read.
+        Every refusal on the wire passes here, and is counted here."""
         if self.transport.disconnecting:
             return
         self._stop_arrival_timer()
         self.write(raw_error(code, message))
         self.loseConnection()
+        arrived = self._arrived
+        elapsed = None if arrived is None else self.site.front.clock.seconds() - arrived
+        # Twisted keeps the path once the request line is parsed, until
+        # the request is complete.
+        self.site.front.refused_on_wire(getattr(self, "_path", None), code, elapsed)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's parser calls this for every request it cannot accept.
@@ -379,6 +438,15 @@ class GatewayChannel(CappedChannel):
             self.refuse(400, "Transfer-Encoding must be chunked alone")
             return
         super().allHeadersReceived()
+        if isinstance(self._transferDecoder, _ChunkedTransferDecoder):
+            self._transferDecoder = CountedChunkedDecoder.replacing(
+                self._transferDecoder, self.site.front.server.max_body_bytes)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        try:
+            super().rawDataReceived(data)
+        except BodyTooLarge as e:  # a chunked body, framing counted (chunked.py)
+            self.requests[-1].refuse_body(str(e))
 
     def _send100Continue(self) -> None:
         if not self.transport.disconnecting:  # not after a 413 for that body
@@ -387,20 +455,15 @@ class GatewayChannel(CappedChannel):
     def timeoutConnection(self) -> None:
         # Twisted's own, without its log line per connection (thousands of
         # idle keep-alive clients would flood the journal): counted instead.
+        # A close that stalls is aborted by the drain timer (loseConnection).
         self.site.front.idle_closed()
-        if self.abortTimeout is not None:
-            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
         self.loseConnection()
-
-    def forceAbortClient(self) -> None:
-        # Twisted's own (the close stalled: abort), without its log line.
-        self._abortingCall = None
-        self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         self._stop_arrival_timer()
         if self._pace_timer is not None and self._pace_timer.active():
             self._pace_timer.cancel()
+        self._stop_drain_timer()
         super().connectionLost(reason)
         self._heard()
 

@@ -41,6 +41,7 @@ from twisted.web.iweb import (
 from zope.interface import implementer
 
 from . import outcomes, tls
+from .chunked import BodyTooLarge
 from .config import PartnerConfig
 from .outcomes import CallResult
 from .phases import READING, SENT, CallPhase
@@ -134,21 +135,21 @@ def idle_caps(partners: Iterable[PartnerConfig]) -> dict[PoolKey, int]:
     return caps
 
 
-class BodyTooLarge(Exception):
-    """A response body passed the partner's max_response_bytes."""
-
-
 @implementer(IBodyProducer)
 class BytesProducer:
     """Writes a bytes body in one go: no cooperator, no file object. Its
-    call's phase (if any) is ``sent`` once the request is written."""
+    call's phase (if any) is ``sent`` once the request is written;
+    ``response_limit`` is the answer's cap, for the connection's parser
+    (pool.py: a chunked answer's framing counts against it)."""
 
     connection: Any = None  # the transport that carries it, once it has one (pool.py)
 
-    def __init__(self, body: bytes, phase: CallPhase | None = None) -> None:
+    def __init__(self, body: bytes, phase: CallPhase | None = None,
+                 response_limit: int | None = None) -> None:
         self._body = body
         self._phase = phase
         self.length = len(body)
+        self.response_limit = response_limit
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         consumer.write(self._body)
@@ -185,8 +186,9 @@ class CappedBody(Protocol):
     """Collects a response body of at most ``limit`` bytes.
 
     ``finished`` fires with the bytes, or fails with :class:`BodyTooLarge`
-    (connection aborted) or the connection's failure; cancelling it aborts
-    the connection.
+    (connection aborted) or the connection's failure (:func:`too_large`
+    tells one whose chunk framing passed the cap); cancelling it aborts the
+    connection.
     """
 
     def __init__(self, limit: int) -> None:
@@ -202,7 +204,7 @@ class CappedBody(Protocol):
     def overflow(self) -> None:
         """Give up on the body: fail with BodyTooLarge, abort the connection."""
         self._chunks = []
-        self.finished.errback(BodyTooLarge())
+        self.finished.errback(BodyTooLarge(f"body over {self._limit} bytes"))
         _abort(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
@@ -234,6 +236,17 @@ def _read_capped(response: IResponse, limit: int,
     if response.length is not UNKNOWN_LENGTH and response.length > limit:
         reader.overflow()  # announced too large: do not read a byte of it
     return reader.finished.addCallback(lambda body: (code, body))
+
+
+def too_large(failure: Failure) -> BodyTooLarge | None:
+    """The :class:`BodyTooLarge` that ended a call, if one did: raised by its
+    CappedBody, or by its parser's chunked decoder (then it is the first
+    reason of the ResponseFailed the body saw)."""
+    exc = failure.value
+    reasons = getattr(exc, "reasons", None)
+    if reasons:
+        exc = reasons[0].value
+    return exc if isinstance(exc, BodyTooLarge) else None
 
 
 def describe_failure(failure: Failure) -> str:
@@ -337,7 +350,7 @@ class Upstream:
         started = clock.seconds()
         why_stopped: list[str] = []
 
-        producer = BytesProducer(body, phase)
+        producer = BytesProducer(body, phase, partner.max_response_bytes)
         d = self._post(partner, url, headers, producer)
         d.addCallback(_read_capped, partner.max_response_bytes, phase)
         timer: IDelayedCall
@@ -371,9 +384,9 @@ class Upstream:
                         else "no answer")
                 return CallResult(name, outcomes.TIMEOUT, None, latency, None,
                                   f"{what} in {round(timeout_s * 1000)} ms")
-            if result.check(BodyTooLarge):
-                return CallResult(name, outcomes.TOO_LARGE, None, latency, None,
-                                  f"body over {partner.max_response_bytes} bytes")
+            overflow = too_large(result)
+            if overflow is not None:
+                return CallResult(name, outcomes.TOO_LARGE, None, latency, None, str(overflow))
             if result.check(CancelledError):
                 return CallResult(name, outcomes.CANCELLED, None, latency, None, "cancelled")
             return CallResult(name, outcomes.ERROR, None, latency, None, describe_failure(result))

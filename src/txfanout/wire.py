@@ -1,7 +1,9 @@
 """Answers made on the wire, before or instead of a routed request.
 
 ``raw_error`` builds a whole HTTP/1.1 error answer; ``SHED_ANSWERS`` are the
-503s, prepared once; ``sole_request`` tells whether a chunk of bytes is
+503s, prepared once (``SHED_HEADS`` the same without their body, for HEAD:
+on a kept-alive connection a body would be read as the start of the next
+answer); ``sole_request`` tells whether a chunk of bytes is
 exactly one complete, plainly framed request, so that an overloaded gateway
 can refuse it without parsing it into a Request.
 """
@@ -51,6 +53,8 @@ def raw_error(code: int, message: str, close: bool = True, extra: bytes = b"") -
 SHED_ANSWERS = {(reason, keep): raw_error(503, message, close=not keep,
                                           extra=b"Retry-After: %s\r\n" % RETRY_AFTER)
                 for reason, message in SHED_MESSAGES.items() for keep in (True, False)}
+#: The same, for HEAD: the head alone (its Content-Length that of the body).
+SHED_HEADS = {key: answer[:answer.index(b"\r\n\r\n") + 4] for key, answer in SHED_ANSWERS.items()}
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,10})[ \t]*\r\n")
 
@@ -58,6 +62,7 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]{1,10})[ \t]*\r\n
 class SoleRequest(NamedTuple):
     path: bytes
     keep_alive: bool  # HTTP/1.1 without a Connection header
+    head: bool = False  # a HEAD: its answer has no body
 
 
 def sole_request(data: bytes) -> SoleRequest | None:
@@ -85,4 +90,5 @@ def sole_request(data: bytes) -> SoleRequest | None:
         length = int(match.group(1))
     if len(data) != end + 4 + length:
         return None
-    return SoleRequest(parts[1], parts[2] == b"HTTP/1.1" and b"\r\nconnection:" not in head)
+    return SoleRequest(parts[1], parts[2] == b"HTTP/1.1" and b"\r\nconnection:" not in head,
+                       parts[0] == b"HEAD")
