@@ -217,6 +217,7 @@ async def test_debug_memory(partner, make_gateway, make_admin):
         assert len(view["gc"]["counts"]) == 3 and len(view["gc"]["generations"]) == 3
     else:  # PyPy
         assert view["gc"] == {"counts": None, "thresholds": None, "generations": None,
+                              "frozen": None,
                               "tracked_objects": view["gc"]["tracked_objects"]}
     assert len(view["top_types"]) == 3
     assert view["top_types"][0]["count"] >= view["top_types"][1]["count"]

@@ -43,6 +43,7 @@ def test_verdicts():
     assert verdict("http_error", 503) is False
     assert verdict("http_error", 404) is True
     assert verdict("ok", 200) is True
+    assert verdict("too_large", None) is False  # an answer it can never use
     for neutral in ("shed", "skipped", "cancelled", "open"):
         assert verdict(neutral, None) is None
 

@@ -1,7 +1,7 @@
 """Per-partner circuit breaker.
 
 Closed: every call goes. Once, within the last ``WINDOW_S`` seconds, at
-least ``failures`` calls failed (timeout, error, 5xx) and they were at least
+least ``failures`` calls failed (timeout, error, too_large, 5xx) and they were at least
 half of the calls that ended, it opens: calls are refused at no cost
 (outcome ``open``) for ``cooldown_s``. Then it is half-open: up to ``probes``
 calls go at once; one failure opens it again, ``probes`` successes close it.
@@ -35,8 +35,10 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATES = (CLOSED, OPEN, HALF_OPEN)
 WINDOW_S = 10  # seconds of results a closed breaker weighs, in one-second buckets
 
-_FAILURES = frozenset((outcomes.TIMEOUT, outcomes.ERROR))
-_SUCCESSES = frozenset((outcomes.OK, outcomes.TOO_LARGE))
+# too_large is the partner's doing too: an answer the gateway can never use
+# (a body past max_response_bytes, or chunk framing that counts past it).
+_FAILURES = frozenset((outcomes.TIMEOUT, outcomes.ERROR, outcomes.TOO_LARGE))
+_SUCCESSES = frozenset((outcomes.OK,))
 
 
 def verdict(outcome: str, status: int | None) -> bool | None:
