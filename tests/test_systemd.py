@@ -17,7 +17,7 @@ from .test_daemon import config_text
 from .test_workers import served_while_stopped
 
 UNITS = Path(__file__).parent.parent / "systemd"
-INSTALLED_BIN = "/opt/txfanout/bin/"
+INSTALLED_BINS = ("/opt/txfanout/bin/", "/opt/txfanout-pypy/bin/")  # CPython's venv, PyPy's
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 
 
@@ -37,22 +37,38 @@ def unit_lines(name: str) -> list[str]:
                     reason="systemd-analyze is not installed (.ci/run installs it)")
 @pytest.mark.parametrize("unit", ["txfanout.service", "txfanout.socket", "txfanout@.service"])
 def test_units_pass_systemd_analyze_verify(tmp_path: Path, unit: str) -> None:
-    """Verified as installed: the units name /opt/txfanout/bin/{twistd,python}
-    (the documented venv); here they point at this Python and its twistd,
-    which verify checks are executable."""
+    """Verified as installed, drop-ins included (the PyPy one): the units name
+    /opt/txfanout/bin/{twistd,python} and /opt/txfanout-pypy/bin/... (the
+    documented venvs); here they point at this Python and its twistd, which
+    verify checks are executable."""
     twistd = Path(sys.executable).parent / "twistd"
     assert twistd.exists(), f"no twistd beside {sys.executable}"
-    for path in UNITS.iterdir():
+    for path in UNITS.rglob("*"):
+        if path.is_dir():
+            continue
         text = path.read_text()
-        text = text.replace(INSTALLED_BIN + "twistd", str(twistd))
-        text = text.replace(INSTALLED_BIN + "python", sys.executable)
-        assert not [line for line in text.splitlines()
-                    if INSTALLED_BIN in line and not line.startswith("#")], path.name
-        (tmp_path / path.name).write_text(text)
+        for installed in INSTALLED_BINS:
+            text = text.replace(installed + "twistd", str(twistd))
+            text = text.replace(installed + "python", sys.executable)
+            assert not [line for line in text.splitlines()
+                        if installed in line and not line.startswith("#")], path.name
+        target = tmp_path / path.relative_to(UNITS)
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(text)
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}  # its drop-ins too
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / unit)],
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
     assert result.returncode == 0 and not result.stdout and not result.stderr, \
         result.stdout + result.stderr
+
+
+def test_the_pypy_drop_in_runs_the_same_daemon_from_the_pypy_venv() -> None:
+    lines = unit_lines("txfanout.service.d/pypy.conf")
+    assert lines.count("ExecStart=") == 1 and lines.count("ExecStartPre=") == 1  # resets
+    [start] = [line for line in lines if line.startswith("ExecStart=/")]
+    [service_start] = [line for line in unit_lines("txfanout.service")
+                       if line.startswith("ExecStart=")]
+    assert start == service_start.replace("/opt/txfanout/", "/opt/txfanout-pypy/")
 
 
 def test_units_say_what_the_daemon_needs() -> None:
