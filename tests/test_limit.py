@@ -22,17 +22,30 @@ from .rawpartners import RawPartner
 def test_lag_above_the_target_cuts_it_at_most_once_per_period_down_to_a_floor():
     clock = Clock()
     limit = InflightLimit(clock, 100, target=0.1)
-    limit.observe(0.125)
-    limit.observe(0.125)  # the same period: the first cut has not shown yet
+    limit.observe(0.125, 10**6)
+    limit.observe(0.125, 10**6)  # the same period: the first cut has not shown yet
     assert limit.current == 80  # in proportion: 0.1 / 0.125
     clock.advance(CUT_EVERY)
-    limit.observe(1.0)
+    limit.observe(1.0, 10**6)
     assert limit.current == 40  # at most by half
     for _ in range(30):
         clock.advance(CUT_EVERY)
-        limit.observe(0.15)
+        limit.observe(0.15, 10**6)
     assert limit.current == FLOOR
-    limit.observe(0.07)  # between half the target and the target: hold
+    limit.observe(0.07, 10**6)  # between half the target and the target: hold
+    assert limit.current == FLOOR
+
+
+def test_a_cut_is_in_proportion_to_what_is_in_flight_when_that_is_less():
+    clock = Clock()
+    limit = InflightLimit(clock, 2000, target=0.1)
+    limit.observe(0.25, 1600)  # the loop runs 2.5x too long with 1600 in flight
+    assert limit.current == 800  # at most by half
+    clock.advance(CUT_EVERY)
+    limit.observe(0.125, 400)
+    assert limit.current == 320  # 400 x 0.1 / 0.125, not 800 x ...
+    clock.advance(CUT_EVERY)
+    limit.observe(1.0, 2)  # a long turn with next to nothing in flight
     assert limit.current == FLOOR
 
 
@@ -41,23 +54,23 @@ def test_lag_below_half_the_target_brings_it_back_to_max_inflight_within_seconds
     limit = InflightLimit(clock, 2000, target=0.1)
     for _ in range(40):
         clock.advance(CUT_EVERY)
-        limit.observe(1.0)
+        limit.observe(1.0, 10**6)
     assert limit.current == FLOOR
     ticks = 0
     while limit.current < 2000:
-        limit.observe(0.001)  # one lag sample every 100 ms
+        limit.observe(0.001, 10**6)  # one lag sample every 100 ms
         ticks += 1
     assert ticks * 0.1 <= 7.0, ticks  # the issue asks for 10 s at most
 
 
 def test_fixed_when_not_adaptive_and_clamped_by_a_reload():
     limit = InflightLimit(Clock(), 100, adaptive=False)
-    limit.observe(1.0)
+    limit.observe(1.0, 10**6)
     assert limit.current == 100
     limit.configure(40, adaptive=True, target=0.1)
     assert limit.current == 40
     limit.configure(4, adaptive=True, target=0.1)
-    limit.observe(1.0)
+    limit.observe(1.0, 10**6)
     assert limit.current == 4  # a max_inflight below the floor is not cut
     limit.configure(50, adaptive=False, target=0.1)
     assert limit.current == 50
@@ -68,7 +81,9 @@ def test_a_busy_event_loop_cuts_it():
     lag = ReactorLag(clock)
     lag.start()
     admission = Admission(clock, lag, ServerConfig(max_inflight=40))
-    clock.advance(0.35)  # the probe due at 0.1 s ran 250 ms late
+    for _ in range(40):
+        assert admission.admit() is None
+    clock.advance(0.35)  # the probe due at 0.1 s ran 250 ms late, 40 in flight
     assert admission.limit.current == 20
     for _ in range(12):
         clock.advance(0.1)  # on time again: the late sample leaves the window

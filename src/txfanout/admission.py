@@ -5,9 +5,7 @@ before anything is spent on it) and gives it back when it is answered or
 abandoned. It is refused while the gateway drains, while every slot is
 taken (``limit``: ``max_inflight``, lowered while the event loop runs late,
 see limit.py), or while the event loop runs late by more than
-``max_lag_ms`` (lag.py). A client that sends again on its connection before
-the Retry-After of its last 503 is refused again while the gateway has been
-full within a Retry-After (see site.py). The reasons below are the ``reason`` label of
+``max_lag_ms`` (lag.py). The reasons below are the ``reason`` label of
 ``txfanout_shed_total`` and pick the 503's prepared text (wire.py).
 """
 
@@ -25,10 +23,8 @@ from .limit import InflightLimit
 SHED_MAX_INFLIGHT = "max_inflight"
 SHED_REACTOR_LAG = "reactor_lag"
 SHED_DRAINING = "draining"
-SHED_EARLY_RETRY = "early_retry"
 SHED_PARTNERS_UNAVAILABLE = "partners_unavailable"  # admitted, no partner callable (gateway.py)
-SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING, SHED_EARLY_RETRY,
-                SHED_PARTNERS_UNAVAILABLE)
+SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING, SHED_PARTNERS_UNAVAILABLE)
 
 RETRY_AFTER_S = 1  # what every 503 says in Retry-After
 DEFAULT_MAX_LAG_MS = 200  # the lag the limit steers by when max_lag_ms is 0 (off)
@@ -54,8 +50,6 @@ class Admission:
         self.admitted = 0
         self.admitted_total = 0
         self.draining = False
-        self._clock = clock
-        self._full_at = float("-inf")  # when the last slot was taken, or a request refused
         self._idle_waiters: list[Deferred[None]] = []
         self._watchers: list[Callable[[], None]] = []
 
@@ -80,7 +74,7 @@ class Admission:
 
 
     def _follow(self, lag: ReactorLag) -> None:
-        self.limit.observe(lag.recent)
+        self.limit.observe(lag.recent, self.admitted)
         self._changed()
 
     def shed_reason(self) -> str | None:
@@ -99,8 +93,6 @@ class Admission:
         if reason is None:
             self.admitted += 1
             self.admitted_total += 1
-            if self.admitted >= self.limit.current:
-                self._full_at = self._clock.seconds()
             self._changed()
             return None
         self.refused(reason)
@@ -109,15 +101,7 @@ class Admission:
     def refused(self, reason: str) -> None:
         """Count a request refused (by ``admit``, or by the site before it
         was parsed)."""
-        if reason != SHED_EARLY_RETRY:
-            self._full_at = self._clock.seconds()
         self._refused(reason)
-
-    def pressed(self) -> bool:
-        """Was every slot taken (or a request refused) within the last
-        Retry-After? While it was, a client that retries before its
-        Retry-After is refused again (see site.py)."""
-        return self._clock.seconds() - self._full_at < RETRY_AFTER_S
 
     def release(self) -> None:
         """Give a slot back."""

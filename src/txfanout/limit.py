@@ -11,8 +11,9 @@ what the limit is for.
 
 So the limit follows the lag, as TCP's window follows loss: when the worst
 lag of the last half second (``ReactorLag.recent``) is above ``target``, the
-limit is cut in proportion (``target / lag``, at most by half, at most once
-per ``CUT_EVERY``, the time a cut takes to show, and not below ``FLOOR``);
+limit is cut in proportion (to ``target / lag`` of the requests in flight,
+or of the limit if fewer are in flight, at most by half, at most once per
+``CUT_EVERY``, the time a cut takes to show, and not below ``FLOOR``);
 each time it is below half the target, the limit grows by a tenth, back to
 ``max_inflight`` (from the floor in about six seconds of ordinary traffic).
 Between the two it holds: under overload it settles where the loop's turns
@@ -53,15 +54,17 @@ class InflightLimit:
     def current(self) -> int:
         return int(self.value)
 
-    def observe(self, lag: float) -> None:
-        """Follow one measurement of the recent lag (seconds)."""
+    def observe(self, lag: float, inflight: int) -> None:
+        """Follow one measurement of the recent lag (seconds), taken with
+        ``inflight`` requests in flight."""
         if not self._adaptive:
             return
         if lag > self.target:
             now = self._clock.seconds()
             if now >= self._next_cut:
+                base = min(self.value, float(max(inflight, FLOOR)))
                 cut = max(MAX_CUT, self.target / lag)
-                self.value = max(float(min(FLOOR, self.ceiling)), self.value * cut)
+                self.value = max(float(min(FLOOR, self.ceiling)), base * cut)
                 self._next_cut = now + CUT_EVERY
         elif lag < self.target / 2 and self.value < self.ceiling:
             self.value = min(float(self.ceiling), self.value * GROW + 1.0)

@@ -24,13 +24,12 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._compat import SLOTS
-from .admission import RETRY_AFTER_S, SHED_DRAINING, SHED_EARLY_RETRY, Admission
+from .admission import RETRY_AFTER_S, SHED_DRAINING, Admission
 from .answer import write_error
 from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .config import ServerConfig
 from .conncap import CappedChannel, CappedSite
 from .lag import ReactorLag
-from .pool import unread_bytes
 from .sendnow import write_now, write_soon
 from .wire import SHED_ANSWERS, SHED_HEADS, raw_error, sole_request
 
@@ -51,8 +50,7 @@ CLIENT_CLOSED = 499  # the status counted when the client left first (nginx's)
 # After a 503 on a kept-alive connection, its next request is not read for
 # this long: a client that honours Retry-After sends nothing sooner, and one
 # that does not costs one refusal per Retry-After, not one per round trip.
-PACE_MARGIN_S = 0.1
-PACE_S = RETRY_AFTER_S - PACE_MARGIN_S
+PACE_S = RETRY_AFTER_S - 0.1
 
 
 class Front(Protocol):
@@ -154,11 +152,6 @@ class GatewayRequest(Request):
         elif len(hosts) > 1 or not _HOST.match(hosts[0]):
             write_error(self, 400, "bad Host header")
             return
-        channel = self.channel
-        if channel.retried_early and front.admission.pressed():
-            front.admission.refused(SHED_EARLY_RETRY)
-            self._shed(SHED_EARLY_RETRY)
-            return
         refused = front.admission.admit()
         if refused is not None:
             self._shed(refused)
@@ -228,9 +221,6 @@ class GatewayChannel(CappedChannel):
     _arrived: float | None = None
     _unheard: int | None = None  # the site's period it was accepted in, until it speaks
     _pace_timer: IDelayedCall | None = None
-    _paced_until = 0.0
-    _sent_while_paced = False
-    retried_early = False  # its request came before the Retry-After of its last 503
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -243,46 +233,26 @@ class GatewayChannel(CappedChannel):
 
     def pace(self) -> None:
         """A 503 went out on this kept-alive connection: read nothing more
-        from it for ``PACE_S`` (see there). A request it sent before then
-        (``retried_early``) is refused again while the gateway has been full
-        within a Retry-After, whether or not a slot is free when it is read:
-        its client did not wait, and the wait made its answer late anyway
-        (served, it would go to the back of the clients' p99)."""
+        from it for ``PACE_S`` (see there). What it sent meanwhile is read
+        then, and judged like any request: its deadline counts from then,
+        and the wait is the price of not waiting for Retry-After."""
         if self.transport.disconnecting:
             return
         if self._pace_timer is not None and self._pace_timer.active():
             self._pace_timer.cancel()
-        self._paced_until = self.site.front.clock.seconds() + PACE_S
         self.transport.pauseProducing()
         self._pace_timer = self.callLater(PACE_S, self._unpace)
 
     def _unpace(self) -> None:
         self._pace_timer = None
-        late = self.site.front.clock.seconds() - self._paced_until
-        # Bytes already waiting were sent before the Retry-After was up
-        # (unless this timer ran so late that they may not have been).
-        self._sent_while_paced = late < PACE_MARGIN_S and unread_bytes(self.transport)
         self.transport.resumeProducing()
-
-    _host: Any = None
-
-    def getHost(self) -> Any:
-        """The local address, asked of the kernel once per connection (Twisted
-        asks for every request it builds: a system call each)."""
-        if self._host is None:
-            self._host = super().getHost()
-        return self._host
 
     def dataReceived(self, data: bytes) -> None:
         self._heard()
         if self._arrival_timer is None and not self._handlingRequest:  # a new request
             front = self.site.front
             now = front.clock.seconds()
-            self.retried_early = self._sent_while_paced or now < self._paced_until
-            self._sent_while_paced = False
             reason = front.admission.shed_reason()
-            if reason is None and self.retried_early and front.admission.pressed():
-                reason = SHED_EARLY_RETRY
             if reason is not None and self._shed_unparsed(front, reason, data):
                 return
             self._arrived = now

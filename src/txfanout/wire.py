@@ -17,7 +17,6 @@ from typing import NamedTuple
 from .admission import (
     RETRY_AFTER_S,
     SHED_DRAINING,
-    SHED_EARLY_RETRY,
     SHED_MAX_INFLIGHT,
     SHED_PARTNERS_UNAVAILABLE,
     SHED_REACTOR_LAG,
@@ -31,8 +30,6 @@ SHED_MESSAGES = {
     SHED_MAX_INFLIGHT: "gateway at its in-flight limit; retry later",
     SHED_REACTOR_LAG: "gateway overloaded (event loop behind); retry later",
     SHED_DRAINING: "gateway is shutting down; retry",
-    SHED_EARLY_RETRY: "retried before Retry-After while the gateway is overloaded; "
-                      "wait before retrying",
     SHED_PARTNERS_UNAVAILABLE: "no partner of this request can be called now (each at "
                                "its max_concurrency or its circuit open); retry later",
 }
