@@ -104,9 +104,12 @@ def txfanout_config(partner: FastPartner) -> str:
             '[routes.bid]\npartners = ["fast"]\n')
 
 
-def start_instance(config: Path, port: int, admin: int) -> Daemon:
+def start_instance(config: Path, port: int, admin: int, started: list[Daemon]) -> Daemon:
+    """``twistd fanout`` on ``port`` (admin ``admin``), added to ``started``
+    (to be stopped) before waiting until it is ready."""
     daemon = Daemon("--config", str(config), port=port, admin_port=admin,
                     listen=f"tcp:{port}:interface=127.0.0.1:backlog=1024")
+    started.append(daemon)
     daemon.wait_for("ready: pid")
     return daemon
 
@@ -124,12 +127,20 @@ class HAProxy:
         self._log = log.open("wb")
         self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=self._log,
                                      stderr=subprocess.STDOUT)
+        try:
+            self._wait_listening()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_listening(self) -> None:
+        """Until its stats port accepts."""
         end = time.monotonic() + 10
-        while True:  # listening once its stats port accepts
+        while True:
             assert self.proc.poll() is None, f"haproxy exited {self.proc.returncode}\n{self.log()}"
             try:
-                socket.create_connection(("127.0.0.1", stats_port), timeout=1).close()
-                break
+                socket.create_connection(("127.0.0.1", self.stats_port), timeout=1).close()
+                return
             except OSError:
                 assert time.monotonic() < end, "haproxy is not listening\n" + self.log()
                 time.sleep(0.02)
@@ -275,10 +286,8 @@ def test_restarting_one_instance_under_load_fails_no_request(
     proxy: HAProxy | None = None
     load: Load | None = None
     try:
-        a = start_instance(fanout_cfg, ports[A_PORT], ports[A_ADMIN])
-        instances.append(a)
-        b = start_instance(fanout_cfg, ports[B_PORT], ports[B_ADMIN])
-        instances.append(b)
+        a = start_instance(fanout_cfg, ports[A_PORT], ports[A_ADMIN], instances)
+        start_instance(fanout_cfg, ports[B_PORT], ports[B_ADMIN], instances)
         proxy = HAProxy(haproxy_cfg, ports[STATS], tmp_path / "haproxy.log")
         proxy.wait_status("a", "UP")
         proxy.wait_status("b", "UP")
@@ -312,8 +321,7 @@ def test_restarting_one_instance_under_load_fails_no_request(
 
         # Start A again on the same ports; HAProxy puts it back (rise).
         restart_at = time.monotonic()
-        a2 = start_instance(fanout_cfg, ports[A_PORT], ports[A_ADMIN])
-        instances.append(a2)
+        start_instance(fanout_cfg, ports[A_PORT], ports[A_ADMIN], instances)
         ready_at = time.monotonic()
         up_at = proxy.wait_status("a", "UP", timeout=5)
         at_up = served(proxy)
