@@ -15,11 +15,13 @@ from txfanout.site import GatewaySite
 from .conftest import route_config
 
 
-def full_gateway(max_inflight: int = 1) -> tuple[MemoryReactorClock, Gateway, GatewaySite]:
-    """A gateway on a fake reactor with every in-flight slot taken."""
+def full_gateway(max_inflight: int = 1, **server: Any
+                 ) -> tuple[MemoryReactorClock, Gateway, GatewaySite]:
+    """A gateway on a fake reactor with every in-flight slot taken
+    (``server``: more [server] keys)."""
     clock = MemoryReactorClock()
     gateway = Gateway(clock, parse(route_config({"p": {"url": "http://127.0.0.1:9/"}},
-                                                max_inflight=max_inflight)))
+                                                max_inflight=max_inflight, **server)))
     site = GatewaySite(gateway, reactor=clock)
     for _ in range(max_inflight):
         assert gateway.admission.admit() is None

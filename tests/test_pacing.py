@@ -7,10 +7,13 @@ from __future__ import annotations
 import time
 import pytest_twisted
 from txfanout.gateway import Gateway
-from txfanout.site import PACE_S, REFUSAL_BURST
+from txfanout.config import ServerConfig
+from txfanout.site import REFUSAL_BURST
 
 from .conftest import keep_alive_client, route_config, within
 from .fakes import FakePort, answer, connect, full_gateway
+
+PACE_S = ServerConfig().pace_ms / 1000.0
 
 POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -30,6 +33,18 @@ def test_a_503_on_a_kept_alive_connection_pauses_its_reading_until_nearly_retry_
     assert transport.producerState == "paused"
     clock.advance(0.01)  # before the Retry-After of 1 s: a polite client is never slowed
     assert PACE_S < 1.0 and transport.producerState == "producing"
+
+
+def test_behind_a_proxy_pacing_is_off():
+    # One connection carries many clients' requests: pausing it would hold
+    # back clients that were never refused.
+    clock, gateway, site = full_gateway(pace_ms=0)
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    assert answer(transport).startswith(b"HTTP/1.1 503 ")
+    assert transport.producerState == "producing"
+    channel.dataReceived(POST)  # read at once
+    assert answer(transport).startswith(b"HTTP/1.1 503 ")
 
 
 def test_a_request_read_after_the_pace_is_judged_like_any_other():

@@ -53,6 +53,8 @@ class ServerConfig:
     request_timeout_ms: int = 10000
     max_lag_ms: int = 200
     adaptive_inflight: bool = True
+    pace_ms: int = 900
+    drain_grace_ms: int = 0
     admin_token: str | None = field(default=None, repr=False)
 
 
@@ -383,6 +385,8 @@ def parse(raw: Mapping[str, Any]) -> Config:
         "request_timeout_ms": lambda v, p: chk.integer(v, p, 100, 600000),
         "max_lag_ms": lambda v, p: chk.integer(v, p, 0, 60000),
         "adaptive_inflight": chk.boolean,
+        "pace_ms": lambda v, p: chk.integer(v, p, 0, 999),
+        "drain_grace_ms": lambda v, p: chk.integer(v, p, 0, 60000),
         "admin_token": lambda v, p: chk.string(v, p, _TOKEN, "16 to 256 printable ASCII "
                                                              "characters without spaces"),
     })

@@ -49,6 +49,7 @@ class Gateway:
                                  idle_caps(config.partners.values()))
         self.inflight: set[Fanout] = set()
         self.ready = False  # /readyz: False while starting and draining
+        self.closing = False  # draining, still serving: answers close their connections
         self.overdue = OverdueWatch(reactor, self.inflight)
         self.metrics = GatewayMetrics(self)
         self.admission = Admission(reactor, self.lag, config.server, self.metrics.shed)

@@ -198,22 +198,38 @@ class Lifecycle(service.Service):
     # -- drain --
 
     def drain(self) -> Deferred[None]:
-        """Stop accepting, let requests in flight finish (for at most the
-        deadline plus a margin), then stop the reactor. ``drained`` fires
-        just before it stops."""
+        """Leave the load balancer's rotation, stop accepting, let requests
+        in flight finish (for at most the deadline plus a margin), then stop
+        the reactor. ``drained`` fires just before it stops.
+
+        With ``server.drain_grace_ms``, /readyz turns 503 at once but the
+        gateway serves on for that long, each answer closing its connection,
+        so that a load balancer that checks /readyz takes new requests
+        elsewhere before any is refused."""
         if self.draining:
             log.warn("second stop signal: stopping now, {count} requests in flight",
                      count=self.gateway.admission.admitted)
             self._stop_reactor()
             return self.drained
         self.draining = True
-        self.gateway.admission.draining = True
         self.gateway.ready = False
+        self.notifier.stopping(self.status_line())
+        grace_s = self.gateway.snapshot.config.server.drain_grace_ms / 1000.0
+        if grace_s:
+            self.gateway.closing = True
+            log.info("draining: /readyz is 503; serving {grace:.1f} s more, each answer "
+                     "closing its connection", grace=grace_s)
+            self._reactor.callLater(grace_s, self._stop_serving)
+        else:
+            self._stop_serving()
+        return self.drained
+
+    def _stop_serving(self) -> None:
+        self.gateway.admission.draining = True
         started = self._reactor.seconds()
         budget = self.gateway.snapshot.config.server.deadline_ms / 1000.0 + DRAIN_MARGIN_S
         log.info("draining: /readyz is 503; {count} requests in flight, waiting up to "
                  "{budget:.1f} s", count=self.gateway.admission.admitted, budget=budget)
-        self.notifier.stopping(self.status_line())
 
         def closed(_: Any) -> Deferred[None]:
             log.info("draining: no longer accepting connections")
@@ -234,7 +250,6 @@ class Lifecycle(service.Service):
             self._stop_reactor()
 
         self.public.stop_accepting().addCallback(closed).addBoth(finished)
-        return self.drained
 
     def _stop_reactor(self) -> None:
         try:

@@ -24,7 +24,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._compat import SLOTS
-from .admission import RETRY_AFTER_S, SHED_DRAINING, Admission
+from .admission import SHED_DRAINING, Admission
 from .answer import write_error
 from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .config import ServerConfig
@@ -47,10 +47,6 @@ MAX_HEADERS = 100
 
 CLIENT_CLOSED = 499  # the status counted when the client left first (nginx's)
 
-# After a 503 on a kept-alive connection, its next request is not read for
-# this long: a client that honours Retry-After sends nothing sooner, and one
-# that does not costs one refusal per Retry-After, not one per round trip.
-PACE_S = RETRY_AFTER_S - 0.1
 
 
 class Front(Protocol):
@@ -58,6 +54,7 @@ class Front(Protocol):
 
     clock: IReactorTime
     admission: Admission
+    closing: bool  # draining, still serving: every answer closes its connection
 
     @property
     def server(self) -> ServerConfig: ...
@@ -157,6 +154,9 @@ class GatewayRequest(Request):
             self._shed(refused)
             return
         self._admitted = True
+        if front.closing:  # a load balancer takes its next request elsewhere
+            self.channel.persistent = False
+            self.setHeader(b"Connection", b"close")
         super().process()
 
     def setHeader(self, name: bytes | str, value: bytes | str) -> None:
@@ -233,15 +233,18 @@ class GatewayChannel(CappedChannel):
 
     def pace(self) -> None:
         """A 503 went out on this kept-alive connection: read nothing more
-        from it for ``PACE_S`` (see there). What it sent meanwhile is read
-        then, and judged like any request: its deadline counts from then,
-        and the wait is the price of not waiting for Retry-After."""
-        if self.transport.disconnecting:
+        from it for ``server.pace_ms`` (0: no pause). A client that honours
+        Retry-After (1 s) sends nothing sooner; one that does not costs one
+        refusal per pause, not one per round trip. What it sent meanwhile is
+        read then, and judged like any request: its deadline counts from
+        then, and the wait is the price of not waiting."""
+        pace_s = self.site.front.server.pace_ms / 1000.0
+        if not pace_s or self.transport.disconnecting:
             return
         if self._pace_timer is not None and self._pace_timer.active():
             self._pace_timer.cancel()
         self.transport.pauseProducing()
-        self._pace_timer = self.callLater(PACE_S, self._unpace)
+        self._pace_timer = self.callLater(pace_s, self._unpace)
 
     def _unpace(self) -> None:
         self._pace_timer = None

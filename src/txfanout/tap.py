@@ -201,7 +201,8 @@ def makeService(options: Options) -> service.IService:
             listen_socket = bind_listening_socket(reactor, config.server.listen)
         except EndpointError as e:
             raise SystemExit(f"txfanout: {e}")
-        budget = config.server.deadline_ms / 1000.0 + DRAIN_MARGIN_S
+        server = config.server
+        budget = (server.drain_grace_ms + server.deadline_ms) / 1000.0 + DRAIN_MARGIN_S
         return WorkerPool(reactor, options.workers, listen_socket, options.worker_args,
                           Notifier.from_environment(), budget)
 
