@@ -12,7 +12,7 @@ from txfanout.config import parse
 from txfanout.gateway import Gateway
 from txfanout.site import GatewaySite
 
-from .conftest import route_config
+from .configs import route_config
 
 
 def full_gateway(max_inflight: int = 1) -> tuple[MemoryReactorClock, Gateway, GatewaySite]:

@@ -17,7 +17,8 @@ from txfanout.admin import admin_site
 from txfanout.memory import TRACEMALLOC, AllocationSites
 
 from .certs import TestPKI
-from .conftest import Answer, route_config, within
+from .configs import route_config
+from .loopback import Answer, within
 from .partners import PartnerServer
 
 

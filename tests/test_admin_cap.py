@@ -17,7 +17,8 @@ from twisted.internet.testing import StringTransport
 
 from txfanout.admin import ADMIN_MAX_CONNECTIONS, admin_site
 
-from .conftest import raw_client, route_config, within
+from .configs import route_config
+from .loopback import raw_client, within
 from .hostile import until
 
 END_OF_CHUNKED = b"\r\n0\r\n\r\n"  # the admin face's answers are chunked

@@ -14,8 +14,8 @@ from twisted.internet.task import LoopingCall
 
 from txfanout.admin import ADMIN_MAX_BODY_BYTES, admin_site
 
-from .conftest import raw_client, route_config, within
-from .hostile import logs  # noqa: F401 - fixture
+from .configs import route_config
+from .loopback import raw_client, within
 
 TOKEN = "admin-token-0123456789abcdef"
 AUTHORIZED = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"

@@ -14,7 +14,7 @@ from txfanout.config import ServerConfig
 from txfanout.inbound import Inbound
 from txfanout.outcomes import CallResult
 
-from .conftest import route_config
+from .configs import route_config
 
 INBOUND = Inbound("bid", "req-1", b"{}", None, "other", Budget.of(0.0, 500, ServerConfig()))
 LEFT_OUT = "body left out: answer over 65536 bytes"

@@ -21,7 +21,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from .conftest import route_config, within
+from .configs import route_config
+from .loopback import within
 
 ANSWER_BYTES = 100_000  # over the transport's 64 KiB: one answer pauses it
 KEEP = b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}"

@@ -14,7 +14,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from txfanout.breaker import CLOSED, HALF_OPEN, OPEN, WINDOW_S, Breaker, verdict
 
-from .conftest import route_config
+from .configs import route_config
 from .daemon import ThreadedPartner
 
 
@@ -30,7 +30,7 @@ class Warnings:
 
 
 @pytest.fixture
-def logs() -> Iterator[Warnings]:
+def warnings_logged() -> Iterator[Warnings]:
     warnings = Warnings()
     globalLogPublisher.addObserver(warnings)
     yield warnings
@@ -207,7 +207,7 @@ async def test_breaker_can_be_turned_off(partner, make_gateway):
 
 @pytest_twisted.ensureDeferred
 async def test_a_clients_short_deadline_does_not_open_anyones_breaker(partner, make_gateway,
-                                                                      logs):
+                                                                      warnings_logged):
     gw = make_gateway(route_config({"slow": {"url": partner.url("/delay/40"),
                                              "breaker_failures": 2}}))
     for _ in range(5):  # each of its calls gets 7 ms, and times out
@@ -215,11 +215,11 @@ async def test_a_clients_short_deadline_does_not_open_anyones_breaker(partner, m
         assert answer.outcomes() == {"slow": "timeout"}
     assert (await gw.post()).outcomes() == {"slow": "ok"}
     assert gw.gateway.snapshot.partners["slow"].breaker.state == CLOSED
-    assert not logs.lines
+    assert not warnings_logged.lines
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_breaker_that_opens_is_logged_and_counted(partner, make_gateway, logs):
+async def test_a_breaker_that_opens_is_logged_and_counted(partner, make_gateway, warnings_logged):
     gw = make_gateway(route_config({"bad": {"url": partner.url("/status/503"),
                                             "breaker_failures": 2}}))
     for _ in range(2):
@@ -227,7 +227,7 @@ async def test_a_breaker_that_opens_is_logged_and_counted(partner, make_gateway,
     refused = await gw.post()  # its one partner's circuit is open: nobody to call
     assert refused.code == 503 and "circuit open" in refused.json["error"]
     assert refused.header("Retry-After") == "1"
-    [line] = logs.lines
+    [line] = warnings_logged.lines
     assert line == "partner bad: circuit breaker closed -> open (2 of 2 calls failed " \
                    "in 10 s (last: http_error))"
     counted = gw.gateway.metrics.registry.get_sample_value(

@@ -12,7 +12,7 @@ from twisted.web.http_headers import Headers
 from txfanout.fanout import call_headers
 from txfanout.upstream import host_header
 
-from .conftest import route_config
+from .configs import route_config
 
 
 @pytest.mark.parametrize("url", [

@@ -15,43 +15,9 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
-from txfanout.site import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
-
-from .conftest import keep_alive_client, raw_client, route_config, within
-from .hostile import logs  # noqa: F401 - fixture
-from .test_overload import drip
-
-
-def request(path: bytes = b"/bid", body: bytes = b"{}", method: bytes = b"POST",
-            headers: bytes = b"", close: bool = True, length: bool = True) -> bytes:
-    """One HTTP/1.1 request, byte for byte (``Connection: close`` by default,
-    so that the gateway ends the exchange)."""
-    head = method + b" " + path + b" HTTP/1.1\r\nHost: gw\r\n" + headers
-    if length:
-        head += b"Content-Length: %d\r\n" % len(body)
-    if close:
-        head += b"Connection: close\r\n"
-    return head + b"\r\n" + body
-
-
-def parse_responses(data: bytes, to_head: bool = False) -> list[tuple[int, dict[bytes, bytes], bytes]]:
-    """Split what the gateway sent into (status, headers, body) triples
-    (``to_head``: answers to HEAD, without bodies)."""
-    out = []
-    while data:
-        head, sep, data = data.partition(b"\r\n\r\n")
-        assert sep, f"incomplete response head: {head!r}"
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        length = 0 if status < 200 or to_head else int(headers.get(b"content-length", b"0"))
-        body, data = data[:length], data[length:]
-        assert len(body) == length, "truncated body"
-        out.append((status, headers, body))
-    return out
+from .configs import route_config
+from .hostile import REFUSED, parse_responses, request, until
+from .loopback import drip, keep_alive_client, raw_client, within
 
 
 async def exchange(address, data: bytes, timeout: float = 5.0):
@@ -80,60 +46,6 @@ def error_of(response) -> str:
 
 
 # -- one refusal, then the connection closes --------------------------------
-
-REFUSED = {
-    # Request smuggling: the body's length must be unambiguous.
-    "content-length-and-chunked": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + request(), 400),
-    "chunked-and-content-length": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
-        b"Content-Length: 4\r\n\r\n0\r\n\r\n" + request(), 400),
-    "two-content-lengths": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}"
-        + request(), 400),
-    "same-content-length-twice": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
-        400),
-    "chunked-then-identity": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
-        b"Transfer-Encoding: identity\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 400),
-    "identity-coding": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: identity\r\n\r\n" + request(),
-        400),
-    "chunked-comma-list": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-        400),
-    "signed-content-length": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: +2\r\n\r\n{}", 400),
-    "space-before-colon": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
-    "bad-chunk-size": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n", 400),
-    # Not HTTP/1.x.
-    "garbage": (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400),
-    "http2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
-    "http0.9": (b"GET /\r\n\r\n", 400),
-    "no-header-colon": (b"POST /bid HTTP/1.1\r\nHost gw\r\n\r\n", 400),
-    "bare-lf-request-line": (b"POST /bid HTTP/1.1\nHost: gw\r\n\r\n", 400),
-    # NUL and bytes outside ASCII.
-    "nul-in-path": (b"POST /bid\x00 HTTP/1.1\r\nHost: gw\r\n\r\n", 400),
-    "high-byte-in-path": (b"POST /bid\xff HTTP/1.1\r\nHost: gw\r\n\r\n", 400),
-    "nul-in-header-value": (request(headers=b"X-Country: U\x00S\r\n"), 400),
-    "nul-in-header-name": (request(headers=b"X-Cou\x00ntry: US\r\n"), 400),
-    "utf8-in-header-name": (request(headers=b"X-L\xc3\xa4nd: DE\r\n"), 400),
-    # Header floods and long lines.
-    "too-many-headers": (request(headers=b"".join(
-        b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS + 1))), 431),
-    "header-block-too-large": (request(headers=b"".join(
-        b"X-H%d: %s\r\n" % (i, b"v" * 200) for i in range(MAX_HEAD_BYTES // 200 + 1))), 431),
-    "header-line-too-long": (request(headers=b"X-Long: " + b"v" * MAX_LINE_BYTES + b"\r\n"),
-                             431),
-    "path-too-long": (request(path=b"/" + b"a" * MAX_LINE_BYTES), 414),
-    "query-too-long": (request(path=b"/bid?" + b"q=1&" * (MAX_LINE_BYTES // 4)), 414),
-    "request-line-never-ends": (b"POST /" + b"a" * (MAX_LINE_BYTES + 10), 414),
-}
-
 
 def counted(gw) -> dict[tuple[str, str], float]:
     """txfanout_requests_total by (route, code), zeros left out."""
@@ -326,7 +238,6 @@ async def test_expect_continue_over_the_cap_gets_only_the_413(gw, logs):
 
 
 async def _until_received(client, text: bytes) -> None:
-    from .hostile import until
     await until(lambda: text in client.received)
 
 

@@ -8,7 +8,8 @@ import time
 import pytest_twisted
 from twisted.internet.defer import Deferred
 
-from .conftest import raw_client, route_config, within
+from .configs import route_config
+from .loopback import raw_client, within
 from .partners import refused_url
 
 

@@ -12,10 +12,10 @@ from twisted.web.http_headers import Headers
 from txfanout.config import parse
 from txfanout.upstream import pool_key
 
-from .conftest import route_config, within
+from .configs import route_config
 from .hostile import until
+from .loopback import within
 from .partners import PartnerServer
-from .test_tls import pki, tls_partner  # noqa: F401  (fixtures)
 
 
 @pytest_twisted.async_yield_fixture

@@ -13,8 +13,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from .conftest import keep_alive_client, route_config, within
-from .test_overload import POST
+from .configs import route_config
+from .loopback import keep_alive_client, within
+
+POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
 
 def timeout_lines(events: list[dict[str, Any]]) -> list[str]:

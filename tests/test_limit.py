@@ -15,7 +15,8 @@ from txfanout.config import ServerConfig
 from txfanout.lag import ReactorLag
 from txfanout.limit import CUT_EVERY, FLOOR, InflightLimit
 
-from .conftest import raw_client, route_config, within
+from .configs import route_config
+from .loopback import raw_client, within
 from .rawpartners import RawPartner
 
 

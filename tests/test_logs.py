@@ -18,7 +18,8 @@ from txfanout.accesslog import AccessLog
 from txfanout.config import ConfigError, LogConfig, parse
 from txfanout.lag import ReactorLag
 
-from .conftest import raw_client, route_config, within
+from .configs import route_config
+from .loopback import raw_client, within
 
 
 def one(partner, path, **extra):

@@ -18,8 +18,8 @@ from txfanout.fanout import Fanout
 from txfanout.inflight import OverdueWatch
 from txfanout.top import Scrape
 
-from .conftest import raw_client, route_config, within
-from .hostile import local_names  # noqa: F401 - fixture
+from .configs import route_config
+from .loopback import raw_client, within
 from .partners import PartnerServer, refused_url
 
 

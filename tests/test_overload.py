@@ -17,7 +17,8 @@ from txfanout.site import GatewayRequest
 from txfanout.wire import SHED_ANSWERS, SHED_HEADS
 from txfanout.lag import ReactorLag
 
-from .conftest import RawClient, keep_alive_client, raw_client, route_config, within
+from .configs import route_config
+from .loopback import RawClient, keep_alive_client, raw_client, within
 from .fakes import answer, connect, full_gateway
 
 POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"

@@ -9,7 +9,8 @@ import pytest_twisted
 from txfanout.gateway import Gateway
 from txfanout.site import PACE_S, REFUSAL_BURST
 
-from .conftest import keep_alive_client, route_config, within
+from .configs import route_config
+from .loopback import keep_alive_client, within
 from .fakes import FakePort, answer, connect, full_gateway
 
 POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"

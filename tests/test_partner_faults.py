@@ -16,8 +16,9 @@ from twisted.web.http_headers import Headers
 
 from txfanout.pool import MAX_RESPONSE_HEAD_BYTES
 
-from .conftest import route_config, within
-from .hostile import SECRET, local_names, logs, raw_partner, until  # noqa: F401 - fixtures
+from .configs import route_config
+from .hostile import SECRET, until
+from .loopback import within
 from .partners import refused_url
 from .rawpartners import GZIP_BOMB
 

@@ -18,7 +18,8 @@ from txfanout.lifecycle import Lifecycle
 from txfanout.listeners import Listener
 from txfanout.sdnotify import Notifier
 
-from .conftest import route_config, within
+from .configs import route_config
+from .loopback import within
 from .daemon import NotifySocket
 
 

@@ -8,24 +8,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from .daemon import Daemon, ThreadedPartner, free_port, free_port_range
-from .test_daemon import config_text
-from .test_workers import served_while_stopped
+from .daemon import (Daemon, ThreadedPartner, config_text, free_port, free_port_range,
+                     served_while_stopped)
 
 UNITS = Path(__file__).parent.parent / "systemd"
 INSTALLED_BIN = "/opt/txfanout/bin/"
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
-
-
-@pytest.fixture
-def partner() -> Iterator[ThreadedPartner]:
-    p = ThreadedPartner()
-    yield p
-    p.close()
 
 
 def unit_lines(name: str) -> list[str]:
@@ -96,9 +87,9 @@ wait
 
 
 def test_socket_activated_instances_share_one_socket(tmp_path: Path,
-                                                     partner: ThreadedPartner) -> None:
+                                                     threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/ok"}, partner))
+    path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     launcher = tmp_path / "instances.sh"
     launcher.write_text(INSTANCES)
     port, admin = free_port(), free_port_range(2)
@@ -136,10 +127,10 @@ def test_socket_activated_instances_share_one_socket(tmp_path: Path,
     assert log.count("drained in") == 2 and "Traceback" not in log
 
 
-def test_socket_activated_workers(tmp_path: Path, partner: ThreadedPartner) -> None:
+def test_socket_activated_workers(tmp_path: Path, threaded_partner: ThreadedPartner) -> None:
     """``--workers`` takes the socket systemd passed and shares it."""
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/ok"}, partner))
+    path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     port, admin = free_port(), free_port_range(2)
     daemon = Daemon("--config", str(path), "--listen", "systemd:domain=INET:name=web",
                     "--admin", f"tcp:{admin}:interface=127.0.0.1", "--workers", "2",

@@ -8,11 +8,9 @@ import signal
 import ssl as stdlib_ssl
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 import pytest_twisted
@@ -28,63 +26,10 @@ from txfanout.config import ConfigError, parse
 from txfanout.site import GatewaySite
 from txfanout.snapshot import compile_snapshot
 
-from .certs import KeyPair, TestPKI
-from .conftest import route_config, within
+from .certs import TestPKI
+from .configs import route_config
 from .daemon import Daemon, free_port
-from .partners import PartnerServer
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return TestPKI(tmp_path_factory.mktemp("pki"))
-
-
-def server_options(pair: KeyPair, client_ca: Path | None = None,
-                   **extra: Any) -> ssl.CertificateOptions:
-    """Server TLS options for ``pair``; with ``client_ca`` (a PEM file), a
-    client certificate from that CA is required."""
-    if client_ca is not None:
-        ca = ssl.Certificate.loadPEM(client_ca.read_text())
-        extra.update(verify=True, caCerts=[ca.original], requireCertificate=True)
-    return ssl.CertificateOptions(
-        privateKey=serialization.load_pem_private_key(pair.key.read_bytes(), None),
-        certificate=x509.load_pem_x509_certificate(pair.cert.read_bytes()), **extra)
-
-
-class TLSPartner(PartnerServer):
-    """A PartnerServer behind TLS; records the SNI name of each handshake."""
-
-    def __init__(self, pair: KeyPair, client_ca: Path | None = None, **extra: Any) -> None:
-        super().__init__()
-        self.server_names: list[bytes | None] = []
-        self.options = server_options(pair, client_ca, **extra)
-        # pyOpenSSL's hook rather than Twisted 26's contextForServerName=, which
-        # the Twisted pinned for PyPy (25.5) lacks; getContext() is cached.
-        self.options.getContext().set_tlsext_servername_callback(self._saw_server_name)
-
-    def _saw_server_name(self, connection: SSL.Connection) -> None:
-        self.server_names.append(connection.get_servername())
-
-    def start(self) -> "TLSPartner":
-        self.port = reactor.listenSSL(0, self, self.options, interface="127.0.0.1")
-        return self
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"https://{host}:{self.port.getHost().port}{path}"
-
-
-@pytest_twisted.async_yield_fixture
-async def tls_partner() -> AsyncIterator[Callable[..., TLSPartner]]:
-    started: list[TLSPartner] = []
-
-    def start(pair: KeyPair, client_ca: Path | None = None, **extra: Any) -> TLSPartner:
-        server = TLSPartner(pair, client_ca, **extra).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        await server.stop()
+from .loopback import within
 
 
 class LogCapture:
@@ -101,7 +46,7 @@ class LogCapture:
 
 
 @pytest.fixture
-def logs() -> Any:
+def log_lines() -> Any:
     capture = LogCapture()
     globalLogPublisher.addObserver(capture)
     yield capture
@@ -176,7 +121,8 @@ async def test_mutual_tls(pki, tls_partner, make_gateway):
 
 @pytest_twisted.ensureDeferred
 async def test_tls_verify_false_calls_and_warns_at_every_start(pki, tls_partner, make_gateway,
-                                                               logs):
+                                                               log_lines):
+    logs = log_lines
     server = tls_partner(pki.self_signed)
     gw = make_gateway(route_config({
         "insecure": {"url": server.url("/ok"), "tls_verify": False},
