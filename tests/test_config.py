@@ -112,6 +112,7 @@ def test_a_route_is_required_and_names_are_checked():
     assert any(e.startswith("routes.../x: route names") for e in errors)
 
 
+@pytest.mark.slow
 def test_check_config_command(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text(GOOD)

@@ -15,6 +15,9 @@ import pytest
 
 from .daemon import Daemon, NotifySocket, ThreadedPartner, config_text, free_port, http_call
 
+# Real daemon processes.
+pytestmark = pytest.mark.slow
+
 
 def test_sighup_refuses_a_bad_file_and_serves_a_good_one(tmp_path: Path,
                                                          threaded_partner: ThreadedPartner) -> None:

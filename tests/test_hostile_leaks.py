@@ -11,6 +11,7 @@ type not growing from one cycle to the next.
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
@@ -18,6 +19,9 @@ from .configs import route_config
 from .hostile import REFUSED, SECRET, request
 from .leakcheck import live_objects, our_pending_timers
 from .loopback import raw_client, within
+
+# Forty hostile rounds over real sockets: seconds.
+pytestmark = pytest.mark.slow
 
 ROUNDS_PER_CYCLE = 10
 CYCLES = 4

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -28,6 +29,9 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from .configs import route_config
 from .leakcheck import live_objects, our_pending_timers
 from .loopback import raw_client, within
+
+# Thousands of requests over real sockets, four times over: seconds.
+pytestmark = pytest.mark.slow
 
 REQUESTS_PER_CYCLE = 1500
 CONCURRENCY = 40

@@ -81,6 +81,7 @@ def test_make_service_builds_listeners_and_demo(tmp_path):
     assert set(o.config.routes) == {"bid"}
 
 
+@pytest.mark.slow
 def test_demo_daemon_answers_a_real_fanout():
     daemon = Daemon("--demo", "--demo-port", str(free_port()))
     try:
@@ -102,6 +103,7 @@ def test_demo_daemon_answers_a_real_fanout():
     assert "Traceback" not in "".join(daemon.log)
 
 
+@pytest.mark.slow
 def test_daemon_refuses_a_bad_config(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(CONFIG.replace("max_inflight = 10", "max_inflight = 0"))

@@ -86,6 +86,7 @@ wait
 """
 
 
+@pytest.mark.slow
 def test_socket_activated_instances_share_one_socket(tmp_path: Path,
                                                      threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
@@ -127,6 +128,7 @@ def test_socket_activated_instances_share_one_socket(tmp_path: Path,
     assert log.count("drained in") == 2 and "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_socket_activated_workers(tmp_path: Path, threaded_partner: ThreadedPartner) -> None:
     """``--workers`` takes the socket systemd passed and shares it."""
     path = tmp_path / "txfanout.toml"

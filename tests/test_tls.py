@@ -279,6 +279,7 @@ async def test_gateway_listener_serves_tls(pki, partner, make_gateway):
         await port.stopListening()
 
 
+@pytest.mark.slow
 def test_daemon_with_ssl_listener_and_unverified_partner(pki, tmp_path):
     config = tmp_path / "tls.toml"
     config.write_text("""
@@ -398,6 +399,7 @@ def test_good_tls_config_loads_once(pki):
     assert config.partners["plain"].tls is None
 
 
+@pytest.mark.slow
 def test_check_config_reports_tls_files(pki, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(f"""

@@ -111,6 +111,7 @@ def _bid(daemon: Daemon) -> dict:
         return json.load(response)
 
 
+@pytest.mark.slow
 def test_top_once_renders_from_a_live_daemon(live):
     stop = threading.Event()
 
@@ -146,6 +147,7 @@ def test_top_once_renders_from_a_live_daemon(live):
     assert any(key.startswith("http://127.0.0.1:") for key in rows)  # the upstream table
 
 
+@pytest.mark.slow
 def test_top_reports_an_unreachable_admin_face():
     top = subprocess.run([sys.executable, "-m", "txfanout", "top", "--admin",
                           f"http://127.0.0.1:{free_port()}", "--once"],
@@ -154,6 +156,7 @@ def test_top_reports_an_unreachable_admin_face():
     assert "cannot read" in top.stderr and "Traceback" not in top.stderr
 
 
+@pytest.mark.slow
 def test_live_daemon_is_ready_and_logs_one_line_per_event(live):
     status, body = _admin(live, "/readyz")
     assert (status, json.loads(body)) == (200, {"status": "ready"})
@@ -163,6 +166,7 @@ def test_live_daemon_is_ready_and_logs_one_line_per_event(live):
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[\w.-]+#info\] ", line)
 
 
+@pytest.mark.slow
 def test_live_daemon_writes_the_access_log(live):
     answer = _bid(live)
     assert answer["request_id"] == "live-1"
@@ -180,6 +184,7 @@ def _metric_names(text: str) -> set[str]:
     return set(re.findall(r"\b((?:txfanout|process|python)_[a-z0-9_]+)", text))
 
 
+@pytest.mark.slow
 def test_dashboard_and_alerts_use_metrics_the_daemon_exports(live):
     status, body = _admin(live, "/metrics")
     assert status == 200

@@ -6,7 +6,12 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from .daemon import Daemon, NotifySocket, ThreadedPartner, config_text, served_while_stopped
+
+# Real worker processes.
+pytestmark = pytest.mark.slow
 
 
 def wait_replaced(daemon: Daemon, index: int, since: int) -> int:
