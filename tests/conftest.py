@@ -1,5 +1,6 @@
 """Fixtures shared by the test modules (helpers live in the support modules:
-loopback, fakes, partners, rawpartners, hostile, daemon, certs, configs)."""
+fakes, loopback, partners, rawpartners, hostile, daemon, certs, configs,
+leakcheck)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from .certs import KeyPair, TestPKI
 from .daemon import ThreadedPartner
+from .fakes import Network
 from .hostile import LocalNames, LogRecorder
 from .loopback import GatewayUnderTest
 from .partners import PartnerServer, TLSPartner
@@ -60,6 +62,13 @@ def local_names() -> Iterator[LocalNames]:
     previous = reactor.installNameResolver(resolver)
     yield resolver
     reactor.installNameResolver(previous)
+
+
+@pytest.fixture
+def net() -> Network:
+    """A fake reactor and in-memory connections (fakes.Network): for
+    gateways, partners and clients that run in fake time."""
+    return Network()
 
 
 @pytest_twisted.async_yield_fixture

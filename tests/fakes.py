@@ -1,18 +1,43 @@
-"""A gateway on a fake reactor, and in-memory client connections to it:
-for tests of time and bytes inside one process (exact and instant)."""
+"""A gateway on a fake reactor, and in-memory connections to and from it:
+for tests of time and bytes inside one process (exact and instant).
+
+Two levels:
+
+* ``full_gateway`` and ``connect``: a gateway's site on a
+  ``MemoryReactorClock`` and one channel on a ``StringTransport``, driven by
+  hand (``channel.dataReceived``, ``clock.advance``).
+* :class:`Network`: a ``MemoryReactorClock`` and every TCP connection on it
+  in memory (iosim's ``FakeTransport`` at each end). Clients the test makes
+  reach the sites listening on it through an accept queue that honours the
+  site's ``stopReading`` and ``numberAccepts`` (the kernel's backlog); the
+  connections the gateway's pool opens (``reactor.connectTCP``) reach the
+  partners listening on it, or are refused. ``run()`` moves bytes and closes
+  until nothing moves; ``advance(s)`` and ``until(condition)`` move time from
+  one timer to the next, moving bytes in between, so that what happens in a
+  turn of a real reactor happens here in the same order, without waiting.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections import deque
+from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionAborted, ConnectionLost, ConnectionRefusedError
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.test.iosim import FakeTransport
+from twisted.web.http_headers import Headers
 
 from txfanout.config import parse
 from txfanout.gateway import Gateway
 from txfanout.site import GatewaySite
 
 from .configs import route_config
+from .partners import PartnerServer, take_message
+from .rawpartners import RawPartner
 
 
 def full_gateway(max_inflight: int = 1) -> tuple[MemoryReactorClock, Gateway, GatewaySite]:
@@ -53,3 +78,446 @@ class FakePort:
 
     def startReading(self) -> None:
         self.reading = True
+
+
+# -- the in-memory network ----------------------------------------------------
+
+
+class Pipe(FakeTransport):
+    """One end of an in-memory TCP connection: iosim's ``FakeTransport``,
+    plus what the gateway relies on in a TCP transport. ``pauseProducing``
+    stops reading (what arrives waits, as in the kernel's buffer, until
+    ``resumeProducing``); ``abortConnection`` drops what is unsent and the
+    peer sees a reset (``ConnectionLost``), the aborting side a
+    ``ConnectionAborted``; a close reaches the peer once it has read what
+    came before it."""
+
+    def __init__(self, protocol: Any, is_server: bool, host: IPv4Address,
+                 peer: IPv4Address) -> None:
+        super().__init__(protocol, is_server, hostAddress=host, peerAddress=peer)
+        self.reading = True
+        self.held: list[bytes] = []  # arrived while not reading
+        self.aborted = False
+        self.fin = False  # the peer closed; not yet seen by this end
+        self.other: Pipe | None = None
+
+    @property
+    def connected(self) -> bool:
+        return not self.disconnected
+
+    @property
+    def producerState(self) -> str:
+        return "producing" if self.reading else "paused"
+
+    def pauseProducing(self) -> None:
+        self.reading = False
+
+    def resumeProducing(self) -> None:
+        self.reading = True
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    def abortConnection(self) -> None:
+        if self.disconnecting:
+            return
+        self.aborted = True
+        self.stream = []
+        self.disconnectReason = ConnectionAborted()
+        if self.other is not None:
+            self.other.disconnectReason = ConnectionLost()
+        self.disconnecting = True
+
+    def send_now(self, data: bytes) -> None:
+        """Put ``data`` in the peer's buffer at once, as a write straight to
+        the socket does: an abort that follows does not drop it."""
+        if self.other is not None and not self.other.disconnected and not self.disconnecting:
+            self.other.held.append(data)
+
+    def bufferReceived(self, buf: Any) -> None:
+        if self.disconnected:
+            return  # a closed socket: what comes is dropped
+        if isinstance(buf, bytes) and (self.held or not self.reading):
+            self.held.append(buf)
+            return
+        super().bufferReceived(buf)
+
+    def release(self) -> bool:
+        """Hand what waited to the protocol, if it reads again."""
+        if not (self.held and self.reading) or self.disconnected:
+            return False
+        data, self.held = b"".join(self.held), []
+        self.protocol.dataReceived(data)
+        return True
+
+    def unread(self) -> int:
+        """Bytes the peer sent that this end has not read yet."""
+        waiting = sum(len(b) for b in self.held)
+        if self.other is not None:
+            waiting += sum(len(b) for b in self.other.stream)
+        return waiting
+
+
+class Link:
+    """One in-memory TCP connection: two :class:`Pipe` ends, pumped by the
+    :class:`Network` (iosim's IOPump, with reading paused and closes in
+    order)."""
+
+    def __init__(self, client: Pipe, server: Pipe | None = None) -> None:
+        self.client = client
+        self.server = server
+
+    def attach(self, server: Pipe) -> None:
+        self.server = server
+        self.client.other, server.other = server, self.client
+
+    def pump(self) -> bool:
+        server = self.server
+        if server is None:
+            return False  # waiting in the backlog: the client's bytes wait too
+        moved = False
+        for src, dst in ((self.client, server), (server, self.client)):
+            data = src.getOutBuffer()
+            if data:
+                dst.bufferReceived(data)
+                moved = True
+        moved = self.client.release() | server.release() | moved
+        if moved:
+            return True
+        for end in (self.client, server):
+            if end.disconnecting and not end.disconnected:
+                # It closed (or aborted): it learns so now, its peer once it
+                # has read what was sent before the close.
+                end.disconnected = True
+                end.other.fin = True  # type: ignore[union-attr]
+                end.reportDisconnect()
+                return True
+        for end in (self.client, server):
+            if end.fin and not end.disconnected and end.reading and not end.held:
+                end.disconnecting = end.disconnected = True
+                end.reportDisconnect()
+                return True
+        return False
+
+    @property
+    def done(self) -> bool:
+        return self.server is not None and self.client.disconnected and self.server.disconnected
+
+
+class ListeningPort:
+    """A port listening on the network: an accept queue (the kernel's
+    backlog), taken ``numberAccepts`` at a time while reading, as a Twisted
+    TCP port does."""
+
+    def __init__(self, net: "Network", factory: Any, host: str, port: int) -> None:
+        self.net = net
+        self.factory = factory
+        self.address = IPv4Address("TCP", host, port)
+        self.backlog: deque[tuple[Link, Protocol]] = deque()
+        self.reading = True
+        self.connected = True
+        self.numberAccepts = 100
+        self.accepted = 0
+
+    def getHost(self) -> IPv4Address:
+        return self.address
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopListening(self) -> None:
+        self.connected = False
+        self.net.ports.pop((self.address.host, self.address.port), None)
+
+    def accept(self) -> bool:
+        """One read of the listening socket, as Twisted's ``Port.doRead``
+        does it: a batch of up to ``numberAccepts``, each built by the
+        factory (or closed at once when it builds none), whatever
+        ``stopReading`` says during the batch."""
+        if not (self.reading and self.backlog):
+            return False
+        taken = 0
+        for _ in range(self.numberAccepts):
+            if not self.backlog:
+                break
+            link, _ = self.backlog.popleft()
+            taken += 1
+            self.accepted += 1
+            peer = link.client.hostAddress
+            protocol = self.factory.buildProtocol(peer)
+            server = Pipe(protocol if protocol is not None else Protocol(), True,
+                          self.address, peer)
+            link.attach(server)
+            if protocol is None:  # refused by the factory: closed at once
+                server.disconnecting = True
+            else:
+                protocol.makeConnection(server)
+        return taken > 0
+
+
+class Network:
+    """A fake reactor (``clock``) and the in-memory connections on it; see
+    the module's docstring."""
+
+    def __init__(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.ports: dict[tuple[str, int], ListeningPort] = {}
+        self.links: list[Link] = []
+        self._next_port = 20000
+
+    def _port_number(self) -> int:
+        self._next_port += 1
+        return self._next_port
+
+    def listen(self, factory: Any, port: int | None = None,
+               host: str = "127.0.0.1") -> ListeningPort:
+        listening = ListeningPort(self, factory, host, port or self._port_number())
+        self.ports[host, listening.address.port] = listening
+        return listening
+
+    def connect(self, address: tuple[str, int], protocol: Protocol) -> Link:
+        """A client connection to ``address``: connected at once (the kernel
+        completes the handshake), read by the server once it is accepted."""
+        local = IPv4Address("TCP", "127.0.0.1", self._port_number())
+        client = Pipe(protocol, False, local, IPv4Address("TCP", *address))
+        link = Link(client)
+        listening = self.ports.get(address)
+        assert listening is not None, f"nothing listens on {address}"
+        self.links.append(link)
+        protocol.makeConnection(client)
+        listening.backlog.append((link, protocol))
+        return link
+
+    def _dial(self) -> bool:
+        """Connections the code under test asked the reactor for."""
+        clock, moved = self.clock, False
+        while clock.tcpClients:
+            host, port, factory, _, _ = clock.tcpClients.pop(0)
+            connector = clock.connectors.pop(0)
+            moved = True
+            if connector.stoppedConnecting:
+                continue  # cancelled (a timed-out call) before it connected
+            listening = self.ports.get((host, port))
+            if listening is None:
+                factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+                continue
+            protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+            self.connect((host, port), protocol)
+        return moved
+
+    def run(self) -> None:
+        """Move bytes, connections and closes, and run the timers due now,
+        until nothing moves."""
+        for _ in range(100000):
+            self.clock.advance(0)
+            moved = self._dial()
+            for listening in list(self.ports.values()):
+                moved = listening.accept() | moved
+            for link in list(self.links):
+                moved = link.pump() | moved
+                if link.done:
+                    self.links.remove(link)
+            if not moved and not self._due():
+                return
+        raise AssertionError("the network never settled")
+
+    def _due(self) -> bool:
+        now = self.clock.seconds()
+        return any(c.getTime() <= now for c in self.clock.getDelayedCalls())
+
+    def _next_timer(self) -> float | None:
+        times = [c.getTime() for c in self.clock.getDelayedCalls()]
+        return min(times) if times else None
+
+    def _jump(self, when: float) -> None:
+        # Straight to the timer's own time (adding the difference can miss
+        # it by a rounding), then run what is due there.
+        self.clock.rightNow = max(self.clock.rightNow, when)
+        self.run()
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass, timer by timer, moving bytes in between."""
+        end = self.clock.seconds() + seconds
+        self.run()
+        while True:
+            when = self._next_timer()
+            if when is None or when > end:
+                break
+            self._jump(when)
+        self._jump(end)
+
+    def until(self, condition: Callable[[], Any], limit: float = 120.0) -> float:
+        """Run, timer by timer, until ``condition()`` holds; the (fake)
+        seconds it took. Fails if it does not hold within ``limit``."""
+        started = self.clock.seconds()
+        self.run()
+        while not condition():
+            when = self._next_timer()
+            assert when is not None and when - started <= limit, \
+                "condition not reached (no timer left)" if when is None else \
+                f"condition not reached in {limit} s"
+            self._jump(when)
+        return self.clock.seconds() - started
+
+    # -- what listens on it --
+
+    def gateway(self, raw_config: dict[str, Any]) -> "FakeGateway":
+        return FakeGateway(self, raw_config)
+
+    def partner(self) -> PartnerServer:
+        """A partners.PartnerServer listening on this network."""
+        server = PartnerServer(clock=self.clock)
+        server.port = self.listen(server)
+        return server
+
+    def raw_partner(self) -> RawPartner:
+        """A rawpartners.RawPartner listening on this network."""
+        server = RawPartner(clock=self.clock)
+        server.port = self.listen(server)
+        return server
+
+    def refused_url(self, path: str = "/nothing") -> str:
+        """A URL where nothing listens on this network."""
+        return f"http://127.0.0.1:{self._port_number()}{path}"
+
+    def client(self, address: tuple[str, int], data: bytes = b"") -> "Client":
+        """A client connected to ``address`` that has sent ``data``."""
+        client = Client(self.clock)
+        self.connect(address, client)
+        if data:
+            client.send(data)
+        return client
+
+
+class Client(Protocol):
+    """A client connection: ``send`` bytes, ``received`` is what came back,
+    ``closed`` once the connection is closed (``reason`` then says how,
+    ``closed_at`` when)."""
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.received = b""
+        self.closed = False
+        self.closed_at: float | None = None
+        self.reason: Failure | None = None
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.transport.loseConnection()
+
+    def abort(self) -> None:
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed = True
+        self.closed_at = self.clock.seconds()
+        self.reason = reason
+
+    def take(self) -> bytes:
+        """What came since the last ``take``."""
+        data, self.received = self.received, b""
+        return data
+
+    def answers(self) -> list["FakeAnswer"]:
+        """Every whole answer received so far (Content-Length bodies)."""
+        out, rest = [], self.received
+        while True:
+            message = take_message(rest)
+            if message is None:
+                return out
+            head, body, rest = message
+            out.append(FakeAnswer.parse(head, body))
+
+
+class FakeAnswer:
+    """One answer, parsed: status, headers, body (like loopback.Answer)."""
+
+    def __init__(self, code: int, headers: Headers, body: bytes) -> None:
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    @classmethod
+    def parse(cls, head: bytes, body: bytes) -> "FakeAnswer":
+        lines = head.split(b"\r\n")
+        headers = Headers()
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers.addRawHeader(name.strip(), value.strip())
+        return cls(int(lines[0].split(b" ")[1]), headers, body)
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    def outcomes(self) -> dict[str, str]:
+        return {r["partner"]: r["outcome"] for r in self.json["results"]}
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        return {r["partner"]: r for r in self.json["results"]}
+
+
+def http_request(path: str = "/bid", body: bytes = b"{}", method: str = "POST",
+                 headers: dict[str, str] | None = None, close: bool = True) -> bytes:
+    """A request as a client sends it (with Content-Length; with
+    ``Connection: close`` unless told otherwise)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: gw\r\n".encode()
+    for name, value in (headers or {}).items():
+        head += name.encode() + b": " + value.encode("latin-1") + b"\r\n"
+    if method != "GET" or body:
+        head += b"Content-Length: %d\r\n" % len(body)
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + body
+
+
+class FakeGateway:
+    """A Gateway and its public site listening on a :class:`Network`."""
+
+    def __init__(self, net: Network, raw_config: dict[str, Any]) -> None:
+        self.net = net
+        self.config = parse(raw_config)
+        self.gateway = Gateway(net.clock, self.config)
+        self.site = GatewaySite(self.gateway, reactor=net.clock)
+        self.port = net.listen(self.site)
+        self.site.listening(self.port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.port.address.host, self.port.address.port)
+
+    def client(self, data: bytes = b"") -> Client:
+        return self.net.client(self.address, data)
+
+    def send(self, path: str = "/bid", body: bytes = b"{}", method: str = "POST",
+             headers: dict[str, str] | None = None) -> Client:
+        """Send one request on a connection of its own (answered and closed
+        later: see ``answer``)."""
+        return self.client(http_request(path, body, method, headers))
+
+    def answer(self, client: Client, limit: float = 120.0) -> FakeAnswer:
+        """Wait (fake time) until ``client``'s connection is closed; its one answer."""
+        self.net.until(lambda: client.closed, limit)
+        [only] = client.answers()
+        return only
+
+    def post(self, path: str = "/bid", body: bytes = b"{}", method: str = "POST",
+             headers: dict[str, str] | None = None) -> FakeAnswer:
+        """One request on a connection of its own, answered (in fake time)."""
+        return self.answer(self.send(path, body, method, headers))
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """A sample of the gateway's metrics (None when absent)."""
+        return self.gateway.metrics.registry.get_sample_value(name, labels)

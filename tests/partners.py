@@ -76,7 +76,7 @@ class Behaviours(Resource):
             request.channel.transport.abortConnection()
             return NOT_DONE_YET
         if kind == "delay":
-            call = reactor.callLater(int(arg) / 1000.0, self._finish, request, b'{"bid": 2}')
+            call = server.clock.callLater(int(arg) / 1000.0, self._finish, request, b'{"bid": 2}')
             request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
             return NOT_DONE_YET
         if kind == "drip":
@@ -104,6 +104,7 @@ class Behaviours(Resource):
                 request.finish()
 
         loop = LoopingCall(one)
+        loop.clock = self.server.clock
         loop.start(0.05)
         request.notifyFinish().addErrback(
             lambda _: (loop.running and loop.stop(), self.server.hang_lost()))
@@ -111,10 +112,12 @@ class Behaviours(Resource):
 
 
 class PartnerServer(Site):
-    """A partner on 127.0.0.1 that counts its connections."""
+    """A partner on 127.0.0.1 that counts its connections; its timers run on
+    ``clock`` (the global reactor, or a fake one: see fakes.Network)."""
 
-    def __init__(self) -> None:
-        super().__init__(Behaviours(self))
+    def __init__(self, clock: Any = None) -> None:
+        self.clock = reactor if clock is None else clock
+        super().__init__(Behaviours(self), reactor=self.clock)
         self.noisy = False
         self.connections = 0
         self.open_connections = 0
