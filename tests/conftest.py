@@ -22,6 +22,16 @@ from .partners import PartnerServer, TLSPartner
 from .rawpartners import RawPartner
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection built (every module, Twisted, hypothesis, the tests'
+    tables) lives as long as the run: freeze it out of the collector's way,
+    as the daemon does with what start-up built (memory.freeze_startup).
+    Each full collection (``logs`` makes two per test) then walks only what
+    the tests made since: about 35 ms less each."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def no_logged_errors() -> Iterator[list[dict[str, Any]]]:
     """Fail any test during which something logged an error or a traceback;
