@@ -258,12 +258,19 @@ class ListeningPort:
         return taken > 0
 
 
+EPOCH = 1_000_000.0
+"""When a Network's clock starts. Not 0, which a real reactor's clock never
+reads, and which code may take for "no time" (site.GatewayRequest.process
+did: ``arrived or now``)."""
+
+
 class Network:
-    """A fake reactor (``clock``) and the in-memory connections on it; see
-    the module's docstring."""
+    """A fake reactor (``clock``, starting at :data:`EPOCH`) and the
+    in-memory connections on it; see the module's docstring."""
 
     def __init__(self) -> None:
         self.clock = MemoryReactorClock()
+        self.clock.advance(EPOCH)
         self.ports: dict[tuple[str, int], ListeningPort] = {}
         self.links: list[Link] = []
         self._next_port = 20000
@@ -361,6 +368,18 @@ class Network:
                 f"condition not reached in {limit} s"
             self._jump(when)
         return self.clock.seconds() - started
+
+    def drip(self, client: "Client", data: bytes, every: float = 0.02,
+             limit: float = 60.0) -> int:
+        """Send ``data`` from ``client`` a byte every ``every`` seconds (the
+        first at once) until its connection is closed; the bytes left unsent."""
+        pending = list(data)
+        started = self.clock.seconds()
+        while pending and not client.closed:
+            client.send(bytes([pending.pop(0)]))
+            self.advance(every)
+        self.until(lambda: client.closed, limit - (self.clock.seconds() - started))
+        return len(pending)
 
     # -- what listens on it --
 

@@ -4,14 +4,12 @@ for it (for the tests where the socket itself is under test)."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.internet.task import LoopingCall
 
 from txfanout.config import parse
 from txfanout.gateway import Gateway
@@ -142,24 +140,3 @@ class GatewayUnderTest:
     async def stop(self) -> None:
         await self.port.stopListening()
         await self.gateway.close()
-
-
-async def drip(address: tuple[str, int], data: bytes, every: float = 0.02) -> tuple[bytes, float, int]:
-    """Send ``data`` a byte every ``every`` seconds until the server closes;
-    return what came back, how long it took, and how many bytes were unsent."""
-    client = raw_client(address, b"")
-    pending = list(data)
-
-    def one() -> None:
-        if pending and client.transport is not None and client.transport.connected:
-            client.transport.write(bytes([pending.pop(0)]))
-
-    loop = LoopingCall(one)
-    loop.clock = reactor
-    started = time.monotonic()
-    loop.start(every)
-    try:
-        received = await within(client.closed, 5)
-    finally:
-        loop.stop()
-    return received, time.monotonic() - started, len(pending)

@@ -15,7 +15,7 @@ import json
 import pytest
 
 from .configs import route_config
-from .fakes import Client, FakeGateway, Network
+from .fakes import FakeGateway, Network
 from .hostile import REFUSED, parse_responses, request
 
 
@@ -237,18 +237,6 @@ def test_expect_continue_over_the_cap_gets_only_the_413(gw, logs):
 # -- slow and incomplete requests: 408 after request_timeout_ms ---------------
 
 
-def drip(gw: FakeGateway, client: Client, data: bytes, every: float = 0.02) -> int:
-    """Send ``data`` a byte every ``every`` seconds until the gateway
-    closes; how many bytes were left unsent."""
-    pending = list(data)
-    while not client.closed:
-        assert pending or gw.net.clock.seconds() < 10, "never closed"
-        if pending:
-            client.send(bytes([pending.pop(0)]))
-        gw.net.advance(every)
-    return len(pending)
-
-
 SLOW = {
     # name: (bytes, dripped a byte every 20 ms, the answers before the 408)
     "headers-a-byte-at-a-time": (b"POST /bid HTTP/1.1\r\nHost: gw\r\nX-F: " + b"a" * 100, True,
@@ -276,7 +264,7 @@ def test_slow_or_unfinished_requests_get_408(name, gw, logs):
     client = gw.client()
     started = gw.net.clock.seconds()
     if dripped:
-        assert drip(gw, client, data) > 0  # the deadline came before the last byte
+        assert gw.net.drip(client, data) > 0  # the deadline came before the last byte
     else:
         client.send(data)
         gw.net.until(lambda: client.closed)
