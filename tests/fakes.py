@@ -166,6 +166,7 @@ class Link:
     def __init__(self, client: Pipe, server: Pipe | None = None) -> None:
         self.client = client
         self.server = server
+        self.port: ListeningPort | None = None  # where it was accepted
 
     def attach(self, server: Pipe) -> None:
         self.server = server
@@ -244,6 +245,7 @@ class ListeningPort:
             if not self.backlog:
                 break
             link, _ = self.backlog.popleft()
+            link.port = self
             taken += 1
             self.accepted += 1
             peer = link.client.hostAddress
@@ -272,7 +274,8 @@ class Network:
         self.clock = MemoryReactorClock()
         self.clock.advance(EPOCH)
         self.ports: dict[tuple[str, int], ListeningPort] = {}
-        self.links: list[Link] = []
+        self.links: list[Link] = []  # open, or closing
+        self.history: list[Link] = []  # every connection made
         self._next_port = 20000
 
     def _port_number(self) -> int:
@@ -294,9 +297,14 @@ class Network:
         listening = self.ports.get(address)
         assert listening is not None, f"nothing listens on {address}"
         self.links.append(link)
+        self.history.append(link)
         protocol.makeConnection(client)
         listening.backlog.append((link, protocol))
         return link
+
+    def links_to(self, port: ListeningPort) -> list[Link]:
+        """Every connection ``port`` accepted (closed ones too), in order."""
+        return [link for link in self.history if link.port is port]
 
     def _dial(self) -> bool:
         """Connections the code under test asked the reactor for."""
