@@ -75,10 +75,12 @@ def local_names() -> Iterator[LocalNames]:
 
 
 @pytest.fixture
-def net() -> Network:
+def net() -> Iterator[Network]:
     """A fake reactor and in-memory connections (fakes.Network): for
     gateways, partners and clients that run in fake time."""
-    return Network()
+    network = Network()
+    yield network
+    network.close()
 
 
 @pytest_twisted.async_yield_fixture

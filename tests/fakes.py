@@ -20,6 +20,7 @@ Two levels:
 from __future__ import annotations
 
 import json
+import socket
 from collections import deque
 from typing import Any, Callable
 
@@ -90,16 +91,43 @@ class Pipe(FakeTransport):
     ``resumeProducing``); ``abortConnection`` drops what is unsent and the
     peer sees a reset (``ConnectionLost``), the aborting side a
     ``ConnectionAborted``; a close reaches the peer once it has read what
-    came before it."""
+    came before it. ``getHandle`` is a real socket whose buffer shows what
+    this end has not read yet, for the code that peeks at the kernel."""
 
     def __init__(self, protocol: Any, is_server: bool, host: IPv4Address,
-                 peer: IPv4Address) -> None:
+                 peer: IPv4Address, kernels: list[Any] | None = None) -> None:
         super().__init__(protocol, is_server, hostAddress=host, peerAddress=peer)
         self.reading = True
         self.held: list[bytes] = []  # arrived while not reading
         self.aborted = False
         self.fin = False  # the peer closed; not yet seen by this end
         self.other: Pipe | None = None
+        self._kernels = kernels  # where socket pairs are kept, to be closed
+        self._kernel: tuple[socket.socket, socket.socket] | None = None
+        self._signalled = self._fin_signalled = False
+
+    def getHandle(self) -> socket.socket | None:
+        """One end of a socket pair whose receive buffer holds a byte while
+        bytes sent to this end wait unread, and the peer's FIN once the peer
+        closed (not yet seen): what pool.unread_bytes and pool.peer_closed
+        peek at. Made when first asked for, brought up to date when asked."""
+        if self.disconnected or self._kernels is None:
+            return None
+        if self._kernel is None:
+            self._kernel = socket.socketpair()
+            self._kernels.append(self._kernel)
+        mine, far = self._kernel
+        waiting = self.unread() > 0
+        if waiting and not self._signalled and not self._fin_signalled:
+            far.send(b"x")
+            self._signalled = True
+        elif not waiting and self._signalled:
+            mine.recv(1)
+            self._signalled = False
+        if self.fin and not self._fin_signalled:
+            far.shutdown(socket.SHUT_WR)
+            self._fin_signalled = True
+        return mine
 
     @property
     def connected(self) -> bool:
@@ -251,7 +279,7 @@ class ListeningPort:
             peer = link.client.hostAddress
             protocol = self.factory.buildProtocol(peer)
             server = Pipe(protocol if protocol is not None else Protocol(), True,
-                          self.address, peer)
+                          self.address, peer, self.net.kernels)
             link.attach(server)
             if protocol is None:  # refused by the factory: closed at once
                 server.disconnecting = True
@@ -276,6 +304,7 @@ class Network:
         self.ports: dict[tuple[str, int], ListeningPort] = {}
         self.links: list[Link] = []  # open, or closing
         self.history: list[Link] = []  # every connection made
+        self.kernels: list[tuple[socket.socket, socket.socket]] = []  # see Pipe.getHandle
         self._next_port = 20000
 
     def _port_number(self) -> int:
@@ -292,7 +321,7 @@ class Network:
         """A client connection to ``address``: connected at once (the kernel
         completes the handshake), read by the server once it is accepted."""
         local = IPv4Address("TCP", "127.0.0.1", self._port_number())
-        client = Pipe(protocol, False, local, IPv4Address("TCP", *address))
+        client = Pipe(protocol, False, local, IPv4Address("TCP", *address), self.kernels)
         link = Link(client)
         listening = self.ports.get(address)
         assert listening is not None, f"nothing listens on {address}"
@@ -323,12 +352,33 @@ class Network:
             self.connect((host, port), protocol)
         return moved
 
+    def close(self) -> None:
+        """Close the socket pairs the pipes made (see Pipe.getHandle)."""
+        for pair in self.kernels:
+            for sock in pair:
+                sock.close()
+        self.kernels = []
+
+    def _run_due(self) -> bool:
+        """Run the timers due now, as a reactor's runUntilCurrent does: the
+        ones due when it starts, in order; one they schedule for now waits
+        for the next turn, after the I/O."""
+        clock = self.clock
+        now = clock.seconds()
+        due = sorted((c for c in clock.calls if c.getTime() <= now), key=lambda c: c.getTime())
+        for call in due:
+            if call in clock.calls and call.getTime() <= now:  # not cancelled or moved
+                clock.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
+        return bool(due)
+
     def run(self) -> None:
-        """Move bytes, connections and closes, and run the timers due now,
-        until nothing moves."""
+        """Turn by turn, run the timers due and move bytes, connections and
+        closes, until nothing moves."""
         for _ in range(100000):
-            self.clock.advance(0)
-            moved = self._dial()
+            moved = self._run_due()
+            moved = self._dial() | moved
             for listening in list(self.ports.values()):
                 moved = listening.accept() | moved
             for link in list(self.links):
@@ -352,6 +402,11 @@ class Network:
         # it by a rounding), then run what is due there.
         self.clock.rightNow = max(self.clock.rightNow, when)
         self.run()
+
+    def busy(self, seconds: float) -> None:
+        """From a callback: the reactor is busy for ``seconds`` (time passes,
+        nothing else runs until the callback returns)."""
+        self.clock.rightNow += seconds
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass, timer by timer, moving bytes in between."""

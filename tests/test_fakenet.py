@@ -7,6 +7,8 @@ import pytest
 from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
+from txfanout.pool import peer_closed, unread_bytes
+
 from .fakes import Client, Network
 
 
@@ -140,3 +142,54 @@ def test_a_client_object_sees_what_came_since_it_last_looked():
     [answer] = client.answers()
     assert (answer.code, answer.body) == (200, b"ok")
     assert client.take().endswith(b"ok") and client.received == b""
+
+
+def peer_closed_of(transport) -> bool:
+    class Connection:
+        pass
+    connection = Connection()
+    connection.transport = transport
+    return peer_closed(connection)
+
+
+def test_the_kernel_peeks_see_unread_bytes_and_an_unseen_close(net):
+    servers: list[Recorder] = []
+    port = net.listen(Factory.forProtocol(lambda: Recorder(servers)))
+    client = net.client(("127.0.0.1", port.getHost().port))
+    net.run()
+    [server] = servers
+    server.transport.pauseProducing()
+    assert not unread_bytes(server.transport) and not peer_closed_of(server.transport)
+    client.send(b"x")
+    assert unread_bytes(server.transport)  # sent, not yet moved: in the kernel
+    net.run()
+    assert unread_bytes(server.transport)  # moved, not read: still there
+    server.transport.resumeProducing()
+    net.run()
+    assert not unread_bytes(server.transport)
+    client.close()
+    [link] = net.links_to(port)
+    link.pump()  # the client's close, as far as the server's kernel
+    assert peer_closed_of(server.transport) and server.reason is None
+    net.run()
+    assert server.reason is not None and server.transport.getHandle() is None
+
+
+def test_a_timer_scheduled_for_now_by_a_timer_waits_for_the_io_of_the_turn(net):
+    port = net.listen(Factory.forProtocol(Echo))
+    client = net.client(("127.0.0.1", port.getHost().port))
+    net.run()
+    seen = []
+    net.clock.callLater(1.0, lambda: (client.send(b"ping"),
+                                      net.clock.callLater(0, lambda: seen.append(client.received))))
+    net.advance(1.0)
+    assert seen == [b"ping"]  # the echo was read before the second timer ran
+
+
+def test_a_busy_callback_makes_time_pass_without_running_timers(net):
+    ran = []
+    net.clock.callLater(0.1, net.busy, 0.5)
+    net.clock.callLater(0.2, lambda: ran.append(net.clock.seconds()))
+    started = net.clock.seconds()
+    net.advance(0.1)
+    assert ran == [pytest.approx(started + 0.6)]  # it ran after the busy turn

@@ -5,13 +5,15 @@ and in-memory transports (exact and instant), then once over real sockets."""
 from __future__ import annotations
 
 import time
+
+import pytest
 import pytest_twisted
 from txfanout.gateway import Gateway
 from txfanout.site import PACE_S, REFUSAL_BURST
 
 from .configs import route_config
+from .fakes import FakePort, Network, answer, connect, full_gateway
 from .loopback import keep_alive_client, within
-from .fakes import FakePort, answer, connect, full_gateway
 
 POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -110,6 +112,43 @@ def test_a_free_slot_admits_as_many_connections_as_there_is_room_for():
     assert port.reading and port.numberAccepts == 1
 
 
+def test_a_retry_sent_at_once_is_read_when_the_pace_is_up_and_refused_as_early(net: Network):
+    # In memory: the retry waits unread (the channel does not read) and is
+    # seen waiting when the pace is up (the peek at the kernel's buffer).
+    partner = net.partner()
+    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
+    assert gw.gateway.admission.admit() is None  # the one slot is taken
+    client = gw.client(POST)
+    net.run()
+    assert b"in-flight limit" in client.take()
+    client.send(POST)  # at once, ignoring Retry-After
+    gw.gateway.admission.release()  # a slot is free, but not for a client that did not wait
+    assert net.until(lambda: client.received) == pytest.approx(PACE_S)
+    assert b"before Retry-After" in client.received
+    assert shed(gw.gateway, "early_retry") == 1 and gw.gateway.admission.admitted == 0
+
+
+def test_bytes_waiting_when_a_late_pace_timer_runs_are_not_taken_for_early(net: Network):
+    # The pace timer ran late (a busy reactor): the bytes waiting then may
+    # have been sent after the Retry-After, so they are judged like any.
+    partner = net.partner()
+    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
+    assert gw.gateway.admission.admit() is None
+    client = gw.client(POST)
+    net.run()
+    assert b"in-flight limit" in client.take()
+    client.send(POST)  # at once: it waits unread
+    gw.gateway.admission.release()
+    net.clock.callLater(PACE_S - 0.01, net.busy, 0.2)  # the pace timer runs 190 ms late
+    net.advance(0.5)
+    assert gw.gateway.admission.admit() is None  # full again half a second later,
+    gw.gateway.admission.release()  # so the gateway was full within a Retry-After
+    net.until(lambda: client.received)
+    assert client.received.startswith(b"HTTP/1.1 200 ")
+    assert shed(gw.gateway, "early_retry") == 0
+
+
+@pytest.mark.slow  # waits a real PACE_S; the socket's peek is what it tests
 @pytest_twisted.ensureDeferred
 async def test_a_client_retrying_at_once_is_read_a_retry_after_later(partner, make_gateway):
     gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
