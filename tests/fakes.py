@@ -551,6 +551,16 @@ class FakeAnswer:
         return {r["partner"]: r for r in self.json["results"]}
 
 
+def fired(d: Any) -> Any:
+    """What the Deferred ``d`` fired with (as SynchronousTestCase's
+    successResultOf): fails the test if it has not fired, or failed."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, f"{d!r} has not fired"
+    assert not isinstance(results[0], Failure), results[0]
+    return results[0]
+
+
 def http_request(path: str = "/bid", body: bytes = b"{}", method: str = "POST",
                  headers: dict[str, str] | None = None, close: bool = True) -> bytes:
     """A request as a client sends it (with Content-Length; with

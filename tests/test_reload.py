@@ -1,14 +1,12 @@
 """Swapping the configuration of a running gateway (what SIGHUP does), in
-process against real loopback partners."""
+process: a request in flight in memory on a fake clock (tests/fakes.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import capturedLogs, formatEvent
 
@@ -19,8 +17,8 @@ from txfanout.listeners import Listener
 from txfanout.sdnotify import Notifier
 
 from .configs import route_config
-from .loopback import within
 from .daemon import NotifySocket
+from .fakes import Network
 
 
 def test_reconfigure_keeps_the_state_of_unchanged_partners(make_gateway: Any) -> None:
@@ -48,27 +46,27 @@ def test_reconfigure_keeps_the_state_of_unchanged_partners(make_gateway: Any) ->
     assert gateway.upstream.pool.maxPersistentPerHost == 256 + 5 + 256
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_request_in_flight_finishes_on_the_config_it_started_with(partner: Any,
-                                                                         make_gateway: Any):
-    gw = make_gateway(route_config({"slow": {"url": partner.url("/delay/200"), "timeout_ms": 480}},
-                                   deadline_ms=1000))
-    arrived = partner.wait_request()
-    in_flight = Deferred.fromCoroutine(gw.post("/bid"))
-    await within(arrived)
+def test_a_request_in_flight_finishes_on_the_config_it_started_with(net: Network):
+    partner = net.partner()
+    gw = net.gateway(route_config({"slow": {"url": partner.url("/delay/200"),
+                                            "timeout_ms": 480}}, deadline_ms=1000))
+    in_flight = gw.send("/bid")
+    net.run()
+    assert partner.seen == 1
     gw.gateway.reconfigure(parse({
         "server": {"max_inflight": 1},
         "partners": {"other": {"url": partner.url("/ok")}},
         "routes": {"new": {"partners": ["other"]}}}))
     # New requests see the new config at once: its admission limit, which
     # the held request fills...
-    assert (await gw.post("/new")).code == 503
+    assert gw.post("/new").code == 503
     # ...while the held request ends on its own snapshot: partner and route.
-    answer = await in_flight
+    answer = gw.answer(in_flight)
     assert answer.code == 200
     assert answer.outcomes() == {"slow": "ok"}
-    assert (await gw.post("/bid")).code == 404
-    assert (await gw.post("/new")).outcomes() == {"other": "ok"}
+    assert answer.results()["slow"]["latency_ms"] == 200.0
+    assert gw.post("/bid").code == 404
+    assert gw.post("/new").outcomes() == {"other": "ok"}
 
 
 def lifecycle(gateway: Any, reload_config: Any, notifier: Notifier) -> Lifecycle:
