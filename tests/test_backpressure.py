@@ -133,6 +133,7 @@ def test_a_close_that_stalls_on_unsent_bytes_is_aborted_after_request_timeout(ma
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.slow  # a real socket's buffers, filled and left unread
 @pytest_twisted.ensureDeferred
 async def test_a_pipelining_client_that_never_reads_is_answered_little_and_dropped(
         partner, make_gateway):
