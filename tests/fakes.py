@@ -83,6 +83,10 @@ class FakePort:
 
 # -- the in-memory network ----------------------------------------------------
 
+READ_SIZE = 65536
+"""The most a TCP transport reads in one go (Twisted's ``bufferSize``): what
+is sent is delivered in pieces of at most this, as from a socket."""
+
 
 class Pipe(FakeTransport):
     """One end of an in-memory TCP connection: iosim's ``FakeTransport``,
@@ -163,8 +167,8 @@ class Pipe(FakeTransport):
             self.other.held.append(data)
 
     def bufferReceived(self, buf: Any) -> None:
-        if self.disconnected:
-            return  # a closed socket: what comes is dropped
+        if self.disconnected or self.disconnecting:
+            return  # closed, or closing (a closing transport reads no more)
         if isinstance(buf, bytes) and (self.held or not self.reading):
             self.held.append(buf)
             return
@@ -207,7 +211,11 @@ class Link:
         moved = False
         for src, dst in ((self.client, server), (server, self.client)):
             data = src.getOutBuffer()
-            if data:
+            if isinstance(data, bytes):
+                for start in range(0, len(data), READ_SIZE):
+                    dst.bufferReceived(data[start:start + READ_SIZE])
+                moved = moved or bool(data)
+            elif data is not None:  # iosim's TLS negotiation
                 dst.bufferReceived(data)
                 moved = True
         moved = self.client.release() | server.release() | moved

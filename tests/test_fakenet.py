@@ -32,16 +32,32 @@ class Recorder(Protocol):
         self.reason = reason
 
 
+class Greeter(Protocol):
+    def connectionMade(self) -> None:
+        self.transport.write(b"x" * 100_000)
+        self.transport.loseConnection()
+
+
 def test_bytes_go_both_ways_and_a_close_follows_them(net):
     port = net.listen(Factory.forProtocol(Echo))
     client = net.client(("127.0.0.1", port.getHost().port), b"hello")
     net.run()
     assert client.received == b"hello" and not client.closed
     client.send(b" again")
+    net.run()
+    assert client.received == b"hello again"
     client.close()
     net.run()
-    assert client.received == b"hello again"  # written before the close: delivered
     assert client.closed and client.reason.check(ConnectionDone)
+
+
+def test_what_was_written_before_a_close_arrives_in_reads_of_64_kib_at_most(net):
+    reads = []
+    port = net.listen(Factory.forProtocol(Greeter))
+    client = net.client(("127.0.0.1", port.getHost().port))
+    client.dataReceived = lambda data: reads.append(len(data))
+    net.run()
+    assert reads == [65536, 100_000 - 65536] and client.closed
 
 
 def test_a_paused_reader_gets_nothing_until_it_resumes():
