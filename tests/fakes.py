@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -302,6 +303,17 @@ reads, and which code may take for "no time" (site.GatewayRequest.process
 did: ``arrived or now``)."""
 
 
+class Endpoint:
+    """A server endpoint on a :class:`Network` (what a listener is given):
+    ``listen(factory)`` listens on a new port of the network."""
+
+    def __init__(self, net: "Network") -> None:
+        self.net = net
+
+    def listen(self, factory: Any) -> Deferred[ListeningPort]:
+        return succeed(self.net.listen(factory))
+
+
 class Network:
     """A fake reactor (``clock``, starting at :data:`EPOCH`) and the
     in-memory connections on it; see the module's docstring."""
@@ -473,9 +485,16 @@ class Network:
         """A URL where nothing listens on this network."""
         return f"http://127.0.0.1:{self._port_number()}{path}"
 
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self)
+
     def client(self, address: tuple[str, int], data: bytes = b"") -> "Client":
-        """A client connected to ``address`` that has sent ``data``."""
+        """A client connected to ``address`` that has sent ``data`` (refused,
+        and closed, if nothing listens there)."""
         client = Client(self.clock)
+        if address not in self.ports:
+            client.connectionLost(Failure(ConnectionRefusedError()))
+            return client
         self.connect(address, client)
         if data:
             client.send(data)
@@ -495,6 +514,7 @@ class Client(Protocol):
         self.reason: Failure | None = None
 
     def send(self, data: bytes) -> None:
+        assert self.transport is not None, "never connected"
         self.transport.write(data)
 
     def close(self) -> None:
