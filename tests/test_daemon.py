@@ -148,8 +148,8 @@ def test_drain_is_bounded_by_the_deadline(tmp_path: Path,
     assert code == 0, "".join(daemon.log)
 
 
-def test_notify_socket_gets_ready_watchdog_reload_and_stopping(tmp_path: Path,
-                                                              threaded_partner: ThreadedPartner) -> None:
+def test_notify_socket_gets_ready_watchdog_reload_and_stopping(
+        tmp_path: Path, threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
     path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     notify = NotifySocket()  # abstract namespace: NOTIFY_SOCKET=@name
