@@ -9,10 +9,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IResolutionReceiver
-from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent
 from zope.interface import implementer
 
@@ -88,16 +86,6 @@ class LocalNames:
             receiver.addressResolved(address("TCP", hostName, portNumber))
         receiver.resolutionComplete()
         return resolution
-
-
-async def until(condition: Any, timeout: float = 2.0, step: float = 0.005) -> None:
-    """Let the reactor run until ``condition()`` holds (a bounded poll, for
-    state that has no event to wait on)."""
-    for _ in range(int(timeout / step)):
-        if condition():
-            return
-        await deferLater(reactor, step, lambda: None)
-    assert condition(), "condition not reached in time"
 
 
 def request(path: bytes = b"/bid", body: bytes = b"{}", method: bytes = b"POST",
