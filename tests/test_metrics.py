@@ -1,17 +1,17 @@
-"""Each metric moves when its cause happens: partner calls in memory on a
-fake clock (tests/fakes.py), where a timed-out call takes its timeout
-exactly; the process, resolver and reactor-lag metrics on the real reactor."""
+"""Each metric moves when its cause happens: partner calls and a blocked
+reactor in memory on a fake clock (tests/fakes.py), where a timed-out call
+takes its timeout exactly; the process and resolver metrics on the real
+reactor."""
 
 from __future__ import annotations
 
 import platform
 import sys
-import time
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from txfanout.config import ServerConfig
@@ -187,17 +187,15 @@ async def test_a_partner_and_its_connections_name_one_upstream(partner, make_gat
     assert count == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_reactor_lag_is_measured(partner, make_gateway):
-    gw = make_gateway(route_config({"ok": one(partner, "/ok")}))
+def test_reactor_lag_is_measured(net: Network):
+    gw = net.gateway(route_config({"ok": one(net.partner(), "/ok")}))
     lag = gw.gateway.lag
     lag.interval = 0.005
     lag.start()
     try:
-        time.sleep(0.06)  # the cause under test: a reactor blocked for 60 ms
-        # The lag probe was due long before this timer: it has run by then.
-        await deferLater(reactor, 0.001, lambda: None)
-        assert lag.lag >= 0.045
+        net.clock.callLater(0.001, net.busy, 0.06)  # a reactor blocked for 60 ms
+        net.advance(0.01)
+        assert lag.lag == pytest.approx(0.056)  # the probe due at 5 ms ran at 61 ms
         assert value(gw, "txfanout_reactor_lag_seconds") == lag.lag
     finally:
         lag.stop()
