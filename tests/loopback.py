@@ -33,7 +33,7 @@ class RawClient(Protocol):
     def __init__(self, data: bytes, hang_up: bool = False) -> None:
         self.data = data
         self.hang_up = hang_up
-        self.received = b""
+        self.received = bytearray()  # not bytes: += on bytes copies it all each time
         self.closed: Deferred[bytes] = Deferred()
 
     def connectionMade(self) -> None:
@@ -46,7 +46,7 @@ class RawClient(Protocol):
         self.received += data
 
     def connectionLost(self, reason: Any) -> None:
-        self.closed.callback(self.received)
+        self.closed.callback(bytes(self.received))
 
 
 class KeepAliveClient(Protocol):

@@ -43,6 +43,7 @@ connection open for the next request (keep-alive) unless it says otherwise.
 
 from __future__ import annotations
 
+import functools
 import gzip
 from typing import Any, Callable
 
@@ -153,12 +154,17 @@ def _set_cookie(p: "RawPartnerProtocol") -> None:
     p.answered()
 
 
-GZIP_BOMB = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+@functools.lru_cache(maxsize=None)
+def gzip_bomb() -> bytes:
+    """64 MiB of zeros, gzipped (about 64 KiB): made when first asked for,
+    as it takes a second of CPU."""
+    return gzip.compress(b"\0" * (64 << 20), compresslevel=9)
 
 
 def _gzip_bomb(p: "RawPartnerProtocol") -> None:
+    bomb = gzip_bomb()
     p.transport.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n"
-                      b"\r\n%s" % (len(GZIP_BOMB), GZIP_BOMB))
+                      b"\r\n%s" % (len(bomb), bomb))
     p.answered()
 
 
