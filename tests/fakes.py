@@ -152,7 +152,7 @@ class Pipe(FakeTransport):
         self.loseConnection()
 
     def abortConnection(self) -> None:
-        if self.disconnecting:
+        if self.disconnected:
             return
         self.aborted = True
         self.stream = []
@@ -176,10 +176,12 @@ class Pipe(FakeTransport):
         super().bufferReceived(buf)
 
     def release(self) -> bool:
-        """Hand what waited to the protocol, if it reads again."""
-        if not (self.held and self.reading) or self.disconnected:
+        """Hand what waited to the protocol (one read's worth), if it reads."""
+        if not (self.held and self.reading) or self.disconnecting or self.disconnected:
             return False
-        data, self.held = b"".join(self.held), []
+        waiting = b"".join(self.held)
+        data, rest = waiting[:READ_SIZE], waiting[READ_SIZE:]
+        self.held = [rest] if rest else []
         self.protocol.dataReceived(data)
         return True
 
