@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from .configs import route_config
+from .fakes import Network
 from .loopback import within
 
 ANSWER_BYTES = 100_000  # over the transport's 64 KiB: one answer pauses it
@@ -73,13 +74,13 @@ def connect(gw: Any) -> tuple[Any, UnreadTransport, Clock]:
     return channel, transport, clock
 
 
-def make(make_gateway: Any) -> Any:
-    return make_gateway(route_config({"ok": {"url": "http://127.0.0.1:1/"}},
-                                     request_timeout_ms=1000, idle_timeout_ms=30000))
+def make(net: Network) -> Any:
+    return net.gateway(route_config({"ok": {"url": "http://127.0.0.1:1/"}},
+                                    request_timeout_ms=1000, idle_timeout_ms=30000))
 
 
-def test_the_next_pipelined_request_waits_until_the_answers_are_read(make_gateway):
-    channel, transport, clock = connect(make(make_gateway))
+def test_the_next_pipelined_request_waits_until_the_answers_are_read(net):
+    channel, transport, clock = connect(make(net))
     channel.dataReceived(KEEP * 3)
     assert transport.answers() == 1
     assert transport.producerState == "paused"  # nothing more is read
@@ -95,8 +96,8 @@ def test_the_next_pipelined_request_waits_until_the_answers_are_read(make_gatewa
     assert clock.getDelayedCalls() == []
 
 
-def test_a_client_that_does_not_read_is_aborted_after_request_timeout(make_gateway):
-    channel, transport, clock = connect(make(make_gateway))
+def test_a_client_that_does_not_read_is_aborted_after_request_timeout(net):
+    channel, transport, clock = connect(make(net))
     channel.dataReceived(KEEP * 3)
     clock.advance(0.99)
     assert not transport.disconnected
@@ -107,8 +108,8 @@ def test_a_client_that_does_not_read_is_aborted_after_request_timeout(make_gatew
     assert clock.getDelayedCalls() == []
 
 
-def test_a_client_that_reads_in_time_keeps_its_connection(make_gateway):
-    channel, transport, clock = connect(make(make_gateway))
+def test_a_client_that_reads_in_time_keeps_its_connection(net):
+    channel, transport, clock = connect(make(net))
     channel.dataReceived(KEEP * 2)
     clock.advance(0.9)
     transport.read_all()  # the first answer read: the timer starts again
@@ -121,8 +122,8 @@ def test_a_client_that_reads_in_time_keeps_its_connection(make_gateway):
     channel.connectionLost(Failure(ConnectionDone()))
 
 
-def test_a_close_that_stalls_on_unsent_bytes_is_aborted_after_request_timeout(make_gateway):
-    channel, transport, clock = connect(make(make_gateway))
+def test_a_close_that_stalls_on_unsent_bytes_is_aborted_after_request_timeout(net):
+    channel, transport, clock = connect(make(net))
     channel.dataReceived(CLOSE)
     assert transport.answers() == 1 and transport.disconnecting
     clock.advance(0.99)

@@ -21,9 +21,9 @@ from .daemon import NotifySocket
 from .fakes import Network
 
 
-def test_reconfigure_keeps_the_state_of_unchanged_partners(make_gateway: Any) -> None:
-    gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"},
-                                    "b": {"url": "http://127.0.0.1:1/b"}}))
+def test_reconfigure_keeps_the_state_of_unchanged_partners(net: Network) -> None:
+    gw = net.gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"},
+                                   "b": {"url": "http://127.0.0.1:1/b"}}))
     gateway = gw.gateway
     before = gateway.snapshot
     before.partners["a"].slots.inflight = 2  # calls in flight when the reload comes
@@ -75,9 +75,9 @@ def lifecycle(gateway: Any, reload_config: Any, notifier: Notifier) -> Lifecycle
                      Listener("admin", idle, None), reload_config, notifier, {})
 
 
-def test_reload_refuses_a_bad_file_naming_each_key(tmp_path: Path, make_gateway: Any,
+def test_reload_refuses_a_bad_file_naming_each_key(tmp_path: Path, net: Network,
                                                    no_logged_errors: list) -> None:
-    gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}))
+    gw = net.gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}))
     before = gw.gateway.snapshot
     path = tmp_path / "txfanout.toml"
     path.write_text('[server]\ndeadline_ms = 5\n[partners.a]\nurl = "ftp://x"\n'
@@ -100,8 +100,8 @@ def test_reload_refuses_a_bad_file_naming_each_key(tmp_path: Path, make_gateway:
     manager.close()
 
 
-def test_reload_keeps_options_and_bound_addresses(tmp_path: Path, make_gateway: Any) -> None:
-    gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}, deadline_ms=250))
+def test_reload_keeps_options_and_bound_addresses(tmp_path: Path, net: Network) -> None:
+    gw = net.gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}, deadline_ms=250))
     path = tmp_path / "txfanout.toml"
     path.write_text('[server]\nlisten = "tcp:8081"\nadmin = "tcp:9091:interface=127.0.0.1"\ndeadline_ms = 900\n'
                     'max_inflight = 7\n[partners.a]\nurl = "http://127.0.0.1:1/a"\n'
@@ -124,8 +124,8 @@ def test_reload_keeps_options_and_bound_addresses(tmp_path: Path, make_gateway: 
     assert lines[-1].startswith("reloaded: 1 partners, 2 routes in ")
 
 
-def test_no_reload_without_a_file(make_gateway: Any) -> None:
-    gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}))
+def test_no_reload_without_a_file(net: Network) -> None:
+    gw = net.gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}))
     with capturedLogs() as events:
         assert lifecycle(gw.gateway, None, Notifier(None)).reload() is False
     assert [formatEvent(e) for e in events] == ["reload ignored: no --config file to re-read"]
