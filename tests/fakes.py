@@ -6,15 +6,18 @@ Two levels:
 * ``full_gateway`` and ``connect``: a gateway's site on a
   ``MemoryReactorClock`` and one channel on a ``StringTransport``, driven by
   hand (``channel.dataReceived``, ``clock.advance``).
-* :class:`Network`: a ``MemoryReactorClock`` and every TCP connection on it
-  in memory (iosim's ``FakeTransport`` at each end). Clients the test makes
-  reach the sites listening on it through an accept queue that honours the
-  site's ``stopReading`` and ``numberAccepts`` (the kernel's backlog); the
-  connections the gateway's pool opens (``reactor.connectTCP``) reach the
-  partners listening on it, or are refused. ``run()`` moves bytes and closes
-  until nothing moves; ``advance(s)`` and ``until(condition)`` move time from
-  one timer to the next, moving bytes in between, so that what happens in a
-  turn of a real reactor happens here in the same order, without waiting.
+* :class:`Network`: a fake reactor (a ``MemoryReactorClock``) and every
+  TCP connection on it in memory (iosim's ``FakeTransport`` at each end,
+  see :class:`Pipe`). Clients the test makes reach the sites listening on
+  it through an accept queue that honours the site's ``stopReading`` and
+  ``numberAccepts`` (the kernel's backlog); the connections the gateway's
+  pool opens (``reactor.connectTCP``) reach the partners listening on it
+  (``partners.PartnerServer``, ``rawpartners.RawPartner``), or are refused.
+  ``run()`` goes turn by turn as a reactor does, the timers due then the
+  I/O, until nothing moves; ``advance(s)`` and ``until(condition)`` move time
+  from one timer to the next; ``busy(s)``, called from a callback, is a long
+  turn. What happens in a real reactor happens here in the same order,
+  without waiting, and every time the same way.
 """
 
 from __future__ import annotations
