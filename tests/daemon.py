@@ -249,6 +249,21 @@ class NotifySocket:
             self.messages.append(dict(line.split("=", 1)
                                       for line in data.decode().splitlines() if "=" in line))
 
+    def drain(self) -> list[dict[str, str]]:
+        """The messages that came since the last look, without waiting."""
+        start = len(self.messages)
+        self.sock.setblocking(False)
+        try:
+            while True:
+                data = self.sock.recv(4096)
+                self.messages.append(dict(line.split("=", 1)
+                                          for line in data.decode().splitlines() if "=" in line))
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        return self.messages[start:]
+
     def close(self) -> None:
         self.sock.close()
 
