@@ -345,6 +345,7 @@ class Network:
         self.history: list[Link] = []  # every connection made
         self.kernels: list[tuple[socket.socket, socket.socket]] = []  # see Pipe.getHandle
         self._next_port = 20000
+        self._servers_seen = 0  # of clock.tcpServers
 
     def _port_number(self) -> int:
         self._next_port += 1
@@ -375,8 +376,12 @@ class Network:
         return [link for link in self.history if link.port is port]
 
     def _dial(self) -> bool:
-        """Connections the code under test asked the reactor for."""
+        """Ports the code under test listened on (``reactor.listenTCP``) and
+        connections it asked the reactor for."""
         clock, moved = self.clock, False
+        for number, factory, _, interface in clock.tcpServers[self._servers_seen:]:
+            self.listen(factory, number, interface or "127.0.0.1")
+            self._servers_seen += 1
         while clock.tcpClients:
             host, port, factory, _, _ = clock.tcpClients.pop(0)
             connector = clock.connectors.pop(0)
