@@ -22,6 +22,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
+from txfanout.__main__ import main
 from txfanout.config import ConfigError, parse
 from txfanout.site import GatewaySite
 from txfanout.snapshot import compile_snapshot
@@ -397,6 +398,21 @@ def test_good_tls_config_loads_once(pki):
     assert (a.ca_file, a.tls_min_version, a.tls_verify) == (str(pki.ca), "1.3", True)
     assert a.tls is not None and a.tls.key == b.tls.key != c.tls.key  # type: ignore[union-attr]
     assert config.partners["plain"].tls is None
+
+
+def test_check_config_reports_tls_files_in_process(pki, tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text(f"""
+[partners.p]
+url = "https://127.0.0.1:8443/bid"
+client_cert = "{pki.client.cert}"
+client_key = "{tmp_path / 'nothing.key'}"
+
+[routes.r]
+partners = ["p"]
+""")
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err.startswith("partners.p.client_key: cannot read ")
 
 
 @pytest.mark.slow
