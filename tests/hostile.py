@@ -100,7 +100,8 @@ def request(path: bytes = b"/bid", body: bytes = b"{}", method: bytes = b"POST",
     return head + b"\r\n" + body
 
 
-def parse_responses(data: bytes, to_head: bool = False) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+def parse_responses(data: bytes,
+                    to_head: bool = False) -> list[tuple[int, dict[bytes, bytes], bytes]]:
     """Split what the gateway sent into (status, headers, body) triples
     (``to_head``: answers to HEAD, without bodies)."""
     out = []
