@@ -249,5 +249,41 @@ class NotifySocket:
             self.messages.append(dict(line.split("=", 1)
                                       for line in data.decode().splitlines() if "=" in line))
 
+    def drain(self) -> list[dict[str, str]]:
+        """The messages that came since the last look, without waiting."""
+        start = len(self.messages)
+        self.sock.setblocking(False)
+        try:
+            while True:
+                data = self.sock.recv(4096)
+                self.messages.append(dict(line.split("=", 1)
+                                          for line in data.decode().splitlines() if "=" in line))
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        return self.messages[start:]
+
     def close(self) -> None:
         self.sock.close()
+
+
+def config_text(routes: dict[str, str], partner: ThreadedPartner, server: str = "",
+                partner_extra: str = "") -> str:
+    """A config with one partner per route (route NAME calls partner NAME at
+    ``partner.url(path)``)."""
+    text = f"[server]\n{server}\n"
+    for name, path in routes.items():
+        text += (f'[partners.{name}]\nurl = "{partner.url(path)}"\ntimeout_ms = 5000\n'
+                 f"{partner_extra}\n[routes.{name}]\npartners = [\"{name}\"]\n")
+    return text
+
+
+def served_while_stopped(daemon: Daemon, stopped_pid: int) -> int:
+    """POST /bid while ``stopped_pid`` is SIGSTOPped: only the other
+    workers can accept it. Returns the status."""
+    os.kill(stopped_pid, signal.SIGSTOP)
+    try:
+        return daemon.post("/bid", timeout=10)[0]
+    finally:
+        os.kill(stopped_pid, signal.SIGCONT)

@@ -16,9 +16,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
@@ -72,7 +76,7 @@ class Behaviours(Resource):
             request.channel.transport.abortConnection()
             return NOT_DONE_YET
         if kind == "delay":
-            call = reactor.callLater(int(arg) / 1000.0, self._finish, request, b'{"bid": 2}')
+            call = server.clock.callLater(int(arg) / 1000.0, self._finish, request, b'{"bid": 2}')
             request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
             return NOT_DONE_YET
         if kind == "drip":
@@ -100,6 +104,7 @@ class Behaviours(Resource):
                 request.finish()
 
         loop = LoopingCall(one)
+        loop.clock = self.server.clock
         loop.start(0.05)
         request.notifyFinish().addErrback(
             lambda _: (loop.running and loop.stop(), self.server.hang_lost()))
@@ -107,10 +112,12 @@ class Behaviours(Resource):
 
 
 class PartnerServer(Site):
-    """A partner on 127.0.0.1 that counts its connections."""
+    """A partner on 127.0.0.1 that counts its connections; its timers run on
+    ``clock`` (the global reactor, or a fake one: see fakes.Network)."""
 
-    def __init__(self) -> None:
-        super().__init__(Behaviours(self))
+    def __init__(self, clock: Any = None) -> None:
+        self.clock = reactor if clock is None else clock
+        super().__init__(Behaviours(self), reactor=self.clock)
         self.noisy = False
         self.connections = 0
         self.open_connections = 0
@@ -166,6 +173,40 @@ class PartnerServer(Site):
         for request in list(self.open_requests):
             request.channel.transport.abortConnection()
         return self.port.stopListening()
+
+
+def server_options(pair: Any, client_ca: Path | None = None,
+                   **extra: Any) -> ssl.CertificateOptions:
+    """Server TLS options for ``pair`` (a certs.KeyPair); with ``client_ca``
+    (a PEM file), a client certificate from that CA is required."""
+    if client_ca is not None:
+        ca = ssl.Certificate.loadPEM(client_ca.read_text())
+        extra.update(verify=True, caCerts=[ca.original], requireCertificate=True)
+    return ssl.CertificateOptions(
+        privateKey=serialization.load_pem_private_key(pair.key.read_bytes(), None),
+        certificate=x509.load_pem_x509_certificate(pair.cert.read_bytes()), **extra)
+
+
+class TLSPartner(PartnerServer):
+    """A PartnerServer behind TLS; records the SNI name of each handshake."""
+
+    def __init__(self, pair: Any, client_ca: Path | None = None, **extra: Any) -> None:
+        super().__init__()
+        self.server_names: list[bytes | None] = []
+        self.options = server_options(pair, client_ca, **extra)
+        # pyOpenSSL's hook rather than Twisted 26's contextForServerName=, which
+        # the Twisted pinned for PyPy (25.5) lacks; getContext() is cached.
+        self.options.getContext().set_tlsext_servername_callback(self._saw_server_name)
+
+    def _saw_server_name(self, connection: SSL.Connection) -> None:
+        self.server_names.append(connection.get_servername())
+
+    def start(self) -> "TLSPartner":
+        self.port = reactor.listenSSL(0, self, self.options, interface="127.0.0.1")
+        return self
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"https://{host}:{self.port.getHost().port}{path}"
 
 
 def refused_url() -> str:

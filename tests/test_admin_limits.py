@@ -1,48 +1,45 @@
-"""What the admin face takes from a client, and how it says no (real sockets):
-a deadline for each request, no body before authorization, a small body cap,
-JSON errors, and no Server header."""
+"""What the admin face takes from a client, and how it says no: a deadline
+for each request, no body before authorization, a small body cap, JSON
+errors, and no Server header. Byte for byte, in memory on a fake clock
+(tests/fakes.py)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
-import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.task import LoopingCall
 
 from txfanout.admin import ADMIN_MAX_BODY_BYTES, admin_site
 
-from .conftest import raw_client, route_config, within
-from .hostile import logs  # noqa: F401 - fixture
+from .configs import route_config
+from .fakes import Network
 
 TOKEN = "admin-token-0123456789abcdef"
 AUTHORIZED = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
 
 
 class Admin:
-    def __init__(self, port: Any) -> None:
-        self.port = port
+    def __init__(self, net: Network, port: Any) -> None:
+        self.net = net
         self.address = ("127.0.0.1", port.getHost().port)
 
-    async def exchange(self, data: bytes) -> tuple[bytes, Any]:
+    def exchange(self, data: bytes) -> tuple[bytes, Any]:
         """Send ``data``; wait for the server to close: (head, JSON body).
         Every request here either asks for the close or is refused with one."""
-        received = await within(raw_client(self.address, data).closed)
-        head, _, body = received.partition(b"\r\n\r\n")
+        client = self.net.client(self.address, data)
+        self.net.until(lambda: client.closed)
+        head, _, body = client.received.partition(b"\r\n\r\n")
         if b"transfer-encoding: chunked" in head.lower():
             body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
         return head, json.loads(body)
 
 
-@pytest_twisted.async_yield_fixture
-async def admin(make_gateway, partner) -> AsyncIterator[Admin]:
-    gw = make_gateway(route_config({"a": {"url": partner.url("/ok")}},
-                                   admin_token=TOKEN, request_timeout_ms=200))
-    port = reactor.listenTCP(0, admin_site(gw.gateway), interface="127.0.0.1")
-    yield Admin(port)
-    await port.stopListening()
+@pytest.fixture
+def admin(net: Network) -> Admin:
+    gw = net.gateway(route_config({"a": {"url": net.partner().url("/ok")}},
+                                  admin_token=TOKEN, request_timeout_ms=200))
+    return Admin(net, net.listen(admin_site(gw.gateway, reactor=net.clock)))
 
 
 def status(head: bytes) -> int:
@@ -54,46 +51,42 @@ def header(head: bytes, name: bytes) -> list[bytes]:
             if line.split(b":", 1)[0].lower() == name.lower()]
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_request_that_arrives_too_slowly_gets_408(admin, logs):
+def test_a_request_that_arrives_too_slowly_gets_408(admin, logs):
     # One header byte every 20 ms: each restarts the idle timer, none the
     # request's deadline (server.request_timeout_ms, 200 ms here).
-    client = raw_client(admin.address, b"GET /healthz HTTP/1.1\r\nHost: admin\r\n")
-    drip = LoopingCall(lambda: client.transport.write(b"X"))
-    drip.start(0.02, now=False)
-    try:
-        received = await within(client.closed)
-    finally:
-        drip.stop()
+    started = admin.net.clock.seconds()
+    client = admin.net.client(admin.address, b"GET /healthz HTTP/1.1\r\nHost: admin\r\n")
+    admin.net.advance(0.02)
+    assert admin.net.drip(client, b"X" * 100) > 0
+    assert client.closed_at - started == pytest.approx(0.2)  # from the first byte
+    received = client.received
     assert received.startswith(b"HTTP/1.1 408 ")
     assert received.endswith(b'{"error": "request not received in time"}')
 
 
-@pytest_twisted.ensureDeferred
-async def test_no_body_is_read_before_authorization(admin, logs):
+def test_no_body_is_read_before_authorization(admin, logs):
     # The head announces 200 MB, none of which is sent: the 401 comes anyway.
-    head, body = await admin.exchange(b"POST /healthz HTTP/1.1\r\nHost: admin\r\n"
+    head, body = admin.exchange(b"POST /healthz HTTP/1.1\r\nHost: admin\r\n"
                                       b"Content-Length: 209715200\r\n\r\n")
     assert status(head) == 401 and body == {"error": "admin bearer token required"}
     assert header(head, b"WWW-Authenticate") == [b'Bearer realm="txfanout-admin"']
     assert header(head, b"Connection") == [b"close"]
-    head, _ = await admin.exchange(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n"
+    head, _ = admin.exchange(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n"
                                    b"Authorization: Bearer wrong-token-0123456789\r\n\r\n")
     assert status(head) == 401
 
 
 @pytest.mark.parametrize("size, code", [(ADMIN_MAX_BODY_BYTES, 405),
                                         (ADMIN_MAX_BODY_BYTES + 1, 413)])
-@pytest_twisted.ensureDeferred
-async def test_an_authorized_body_is_capped(size, code, admin, logs):
+def test_an_authorized_body_is_capped(size, code, admin, logs):
     request = b"POST /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n" + AUTHORIZED
     # Announced: over the cap, refused before a byte of it is sent.
     sent = b"x" * size if code == 405 else b""
-    head, body = await admin.exchange(request + b"Content-Length: %d\r\n\r\n%s" % (size, sent))
+    head, body = admin.exchange(request + b"Content-Length: %d\r\n\r\n%s" % (size, sent))
     assert status(head) == code, body
     # Chunked: refused once the bytes pass the cap.
     chunked = b"%x\r\n%s\r\n" % (size, b"x" * size)
-    head, body = await admin.exchange(request + b"Transfer-Encoding: chunked\r\n\r\n"
+    head, body = admin.exchange(request + b"Transfer-Encoding: chunked\r\n\r\n"
                                       + chunked + (b"0\r\n\r\n" if code == 405 else b""))
     assert status(head) == code, body
     if code == 413:
@@ -111,16 +104,15 @@ async def test_an_authorized_body_is_capped(size, code, admin, logs):
     (b"GET /healthz HTTP/1.1\r\nHost: admin\r\n" + b"X-A: b\r\n" * 101, 431,
      "more than 100 request headers"),
 ], ids=["404", "405", "path", "host", "414", "431"])
-@pytest_twisted.ensureDeferred
-async def test_admin_errors_are_json_and_do_not_name_the_server(request_head, code, error,
+def test_admin_errors_are_json_and_do_not_name_the_server(request_head, code, error,
                                                                 admin, logs):
-    head, body = await admin.exchange(request_head + AUTHORIZED + b"Connection: close\r\n\r\n")
+    head, body = admin.exchange(request_head + AUTHORIZED + b"Connection: close\r\n\r\n")
     assert status(head) == code and body == {"error": error}
     assert header(head, b"Content-Type") == [b"application/json"]
     assert header(head, b"Server") == []
     if code == 405:
         assert set(header(head, b"Allow")[0].split(b", ")) == {b"GET", b"HEAD"}
-    head, body = await admin.exchange(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n"
+    head, body = admin.exchange(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n"
                                       b"Connection: close\r\n" + AUTHORIZED + b"\r\n")
     assert status(head) == 200 and body["status"] == "ok"
     assert header(head, b"Server") == []

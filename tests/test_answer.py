@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest_twisted
 from twisted.web.test.requesthelper import DummyRequest
 
 from txfanout import answer
@@ -14,7 +13,7 @@ from txfanout.config import ServerConfig
 from txfanout.inbound import Inbound
 from txfanout.outcomes import CallResult
 
-from .conftest import route_config
+from .configs import route_config
 
 INBOUND = Inbound("bid", "req-1", b"{}", None, "other", Budget.of(0.0, 500, ServerConfig()))
 LEFT_OUT = "body left out: answer over 65536 bytes"
@@ -70,13 +69,13 @@ def test_bytes_that_are_not_utf8_cost_three_bytes_each_not_six():
     assert json.loads(body.decode("utf-8"))["results"][0]["body"] == "\ufffd" * 10000
 
 
-@pytest_twisted.ensureDeferred
-async def test_partners_whose_bodies_would_pass_max_answer_bytes(partner, make_gateway):
+def test_partners_whose_bodies_would_pass_max_answer_bytes(net):
+    partner = net.partner()
     # Two partners answer 20,000 bytes of 0xff: 60 KB each in the answer.
-    gw = make_gateway(route_config({"a": {"url": partner.url("/ff/20000")},
-                                    "b": {"url": partner.url("/ff/20000")}},
-                                   max_answer_bytes=65536))
-    got = await gw.post()
+    gw = net.gateway(route_config({"a": {"url": partner.url("/ff/20000")},
+                                   "b": {"url": partner.url("/ff/20000")}},
+                                  max_answer_bytes=65536))
+    got = gw.post()
     assert got.code == 200 and len(got.body) <= 65536
     assert got.header("X-Fanout-Complete") == "false"
     a, b = got.json["results"]

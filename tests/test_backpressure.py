@@ -21,7 +21,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from .conftest import route_config, within
+from .configs import route_config
+from .fakes import Network
+from .loopback import within
 
 ANSWER_BYTES = 100_000  # over the transport's 64 KiB: one answer pauses it
 KEEP = b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}"
@@ -72,13 +74,13 @@ def connect(gw: Any) -> tuple[Any, UnreadTransport, Clock]:
     return channel, transport, clock
 
 
-def make(make_gateway: Any) -> Any:
-    return make_gateway(route_config({"ok": {"url": "http://127.0.0.1:1/"}},
-                                     request_timeout_ms=1000, idle_timeout_ms=30000))
+def make(net: Network) -> Any:
+    return net.gateway(route_config({"ok": {"url": "http://127.0.0.1:1/"}},
+                                    request_timeout_ms=1000, idle_timeout_ms=30000))
 
 
-def test_the_next_pipelined_request_waits_until_the_answers_are_read(make_gateway):
-    channel, transport, clock = connect(make(make_gateway))
+def test_the_next_pipelined_request_waits_until_the_answers_are_read(net):
+    channel, transport, clock = connect(make(net))
     channel.dataReceived(KEEP * 3)
     assert transport.answers() == 1
     assert transport.producerState == "paused"  # nothing more is read
@@ -94,8 +96,8 @@ def test_the_next_pipelined_request_waits_until_the_answers_are_read(make_gatewa
     assert clock.getDelayedCalls() == []
 
 
-def test_a_client_that_does_not_read_is_aborted_after_request_timeout(make_gateway):
-    channel, transport, clock = connect(make(make_gateway))
+def test_a_client_that_does_not_read_is_aborted_after_request_timeout(net):
+    channel, transport, clock = connect(make(net))
     channel.dataReceived(KEEP * 3)
     clock.advance(0.99)
     assert not transport.disconnected
@@ -106,8 +108,8 @@ def test_a_client_that_does_not_read_is_aborted_after_request_timeout(make_gatew
     assert clock.getDelayedCalls() == []
 
 
-def test_a_client_that_reads_in_time_keeps_its_connection(make_gateway):
-    channel, transport, clock = connect(make(make_gateway))
+def test_a_client_that_reads_in_time_keeps_its_connection(net):
+    channel, transport, clock = connect(make(net))
     channel.dataReceived(KEEP * 2)
     clock.advance(0.9)
     transport.read_all()  # the first answer read: the timer starts again
@@ -120,8 +122,8 @@ def test_a_client_that_reads_in_time_keeps_its_connection(make_gateway):
     channel.connectionLost(Failure(ConnectionDone()))
 
 
-def test_a_close_that_stalls_on_unsent_bytes_is_aborted_after_request_timeout(make_gateway):
-    channel, transport, clock = connect(make(make_gateway))
+def test_a_close_that_stalls_on_unsent_bytes_is_aborted_after_request_timeout(net):
+    channel, transport, clock = connect(make(net))
     channel.dataReceived(CLOSE)
     assert transport.answers() == 1 and transport.disconnecting
     clock.advance(0.99)
@@ -132,6 +134,7 @@ def test_a_close_that_stalls_on_unsent_bytes_is_aborted_after_request_timeout(ma
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.slow  # a real socket's buffers, filled and left unread
 @pytest_twisted.ensureDeferred
 async def test_a_pipelining_client_that_never_reads_is_answered_little_and_dropped(
         partner, make_gateway):

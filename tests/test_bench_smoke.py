@@ -30,6 +30,7 @@ def _skip_reason() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_bench_steady_smoke(tmp_path: Path) -> None:
     reason = _skip_reason()
     if reason:
@@ -126,6 +127,7 @@ def test_bench_counters_from_metrics() -> None:
     assert counters.histogram_quantile(0.5, [(1.0, 10.0), (float("inf"), 10.0)]) == 0.5
 
 
+@pytest.mark.slow
 def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
     """The Go reference: built with the distribution's go at run time,
     driven like the others, its /stats read around the load window."""
@@ -173,6 +175,7 @@ def _run_quick(tmp_path: Path, scenario: str, *extra: str) -> dict:
     return data
 
 
+@pytest.mark.slow
 def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
     """seed: both shapes at many and few clients, complete answers from
     the counters, the three questions answered; overload: a capacity row

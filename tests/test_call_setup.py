@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import pytest_twisted
 from twisted.web.client import URI, Agent
 from twisted.web.http_headers import Headers
 
 from txfanout.fanout import call_headers
 from txfanout.upstream import host_header
 
-from .conftest import route_config
+from .configs import route_config
 
 
 @pytest.mark.parametrize("url", [
@@ -34,12 +33,12 @@ def test_the_prepared_headers_are_left_as_they_were() -> None:
         b"Content-Type": [b"application/json"], b"X-Key": [b"secret"]}
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_partner_gets_one_host_header_and_the_call_headers(partner, make_gateway):
-    gw = make_gateway(route_config({"echo": {"url": partner.url("/echo"),
-                                             "headers": {"X-Api-Key": "k1"}}}))
+def test_a_partner_gets_one_host_header_and_the_call_headers(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"echo": {"url": partner.url("/echo"),
+                                            "headers": {"X-Api-Key": "k1"}}}))
     for request_id in ("first", "second"):
-        answer = await gw.post(headers={"X-Request-Id": request_id})
+        answer = gw.post(headers={"X-Request-Id": request_id})
         [result] = answer.json["results"]
         seen = json.loads(result["body"])["headers"]
         assert seen["Host"] == [f"127.0.0.1:{partner.port.getHost().port}"]

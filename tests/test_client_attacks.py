@@ -1,74 +1,41 @@
 """Malicious clients and bad input on the public listener.
 
-Each case is sent byte for byte over a real connection. None may get a 500
-or a traceback in the log (the ``logs`` fixture fails the test on either);
-each gets the 4xx that fits, or a closed connection; the gateway serves a
-normal request afterwards.
+Each case is sent byte for byte over an in-memory connection to a gateway
+on a fake reactor (tests/fakes.py), with time moved by hand: a 408 comes at
+the request timeout to the millisecond, and no case waits for real time.
+None may get a 500 or a traceback in the log (the ``logs`` fixture fails
+the test on either); each gets the 4xx that fits, or a closed connection;
+the gateway serves a normal request afterwards.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-import pytest_twisted
-from twisted.internet.defer import Deferred, DeferredList
 
-from txfanout.site import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
-
-from .conftest import keep_alive_client, raw_client, route_config, within
-from .hostile import logs  # noqa: F401 - fixture
-from .test_overload import drip
+from .configs import route_config
+from .fakes import FakeGateway, Network
+from .hostile import REFUSED, parse_responses, request
 
 
-def request(path: bytes = b"/bid", body: bytes = b"{}", method: bytes = b"POST",
-            headers: bytes = b"", close: bool = True, length: bool = True) -> bytes:
-    """One HTTP/1.1 request, byte for byte (``Connection: close`` by default,
-    so that the gateway ends the exchange)."""
-    head = method + b" " + path + b" HTTP/1.1\r\nHost: gw\r\n" + headers
-    if length:
-        head += b"Content-Length: %d\r\n" % len(body)
-    if close:
-        head += b"Connection: close\r\n"
-    return head + b"\r\n" + body
-
-
-def parse_responses(data: bytes, to_head: bool = False) -> list[tuple[int, dict[bytes, bytes], bytes]]:
-    """Split what the gateway sent into (status, headers, body) triples
-    (``to_head``: answers to HEAD, without bodies)."""
-    out = []
-    while data:
-        head, sep, data = data.partition(b"\r\n\r\n")
-        assert sep, f"incomplete response head: {head!r}"
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        length = 0 if status < 200 or to_head else int(headers.get(b"content-length", b"0"))
-        body, data = data[:length], data[length:]
-        assert len(body) == length, "truncated body"
-        out.append((status, headers, body))
-    return out
-
-
-async def exchange(address, data: bytes, timeout: float = 5.0):
-    """Send ``data``; wait for the gateway to close; return its answers."""
-    client = raw_client(address, data)
-    return parse_responses(await within(client.closed, timeout), data.startswith(b"HEAD "))
+def exchange(gw: FakeGateway, data: bytes, limit: float = 5.0) -> list:
+    """Send ``data``; wait (fake time) for the gateway to close; its answers."""
+    client = gw.client(data)
+    gw.net.until(lambda: client.closed, limit)
+    return parse_responses(client.received, data.startswith(b"HEAD "))
 
 
 @pytest.fixture
-def gw(partner, make_gateway):
-    return make_gateway(route_config(
+def gw(net: Network) -> FakeGateway:
+    partner = net.partner()
+    return net.gateway(route_config(
         {"ok": {"url": partner.url("/ok")}},
         request_timeout_ms=300, idle_timeout_ms=2000))
 
 
-async def still_serves(gw) -> None:
-    answer = await gw.post()
+def still_serves(gw: FakeGateway) -> None:
+    answer = gw.post()
     assert answer.code == 200 and answer.outcomes() == {"ok": "ok"}
     assert gw.gateway.admission.admitted == 0 and not gw.gateway.inflight
 
@@ -80,60 +47,6 @@ def error_of(response) -> str:
 
 
 # -- one refusal, then the connection closes --------------------------------
-
-REFUSED = {
-    # Request smuggling: the body's length must be unambiguous.
-    "content-length-and-chunked": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 4\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + request(), 400),
-    "chunked-and-content-length": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
-        b"Content-Length: 4\r\n\r\n0\r\n\r\n" + request(), 400),
-    "two-content-lengths": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}"
-        + request(), 400),
-    "same-content-length-twice": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
-        400),
-    "chunked-then-identity": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n"
-        b"Transfer-Encoding: identity\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 400),
-    "identity-coding": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: identity\r\n\r\n" + request(),
-        400),
-    "chunked-comma-list": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-        400),
-    "signed-content-length": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: +2\r\n\r\n{}", 400),
-    "space-before-colon": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
-    "bad-chunk-size": (
-        b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n", 400),
-    # Not HTTP/1.x.
-    "garbage": (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400),
-    "http2-preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
-    "http0.9": (b"GET /\r\n\r\n", 400),
-    "no-header-colon": (b"POST /bid HTTP/1.1\r\nHost gw\r\n\r\n", 400),
-    "bare-lf-request-line": (b"POST /bid HTTP/1.1\nHost: gw\r\n\r\n", 400),
-    # NUL and bytes outside ASCII.
-    "nul-in-path": (b"POST /bid\x00 HTTP/1.1\r\nHost: gw\r\n\r\n", 400),
-    "high-byte-in-path": (b"POST /bid\xff HTTP/1.1\r\nHost: gw\r\n\r\n", 400),
-    "nul-in-header-value": (request(headers=b"X-Country: U\x00S\r\n"), 400),
-    "nul-in-header-name": (request(headers=b"X-Cou\x00ntry: US\r\n"), 400),
-    "utf8-in-header-name": (request(headers=b"X-L\xc3\xa4nd: DE\r\n"), 400),
-    # Header floods and long lines.
-    "too-many-headers": (request(headers=b"".join(
-        b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS + 1))), 431),
-    "header-block-too-large": (request(headers=b"".join(
-        b"X-H%d: %s\r\n" % (i, b"v" * 200) for i in range(MAX_HEAD_BYTES // 200 + 1))), 431),
-    "header-line-too-long": (request(headers=b"X-Long: " + b"v" * MAX_LINE_BYTES + b"\r\n"),
-                             431),
-    "path-too-long": (request(path=b"/" + b"a" * MAX_LINE_BYTES), 414),
-    "query-too-long": (request(path=b"/bid?" + b"q=1&" * (MAX_LINE_BYTES // 4)), 414),
-    "request-line-never-ends": (b"POST /" + b"a" * (MAX_LINE_BYTES + 10), 414),
-}
-
 
 def counted(gw) -> dict[tuple[str, str], float]:
     """txfanout_requests_total by (route, code), zeros left out."""
@@ -150,16 +63,15 @@ NO_PATH = {"garbage", "http2-preface", "http0.9", "bare-lf-request-line", "nul-i
 
 
 @pytest.mark.parametrize("name", list(REFUSED))
-@pytest_twisted.ensureDeferred
-async def test_refused_with_one_answer_and_closed(name, gw, logs):
+def test_refused_with_one_answer_and_closed(name, gw, logs):
     data, code = REFUSED[name]
-    answers = await exchange(gw.address, data)
+    answers = exchange(gw, data)
     assert [a[0] for a in answers] == [code], answers  # never a second request
     assert answers[0][1][b"connection"] == b"close"
     assert error_of(answers[0])
     assert gw.site.open_connections == 0
     assert counted(gw) == {("unknown" if name in NO_PATH else "bid", str(code)): 1}
-    await still_serves(gw)
+    still_serves(gw)
 
 
 # -- answered with a 4xx (or 200), connection kept until Connection: close --
@@ -266,123 +178,120 @@ ANSWERED = {
 
 
 @pytest.mark.parametrize("name", list(ANSWERED))
-@pytest_twisted.ensureDeferred
-async def test_answered_with_the_status_that_fits(name, gw, logs):
+def test_answered_with_the_status_that_fits(name, gw, logs):
     data, code = ANSWERED[name]
-    answers = await exchange(gw.address, data)
+    answers = exchange(gw, data)
     assert [a[0] for a in answers] == [code], answers
     if code != 200 and not data.startswith(b"HEAD "):
         message = error_of(answers[0])
         assert "Traceback" not in message and "/" not in message  # no path, no URL
     assert gw.site.open_connections == 0
-    await still_serves(gw)
+    still_serves(gw)
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_body_in_tiny_chunks_is_refused_with_a_413_that_says_why(gw, logs):
-    answers = await exchange(gw.address, CHUNKED + b"1\r\n \r\n" * 65000)
+def test_a_body_in_tiny_chunks_is_refused_with_a_413_that_says_why(gw, logs):
+    answers = exchange(gw, CHUNKED + b"1\r\n \r\n" * 65000)
     assert [a[0] for a in answers] == [413]
     assert error_of(answers[0]) == "body over 65536 bytes (chunk framing counted)"
     assert counted(gw) == {("bid", "413"): 1}
 
 
-@pytest_twisted.ensureDeferred
-async def test_body_longer_than_announced_is_the_next_request(gw, logs):
+def test_body_longer_than_announced_is_the_next_request(gw, logs):
     # The bytes past Content-Length are parsed as the next request: here not
     # one, so 400 and close after the first answer.
-    answers = await exchange(gw.address, request(close=False).replace(
+    answers = exchange(gw, request(close=False).replace(
         b"Content-Length: 2", b"Content-Length: 1") + b"EXTRA\r\n\r\n")
     assert [a[0] for a in answers] == [400, 400]  # "{" is not JSON; "}EXTRA" not a request
-    answers = await exchange(gw.address, request(body=b"{}", close=False) + b"}{\r\n\r\n")
+    answers = exchange(gw, request(body=b"{}", close=False) + b"}{\r\n\r\n")
     assert [a[0] for a in answers] == [200, 400]
 
 
-@pytest_twisted.ensureDeferred
-async def test_pipelined_requests_are_answered_in_order(gw, logs):
+def test_pipelined_requests_are_answered_in_order(gw, logs):
     data = b"".join(request(close=i == 4, headers=b"X-Request-Id: req-%d\r\n" % i)
                     for i in range(5))
-    answers = await exchange(gw.address, data)
+    answers = exchange(gw, data)
     assert [a[0] for a in answers] == [200] * 5
     assert [a[1][b"x-request-id"] for a in answers] == [b"req-%d" % i for i in range(5)]
     # Refusals are in order too, and the first fatal one ends the connection.
     data = request(close=False) + request(path=b"/nope", close=False) \
         + b"POST /bid HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}" + request()
-    answers = await exchange(gw.address, data)
+    answers = exchange(gw, data)
     assert [a[0] for a in answers] == [200, 404, 400]
 
 
-@pytest_twisted.ensureDeferred
-async def test_expect_continue_over_the_cap_gets_only_the_413(gw, logs):
+def test_expect_continue_over_the_cap_gets_only_the_413(gw, logs):
     data = b"POST /bid HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n" \
            b"Content-Length: 1000000\r\n\r\n"
-    answers = await exchange(gw.address, data)
+    answers = exchange(gw, data)
     assert [a[0] for a in answers] == [413]
     data = b"POST /bid HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nConnection: close\r\n" \
            b"Content-Length: 2\r\n\r\n"
-    client = raw_client(gw.address, data)
-    await within(Deferred.fromCoroutine(_until_received(client, b"100 Continue")))
-    client.transport.write(b"{}")
-    assert [a[0] for a in parse_responses(await within(client.closed))] == [100, 200]
-
-
-async def _until_received(client, text: bytes) -> None:
-    from .hostile import until
-    await until(lambda: text in client.received)
+    client = gw.client(data)
+    gw.net.run()
+    assert client.received == b"HTTP/1.1 100 Continue\r\n\r\n" and not client.closed
+    client.send(b"{}")
+    gw.net.until(lambda: client.closed)
+    assert [a[0] for a in parse_responses(client.received)] == [100, 200]
 
 
 # -- slow and incomplete requests: 408 after request_timeout_ms ---------------
 
+
 SLOW = {
-    "headers-a-byte-at-a-time": (b"POST /bid HTTP/1.1\r\nHost: gw\r\nX-F: " + b"a" * 100, True),
+    # name: (bytes, dripped a byte every 20 ms, the answers before the 408)
+    "headers-a-byte-at-a-time": (b"POST /bid HTTP/1.1\r\nHost: gw\r\nX-F: " + b"a" * 100, True,
+                                 []),
     "body-a-byte-at-a-time": (b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 200\r\n\r\n"
-                              + b" " * 200, True),
+                              + b" " * 200, True, []),
     "chunks-a-byte-at-a-time": (b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked"
-                                b"\r\n\r\n" + b"1\r\n \r\n" * 40, True),
-    "request-line-only": (b"POST /bid HTTP/1.1\r\n", False),
-    "headers-without-end": (b"POST /bid HTTP/1.1\r\nHost: gw\r\n", False),
+                                b"\r\n\r\n" + b"1\r\n \r\n" * 40, True, []),
+    "request-line-only": (b"POST /bid HTTP/1.1\r\n", False, []),
+    "headers-without-end": (b"POST /bid HTTP/1.1\r\nHost: gw\r\n", False, []),
     "body-shorter-than-announced": (b"POST /bid HTTP/1.1\r\nHost: gw\r\n"
-                                    b"Content-Length: 100\r\n\r\n{\"a\": 1", False),
+                                    b"Content-Length: 100\r\n\r\n{\"a\": 1", False, []),
     "chunked-never-ends": (b"POST /bid HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked"
-                           b"\r\n\r\n2\r\n{}\r\n", False),
+                           b"\r\n\r\n2\r\n{}\r\n", False, []),
     "expect-continue-then-nothing": (b"POST /bid HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue"
-                                     b"\r\nContent-Length: 2\r\n\r\n", False),
+                                     b"\r\nContent-Length: 2\r\n\r\n", False, [100]),
     "complete-then-partial-pipelined": (request(close=False) + b"POST /bid HTTP/1.1\r\nHo",
-                                        False),
+                                        False, [200]),
 }
 
 
 @pytest.mark.parametrize("name", list(SLOW))
-@pytest_twisted.ensureDeferred
-async def test_slow_or_unfinished_requests_get_408(name, gw, logs):
-    data, dripped = SLOW[name]
-    started = time.monotonic()
+def test_slow_or_unfinished_requests_get_408(name, gw, logs):
+    data, dripped, before = SLOW[name]
+    client = gw.client()
+    started = gw.net.clock.seconds()
     if dripped:
-        received, took, unsent = await drip(gw.address, data)
-        assert unsent > 0
+        assert gw.net.drip(client, data) > 0  # the deadline came before the last byte
     else:
-        received = await within(raw_client(gw.address, data).closed)
-        took = time.monotonic() - started
-    codes = [a[0] for a in parse_responses(received)]
-    assert codes[-1] == 408 and codes[:-1] in ([], [100], [200]), codes
+        client.send(data)
+        gw.net.until(lambda: client.closed)
+    codes = [a[0] for a in parse_responses(client.received)]
+    assert codes == before + [408], codes
     # Dripped, the request line is not even whole in time: no path yet.
     assert counted(gw)[("unknown" if dripped else "bid", "408")] == 1
-    assert 0.25 < took < 2.0
+    # 300 ms from the request's first byte (the one pipelined after a 200
+    # counts from its own first byte, which came with the first request).
+    assert client.closed_at - started == pytest.approx(0.3)
     assert gw.site.open_connections == 0
-    await still_serves(gw)
+    still_serves(gw)
 
 
-@pytest_twisted.ensureDeferred
-async def test_silent_connections_are_closed_by_the_idle_timeout(partner, make_gateway, logs):
-    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, idle_timeout_ms=300))
-    started = time.monotonic()
-    assert await within(raw_client(gw.address, b"").closed) == b""
-    assert 0.25 < time.monotonic() - started < 2.0
+def test_silent_connections_are_closed_by_the_idle_timeout(net, logs):
+    partner = net.partner()
+    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, idle_timeout_ms=300))
+    client = gw.client()
+    assert net.until(lambda: client.closed) == pytest.approx(0.3)
+    assert client.received == b""
+    assert gw.value("txfanout_idle_closed_total") == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_hundreds_of_idle_connections_stay_bounded(partner, make_gateway, logs):
-    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}},
-                                   max_connections=100, idle_timeout_ms=300))
+def test_hundreds_of_idle_connections_stay_bounded(net, logs):
+    partner = net.partner()
+    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}},
+                                  max_connections=100, idle_timeout_ms=300))
     peak = [0]
     opened = gw.site.connection_opened
 
@@ -391,19 +300,23 @@ async def test_hundreds_of_idle_connections_stay_bounded(partner, make_gateway, 
         peak[0] = max(peak[0], gw.site.open_connections)
 
     gw.site.connection_opened = counting
-    clients = [raw_client(gw.address, b"") for _ in range(300)]
-    results = await within(DeferredList([c.closed for c in clients], consumeErrors=True), 10)
-    assert all(ok and data == b"" for ok, data in results)
+    clients = [gw.client() for _ in range(300)]
+    net.run()
+    assert peak[0] == 100 and gw.port.accepted == 100  # the rest wait in the backlog
+    took = net.until(lambda: all(c.closed for c in clients))
+    assert took == pytest.approx(0.9)  # three rounds of the idle timeout
+    assert all(c.received == b"" for c in clients)
     assert peak[0] == 100
     assert gw.site.open_connections == 0
-    await still_serves(gw)
+    still_serves(gw)
 
 
-@pytest_twisted.ensureDeferred
-async def test_keep_alive_client_that_sends_garbage_after_a_good_request(gw, logs):
-    client = await keep_alive_client(gw.address)
-    answer = await within(client.request(request(close=False)))
-    assert answer.startswith(b"HTTP/1.1 200 ")
-    client.transport.write(b"\x00\x01\x02 nonsense\r\n\r\n")
-    rest = await within(client.closed)
-    assert rest.startswith(b"HTTP/1.1 400 ")
+def test_keep_alive_client_that_sends_garbage_after_a_good_request(gw, logs):
+    client = gw.client(request(close=False))
+    gw.net.run()
+    [answer] = client.answers()
+    assert answer.code == 200 and not client.closed
+    client.take()
+    client.send(b"\x00\x01\x02 nonsense\r\n\r\n")
+    gw.net.until(lambda: client.closed)
+    assert client.received.startswith(b"HTTP/1.1 400 ")

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from txfanout.__main__ import main
 from txfanout.config import ConfigError, load, parse
 
 GOOD = """
@@ -112,6 +113,26 @@ def test_a_route_is_required_and_names_are_checked():
     assert any(e.startswith("routes.../x: route names") for e in errors)
 
 
+def test_check_config_says_ok_or_names_every_error(tmp_path, capsys):
+    # In this process (the command itself, as a process, is the slow test below).
+    good = tmp_path / "good.toml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("deadline_ms = 400", "deadline_ms = 'soon'"))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[server\n")
+    assert main(["check-config", str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}: ok\n"
+    assert main(["check-config", str(bad)]) == 1
+    assert capsys.readouterr().err == \
+        "server.deadline_ms: must be an integer from 10 to 60000\n"
+    assert main(["check-config", str(broken)]) == 1
+    assert "not valid TOML" in capsys.readouterr().err
+    assert main(["check-config", str(tmp_path / "missing.toml")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_check_config_command(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text(GOOD)

@@ -10,38 +10,22 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from .daemon import Daemon, NotifySocket, ThreadedPartner, free_port, http_call
+from .daemon import Daemon, NotifySocket, ThreadedPartner, config_text, free_port, http_call
 
-
-@pytest.fixture
-def partner() -> Iterator[ThreadedPartner]:
-    p = ThreadedPartner()
-    yield p
-    p.close()
-
-
-def config_text(routes: dict[str, str], partner: ThreadedPartner, server: str = "",
-                partner_extra: str = "") -> str:
-    """A config with one partner per route (route NAME calls partner NAME at
-    ``partner.url(path)``)."""
-    text = f"[server]\n{server}\n"
-    for name, path in routes.items():
-        text += (f'[partners.{name}]\nurl = "{partner.url(path)}"\ntimeout_ms = 5000\n'
-                 f"{partner_extra}\n[routes.{name}]\npartners = [\"{name}\"]\n")
-    return text
+# Real daemon processes.
+pytestmark = pytest.mark.slow
 
 
 def test_sighup_refuses_a_bad_file_and_serves_a_good_one(tmp_path: Path,
-                                                         partner: ThreadedPartner) -> None:
+                                                         threaded_partner: ThreadedPartner) -> None:
     port, admin = free_port(), free_port()
     listen = f"tcp:{port}:interface=127.0.0.1"
     addresses = f'listen = "{listen}"\nadmin = "tcp:{admin}:interface=127.0.0.1"\n'
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/echo"}, partner, addresses))
+    path.write_text(config_text({"bid": "/echo"}, threaded_partner, addresses))
     daemon = Daemon("--config", str(path), "--deadline-ms", "250", port=port, admin_port=admin,
                     endpoint_flags=False)
     try:
@@ -50,7 +34,8 @@ def test_sighup_refuses_a_bad_file_and_serves_a_good_one(tmp_path: Path,
         assert status == 200 and answer["results"][0]["outcome"] == "ok"
 
         # A bad file: every error logged with its key; the old routes stay.
-        path.write_text(config_text({"new": "/echo"}, partner, addresses + "max_inflight = 0",
+        path.write_text(config_text({"new": "/echo"}, threaded_partner,
+                                    addresses + "max_inflight = 0",
                                     partner_extra="max_concurrency = 0"))
         mark = daemon.mark()
         daemon.signal(signal.SIGHUP)
@@ -66,7 +51,7 @@ def test_sighup_refuses_a_bad_file_and_serves_a_good_one(tmp_path: Path,
         # A good file: new routes at once; --deadline-ms still wins over the
         # file's deadline_ms; a new listen address needs a restart.
         moved = f"tcp:{free_port()}:interface=127.0.0.1"
-        path.write_text(config_text({"new": "/echo"}, partner,
+        path.write_text(config_text({"new": "/echo"}, threaded_partner,
                                     addresses.replace(listen, moved) + "deadline_ms = 3000"))
         mark = daemon.mark()
         daemon.signal(signal.SIGHUP)
@@ -85,9 +70,10 @@ def test_sighup_refuses_a_bad_file_and_serves_a_good_one(tmp_path: Path,
 
 
 def test_sigterm_drains_requests_in_flight_and_exits_0(tmp_path: Path,
-                                                      partner: ThreadedPartner) -> None:
+                                                      threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/hold", "fast": "/ok"}, partner, "deadline_ms = 8000"))
+    path.write_text(config_text({"bid": "/hold", "fast": "/ok"}, threaded_partner,
+                                "deadline_ms = 8000"))
     daemon = Daemon("--config", str(path))
     try:
         daemon.wait_for("ready: pid")
@@ -98,7 +84,7 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(tmp_path: Path,
         # A request held by a slow partner.
         held = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
         held.request("POST", "/bid", body=b"{}")
-        partner.arrived.get(timeout=10)
+        threaded_partner.arrived.get(timeout=10)
 
         mark = daemon.mark()
         term_sent = time.monotonic()
@@ -115,7 +101,7 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(tmp_path: Path,
         assert b"shutting down" in refused.read()
         assert daemon.proc.poll() is None  # still waiting for the held request
 
-        partner.release()
+        threaded_partner.release()
         response = held.getresponse()
         assert response.status == 200
         assert b'"outcome": "ok"' in response.read()
@@ -139,18 +125,19 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def test_drain_is_bounded_by_the_deadline(tmp_path: Path, partner: ThreadedPartner) -> None:
+def test_drain_is_bounded_by_the_deadline(tmp_path: Path,
+                                          threaded_partner: ThreadedPartner) -> None:
     """A request the partner never answers does not hold the exit past its
     deadline (+ margin): it gets its answer (a timeout) and the daemon exits 0."""
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/hold"}, partner, "deadline_ms = 600")
+    path.write_text(config_text({"bid": "/hold"}, threaded_partner, "deadline_ms = 600")
                     .replace("timeout_ms = 5000", "timeout_ms = 60000"))
     daemon = Daemon("--config", str(path))
     try:
         daemon.wait_for("ready: pid")
         held = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
         held.request("POST", "/bid", body=b"{}")
-        partner.arrived.get(timeout=10)
+        threaded_partner.arrived.get(timeout=10)
         daemon.signal(signal.SIGTERM)
         response = held.getresponse()
         assert response.status == 200
@@ -161,10 +148,10 @@ def test_drain_is_bounded_by_the_deadline(tmp_path: Path, partner: ThreadedPartn
     assert code == 0, "".join(daemon.log)
 
 
-def test_notify_socket_gets_ready_watchdog_reload_and_stopping(tmp_path: Path,
-                                                              partner: ThreadedPartner) -> None:
+def test_notify_socket_gets_ready_watchdog_reload_and_stopping(
+        tmp_path: Path, threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/ok"}, partner))
+    path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     notify = NotifySocket()  # abstract namespace: NOTIFY_SOCKET=@name
     daemon = Daemon("--config", str(path),
                     env={"NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": "200000"})
@@ -197,9 +184,10 @@ def test_notify_socket_gets_ready_watchdog_reload_and_stopping(tmp_path: Path,
     assert code == 0, "".join(daemon.log)
 
 
-def test_no_watchdog_pings_for_another_process(tmp_path: Path, partner: ThreadedPartner) -> None:
+def test_no_watchdog_pings_for_another_process(tmp_path: Path,
+                                               threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/ok"}, partner))
+    path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     notify = NotifySocket(str(tmp_path / "notify.sock"))  # a path this time
     daemon = Daemon("--config", str(path), env={
         "NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"})
@@ -231,9 +219,9 @@ def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_what_start_up_built_is_frozen_out_of_the_collectors_way(
-        tmp_path: Path, partner: ThreadedPartner) -> None:
+        tmp_path: Path, threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/ok"}, partner))
+    path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     daemon = Daemon("--config", str(path))
     try:
         daemon.wait_for("ready: pid")

@@ -22,6 +22,9 @@ from hypothesis import strategies as st
 
 from .daemon import Daemon, free_port
 
+# A real daemon, and hundreds of examples over real sockets.
+pytestmark = pytest.mark.slow
+
 FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 

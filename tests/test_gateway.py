@@ -1,34 +1,39 @@
-"""One request end to end, against real loopback partners."""
+"""One request end to end: a client, the gateway and its partners, in
+memory on a fake clock (tests/fakes.py), where a deadline is kept to the
+millisecond and a call cut at its timeout is seen aborting its connection."""
 
 from __future__ import annotations
 
 import json
-import time
 
-import pytest_twisted
-from twisted.internet.defer import Deferred
+import pytest
 
-from .conftest import raw_client, route_config, within
-from .partners import refused_url
+from .configs import route_config
+from .fakes import Network
 
 
 def one(partner, path, **extra):
     return {"url": partner.url(path), **extra}
 
 
-@pytest_twisted.ensureDeferred
-async def test_every_outcome_from_a_real_partner(partner, make_gateway):
-    gw = make_gateway(route_config({
+def aborted_calls(net: Network, partner) -> int:
+    """Connections to ``partner`` the gateway aborted (not closed gracefully)."""
+    return sum(1 for link in net.links_to(partner.port) if link.client.aborted)
+
+
+def test_every_outcome_of_a_call(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({
         "fast": one(partner, "/ok"),
         "five-hundred": one(partner, "/status/500"),
         "slow": one(partner, "/delay/2000", timeout_ms=100),
         "midbody": one(partner, "/midbody"),
         "reset": one(partner, "/reset"),
         "big": one(partner, "/big/5000", max_response_bytes=1000),
-        "refused": {"url": refused_url()},
+        "refused": {"url": net.refused_url()},
         "echo": one(partner, "/echo"),
     }))
-    answer = await gw.post(body=b'{"x": 1}')
+    answer = gw.post(body=b'{"x": 1}')
     assert answer.code == 200
     assert answer.outcomes() == {
         "fast": "ok", "five-hundred": "http_error", "slow": "timeout", "midbody": "error",
@@ -49,12 +54,12 @@ async def test_every_outcome_from_a_real_partner(partner, make_gateway):
     assert [r["partner"] for r in answer.json["results"]][:3] == ["fast", "five-hundred", "slow"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_partner_receives_body_headers_budget_and_request_id(partner, make_gateway):
-    gw = make_gateway(route_config(
+def test_partner_receives_body_headers_budget_and_request_id(net):
+    partner = net.partner()
+    gw = net.gateway(route_config(
         {"echo": one(partner, "/echo", headers={"X-Api-Key": "k1"}, timeout_ms=250)},
         deadline_ms=1000))
-    answer = await gw.post(body=b'{"imp": [1]}', headers={"X-Request-Id": "abc-123"})
+    answer = gw.post(body=b'{"imp": [1]}', headers={"X-Request-Id": "abc-123"})
     seen = json.loads(answer.json["results"][0]["body"])
     assert seen["method"] == "POST"
     assert seen["body"] == '{"imp": [1]}'
@@ -66,84 +71,84 @@ async def test_partner_receives_body_headers_budget_and_request_id(partner, make
     assert answer.json["complete"] is True
 
 
-@pytest_twisted.ensureDeferred
-async def test_client_may_ask_for_less_time_never_more(partner, make_gateway):
-    gw = make_gateway(route_config({"echo": one(partner, "/echo", timeout_ms=300)},
+def test_client_may_ask_for_less_time_never_more(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"echo": one(partner, "/echo", timeout_ms=300)},
                                    deadline_ms=500))
-    less = await gw.post(headers={"X-Fanout-Deadline-Ms": "100"})
+    less = gw.post(headers={"X-Fanout-Deadline-Ms": "100"})
     seen = json.loads(less.json["results"][0]["body"])
     assert int(seen["headers"]["X-Fanout-Deadline-Ms"][0]) <= 100
-    more = await gw.post(headers={"X-Fanout-Deadline-Ms": "100000"})
+    more = gw.post(headers={"X-Fanout-Deadline-Ms": "100000"})
     seen = json.loads(more.json["results"][0]["body"])
     assert int(seen["headers"]["X-Fanout-Deadline-Ms"][0]) == 300
-    bad = await gw.post(headers={"X-Fanout-Deadline-Ms": "soon"})
+    bad = gw.post(headers={"X-Fanout-Deadline-Ms": "soon"})
     assert bad.code == 400 and "X-Fanout-Deadline-Ms" in bad.json["error"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_hanging_partner_does_not_hold_the_answer_past_the_deadline(partner, make_gateway):
-    gw = make_gateway(route_config(
+def test_hanging_partner_does_not_hold_the_answer_past_the_deadline(net):
+    partner = net.partner()
+    gw = net.gateway(route_config(
         {"fast": one(partner, "/ok"), "hang": one(partner, "/hang", timeout_ms=5000)},
         deadline_ms=200))
-    lost = partner.wait_hang_lost()
-    started = time.monotonic()
-    answer = await gw.post()
-    elapsed_ms = (time.monotonic() - started) * 1000
+    client = gw.send()
+    took = net.until(lambda: client.closed)
+    answer = gw.answer(client)
     assert answer.outcomes() == {"fast": "ok", "hang": "timeout"}
-    assert 150 <= elapsed_ms < 200 + 50
-    # The straggler was cancelled: the partner saw its connection close.
-    await within(lost, 2)
+    # Its call got what was left of the deadline less reserve_ms (5 ms).
+    assert took == pytest.approx(0.195)
+    # The straggler was cancelled: its connection aborted, the partner saw it go.
+    assert partner.lost_count == 1 and partner.open_requests == set()
+    assert aborted_calls(net, partner) == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_streaming_body_is_cut_at_the_timeout(partner, make_gateway):
-    gw = make_gateway(route_config({"drip": one(partner, "/drip/1000", timeout_ms=200)}))
-    lost = partner.wait_hang_lost()
-    answer = await gw.post()
+def test_streaming_body_is_cut_at_the_timeout(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"drip": one(partner, "/drip/1000", timeout_ms=200)}))
+    answer = gw.post()
     assert answer.outcomes() == {"drip": "timeout"}
-    await within(lost, 2)
+    # Aborted at the timeout: the partner stopped dripping then.
+    assert partner.lost_count == 1 and aborted_calls(net, partner) == 1
+    assert not any("LoopingCall" in repr(c) for c in net.clock.getDelayedCalls())
 
 
-@pytest_twisted.ensureDeferred
-async def test_oversized_bodies_abort_the_connection(partner, make_gateway):
-    gw = make_gateway(route_config({
+def test_oversized_bodies_abort_the_connection(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({
         "announced": one(partner, "/big/100000", max_response_bytes=1000),
         "chunked": one(partner, "/bigchunked/100000", max_response_bytes=1000),
         "fits": one(partner, "/big/1000", max_response_bytes=1000),
     }))
-    answer = await gw.post()
+    answer = gw.post()
     assert answer.outcomes() == {"announced": "too_large", "chunked": "too_large", "fits": "ok"}
 
 
-@pytest_twisted.ensureDeferred
-async def test_client_disconnect_cancels_the_fanout(partner, make_gateway):
-    gw = make_gateway(route_config({"hang": one(partner, "/hang", timeout_ms=5000)},
-                                   deadline_ms=10000))
-    lost = partner.wait_hang_lost()
-    arrived = partner.wait_request()
-    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
-                                    b"Content-Length: 2\r\n\r\n{}")
-    await within(arrived)
-    assert len(gw.gateway.inflight) == 1
-    client.transport.loseConnection()
-    await within(lost, 2)
+def test_client_disconnect_cancels_the_fanout(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"hang": one(partner, "/hang", timeout_ms=5000)},
+                                  deadline_ms=10000))
+    client = gw.client(b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    net.run()
+    assert len(gw.gateway.inflight) == 1 and partner.seen == 1
+    client.close()
+    net.run()  # no time passes: the close alone cancels the call
+    assert partner.lost_count == 1 and aborted_calls(net, partner) == 1
     assert not gw.gateway.inflight
     assert gw.gateway.admission.admitted == 0
 
 
-@pytest_twisted.ensureDeferred
-async def test_connections_are_reused(partner, make_gateway):
-    gw = make_gateway(route_config({"a": one(partner, "/ok"), "b": one(partner, "/echo")}))
+def test_connections_are_reused(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"a": one(partner, "/ok"), "b": one(partner, "/echo")}))
     for _ in range(50):
-        answer = await gw.post()
+        answer = gw.post()
         assert answer.outcomes() == {"a": "ok", "b": "ok"}
-    # 100 calls, two at a time: a handful of connections, not one per call.
-    assert partner.connections <= 4
+    # 100 calls, two at a time: two connections, each used for 50 calls.
+    assert partner.connections == 2 and partner.seen == 100
 
 
-@pytest_twisted.ensureDeferred
-async def test_selection_by_country_and_os(partner, make_gateway):
-    gw = make_gateway({
+def test_selection_by_country_and_os(net):
+    partner = net.partner()
+    gw = net.gateway({
         "partners": {
             "us": one(partner, "/ok", countries=["US", "CA"]),
             "not-us": one(partner, "/ok", exclude_countries=["US"]),
@@ -156,48 +161,48 @@ async def test_selection_by_country_and_os(partner, make_gateway):
                            "max_partners": 2}},
     })
 
-    async def chosen(path="/bid", body=b"{}", **headers):
-        answer = await gw.post(path, body=body, headers=headers)
+    def chosen(path="/bid", body=b"{}", **headers):
+        answer = gw.post(path, body=body, headers=headers)
         assert answer.code == 200, answer.body
         return [r["partner"] for r in answer.json["results"]]
 
-    assert await chosen(**{"X-Country": "us", "X-OS": "Android"}) == ["us", "mobile", "all"]
-    assert await chosen(**{"X-Country": "DE", "X-OS": "windows"}) == \
+    assert chosen(**{"X-Country": "us", "X-OS": "Android"}) == ["us", "mobile", "all"]
+    assert chosen(**{"X-Country": "DE", "X-OS": "windows"}) == \
         ["not-us", "desktop", "all"]
     body = json.dumps({"device": {"geo": {"country": "CA"}, "os": "iOS"}}).encode()
-    assert await chosen(body=body) == ["us", "not-us", "mobile", "all"]
+    assert chosen(body=body) == ["us", "not-us", "mobile", "all"]
     # The header wins over the body field.
-    assert await chosen(body=body, **{"X-Country": "US"}) == ["us", "mobile", "all"]
+    assert chosen(body=body, **{"X-Country": "US"}) == ["us", "mobile", "all"]
     ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36"
-    assert await chosen(**{"X-Country": "FR", "User-Agent": ua}) == \
+    assert chosen(**{"X-Country": "FR", "User-Agent": ua}) == \
         ["not-us", "desktop", "all"]
     ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)"
-    assert await chosen(**{"User-Agent": ua}) == ["not-us", "mobile", "all"]
+    assert chosen(**{"User-Agent": ua}) == ["not-us", "mobile", "all"]
     # No country and no OS: only the unrestricted partners.
-    assert await chosen() == ["not-us", "all"]
-    assert await chosen("/two", **{"X-Country": "US", "X-OS": "ios"}) == ["us", "mobile"]
+    assert chosen() == ["not-us", "all"]
+    assert chosen("/two", **{"X-Country": "US", "X-OS": "ios"}) == ["us", "mobile"]
 
 
-@pytest_twisted.ensureDeferred
-async def test_route_with_no_matching_partner_answers_empty(partner, make_gateway):
-    gw = make_gateway(route_config({"us": one(partner, "/ok", countries=["US"])}))
-    answer = await gw.post(headers={"X-Country": "JP"})
+def test_route_with_no_matching_partner_answers_empty(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"us": one(partner, "/ok", countries=["US"])}))
+    answer = gw.post(headers={"X-Country": "JP"})
     assert answer.code == 200
     assert answer.json["results"] == [] and answer.json["complete"] is True
 
 
-@pytest_twisted.ensureDeferred
-async def test_error_answers_are_json(partner, make_gateway):
-    gw = make_gateway(route_config({"a": one(partner, "/ok")}, max_body_bytes=100))
+def test_error_answers_are_json(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"a": one(partner, "/ok")}, max_body_bytes=100))
     cases = [
-        (await gw.post("/nope"), 404),
-        (await gw.post("/../admin"), 404),
-        (await gw.post("/bid", method="GET"), 405),
-        (await gw.post(body=b"{not json"), 400),
-        (await gw.post(body=b"[" * 50000), 413),
-        (await gw.post(body=b"[" * 90), 400),
-        (await gw.post(headers={"X-Country": "USA"}), 400),
-        (await gw.post(headers={"X-OS": "\x01"}), 400),
+        (gw.post("/nope"), 404),
+        (gw.post("/../admin"), 404),
+        (gw.post("/bid", method="GET"), 405),
+        (gw.post(body=b"{not json"), 400),
+        (gw.post(body=b"[" * 50000), 413),
+        (gw.post(body=b"[" * 90), 400),
+        (gw.post(headers={"X-Country": "USA"}), 400),
+        (gw.post(headers={"X-OS": "\x01"}), 400),
     ]
     for answer, code in cases:
         assert answer.code == code, answer.body
@@ -206,42 +211,45 @@ async def test_error_answers_are_json(partner, make_gateway):
     assert cases[2][0].header("Allow") == "POST"
 
 
-@pytest_twisted.ensureDeferred
-async def test_body_over_the_cap_is_refused_before_it_is_read(partner, make_gateway):
-    gw = make_gateway(route_config({"a": one(partner, "/ok")}, max_body_bytes=100))
+def test_body_over_the_cap_is_refused_before_it_is_read(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"a": one(partner, "/ok")}, max_body_bytes=100))
     # Announce a huge body and send none of it: the answer comes anyway.
-    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
-                                    b"Content-Length: 10000000\r\n\r\n")
-    data = await within(client.closed)
+    client = gw.client(b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+    net.run()
+    assert client.closed
+    data = client.received
     assert data.startswith(b"HTTP/1.1 413 ")
     assert b'{"error": "body over 100 bytes"}' in data
     # The whole oversized body in the same packet: still one 413, nothing else.
-    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
-                                    b"Content-Length: 200\r\n\r\n" + b" " * 200)
-    data = await within(client.closed)
+    client = gw.client(b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n"
+                       + b" " * 200)
+    net.run()
+    data = client.received
     assert data.startswith(b"HTTP/1.1 413 ") and data.count(b"HTTP/1.1") == 1
     assert partner.seen == 0
     # Chunked, no length announced: refused once the cap is passed.
-    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
-                                    b"Transfer-Encoding: chunked\r\n\r\n"
-                                    + b"40\r\n" + b"[" * 64 + b"\r\n" + b"40\r\n" + b"[" * 64)
-    data = await within(client.closed)
+    client = gw.client(b"POST /bid HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       + b"40\r\n" + b"[" * 64 + b"\r\n" + b"40\r\n" + b"[" * 64)
+    net.run()
+    assert client.closed
+    data = client.received
     assert data.startswith(b"HTTP/1.1 413 ")
 
 
-@pytest_twisted.ensureDeferred
-async def test_over_max_inflight_is_refused_at_once(partner, make_gateway):
-    gw = make_gateway(route_config({"hang": one(partner, "/hang")},
-                                   max_inflight=1, deadline_ms=2000))
-    arrived = partner.wait_request()
-    held = Deferred.fromCoroutine(gw.post())
-    await within(arrived)
-    started = time.monotonic()
-    refused = await gw.post()
-    assert (time.monotonic() - started) < 0.1
+def test_over_max_inflight_is_refused_at_once(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"hang": one(partner, "/hang")},
+                                  max_inflight=1, deadline_ms=2000))
+    held = gw.send()
+    net.run()
+    assert partner.seen == 1
+    second = gw.send()
+    net.run()  # no time passes: refused at once
+    [refused] = second.answers()
     assert refused.code == 503
     assert refused.header("Retry-After") == "1"
     assert "in-flight limit" in refused.json["error"]
-    answer = await within(held)
+    answer = gw.answer(held)
     assert answer.outcomes() == {"hang": "timeout"}
     assert gw.gateway.admission.admitted == 0

@@ -11,13 +11,17 @@ type not growing from one cycle to the next.
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
-from .conftest import raw_client, route_config, within
-from .hostile import SECRET, logs, raw_partner  # noqa: F401 - fixtures
-from .test_client_attacks import REFUSED, request
-from .test_leaks import live_objects, our_pending_timers
+from .configs import route_config
+from .hostile import REFUSED, SECRET, request
+from .leakcheck import live_objects, our_pending_timers
+from .loopback import raw_client, within
+
+# Forty hostile rounds over real sockets: seconds.
+pytestmark = pytest.mark.slow
 
 ROUNDS_PER_CYCLE = 10
 CYCLES = 4

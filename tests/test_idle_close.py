@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest_twisted
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -13,8 +13,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from .conftest import keep_alive_client, route_config, within
-from .test_overload import POST
+from .configs import route_config
+from .fakes import Network
+
+POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
 
 def timeout_lines(events: list[dict[str, Any]]) -> list[str]:
@@ -25,27 +27,25 @@ def idle_closed(gw: Any) -> float:
     return gw.gateway.metrics.registry.get_sample_value("txfanout_idle_closed_total")
 
 
-@pytest_twisted.ensureDeferred
-async def test_idle_connections_are_closed_and_counted_without_a_log_line(partner,
-                                                                         make_gateway):
-    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, idle_timeout_ms=200))
+def test_idle_connections_are_closed_and_counted_without_a_log_line(net: Network):
+    partner = net.partner()
+    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, idle_timeout_ms=200))
     with capturedLogs() as events:
-        clients = [await keep_alive_client(gw.address) for _ in range(3)]
-        for client in clients:
-            assert (await within(client.request(POST))).startswith(b"HTTP/1.1 200")
-        for client in clients:
-            await within(client.closed, 5)
+        clients = [gw.client(POST) for _ in range(3)]
+        net.run()
+        assert [[a.code for a in c.answers()] for c in clients] == [[200]] * 3
+        assert net.until(lambda: all(c.closed for c in clients)) == pytest.approx(0.2)
     assert timeout_lines(events) == []
     assert idle_closed(gw) == 3
     assert gw.site.open_connections == 0
 
 
-def test_a_stalled_close_is_aborted_after_request_timeout(make_gateway):
+def test_a_stalled_close_is_aborted_after_request_timeout(net: Network):
     # The close is asked for at the idle timeout; if the connection is still
     # there request_timeout_ms later (its unsent bytes not read), it is
     # aborted (Twisted's own abort came 15 s later).
-    gw = make_gateway(route_config({"ok": {"url": "http://127.0.0.1:1/"}},
-                                   idle_timeout_ms=200, request_timeout_ms=1000))
+    gw = net.gateway(route_config({"ok": {"url": "http://127.0.0.1:1/"}},
+                                  idle_timeout_ms=200, request_timeout_ms=1000))
     clock = Clock()
     channel = gw.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     channel.callLater = clock.callLater

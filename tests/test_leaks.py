@@ -16,21 +16,22 @@ until it compacts it (up to 50, two bound methods each) are left out.
 
 from __future__ import annotations
 
-import gc
-import heapq
 from collections import Counter
-from types import MethodType
-from typing import Any
 
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.base import DelayedCall
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from .conftest import raw_client, route_config, within
+from .configs import route_config
+from .leakcheck import live_objects, our_pending_timers
+from .loopback import raw_client, within
+
+# Thousands of requests over real sockets, four times over: seconds.
+pytestmark = pytest.mark.slow
 
 REQUESTS_PER_CYCLE = 1500
 CONCURRENCY = 40
@@ -38,37 +39,6 @@ HANG_UP_EVERY = 10
 CYCLES = 4
 NOISE = 60  # objects a type may gain over two cycles of 1,500 requests
 ATOMS = (int, float, str, bytes)  # never tracked by CPython's collector
-
-
-def counted(o: Any) -> bool:
-    if isinstance(o, ATOMS):
-        return False
-    if isinstance(o, DelayedCall):
-        return not o.cancelled
-    return not (isinstance(o, MethodType) and o.__self__ is reactor)
-
-
-def live_objects() -> Counter[str]:
-    drop_cancelled_timers()
-    gc.collect()
-    return Counter((f"method {o.__func__.__qualname__}" if type(o).__name__ == "method"
-                    else f"{type(o).__module__}.{type(o).__qualname__}")
-                   for o in gc.get_objects() if counted(o))
-
-
-def drop_cancelled_timers() -> None:
-    """Purge cancelled timers from the reactor's heap now. The reactor does it
-    lazily, once more than 50 (and half the heap) are cancelled; until then
-    each keeps a DelayedCall and two bound methods alive, a noise of up to
-    ~150 objects between otherwise identical snapshots."""
-    reactor._pendingTimedCalls = [c for c in reactor._pendingTimedCalls if not c.cancelled]
-    heapq.heapify(reactor._pendingTimedCalls)
-    reactor._cancellations = sum(1 for c in reactor._newTimedCalls if c.cancelled)
-
-
-def our_pending_timers() -> list[str]:
-    return [repr(c) for c in reactor.getDelayedCalls()
-            if getattr(c.func, "__module__", "").startswith("txfanout")]
 
 
 async def settled(condition) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
@@ -15,7 +16,9 @@ from txfanout.config import ServerConfig
 from txfanout.lag import ReactorLag
 from txfanout.limit import CUT_EVERY, FLOOR, InflightLimit
 
-from .conftest import raw_client, route_config, within
+from .configs import route_config
+from .fakes import Network
+from .loopback import raw_client, within
 from .rawpartners import RawPartner
 
 
@@ -109,6 +112,41 @@ def slow_post(address, deadline_ms: int | None, body_every: float) -> tuple:
     return client.closed.addBoth(lambda raw: (loop.stop(), raw)[1])
 
 
+def test_slow_uploads_and_dripping_partners_end_as_they_should_with_the_limit_untouched(
+        net: Network):
+    # In memory, the lag monitor running on the fake clock: uploads spread
+    # over 150 ms against a 100 ms deadline, with and without a 1 ms
+    # deadline header, leave no time to call anyone; a partner that drips
+    # its answer times out; none of it cuts the limit.
+    drip = net.raw_partner()
+    gw = net.gateway(route_config({
+        "fast": {"url": net.partner().url("/ok")},
+        "drip": {"url": drip.url("/drip"), "timeout_ms": 60, "breaker_failures": 0},
+    }, max_inflight=50, deadline_ms=100))
+    gw.gateway.lag.start()
+    try:
+        head = b"POST /bid HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10\r\n"
+        clients = [gw.client(head + (b"X-Fanout-Deadline-Ms: 1\r\n" if tiny else b"") + b"\r\n")
+                   for tiny in (False, True, False, True)]
+        for _ in range(10):  # the bodies, a byte every 15 ms each
+            for client in clients:
+                client.send(b" ")
+            net.advance(0.015)
+        net.until(lambda: all(c.closed for c in clients))
+        for client in clients:
+            [answer] = client.answers()
+            assert answer.code == 200 and answer.outcomes() == {"fast": "skipped",
+                                                                "drip": "skipped"}
+        for _ in range(3):
+            answer = gw.post()
+            assert answer.outcomes() == {"fast": "ok", "drip": "timeout"}
+            assert answer.results()["drip"]["latency_ms"] == 60.0
+    finally:
+        gw.gateway.lag.stop()
+    assert gw.gateway.admission.limit.current == 50
+
+
+@pytest.mark.slow  # real uploads and a real partner against the reactor's real lag
 @pytest_twisted.ensureDeferred
 async def test_slow_uploads_tiny_deadlines_and_dripping_partners_leave_it_alone(
         partner, make_gateway):

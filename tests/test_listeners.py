@@ -18,7 +18,7 @@ from txfanout.listeners import (
     shift_port,
 )
 
-from .conftest import raw_client, within
+from .loopback import raw_client, within
 
 
 @pytest.mark.parametrize("description, offset, expected", [

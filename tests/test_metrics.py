@@ -1,15 +1,17 @@
-"""Each metric moves when its cause happens, caused by real loopback partners."""
+"""Each metric moves when its cause happens: partner calls and a blocked
+reactor in memory on a fake clock (tests/fakes.py), where a timed-out call
+takes its timeout exactly; the process and resolver metrics on the real
+reactor."""
 
 from __future__ import annotations
 
 import platform
 import sys
-import time
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from txfanout.config import ServerConfig
@@ -18,9 +20,9 @@ from txfanout.fanout import Fanout
 from txfanout.inflight import OverdueWatch
 from txfanout.top import Scrape
 
-from .conftest import raw_client, route_config, within
-from .hostile import local_names  # noqa: F401 - fixture
-from .partners import PartnerServer, refused_url
+from .configs import route_config
+from .fakes import Network
+from .loopback import raw_client, within
 
 
 def one(partner, path, **extra):
@@ -36,20 +38,20 @@ def calls(gw, partner, outcome):
     return value(gw, "txfanout_partner_calls_total", partner=partner, outcome=outcome)
 
 
-@pytest_twisted.ensureDeferred
-async def test_partner_outcomes_and_durations_are_counted(partner, make_gateway):
-    gw = make_gateway(route_config({
+def test_partner_outcomes_and_durations_are_counted(net: Network):
+    partner = net.partner()
+    gw = net.gateway(route_config({
         "fast": one(partner, "/ok"),
         "five-hundred": one(partner, "/status/503"),
         "slow": one(partner, "/delay/2000", timeout_ms=100),
         "reset": one(partner, "/reset"),
-        "refused": {"url": refused_url()},
+        "refused": {"url": net.refused_url()},
         "big": one(partner, "/big/5000", max_response_bytes=1000),
     }))
     for name in ("fast", "slow", "big"):
         assert calls(gw, name, "ok") == 0.0  # the series exist before any traffic
-    await gw.post()
-    await gw.post()
+    gw.post()
+    gw.post()
     assert calls(gw, "fast", "ok") == 2
     assert calls(gw, "five-hundred", "http_error") == 2
     assert calls(gw, "slow", "timeout") == 2
@@ -57,40 +59,40 @@ async def test_partner_outcomes_and_durations_are_counted(partner, make_gateway)
     assert calls(gw, "reset", "error") == 2
     assert calls(gw, "refused", "error") == 2
     assert calls(gw, "big", "too_large") == 2
-    # The timed-out calls took their 100 ms; the fast ones well under it.
+    # The timed-out calls took their 100 ms; the fast ones no time at all.
     hist = "txfanout_partner_call_duration_seconds"
     assert value(gw, hist + "_count", partner="slow") == 2
+    assert value(gw, hist + "_sum", partner="slow") == pytest.approx(0.2)
     assert value(gw, hist + "_bucket", partner="slow", le="0.075") == 0
     assert value(gw, hist + "_bucket", partner="slow", le="0.25") == 2
     assert value(gw, hist + "_bucket", partner="fast", le="0.075") == 2
 
 
-@pytest_twisted.ensureDeferred
-async def test_shed_skipped_and_cancelled_calls(partner, make_gateway):
-    gw = make_gateway(route_config({
+def test_shed_skipped_and_cancelled_calls(net: Network):
+    partner = net.partner()
+    gw = net.gateway(route_config({
         "hang": one(partner, "/hang", timeout_ms=5000, max_concurrency=1),
         "ok": one(partner, "/ok"),
     }, deadline_ms=10000))
-    arrived = partner.wait_request()
-    lost = partner.wait_hang_lost()
-    client = raw_client(gw.address, b"POST /bid HTTP/1.1\r\nHost: x\r\n"
-                                    b"Content-Length: 2\r\n\r\n{}")
-    await within(arrived)
+    client = gw.client(b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    net.run()
+    assert partner.open_requests
     # The hanging partner is at its cap: the next request's call waits for a
     # slot as long as its budget allows, then is shed.
-    answer = await gw.post(headers={"X-Fanout-Deadline-Ms": "200"})
+    answer = gw.post(headers={"X-Fanout-Deadline-Ms": "200"})
     assert answer.outcomes() == {"hang": "shed", "ok": "ok"}
     assert calls(gw, "hang", "shed") == 1
     # Shed calls were not made: no duration for them.
     assert value(gw, "txfanout_partner_call_duration_seconds_count", partner="hang") == 0
     assert value(gw, "txfanout_partner_inflight", partner="hang") == 1
     # Too little budget left to call anyone: skipped.
-    answer = await gw.post(headers={"X-Fanout-Deadline-Ms": "8"})
+    answer = gw.post(headers={"X-Fanout-Deadline-Ms": "8"})
     assert answer.outcomes() == {"hang": "skipped", "ok": "skipped"}  # no budget for anyone
     assert calls(gw, "ok", "skipped") == 1
     # The first client goes away: its call is cancelled, its request counted as 499.
-    client.transport.loseConnection()
-    await within(lost)
+    client.close()
+    net.run()
+    assert partner.lost_count == 1
     assert calls(gw, "hang", "cancelled") == 1
     assert value(gw, "txfanout_partner_inflight", partner="hang") == 0
     assert value(gw, "txfanout_requests_total", route="bid", code="499") == 1
@@ -123,57 +125,50 @@ async def test_requests_by_route_and_code_with_bounded_labels(partner, make_gate
     assert value(gw, "txfanout_request_duration_seconds_bucket", route="bid", le="1.0") == 3
 
 
-@pytest_twisted.ensureDeferred
-async def test_admission_shed_and_inflight(partner, make_gateway):
-    gw = make_gateway(route_config({"hang": one(partner, "/hang")},
-                                   max_inflight=1, deadline_ms=2000))
+def test_admission_shed_and_inflight(net: Network):
+    partner = net.partner()
+    gw = net.gateway(route_config({"hang": one(partner, "/hang")},
+                                  max_inflight=1, deadline_ms=2000))
     assert value(gw, "txfanout_shed_total", reason="max_inflight") == 0
-    arrived = partner.wait_request()
-    held = Deferred.fromCoroutine(gw.post())
-    await within(arrived)
+    held = gw.send()
+    net.run()
     assert value(gw, "txfanout_inflight_requests") == 1
     assert value(gw, "txfanout_partner_inflight", partner="hang") == 1
-    assert (await gw.post()).code == 503
-    assert (await gw.post()).code == 503
+    assert gw.post().code == 503
+    assert gw.post().code == 503
     assert value(gw, "txfanout_shed_total", reason="max_inflight") == 2
     assert value(gw, "txfanout_requests_total", route="bid", code="503") == 2
-    await within(held)
+    gw.answer(held)
     assert value(gw, "txfanout_inflight_requests") == 0
     assert value(gw, "txfanout_partner_inflight", partner="hang") == 0
     assert calls(gw, "hang", "timeout") == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_upstream_connections(partner, make_gateway):
-    other = PartnerServer().start()
-    try:
-        gw = make_gateway(route_config({"ok": one(partner, "/ok"),
-                                        "hang": one(other, "/hang", timeout_ms=100)}))
-        a = f"http://127.0.0.1:{partner.port.getHost().port}"
-        b = f"http://127.0.0.1:{other.port.getHost().port}"
-        conns = "txfanout_upstream_connections"
-        lost = other.wait_hang_lost()
-        assert (await gw.post()).outcomes() == {"ok": "ok", "hang": "timeout"}
-        await within(lost)
-        # The answered call's connection went back to the pool; the timed-out
-        # one was aborted.
-        assert value(gw, conns + "_opened_total", upstream=a) == 1
-        assert value(gw, conns, upstream=a, state="idle") == 1
-        assert value(gw, conns, upstream=a, state="active") == 0
-        assert value(gw, conns + "_opened_total", upstream=b) == 1
-        assert value(gw, conns + "_closed_total", upstream=b) == 1
-        assert value(gw, conns, upstream=b, state="active") == 0
-        assert value(gw, "txfanout_partner_upstream", partner="hang", upstream=b) == 1
-        # While a call hangs its connection is active; the pooled one is reused.
-        arrived = other.wait_request()
-        held = Deferred.fromCoroutine(gw.post())
-        await within(arrived)
-        assert value(gw, conns, upstream=b, state="active") == 1
-        await within(held)
-        assert value(gw, conns + "_opened_total", upstream=a) == 1
-        assert value(gw, conns + "_opened_total", upstream=b) == 2
-    finally:
-        await other.stop()
+def test_upstream_connections(net: Network):
+    partner, other = net.partner(), net.partner()
+    gw = net.gateway(route_config({"ok": one(partner, "/ok"),
+                                   "hang": one(other, "/hang", timeout_ms=100)}))
+    a = f"http://127.0.0.1:{partner.port.getHost().port}"
+    b = f"http://127.0.0.1:{other.port.getHost().port}"
+    conns = "txfanout_upstream_connections"
+    assert gw.post().outcomes() == {"ok": "ok", "hang": "timeout"}
+    assert other.lost_count == 1
+    # The answered call's connection went back to the pool; the timed-out
+    # one was aborted.
+    assert value(gw, conns + "_opened_total", upstream=a) == 1
+    assert value(gw, conns, upstream=a, state="idle") == 1
+    assert value(gw, conns, upstream=a, state="active") == 0
+    assert value(gw, conns + "_opened_total", upstream=b) == 1
+    assert value(gw, conns + "_closed_total", upstream=b) == 1
+    assert value(gw, conns, upstream=b, state="active") == 0
+    assert value(gw, "txfanout_partner_upstream", partner="hang", upstream=b) == 1
+    # While a call hangs its connection is active; the pooled one is reused.
+    held = gw.send()
+    net.run()
+    assert value(gw, conns, upstream=b, state="active") == 1
+    gw.answer(held)
+    assert value(gw, conns + "_opened_total", upstream=a) == 1
+    assert value(gw, conns + "_opened_total", upstream=b) == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -192,17 +187,15 @@ async def test_a_partner_and_its_connections_name_one_upstream(partner, make_gat
     assert count == 1
 
 
-@pytest_twisted.ensureDeferred
-async def test_reactor_lag_is_measured(partner, make_gateway):
-    gw = make_gateway(route_config({"ok": one(partner, "/ok")}))
+def test_reactor_lag_is_measured(net: Network):
+    gw = net.gateway(route_config({"ok": one(net.partner(), "/ok")}))
     lag = gw.gateway.lag
     lag.interval = 0.005
     lag.start()
     try:
-        time.sleep(0.06)  # the cause under test: a reactor blocked for 60 ms
-        # The lag probe was due long before this timer: it has run by then.
-        await deferLater(reactor, 0.001, lambda: None)
-        assert lag.lag >= 0.045
+        net.clock.callLater(0.001, net.busy, 0.06)  # a reactor blocked for 60 ms
+        net.advance(0.01)
+        assert lag.lag == pytest.approx(0.056)  # the probe due at 5 ms ran at 61 ms
         assert value(gw, "txfanout_reactor_lag_seconds") == lag.lag
     finally:
         lag.stop()

@@ -5,13 +5,16 @@ and in-memory transports (exact and instant), then once over real sockets."""
 from __future__ import annotations
 
 import time
+
+import pytest
 import pytest_twisted
 from txfanout.gateway import Gateway
 from txfanout.config import ServerConfig
 from txfanout.site import REFUSAL_BURST
 
-from .conftest import keep_alive_client, route_config, within
-from .fakes import FakePort, answer, connect, full_gateway
+from .configs import route_config
+from .fakes import FakePort, Network, answer, connect, full_gateway
+from .loopback import keep_alive_client, within
 
 PACE_S = ServerConfig().pace_ms / 1000.0
 
@@ -97,6 +100,22 @@ def test_a_free_slot_admits_as_many_connections_as_there_is_room_for():
     assert port.reading and port.numberAccepts == 1
 
 
+def test_a_retry_sent_at_once_is_read_when_the_pace_is_up(net: Network):
+    # In memory: the retry waits unread (the channel does not read it) until
+    # the pace is up, then it is served like any request.
+    partner = net.partner()
+    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
+    assert gw.gateway.admission.admit() is None  # the one slot is taken
+    client = gw.client(POST)
+    net.run()
+    assert b"in-flight limit" in client.take()
+    client.send(POST)  # at once, ignoring Retry-After
+    gw.gateway.admission.release()  # a slot is free, but the retry is not read yet
+    assert net.until(lambda: client.received) == pytest.approx(PACE_S)
+    assert client.received.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.slow  # waits a real PACE_S; the socket's peek is what it tests
 @pytest_twisted.ensureDeferred
 async def test_a_client_retrying_at_once_is_read_a_retry_after_later(partner, make_gateway):
     gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))

@@ -12,7 +12,12 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from .daemon import TWISTD_MAIN
+
+# pip into fresh venvs.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parent.parent
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__",

@@ -1,9 +1,16 @@
-"""Partners that misbehave, each a real loopback server.
+"""Partners that misbehave byte for byte (tests/rawpartners.py).
 
 For every fault the affected call gets a precise outcome, the healthy
 partner in the same request is unaffected, nothing is logged as a failure,
 the partner's secret header is seen nowhere, and the connection the fault
 was on is closed (nothing keeps streaming, nothing leaks).
+
+The partners, the gateway and its pool run in memory on a fake clock
+(tests/fakes.py): a call that times out does so at its timeout_ms exactly,
+and what the pool does with each connection is seen as it happens. Two
+cases stay on real loopback sockets, where the socket is what they test:
+a connection whose FIN the reactor has not read yet (the peek before
+reuse), and a name that does not resolve (the reactor's resolver).
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ import pytest_twisted
 from twisted.web.http_headers import Headers
 
 from txfanout.pool import MAX_RESPONSE_HEAD_BYTES
+from txfanout.upstream import pool_key
 
-from .conftest import route_config, within
-from .hostile import SECRET, local_names, logs, raw_partner, until  # noqa: F401 - fixtures
-from .partners import refused_url
-from .rawpartners import GZIP_BOMB
+from .configs import route_config
+from .fakes import FakeGateway, Network
+from .hostile import SECRET
+from .loopback import within
+from .rawpartners import RawPartner, gzip_bomb
 
 TIMEOUT_MS = 150
 MALFORMED = "malformed HTTP response"
@@ -68,6 +77,20 @@ def with_healthy(partner, url: str) -> dict:
                         deadline_ms=3000)
 
 
+def in_memory(net: Network, path: str, **extra) -> tuple[FakeGateway, RawPartner]:
+    """A gateway calling a healthy partner and the raw partner's ``path``."""
+    raw = net.raw_partner()
+    config = with_healthy(net.partner(), raw.url(path))
+    config["partners"]["faulty"].update(extra)
+    return net.gateway(config), raw
+
+
+def idle_of(gw, name: str = "faulty") -> list:
+    """The idle connections the pool keeps for partner ``name``."""
+    key = pool_key(gw.gateway.snapshot.partners[name].config)
+    return gw.gateway.upstream.pool.idle_connections().get(key, [])
+
+
 def result_of(answer, name: str = "faulty") -> dict:
     assert answer.code == 200, answer.body
     assert SECRET.encode() not in answer.body
@@ -77,47 +100,42 @@ def result_of(answer, name: str = "faulty") -> dict:
 
 
 @pytest.mark.parametrize("path, outcome, error", CASES, ids=[c[0][1:] for c in CASES])
-@pytest_twisted.ensureDeferred
-async def test_partner_fault(path, outcome, error, partner, raw_partner, make_gateway, logs):
-    gw = make_gateway(with_healthy(partner, raw_partner.url(path)))
-    result = result_of(await gw.post())
+def test_partner_fault(path, outcome, error, net, logs):
+    gw, raw = in_memory(net, path)
+    result = result_of(gw.post())
     assert (result["outcome"], result["error"]) == (outcome, error)
     assert result["status"] is None and result["body"] is None
-    assert raw_partner.requests == [path.encode()]
-    await within(raw_partner.idle(), 2)  # the gateway closed the faulty connection
+    if outcome == "timeout":
+        assert result["latency_ms"] == TIMEOUT_MS
+    assert raw.requests == [path.encode()]
+    assert raw.open == set() and raw.connections == 1  # the faulty connection was closed
     assert not gw.gateway.inflight and gw.gateway.admission.admitted == 0
     assert all(p.slots.inflight == 0 for p in gw.gateway.snapshot.partners.values())
+    assert idle_of(gw) == []
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_status_out_of_range_counts_against_the_breaker(partner, raw_partner,
-                                                                make_gateway, logs):
-    gw = make_gateway(route_config({
-        "healthy": faulty(partner.url("/ok")),
-        "faulty": faulty(raw_partner.url("/status-negative"), breaker_failures=2,
-                         breaker_cooldown_ms=60000)}, deadline_ms=3000))
+def test_a_status_out_of_range_counts_against_the_breaker(net, logs):
+    gw, raw = in_memory(net, "/status-negative", breaker_failures=2, breaker_cooldown_ms=60000)
     for _ in range(2):
-        assert result_of(await gw.post())["outcome"] == "error"
-    assert result_of(await gw.post())["outcome"] == "open"
-    assert raw_partner.requests == [b"/status-negative"] * 2
+        assert result_of(gw.post())["outcome"] == "error"
+    assert result_of(gw.post())["outcome"] == "open"
+    assert raw.requests == [b"/status-negative"] * 2
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_chunked_answer_within_the_cap_framing_counted_is_read(
-        partner, raw_partner, make_gateway, logs):
+def test_a_chunked_answer_within_the_cap_framing_counted_is_read(net, logs):
     # 600 bytes in two chunks of 300: 2 x 307 + 256 (the last chunk) counted.
-    gw = make_gateway(with_healthy(partner, raw_partner.url("/fitting-chunks")))
+    gw, raw = in_memory(net, "/fitting-chunks")
     for _ in range(2):
-        result = result_of(await gw.post())
+        result = result_of(gw.post())
         assert (result["outcome"], result["body"]) == ("ok", "x" * 600)
-    assert raw_partner.connections == 1  # and the connection is kept
+    assert raw.connections == 1  # and the connection is kept
 
 
-@pytest_twisted.ensureDeferred
-async def test_refused_connection(partner, make_gateway, logs):
-    gw = make_gateway(with_healthy(partner, refused_url()))
-    result = result_of(await gw.post())
+def test_refused_connection(net, logs):
+    gw = net.gateway(with_healthy(net.partner(), net.refused_url()))
+    result = result_of(gw.post())
     assert (result["outcome"], result["error"]) == ("error", "connection refused")
+    assert result["latency_ms"] == 0.0  # not left to time out
 
 
 @pytest_twisted.ensureDeferred
@@ -131,45 +149,40 @@ async def test_unresolvable_name_fails_fast(partner, make_gateway, logs, local_n
     assert "partner.invalid" not in answer.body.decode()
 
 
-@pytest_twisted.ensureDeferred
-async def test_partner_closing_every_connection_after_one_answer(partner, raw_partner,
-                                                                 make_gateway, logs):
-    gw = make_gateway(with_healthy(partner, raw_partner.url("/close-after-one")))
+def test_partner_closing_every_connection_after_one_answer(net, logs):
+    gw, raw = in_memory(net, "/close-after-one")
     for _ in range(5):
-        result = result_of(await gw.post())
+        result = result_of(gw.post())
         assert (result["outcome"], result["body"]) == ("ok", "ok")
-        await within(raw_partner.idle(), 2)
-    assert raw_partner.connections == 5
+        assert raw.open == set()
+    assert raw.connections == 5
 
 
-@pytest_twisted.ensureDeferred
-async def test_bytes_after_a_response_are_never_read_as_the_next_answer(
-        partner, raw_partner, make_gateway, logs):
-    gw = make_gateway(with_healthy(partner, raw_partner.url("/trailing-bytes")))
+def test_bytes_after_a_response_are_never_read_as_the_next_answer(net, logs):
+    gw, raw = in_memory(net, "/trailing-bytes")
     for _ in range(3):
-        result = result_of(await gw.post())
+        result = result_of(gw.post())
         assert (result["outcome"], result["body"]) == ("ok", "ok")  # never "fake"
-        await within(raw_partner.idle(), 2)  # that connection is not kept
-    assert raw_partner.connections == 3
+        assert raw.open == set()  # that connection is not kept
+    assert raw.connections == 3
 
 
 def pooled(gw) -> list:
     return [c for cs in gw.gateway.upstream.pool._connections.values() for c in cs]
 
 
-@pytest_twisted.ensureDeferred
-async def test_pooled_connection_closed_by_the_partner_while_idle(partner, raw_partner,
-                                                                  make_gateway, logs):
-    gw = make_gateway(with_healthy(partner, raw_partner.url("/ok")))
-    assert result_of(await gw.post())["outcome"] == "ok"
-    [server_side] = raw_partner.open
+def test_pooled_connection_closed_by_the_partner_while_idle(net, logs):
+    gw, raw = in_memory(net, "/ok")
+    assert result_of(gw.post())["outcome"] == "ok"
+    [server_side] = raw.open
+    [idle] = idle_of(gw)
     server_side.transport.loseConnection()  # the partner's keep-alive timer
-    await within(raw_partner.idle(), 2)
-    # Twisted's pool notices the FIN while the connection is idle...
-    await until(lambda: any(c.state == "CONNECTION_LOST" for c in pooled(gw)))
+    net.run()
+    # Twisted's pool sees the FIN while the connection is idle...
+    assert raw.open == set() and idle.state == "CONNECTION_LOST"
     # ... and does not hand that connection out again.
-    assert result_of(await gw.post())["outcome"] == "ok"
-    assert raw_partner.connections == 2 and len(raw_partner.requests) == 2
+    assert result_of(gw.post())["outcome"] == "ok"
+    assert raw.connections == 2 and len(raw.requests) == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -191,43 +204,38 @@ async def test_stale_connection_not_yet_seen_by_the_reactor_is_not_used(
     assert raw_partner.connections == 2 and len(raw_partner.requests) == 2
 
 
-@pytest_twisted.ensureDeferred
-async def test_connection_closed_after_the_request_was_sent_is_an_error_not_a_retry(
-        partner, raw_partner, make_gateway, logs):
+def test_connection_closed_after_the_request_was_sent_is_an_error_not_a_retry(net, logs):
     # The partner read the second request on the kept connection and then
     # closed it: it may have acted on it, so the POST is not sent again.
-    gw = make_gateway(with_healthy(partner, raw_partner.url("/close-on-second")))
-    assert result_of(await gw.post())["outcome"] == "ok"
-    result = result_of(await gw.post())
+    gw, raw = in_memory(net, "/close-on-second")
+    assert result_of(gw.post())["outcome"] == "ok"
+    result = result_of(gw.post())
     assert (result["outcome"], result["error"]) == \
         ("error", "connection closed before any answer")
-    assert raw_partner.requests == [b"/close-on-second"] * 2 and raw_partner.connections == 1
-    assert result_of(await gw.post())["outcome"] == "ok"  # a fresh connection
-    assert raw_partner.connections == 2
+    assert raw.requests == [b"/close-on-second"] * 2 and raw.connections == 1
+    assert result_of(gw.post())["outcome"] == "ok"  # a fresh connection
+    assert raw.connections == 2
 
 
-@pytest_twisted.ensureDeferred
-async def test_partner_cookies_are_neither_kept_nor_sent(partner, raw_partner, make_gateway,
-                                                         logs):
-    gw = make_gateway(with_healthy(partner, raw_partner.url("/set-cookie")))
+def test_partner_cookies_are_neither_kept_nor_sent(net, logs):
+    gw, raw = in_memory(net, "/set-cookie")
     for _ in range(3):
-        assert result_of(await gw.post())["outcome"] == "ok"
-    assert len(raw_partner.heads) == 3
-    assert not any(b"\r\ncookie:" in head.lower() for head in raw_partner.heads)
+        assert result_of(gw.post())["outcome"] == "ok"
+    assert len(raw.heads) == 3
+    assert not any(b"\r\ncookie:" in head.lower() for head in raw.heads)
 
 
-@pytest_twisted.ensureDeferred
-async def test_compressed_bodies_are_not_inflated(partner, raw_partner, make_gateway, logs):
+def test_compressed_bodies_are_not_inflated(net, logs):
     # 64 KiB on the wire, 64 MiB inflated: the cap counts what was sent, and
     # the partner was never asked for a content coding.
-    config = with_healthy(partner, raw_partner.url("/gzip-bomb"))
-    config["partners"]["roomy"] = faulty(raw_partner.url("/gzip-bomb"),
-                                         max_response_bytes=1 << 20)
+    raw = net.raw_partner()
+    config = with_healthy(net.partner(), raw.url("/gzip-bomb"))
+    config["partners"]["roomy"] = faulty(raw.url("/gzip-bomb"), max_response_bytes=1 << 20)
     config["routes"]["bid"]["partners"].append("roomy")
-    gw = make_gateway(config)
-    answer = await gw.post()
+    gw = net.gateway(config)
+    answer = gw.post()
     assert result_of(answer)["outcome"] == "too_large"  # 1000 bytes allowed
     roomy = result_of(answer, "roomy")
-    assert roomy["outcome"] == "ok" and 1000 < len(roomy["body"]) <= len(GZIP_BOMB)
-    assert len(raw_partner.heads) == 2
-    assert not any(b"accept-encoding" in head.lower() for head in raw_partner.heads)
+    assert roomy["outcome"] == "ok" and 1000 < len(roomy["body"]) <= len(gzip_bomb())
+    assert len(raw.heads) == 2
+    assert not any(b"accept-encoding" in head.lower() for head in raw.heads)

@@ -1,4 +1,5 @@
-"""The twistd plugin: options, errors, and the demo, as a real process."""
+"""The twistd plugin: options, errors, and the demo, in memory on a fake
+clock (tests/fakes.py) and as a real process (slow)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from twisted.application.service import IServiceCollection
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python.usage import UsageError
 
-from txfanout import tap
+from txfanout import demo, tap
 from txfanout.gcpacer import GcPacer
 
 from .daemon import Daemon, free_port
+from .fakes import Network
 
 CONFIG = """
 [server]
@@ -81,6 +83,32 @@ def test_make_service_builds_listeners_and_demo(tmp_path):
     assert set(o.config.routes) == {"bid"}
 
 
+# The demo partners' delays in ms (a slow tail past the 300 ms timeout).
+DEMO_DELAYS = {"demo-fast": (1, 3), "demo-normal": (20, 60), "demo-slow": (50, 400),
+               "demo-flaky": (5, 30), "demo-eu": (10, 40)}
+
+
+def test_the_demo_partners_answer_a_fanout_each_as_it_says(net: Network):
+    demo.listen(net.clock, 30000, seed=7)
+    gw = net.gateway(demo.demo_config("http://127.0.0.1:30000"))
+    seen = []
+    for n in range(100):
+        answer = gw.post(headers={"X-Country": "DE" if n % 2 else "US"})
+        assert answer.code == 200
+        results = answer.results()
+        assert set(results) == set(DEMO_DELAYS) - ({"demo-eu"} if n % 2 == 0 else set())
+        for name, result in results.items():
+            low, high = DEMO_DELAYS[name]
+            assert low <= result["latency_ms"] <= min(high, 300), result
+            seen.append((name, result["outcome"], result["status"]))
+    assert {(name, outcome) for name, outcome, _ in seen} == {
+        *((name, "ok") for name in DEMO_DELAYS),
+        ("demo-slow", "timeout"),  # the slow tail
+        ("demo-flaky", "http_error")}  # the failures
+    assert {status for name, outcome, status in seen if outcome == "http_error"} == {500}
+
+
+@pytest.mark.slow
 def test_demo_daemon_answers_a_real_fanout():
     daemon = Daemon("--demo", "--demo-port", str(free_port()))
     try:
@@ -102,6 +130,7 @@ def test_demo_daemon_answers_a_real_fanout():
     assert "Traceback" not in "".join(daemon.log)
 
 
+@pytest.mark.slow
 def test_daemon_refuses_a_bad_config(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(CONFIG.replace("max_inflight = 10", "max_inflight = 0"))

@@ -1,14 +1,12 @@
 """Swapping the configuration of a running gateway (what SIGHUP does), in
-process against real loopback partners."""
+process: a request in flight in memory on a fake clock (tests/fakes.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import capturedLogs, formatEvent
 
@@ -18,13 +16,14 @@ from txfanout.lifecycle import Lifecycle
 from txfanout.listeners import Listener
 from txfanout.sdnotify import Notifier
 
-from .conftest import route_config, within
+from .configs import route_config
 from .daemon import NotifySocket
+from .fakes import Network
 
 
-def test_reconfigure_keeps_the_state_of_unchanged_partners(make_gateway: Any) -> None:
-    gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"},
-                                    "b": {"url": "http://127.0.0.1:1/b"}}))
+def test_reconfigure_keeps_the_state_of_unchanged_partners(net: Network) -> None:
+    gw = net.gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"},
+                                   "b": {"url": "http://127.0.0.1:1/b"}}))
     gateway = gw.gateway
     before = gateway.snapshot
     before.partners["a"].slots.inflight = 2  # calls in flight when the reload comes
@@ -47,27 +46,27 @@ def test_reconfigure_keeps_the_state_of_unchanged_partners(make_gateway: Any) ->
     assert gateway.upstream.pool.maxPersistentPerHost == 256 + 5 + 256
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_request_in_flight_finishes_on_the_config_it_started_with(partner: Any,
-                                                                         make_gateway: Any):
-    gw = make_gateway(route_config({"slow": {"url": partner.url("/delay/200"), "timeout_ms": 480}},
-                                   deadline_ms=1000))
-    arrived = partner.wait_request()
-    in_flight = Deferred.fromCoroutine(gw.post("/bid"))
-    await within(arrived)
+def test_a_request_in_flight_finishes_on_the_config_it_started_with(net: Network):
+    partner = net.partner()
+    gw = net.gateway(route_config({"slow": {"url": partner.url("/delay/200"),
+                                            "timeout_ms": 480}}, deadline_ms=1000))
+    in_flight = gw.send("/bid")
+    net.run()
+    assert partner.seen == 1
     gw.gateway.reconfigure(parse({
         "server": {"max_inflight": 1},
         "partners": {"other": {"url": partner.url("/ok")}},
         "routes": {"new": {"partners": ["other"]}}}))
     # New requests see the new config at once: its admission limit, which
     # the held request fills...
-    assert (await gw.post("/new")).code == 503
+    assert gw.post("/new").code == 503
     # ...while the held request ends on its own snapshot: partner and route.
-    answer = await in_flight
+    answer = gw.answer(in_flight)
     assert answer.code == 200
     assert answer.outcomes() == {"slow": "ok"}
-    assert (await gw.post("/bid")).code == 404
-    assert (await gw.post("/new")).outcomes() == {"other": "ok"}
+    assert answer.results()["slow"]["latency_ms"] == 200.0
+    assert gw.post("/bid").code == 404
+    assert gw.post("/new").outcomes() == {"other": "ok"}
 
 
 def lifecycle(gateway: Any, reload_config: Any, notifier: Notifier) -> Lifecycle:
@@ -76,9 +75,9 @@ def lifecycle(gateway: Any, reload_config: Any, notifier: Notifier) -> Lifecycle
                      Listener("admin", idle, None), reload_config, notifier, {})
 
 
-def test_reload_refuses_a_bad_file_naming_each_key(tmp_path: Path, make_gateway: Any,
+def test_reload_refuses_a_bad_file_naming_each_key(tmp_path: Path, net: Network,
                                                    no_logged_errors: list) -> None:
-    gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}))
+    gw = net.gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}))
     before = gw.gateway.snapshot
     path = tmp_path / "txfanout.toml"
     path.write_text('[server]\ndeadline_ms = 5\n[partners.a]\nurl = "ftp://x"\n'
@@ -101,8 +100,8 @@ def test_reload_refuses_a_bad_file_naming_each_key(tmp_path: Path, make_gateway:
     manager.close()
 
 
-def test_reload_keeps_options_and_bound_addresses(tmp_path: Path, make_gateway: Any) -> None:
-    gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}, deadline_ms=250))
+def test_reload_keeps_options_and_bound_addresses(tmp_path: Path, net: Network) -> None:
+    gw = net.gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}, deadline_ms=250))
     path = tmp_path / "txfanout.toml"
     path.write_text('[server]\nlisten = "tcp:8081"\nadmin = "tcp:9091:interface=127.0.0.1"\ndeadline_ms = 900\n'
                     'max_inflight = 7\n[partners.a]\nurl = "http://127.0.0.1:1/a"\n'
@@ -125,8 +124,8 @@ def test_reload_keeps_options_and_bound_addresses(tmp_path: Path, make_gateway: 
     assert lines[-1].startswith("reloaded: 1 partners, 2 routes in ")
 
 
-def test_no_reload_without_a_file(make_gateway: Any) -> None:
-    gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}))
+def test_no_reload_without_a_file(net: Network) -> None:
+    gw = net.gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}))
     with capturedLogs() as events:
         assert lifecycle(gw.gateway, None, Notifier(None)).reload() is False
     assert [formatEvent(e) for e in events] == ["reload ignored: no --config file to re-read"]

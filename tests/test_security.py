@@ -18,10 +18,10 @@ from txfanout.admin import Admin, admin_site
 from txfanout.adminauth import bearer_matches, listens_on_loopback
 from txfanout.config import ConfigError, ServerConfig, parse
 
-from .conftest import raw_client, route_config, within
-from .hostile import SECRET, LogRecorder, local_names, logs, raw_partner  # noqa: F401 - fixtures
+from .configs import route_config
+from .hostile import SECRET, LogRecorder, parse_responses, request
+from .loopback import raw_client, within
 from .partners import refused_url
-from .test_client_attacks import parse_responses, request
 
 TOKEN = "admin-token-0123456789abcdef"
 

@@ -15,7 +15,8 @@ from txfanout.pool import CallTransport
 from txfanout import sendnow
 from txfanout.sendnow import write_now
 
-from .conftest import RawClient, raw_client, route_config, within
+from .configs import route_config
+from .loopback import RawClient, raw_client, within
 
 
 class Writer(Protocol):

@@ -8,24 +8,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from .daemon import Daemon, ThreadedPartner, free_port, free_port_range
-from .test_daemon import config_text
-from .test_workers import served_while_stopped
+from .daemon import (Daemon, ThreadedPartner, config_text, free_port, free_port_range,
+                     served_while_stopped)
 
 UNITS = Path(__file__).parent.parent / "systemd"
 INSTALLED_BINS = ("/opt/txfanout/bin/", "/opt/txfanout-pypy/bin/")  # CPython's venv, PyPy's
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
-
-
-@pytest.fixture
-def partner() -> Iterator[ThreadedPartner]:
-    p = ThreadedPartner()
-    yield p
-    p.close()
 
 
 def unit_lines(name: str) -> list[str]:
@@ -111,10 +102,11 @@ wait
 """
 
 
+@pytest.mark.slow
 def test_socket_activated_instances_share_one_socket(tmp_path: Path,
-                                                     partner: ThreadedPartner) -> None:
+                                                     threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/ok"}, partner))
+    path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     launcher = tmp_path / "instances.sh"
     launcher.write_text(INSTANCES)
     port, admin = free_port(), free_port_range(2)
@@ -152,10 +144,11 @@ def test_socket_activated_instances_share_one_socket(tmp_path: Path,
     assert log.count("drained in") == 2 and "Traceback" not in log
 
 
-def test_socket_activated_workers(tmp_path: Path, partner: ThreadedPartner) -> None:
+@pytest.mark.slow
+def test_socket_activated_workers(tmp_path: Path, threaded_partner: ThreadedPartner) -> None:
     """``--workers`` takes the socket systemd passed and shares it."""
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/ok"}, partner))
+    path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     port, admin = free_port(), free_port_range(2)
     daemon = Daemon("--config", str(path), "--listen", "systemd:domain=INET:name=web",
                     "--admin", f"tcp:{admin}:interface=127.0.0.1", "--workers", "2",

@@ -8,11 +8,9 @@ import signal
 import ssl as stdlib_ssl
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 import pytest_twisted
@@ -24,67 +22,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
+from txfanout.__main__ import main
 from txfanout.config import ConfigError, parse
 from txfanout.site import GatewaySite
 from txfanout.snapshot import compile_snapshot
 
-from .certs import KeyPair, TestPKI
-from .conftest import route_config, within
+from .certs import TestPKI
+from .configs import route_config
 from .daemon import Daemon, free_port
-from .partners import PartnerServer
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
-    return TestPKI(tmp_path_factory.mktemp("pki"))
-
-
-def server_options(pair: KeyPair, client_ca: Path | None = None,
-                   **extra: Any) -> ssl.CertificateOptions:
-    """Server TLS options for ``pair``; with ``client_ca`` (a PEM file), a
-    client certificate from that CA is required."""
-    if client_ca is not None:
-        ca = ssl.Certificate.loadPEM(client_ca.read_text())
-        extra.update(verify=True, caCerts=[ca.original], requireCertificate=True)
-    return ssl.CertificateOptions(
-        privateKey=serialization.load_pem_private_key(pair.key.read_bytes(), None),
-        certificate=x509.load_pem_x509_certificate(pair.cert.read_bytes()), **extra)
-
-
-class TLSPartner(PartnerServer):
-    """A PartnerServer behind TLS; records the SNI name of each handshake."""
-
-    def __init__(self, pair: KeyPair, client_ca: Path | None = None, **extra: Any) -> None:
-        super().__init__()
-        self.server_names: list[bytes | None] = []
-        self.options = server_options(pair, client_ca, **extra)
-        # pyOpenSSL's hook rather than Twisted 26's contextForServerName=, which
-        # the Twisted pinned for PyPy (25.5) lacks; getContext() is cached.
-        self.options.getContext().set_tlsext_servername_callback(self._saw_server_name)
-
-    def _saw_server_name(self, connection: SSL.Connection) -> None:
-        self.server_names.append(connection.get_servername())
-
-    def start(self) -> "TLSPartner":
-        self.port = reactor.listenSSL(0, self, self.options, interface="127.0.0.1")
-        return self
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"https://{host}:{self.port.getHost().port}{path}"
-
-
-@pytest_twisted.async_yield_fixture
-async def tls_partner() -> AsyncIterator[Callable[..., TLSPartner]]:
-    started: list[TLSPartner] = []
-
-    def start(pair: KeyPair, client_ca: Path | None = None, **extra: Any) -> TLSPartner:
-        server = TLSPartner(pair, client_ca, **extra).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        await server.stop()
+from .loopback import within
 
 
 class LogCapture:
@@ -101,7 +47,7 @@ class LogCapture:
 
 
 @pytest.fixture
-def logs() -> Any:
+def log_lines() -> Any:
     capture = LogCapture()
     globalLogPublisher.addObserver(capture)
     yield capture
@@ -176,7 +122,8 @@ async def test_mutual_tls(pki, tls_partner, make_gateway):
 
 @pytest_twisted.ensureDeferred
 async def test_tls_verify_false_calls_and_warns_at_every_start(pki, tls_partner, make_gateway,
-                                                               logs):
+                                                               log_lines):
+    logs = log_lines
     server = tls_partner(pki.self_signed)
     gw = make_gateway(route_config({
         "insecure": {"url": server.url("/ok"), "tls_verify": False},
@@ -333,6 +280,7 @@ async def test_gateway_listener_serves_tls(pki, partner, make_gateway):
         await port.stopListening()
 
 
+@pytest.mark.slow
 def test_daemon_with_ssl_listener_and_unverified_partner(pki, tmp_path):
     config = tmp_path / "tls.toml"
     config.write_text("""
@@ -452,6 +400,22 @@ def test_good_tls_config_loads_once(pki):
     assert config.partners["plain"].tls is None
 
 
+def test_check_config_reports_tls_files_in_process(pki, tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text(f"""
+[partners.p]
+url = "https://127.0.0.1:8443/bid"
+client_cert = "{pki.client.cert}"
+client_key = "{tmp_path / 'nothing.key'}"
+
+[routes.r]
+partners = ["p"]
+""")
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err.startswith("partners.p.client_key: cannot read ")
+
+
+@pytest.mark.slow
 def test_check_config_reports_tls_files(pki, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(f"""

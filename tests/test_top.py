@@ -1,5 +1,6 @@
-"""``python -m txfanout top``, the dashboards and the daemon's own wiring,
-against a live ``twistd fanout`` process."""
+"""``python -m txfanout top``, the dashboards and the daemon's own wiring:
+top in this process against a stand-in admin face, then against a live
+``twistd fanout`` process (slow)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
 
+from txfanout.__main__ import main
 from txfanout.top import Scrape, Window, quantile, render
 
 from .daemon import Daemon, free_port
@@ -61,6 +65,53 @@ def test_render_shows_what_moved_between_two_reads():
     row = next(line for line in text.splitlines() if line.startswith("dsp-a"))
     assert row.split() == ["dsp-a", "100.0", "75.0%", "0.0%", "25.0%", "0.0%", "0.0%",
                            "-", "2", "OPEN", "7/2"]
+
+
+class MetricsPage(BaseHTTPRequestHandler):
+    """An admin face's /metrics whose counters move between two reads."""
+
+    reads = 0
+
+    def do_GET(self) -> None:
+        type(self).reads += 1
+        n = type(self).reads
+        body = _exposition(100 * n, 90 * n, 10 * n, 100 * n).encode()
+        self.send_response(200 if self.path == "/metrics" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def admin_face() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), MetricsPage)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_top_once_reads_the_admin_face_twice_and_shows_what_moved(admin_face, capsys):
+    MetricsPage.reads = 0
+    assert main(["top", "--admin", admin_face, "--once", "--interval", "0.05"]) == 0
+    assert MetricsPage.reads == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"txfanout top  http://{admin_face}")
+    assert re.match(r"codes\s+200 [\d.]+/s", lines[2])
+    rows = {line.split()[0]: line.split() for line in lines[6:] if line}
+    assert rows["dsp-a"][9:] == ["OPEN", "7/2"]
+
+
+def test_top_says_when_it_cannot_read_the_admin_face(capsys):
+    assert main(["top", "--admin", f"http://127.0.0.1:{free_port()}", "--once"]) == 1
+    error = capsys.readouterr().err
+    assert "cannot read" in error and "Traceback" not in error
+    assert main(["top", "--interval", "0"]) == 2
+    assert "--interval must be from 0.05 to 3600 seconds" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +162,7 @@ def _bid(daemon: Daemon) -> dict:
         return json.load(response)
 
 
+@pytest.mark.slow
 def test_top_once_renders_from_a_live_daemon(live):
     stop = threading.Event()
 
@@ -146,6 +198,7 @@ def test_top_once_renders_from_a_live_daemon(live):
     assert any(key.startswith("http://127.0.0.1:") for key in rows)  # the upstream table
 
 
+@pytest.mark.slow
 def test_top_reports_an_unreachable_admin_face():
     top = subprocess.run([sys.executable, "-m", "txfanout", "top", "--admin",
                           f"http://127.0.0.1:{free_port()}", "--once"],
@@ -154,6 +207,7 @@ def test_top_reports_an_unreachable_admin_face():
     assert "cannot read" in top.stderr and "Traceback" not in top.stderr
 
 
+@pytest.mark.slow
 def test_live_daemon_is_ready_and_logs_one_line_per_event(live):
     status, body = _admin(live, "/readyz")
     assert (status, json.loads(body)) == (200, {"status": "ready"})
@@ -163,6 +217,7 @@ def test_live_daemon_is_ready_and_logs_one_line_per_event(live):
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} \[[\w.-]+#info\] ", line)
 
 
+@pytest.mark.slow
 def test_live_daemon_writes_the_access_log(live):
     answer = _bid(live)
     assert answer["request_id"] == "live-1"
@@ -180,6 +235,7 @@ def _metric_names(text: str) -> set[str]:
     return set(re.findall(r"\b((?:txfanout|process|python)_[a-z0-9_]+)", text))
 
 
+@pytest.mark.slow
 def test_dashboard_and_alerts_use_metrics_the_daemon_exports(live):
     status, body = _admin(live, "/metrics")
     assert status == 200

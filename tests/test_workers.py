@@ -5,29 +5,13 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from .daemon import Daemon, NotifySocket, ThreadedPartner
-from .test_daemon import config_text
+from .daemon import Daemon, NotifySocket, ThreadedPartner, config_text, served_while_stopped
 
-
-@pytest.fixture
-def partner() -> Iterator[ThreadedPartner]:
-    p = ThreadedPartner()
-    yield p
-    p.close()
-
-
-def served_while_stopped(daemon: Daemon, stopped_pid: int) -> int:
-    """POST /bid while ``stopped_pid`` is SIGSTOPped: only the other
-    workers can accept it. Returns the status."""
-    os.kill(stopped_pid, signal.SIGSTOP)
-    try:
-        return daemon.post("/bid", timeout=10)[0]
-    finally:
-        os.kill(stopped_pid, signal.SIGCONT)
+# Real worker processes.
+pytestmark = pytest.mark.slow
 
 
 def wait_replaced(daemon: Daemon, index: int, since: int) -> int:
@@ -38,9 +22,9 @@ def wait_replaced(daemon: Daemon, index: int, since: int) -> int:
     return pid
 
 
-def test_two_workers_serve_one_port(tmp_path: Path, partner: ThreadedPartner) -> None:
+def test_two_workers_serve_one_port(tmp_path: Path, threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/ok"}, partner))
+    path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     notify = NotifySocket()
     daemon = Daemon("--config", str(path), "--workers", "2", admin_ports=2,
                     env={"NOTIFY_SOCKET": notify.name})
@@ -65,7 +49,7 @@ def test_two_workers_serve_one_port(tmp_path: Path, partner: ThreadedPartner) ->
         assert daemon.post("/bid")[0] == 200
 
         # SIGHUP is forwarded; the parent is READY again once both reloaded.
-        path.write_text(config_text({"bid": "/ok", "more": "/ok"}, partner))
+        path.write_text(config_text({"bid": "/ok", "more": "/ok"}, threaded_partner))
         since, mark = len(notify.messages), daemon.mark()
         daemon.signal(signal.SIGHUP)
         reloading = notify.wait_for("RELOADING", since=since)
@@ -89,9 +73,9 @@ def test_two_workers_serve_one_port(tmp_path: Path, partner: ThreadedPartner) ->
 
 
 def test_a_worker_that_misses_its_watchdog_is_replaced(tmp_path: Path,
-                                                      partner: ThreadedPartner) -> None:
+                                                      threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
-    path.write_text(config_text({"bid": "/ok"}, partner))
+    path.write_text(config_text({"bid": "/ok"}, threaded_partner))
     notify = NotifySocket()
     daemon = Daemon("--config", str(path), "--workers", "2", admin_ports=2,
                     env={"NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": "800000"})
