@@ -99,8 +99,8 @@ async def test_debug_inflight_shows_where_each_call_is(partner, make_gateway, ma
         headers_in: Deferred = Deferred()
         read_capped = upstream_module._read_capped
 
-        def reading(response, limit, phase=None):
-            d = read_capped(response, limit, phase)
+        def reading(response, *args):
+            d = read_capped(response, *args)
             if response.length == 100 and not headers_in.called:
                 headers_in.callback(None)
             return d

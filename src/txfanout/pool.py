@@ -5,11 +5,14 @@ the wire.
 
 * no automatic retry (Twisted only retries idempotent methods anyway; a POST
   that may have reached a partner is never sent twice);
+* its connections are :class:`PartnerProtocol` (its one factory,
+  :class:`PartnerClientFactory`): guarded (below), aware of their TLS
+  handshake (tls.py), counted on their upstream (poolstats.py);
 * before an idle connection is reused, its socket is peeked: one the partner
   has closed (FIN or RST received, not yet seen by the reactor) is dropped
   and another one is used, so a stale connection does not cost a call.
   Twisted itself already skips connections whose close the reactor saw;
-* its connections speak :class:`GuardedClientProtocol`: the response head
+* the guard, :class:`GuardedClientProtocol`: the response head
   is bounded, a body framed two ways is refused, a chunked body's framing
   counts against the call's ``max_response_bytes`` (chunked.py), any parse
   failure has one name, and a connection on which the partner sent more
@@ -24,16 +27,18 @@ from __future__ import annotations
 
 import select
 import socket
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Protocol, Union
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.http import _ChunkedTransferDecoder
 
 from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .sendnow import write_soon
+from .tls import HandshakeAwareProtocol
 
 UpstreamKey = tuple[bytes, bytes, int]
 """(scheme, host, port) of a partner URL as Twisted's Agent parses it (host
@@ -200,14 +205,50 @@ class CallTransport:
         return getattr(self._transport, name)
 
 
-class GuardedClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory: guarded protocol, and no log line
-    per connection."""
+class OpenCount(Protocol):
+    """Where a connection counts itself (poolstats.UpstreamConnections)."""
+
+    opened: int
+    closed: int
+
+
+class PartnerProtocol(GuardedClientProtocol, HandshakeAwareProtocol):
+    """What the pool's connections speak: the guarded HTTP/1.1 client,
+    aware of its TLS handshake, counted opened and closed on ``upstream``
+    (set by poolstats.CountingEndpoints when it connects)."""
+
+    upstream: OpenCount | None = None
+    _counted = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.upstream is not None:
+            self._counted = True
+            self.upstream.opened += 1
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self._counted:
+            self._counted = False
+            self.upstream.closed += 1  # type: ignore[union-attr]
+        super().connectionLost(reason)
+
+
+class PartnerClientFactory(Factory):
+    """The pool's per-connection factory: :class:`PartnerProtocol`, counted
+    on ``upstream``, and no log line per connection. The pool builds one per
+    new connection with its quiescent callback (which hands the connection
+    back to the pool) and the endpoint's repr (unused)."""
 
     noisy = False
+    upstream: OpenCount | None = None
 
-    def buildProtocol(self, addr: Any) -> GuardedClientProtocol:
-        return GuardedClientProtocol(self._quiescentCallback)
+    def __init__(self, quiescent: Callable[[Any], None], metadata: str) -> None:
+        self._quiescent = quiescent
+
+    def buildProtocol(self, addr: Any) -> PartnerProtocol:
+        protocol = PartnerProtocol(self._quiescent)
+        protocol.upstream = self.upstream
+        return protocol
 
 
 def _socket_of(transport: Any) -> socket.socket | None:
@@ -261,7 +302,7 @@ def unread_bytes(transport: Any) -> bool:
 class PartnerPool(HTTPConnectionPool):
     """The one shared pool of partner connections (see the module doc)."""
 
-    _factory = GuardedClientFactory
+    _factory = PartnerClientFactory
     retryAutomatically = False
     idle_caps: Mapping[PoolKey, int] = {}
     """Idle connections kept per pool key; a key not in it keeps up to
