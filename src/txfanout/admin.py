@@ -26,6 +26,7 @@ from twisted.web.server import Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from . import inflight, metrics
+from . import _twisted
 from .adminauth import CHALLENGE, UNAUTHORIZED, authorized
 from .configview import config_view
 from .gateway import Gateway
@@ -222,7 +223,7 @@ class AdminChannel(HTTPChannel):
         self.site.opened(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._arrival is None and not self._handlingRequest:  # a new request
+        if self._arrival is None and not _twisted.handling_request(self):  # a new request
             self._arrival = self.callLater(self.site.request_timeout(), self._too_slow)
         super().dataReceived(data)
 
@@ -256,9 +257,9 @@ class AdminChannel(HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's parser calls this for every request it cannot accept.
-        if self._receivedHeaderCount > self.maxHeaders:
+        if _twisted.header_count(self) > self.maxHeaders:
             self.refuse(431, f"more than {self.maxHeaders} request headers")
-        elif self._receivedHeaderSize > self.totalHeadersSize:
+        elif _twisted.header_bytes(self) > self.totalHeadersSize:
             self.refuse(431, f"request head over {self.totalHeadersSize} bytes")
         else:
             self.refuse(400, "malformed HTTP request")

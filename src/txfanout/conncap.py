@@ -24,6 +24,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
+from . import _twisted
+
 ACCEPT_BATCH = 128
 
 
@@ -72,7 +74,7 @@ class CappedSite(Site):
             return
         batch = min(room, ACCEPT_BATCH)
         for port in self.ports:
-            port.numberAccepts = batch
+            _twisted.set_accept_batch(port, batch)
         if self._paused:
             self._paused = False
             for port in self.ports:

@@ -32,10 +32,10 @@ from typing import Any, Callable, Mapping, Protocol, Union
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.http import _ChunkedTransferDecoder
 
+from . import _twisted
+from ._twisted import ChunkedTransferDecoder, HTTP11ClientProtocol, HTTPClientParser
 from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .sendnow import write_soon
 from .tls import HandshakeAwareProtocol
@@ -101,7 +101,7 @@ class GuardedParser(HTTPClientParser):
         super().allHeadersReceived()
 
     def switchToBodyMode(self, decoder: Any) -> None:
-        if self.body_limit is not None and type(decoder) is _ChunkedTransferDecoder:
+        if self.body_limit is not None and type(decoder) is ChunkedTransferDecoder:
             decoder = CountedChunkedDecoder.replacing(decoder, self.body_limit)
         super().switchToBodyMode(decoder)
 
@@ -125,7 +125,7 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
         finally:
             self.transport = transport
             call.flush()
-        parser = self._parser
+        parser = _twisted.response_parser(self)
         if parser is not None and type(parser) is HTTPClientParser:
             # Twisted builds the parser inside request() from a module global;
             # the subclass only adds methods and class-level defaults.
@@ -137,21 +137,22 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         try:
-            self._parser.dataReceived(data)  # type: ignore[union-attr]
+            _twisted.response_parser(self).dataReceived(data)  # type: ignore[union-attr]
             if self._call_transport is not None:
                 self._call_transport.settle()
         except (PartnerProtocolError, BodyTooLarge):
-            self._giveUp(Failure())
+            _twisted.give_up(self, Failure())
         except Exception:  # ParseError, ValueError (Content-Length), KeyError
             # (unknown Transfer-Encoding), chunked decoding, or bytes while
             # idle (no parser): all the same to us.
-            self._giveUp(Failure(PartnerProtocolError()))
+            _twisted.give_up(self, Failure(PartnerProtocolError()))
 
     def _finishResponse_WAITING(self, rest: bytes) -> None:
-        if rest and self._parser is not None:
+        parser = _twisted.response_parser(self)
+        if rest and parser is not None:
             # Bytes past the end of the response: keep the answer, drop the
             # connection (Twisted closes it when it sees Connection: close).
-            self._parser.connHeaders.addRawHeader(b"connection", b"close")
+            parser.connHeaders.addRawHeader(b"connection", b"close")
         super()._finishResponse_WAITING(rest)
 
     _finishResponse_TRANSMITTING = _finishResponse_WAITING
@@ -312,36 +313,35 @@ class PartnerPool(HTTPConnectionPool):
         super().__init__(reactor, persistent=True)
 
     def getConnection(self, key: PoolKey, endpoint: Any) -> Deferred[Any]:
-        connections = self._connections.get(key)
+        connections = _twisted.idle_connections(self).get(key)
         while connections:
             first = connections[0]
             alive = first.state == "QUIESCENT"
             if alive and not peer_closed(first):
                 break
-            connections.pop(0)
-            self._timeouts.pop(first).cancel()
+            _twisted.pop_idle(self, key)
             if alive:
                 first.transport.abortConnection()
         return super().getConnection(key, endpoint)
 
     def idle_connections(self) -> Mapping[PoolKey, list[Any]]:
         """The idle connections kept, by pool key."""
-        return self._connections  # type: ignore[no-any-return]
+        return _twisted.idle_connections(self)  # type: ignore[return-value]
 
     def set_idle_caps(self, caps: Mapping[PoolKey, int], fallback: int) -> None:
         """Keep up to ``caps[key]`` idle connections under each key (else
         ``fallback``); idle connections past the new caps are closed now."""
         self.idle_caps = caps
         self.maxPersistentPerHost = fallback
-        for key, connections in self._connections.items():
-            self._trim(connections, caps.get(key, fallback))
+        for key in _twisted.idle_connections(self):
+            self._trim(key, caps.get(key, fallback))
 
-    def _trim(self, connections: list[Any], keep: int) -> None:
-        """Close the oldest idle connections until ``keep`` are left."""
+    def _trim(self, key: Any, keep: int) -> None:
+        """Close the oldest idle connections under ``key`` until ``keep``
+        are left."""
+        connections = _twisted.idle_connections(self).get(key, [])
         while connections and len(connections) > keep:
-            dropped = connections.pop(0)
-            dropped.transport.loseConnection()
-            self._timeouts.pop(dropped).cancel()
+            _twisted.pop_idle(self, key).transport.loseConnection()
 
     def _putConnection(self, key: PoolKey, connection: Any) -> None:
         # Twisted's own, with the key's cap; and "at the cap", not "equal to
@@ -349,8 +349,5 @@ class PartnerPool(HTTPConnectionPool):
         if connection.state != "QUIESCENT":
             super()._putConnection(key, connection)  # logs the bug, keeps nothing
             return
-        connections = self._connections.setdefault(key, [])
-        self._trim(connections, self.idle_caps.get(key, self.maxPersistentPerHost) - 1)
-        connections.append(connection)
-        self._timeouts[connection] = self._reactor.callLater(
-            self.cachedConnectionTimeout, self._removeConnection, key, connection)
+        self._trim(key, self.idle_caps.get(key, self.maxPersistentPerHost) - 1)
+        _twisted.push_idle(self, key, connection)

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import _ChunkedTransferDecoder
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._compat import SLOTS
+from . import _twisted
+from ._twisted import ChunkedTransferDecoder
 from .admission import RETRY_AFTER_S, SHED_DRAINING, SHED_EARLY_RETRY, Admission
 from .answer import write_error
 from .chunked import BodyTooLarge, CountedChunkedDecoder
@@ -208,7 +209,7 @@ class GatewayRequest(Request):
     def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
         log.failure("unhandled error serving {path}", failure=reason,
                     path=self.path[:200])
-        if not self.finished and not self._disconnected:
+        if not self.finished and not _twisted.client_gone(self):
             write_error(self, 500, "internal error", close=True)
 
 
@@ -275,7 +276,7 @@ class GatewayChannel(CappedChannel):
 
     def dataReceived(self, data: bytes) -> None:
         self._heard()
-        if self._arrival_timer is None and not self._handlingRequest:  # a new request
+        if self._arrival_timer is None and not _twisted.handling_request(self):  # a new request
             front = self.site.front
             now = front.clock.seconds()
             self.retried_early = self._sent_while_paced or now < self._paced_until
@@ -334,12 +335,12 @@ class GatewayChannel(CappedChannel):
     def requestDone(self, request: Request) -> None:
         if self._head is not None:
             self.write(b"")
-        if self.persistent and self._waitingForTransport:
+        if self.persistent and _twisted.waiting_for_transport(self):
             # Twisted would go on to the next pipelined request, whatever
             # the client left unread: hold it, and read nothing more, until
             # the transport has sent everything (resumeProducing).
             self._held = request
-            self._networkProducer.pauseProducing()
+            _twisted.pause_reading(self)
             return
         super().requestDone(request)
 
@@ -410,15 +411,13 @@ class GatewayChannel(CappedChannel):
         self.loseConnection()
         arrived = self._arrived
         elapsed = None if arrived is None else self.site.front.clock.seconds() - arrived
-        # Twisted keeps the path once the request line is parsed, until
-        # the request is complete.
-        self.site.front.refused_on_wire(getattr(self, "_path", None), code, elapsed)
+        self.site.front.refused_on_wire(_twisted.request_path(self), code, elapsed)
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's parser calls this for every request it cannot accept.
-        if self._receivedHeaderCount > self.maxHeaders:
+        if _twisted.header_count(self) > self.maxHeaders:
             self.refuse(431, f"more than {self.maxHeaders} request headers")
-        elif self._receivedHeaderSize > self.totalHeadersSize:
+        elif _twisted.header_bytes(self) > self.totalHeadersSize:
             self.refuse(431, f"request head over {self.totalHeadersSize} bytes")
         else:
             self.refuse(400, "malformed HTTP request")
@@ -438,9 +437,10 @@ class GatewayChannel(CappedChannel):
             self.refuse(400, "Transfer-Encoding must be chunked alone")
             return
         super().allHeadersReceived()
-        if isinstance(self._transferDecoder, _ChunkedTransferDecoder):
-            self._transferDecoder = CountedChunkedDecoder.replacing(
-                self._transferDecoder, self.site.front.server.max_body_bytes)
+        decoder = _twisted.transfer_decoder(self)
+        if isinstance(decoder, ChunkedTransferDecoder):
+            _twisted.set_transfer_decoder(self, CountedChunkedDecoder.replacing(
+                decoder, self.site.front.server.max_body_bytes))
 
     def rawDataReceived(self, data: bytes) -> None:
         try:

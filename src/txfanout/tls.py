@@ -40,8 +40,9 @@ from twisted.internet.protocol import Factory
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
 from zope.interface import implementer
+
+from ._twisted import HTTP11ClientProtocol
 
 log = Logger()
 

@@ -27,7 +27,6 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web._newclient import RequestNotSent
 from twisted.web.client import (
     URI,
     Agent,
@@ -48,6 +47,8 @@ from twisted.web.iweb import (
 from zope.interface import implementer
 
 from . import outcomes, tls
+from . import _twisted
+from ._twisted import RequestNotSent
 from .chunked import BodyTooLarge
 from .config import PartnerConfig
 from .outcomes import CallResult
@@ -84,7 +85,7 @@ class _Target:
     def __init__(self, agent: Agent, uri: URI) -> None:
         self.agent = agent
         self.key = (uri.scheme, uri.host, uri.port)  # as Agent.request keys the pool
-        self.endpoint = agent._getEndpoint(uri)  # may raise SchemeNotSupported
+        self.endpoint = _twisted.endpoint_for(agent, uri)  # may raise SchemeNotSupported
         self.uri = uri
         self.path = uri.originForm
 
@@ -330,8 +331,9 @@ class Upstream:
             if len(self._targets) >= MAX_TARGETS:
                 self._targets.clear()
             self._targets[url, tls_key] = target
-        return target.agent._requestWithEndpoint(target.key, target.endpoint, b"POST",
-                                                 target.uri, headers, producer, target.path)
+        return _twisted.request_with_endpoint(target.agent, target.key, target.endpoint,
+                                              b"POST", target.uri, headers, producer,
+                                              target.path)
 
     def call(self, partner: PartnerConfig, url: bytes, headers: Headers, body: bytes,
              timeout_s: float, phase: CallPhase | None = None) -> Deferred[CallResult]:
