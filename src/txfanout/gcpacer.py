@@ -19,7 +19,9 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
+
+from .timers import Chain
 
 BUDGET = 96 * 1024 * 1024  # bytes of garbage let into the old generation
 INTERVAL_S = 0.1
@@ -44,30 +46,25 @@ class GcPacer:
 
     def __init__(self, clock: IReactorTime, budget: int = BUDGET,
                  interval: float = INTERVAL_S) -> None:
-        self._clock = clock
         self.budget = budget
         self.interval = interval
         self.live = 0  # the old generation after the last major collection
         self.collecting = False
         self.collections = 0
-        self._call: IDelayedCall | None = None
+        self._chain = Chain(clock, self._tick)
 
     def start(self) -> None:
-        if self._call is None and needed():
+        if not self._chain.running and needed():
             self.live = old_generation()
-            self._call = self._clock.callLater(self.interval, self._tick)
+            self._chain.start(self.interval)
 
     def stop(self) -> None:
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
+        self._chain.stop()
 
     def _tick(self) -> None:
         if self.collecting or old_generation() > self.live + self.budget:
             self._step()
-        delay = 0.0 if self.collecting else self.interval
-        self._call = self._clock.callLater(delay, self._tick)
+        self._chain.next(0.0 if self.collecting else self.interval)
 
     def _step(self) -> None:
         self.collecting = True
