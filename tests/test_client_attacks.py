@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 
-from txfanout.site import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
+from txfanout.channel import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 
 from .conftest import keep_alive_client, raw_client, route_config, within
 from .hostile import logs  # noqa: F401 - fixture

@@ -27,13 +27,15 @@ from . import _twisted
 from ._twisted import ChunkedTransferDecoder
 from .admission import RETRY_AFTER_S, SHED_DRAINING, SHED_EARLY_RETRY, Admission
 from .answer import write_error
+from .channel import BoundedChannel
 from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .config import ServerConfig
 from .conncap import CappedChannel, CappedSite
 from .lag import ReactorLag
 from .pool import unread_bytes
 from .sendnow import write_now, write_soon
-from .wire import SHED_ANSWERS, SHED_HEADS, raw_error, sole_request
+from .timers import cancel
+from .wire import SHED_ANSWERS, SHED_HEADS, sole_request
 
 if TYPE_CHECKING:
     from .fanout import Fanout
@@ -41,11 +43,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 _HOST = re.compile(rb"^[\x21-\x7e]{0,255}$")
-
-# Limits on what a client may send before its request is routed.
-MAX_LINE_BYTES = 8192      # request line, and each header line
-MAX_HEAD_BYTES = 16384     # request line and all headers
-MAX_HEADERS = 100
 
 CLIENT_CLOSED = 499  # the status counted when the client left first (nginx's)
 
@@ -213,19 +210,14 @@ class GatewayRequest(Request):
             write_error(self, 500, "internal error", close=True)
 
 
-class GatewayChannel(CappedChannel):
-    """HTTP/1.1 channel with a deadline for each request to arrive in full
-    (headers and body: slowloris gets 408 and a closed connection), small
-    limits on the request head (414, 431), JSON answers with a close for
-    every request it refuses on the wire (Twisted's own is a bare 400), and
-    that reports itself to the site for the connection cap. The idle
-    keep-alive timeout is HTTPChannel's own ``timeOut``; its closes are
+class GatewayChannel(CappedChannel, BoundedChannel):
+    """A public connection: bounded in time and head size (channel.py),
+    every refusal on the wire counted; requests refused before they are
+    parsed under overload, one send per answer, pipelining bounded by unsent
+    bytes; and it reports itself to the site for the connection cap. The
+    idle keep-alive timeout is HTTPChannel's own ``timeOut``; its closes are
     counted, not logged."""
 
-    MAX_LENGTH = MAX_LINE_BYTES
-    totalHeadersSize = MAX_HEAD_BYTES
-    maxHeaders = MAX_HEADERS
-    _arrival_timer: IDelayedCall | None = None
     _arrived: float | None = None
     _unheard: int | None = None  # the site's period it was accepted in, until it speaks
     _pace_timer: IDelayedCall | None = None
@@ -251,8 +243,7 @@ class GatewayChannel(CappedChannel):
         (served, it would go to the back of the clients' p99)."""
         if self.transport.disconnecting:
             return
-        if self._pace_timer is not None and self._pace_timer.active():
-            self._pace_timer.cancel()
+        cancel(self._pace_timer)
         self._paced_until = self.site.front.clock.seconds() + PACE_S
         self.transport.pauseProducing()
         self._pace_timer = self.callLater(PACE_S, self._unpace)
@@ -276,19 +267,23 @@ class GatewayChannel(CappedChannel):
 
     def dataReceived(self, data: bytes) -> None:
         self._heard()
-        if self._arrival_timer is None and not _twisted.handling_request(self):  # a new request
-            front = self.site.front
-            now = front.clock.seconds()
-            self.retried_early = self._sent_while_paced or now < self._paced_until
-            self._sent_while_paced = False
-            reason = front.admission.shed_reason()
-            if reason is None and self.retried_early and front.admission.pressed():
-                reason = SHED_EARLY_RETRY
-            if reason is not None and self._shed_unparsed(front, reason, data):
-                return
-            self._arrived = now
-            self._arrival_timer = self.callLater(self.site.request_timeout, self._too_slow)
         super().dataReceived(data)
+
+    def arrival_timeout(self) -> float:
+        return self.site.request_timeout
+
+    def request_begins(self, data: bytes) -> bool:
+        front = self.site.front
+        now = front.clock.seconds()
+        self.retried_early = self._sent_while_paced or now < self._paced_until
+        self._sent_while_paced = False
+        reason = front.admission.shed_reason()
+        if reason is None and self.retried_early and front.admission.pressed():
+            reason = SHED_EARLY_RETRY
+        if reason is not None and self._shed_unparsed(front, reason, data):
+            return False
+        self._arrived = now
+        return True
 
     def _shed_unparsed(self, front: Front, reason: str, data: bytes) -> bool:
         """Refuse a request that came whole in ``data`` without building a
@@ -374,59 +369,24 @@ class GatewayChannel(CappedChannel):
             self._drain_timer = self.callLater(self.site.request_timeout, self._not_drained)
 
     def _stop_drain_timer(self) -> None:
-        if self._drain_timer is not None:
-            if self._drain_timer.active():
-                self._drain_timer.cancel()
-            self._drain_timer = None
+        cancel(self._drain_timer)
+        self._drain_timer = None
 
     def _not_drained(self) -> None:
         self._drain_timer = None
         self.transport.abortConnection()
 
     def allContentReceived(self) -> None:
-        self._stop_arrival_timer()
         if self.requests:  # the deadline counts from the request's first byte
             self.requests[-1].arrived = self._arrived
         self._arrived = None
-        if not self.transport.disconnecting:  # else refused: nothing to serve
-            super().allContentReceived()
+        super().allContentReceived()
 
-    def _stop_arrival_timer(self) -> None:
-        if self._arrival_timer is not None:
-            if self._arrival_timer.active():
-                self._arrival_timer.cancel()
-            self._arrival_timer = None
-
-    def _too_slow(self) -> None:
-        self._arrival_timer = None
-        self.refuse(408, "request not received in time")
-
-    def refuse(self, code: int, message: str) -> None:
-        """Answer ``code`` with a JSON error and close; nothing more is read.
-        Every refusal on the wire passes here, and is counted here."""
-        if self.transport.disconnecting:
-            return
-        self._stop_arrival_timer()
-        self.write(raw_error(code, message))
-        self.loseConnection()
+    def refused(self, code: int) -> None:
+        # Every refusal on the wire is counted here.
         arrived = self._arrived
         elapsed = None if arrived is None else self.site.front.clock.seconds() - arrived
         self.site.front.refused_on_wire(_twisted.request_path(self), code, elapsed)
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's parser calls this for every request it cannot accept.
-        if _twisted.header_count(self) > self.maxHeaders:
-            self.refuse(431, f"more than {self.maxHeaders} request headers")
-        elif _twisted.header_bytes(self) > self.totalHeadersSize:
-            self.refuse(431, f"request head over {self.totalHeadersSize} bytes")
-        else:
-            self.refuse(400, "malformed HTTP request")
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        if self.requests:  # a request exists once its request line is parsed
-            self.refuse(431, f"request header line over {self.MAX_LENGTH} bytes")
-        else:
-            self.refuse(414, f"request line over {self.MAX_LENGTH} bytes")
 
     def allHeadersReceived(self) -> None:
         # RFC 9112 6.3: chunked must be the one and final coding, else the
@@ -448,10 +408,6 @@ class GatewayChannel(CappedChannel):
         except BodyTooLarge as e:  # a chunked body, framing counted (chunked.py)
             self.requests[-1].refuse_body(str(e))
 
-    def _send100Continue(self) -> None:
-        if not self.transport.disconnecting:  # not after a 413 for that body
-            super()._send100Continue()
-
     def timeoutConnection(self) -> None:
         # Twisted's own, without its log line per connection (thousands of
         # idle keep-alive clients would flood the journal): counted instead.
@@ -460,9 +416,7 @@ class GatewayChannel(CappedChannel):
         self.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        self._stop_arrival_timer()
-        if self._pace_timer is not None and self._pace_timer.active():
-            self._pace_timer.cancel()
+        cancel(self._pace_timer)
         self._stop_drain_timer()
         super().connectionLost(reason)
         self._heard()
