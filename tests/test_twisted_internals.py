@@ -26,7 +26,12 @@ from twisted.web.http_headers import Headers
 
 import txfanout
 from txfanout import _twisted
-from txfanout._twisted import REGISTER, ChunkedTransferDecoder, HTTP11ClientProtocol, HTTPClientParser
+from txfanout._twisted import (
+    REGISTER,
+    ChunkedTransferDecoder,
+    HTTP11ClientProtocol,
+    HTTPClientParser,
+)
 from txfanout.chunked import MIN_CHUNK_BYTES, CountedChunkedDecoder
 from txfanout.pool import (
     GuardedParser,

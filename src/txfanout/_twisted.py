@@ -250,13 +250,16 @@ def give_up(protocol: HTTP11ClientProtocol, reason: Failure) -> None:
     protocol._giveUp(reason)
 
 
-def idle_connections(pool: HTTPConnectionPool) -> dict[Hashable, list[HTTP11ClientProtocol]]:
+# The pool's keys and connections are whatever its agents and its protocol
+# factory make (Any): a tuple key, an HTTP11ClientProtocol (sub)class.
+
+def idle_connections(pool: HTTPConnectionPool) -> dict[Any, list[Any]]:
     """The pool's idle connections by key, oldest first (the live dict)."""
-    connections: dict[Hashable, list[HTTP11ClientProtocol]] = pool._connections
+    connections: dict[Any, list[Any]] = pool._connections
     return connections
 
 
-def pop_idle(pool: HTTPConnectionPool, key: Hashable) -> HTTP11ClientProtocol:
+def pop_idle(pool: HTTPConnectionPool, key: Hashable) -> Any:
     """Take the oldest idle connection under ``key`` out of the pool, and
     cancel its expiry."""
     connection = pool._connections[key].pop(0)
@@ -265,8 +268,7 @@ def pop_idle(pool: HTTPConnectionPool, key: Hashable) -> HTTP11ClientProtocol:
     return connection
 
 
-def push_idle(pool: HTTPConnectionPool, key: Hashable,
-              connection: HTTP11ClientProtocol) -> None:
+def push_idle(pool: HTTPConnectionPool, key: Hashable, connection: Any) -> None:
     """Keep ``connection`` idle under ``key``, newest, closed after the
     pool's ``cachedConnectionTimeout`` (as Twisted's ``_putConnection``)."""
     pool._connections.setdefault(key, []).append(connection)

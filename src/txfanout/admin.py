@@ -18,7 +18,10 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
@@ -45,7 +48,7 @@ class BadParameter(ValueError):
     """A query parameter is malformed (answered with 400)."""
 
 
-def _json(request: Request, document: Any, code: int = 200) -> bytes:
+def _json(request: IRequest, document: Any, code: int = 200) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
@@ -72,15 +75,15 @@ class Admin:
         self.sites = sites
 
     @app.handle_errors(BadParameter)
-    def bad_parameter(self, request: Request, failure: Any) -> bytes:
+    def bad_parameter(self, request: IRequest, failure: Any) -> bytes:
         return _json(request, {"error": str(failure.value)}, 400)
 
     @app.handle_errors(NotFound)
-    def not_found(self, request: Request, failure: Any) -> bytes:
+    def not_found(self, request: IRequest, failure: Any) -> bytes:
         return _json(request, {"error": "no such admin page (GET / lists them)"}, 404)
 
     @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request: Request, failure: Any) -> bytes:
+    def method_not_allowed(self, request: IRequest, failure: Any) -> bytes:
         request.setHeader(b"Allow", ", ".join(failure.value.valid_methods).encode("ascii"))
         return _json(request, {"error": "method not allowed: use GET"}, 405)
 
@@ -211,7 +214,7 @@ class AdminChannel(BoundedChannel):
         self.site.waiting(self)  # before a pipelined request is read (in super)
         super().requestDone(request)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.site.closed(self)
 
@@ -227,7 +230,8 @@ class AdminSite(Site):
     is answered. Only while every open connection is being answered is a
     newcomer closed at once."""
 
-    protocol = AdminChannel
+    # Twisted types it as its HTTP/2-or-1.1 wrapper; any HTTPChannel class serves.
+    protocol = AdminChannel  # type: ignore[assignment]
     requestFactory = AdminRequest
     displayTracebacks = False
     max_connections = ADMIN_MAX_CONNECTIONS
@@ -272,7 +276,7 @@ class AdminSite(Site):
         self.connections.discard(channel)
         self._waiting.pop(channel, None)
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
 

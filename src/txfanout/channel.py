@@ -9,7 +9,10 @@ a bare 400), and never a ``100 Continue`` for the body it refused.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
@@ -32,6 +35,7 @@ class BoundedChannel(HTTPChannel):
     MAX_LENGTH = MAX_LINE_BYTES
     totalHeadersSize = MAX_HEAD_BYTES
     maxHeaders = MAX_HEADERS
+    transport: Any  # TCP or TLS: disconnecting, abortConnection, pause/resumeProducing
     _arrival_timer: IDelayedCall | None = None
 
     def arrival_timeout(self) -> float:
@@ -95,6 +99,6 @@ class BoundedChannel(HTTPChannel):
         if not self.transport.disconnecting:  # not after a refusal (401, 413)
             super()._send100Continue()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_arrival_timer()
         super().connectionLost(reason)

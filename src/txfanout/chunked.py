@@ -15,6 +15,8 @@ Both faces use it: client bodies against ``server.max_body_bytes`` (site.py,
 
 from __future__ import annotations
 
+from typing import Callable
+
 from . import _twisted
 from ._twisted import ChunkedTransferDecoder
 
@@ -31,8 +33,9 @@ class CountedChunkedDecoder(ChunkedTransferDecoder):
     the bytes counted (see the module) pass ``limit``: a chunk is counted
     when its size line is read, before any of its data is delivered."""
 
-    def __init__(self, data_callback: object, finish_callback: object, limit: int) -> None:
-        super().__init__(data_callback, finish_callback)  # type: ignore[arg-type]
+    def __init__(self, data_callback: Callable[[bytes], None],
+                 finish_callback: Callable[[bytes], None], limit: int) -> None:
+        super().__init__(data_callback, finish_callback)
         self.limit = limit
         self.counted = 0
 

@@ -26,8 +26,8 @@ from .timers import Chain
 BUDGET = 96 * 1024 * 1024  # bytes of garbage let into the old generation
 INTERVAL_S = 0.1
 
-_collect_step = getattr(gc, "collect_step", None)
-_get_stats = getattr(gc, "_get_stats", None)
+_collect_step: Any = getattr(gc, "collect_step", None)
+_get_stats: Any = getattr(gc, "_get_stats", None)
 
 
 def needed() -> bool:
@@ -37,7 +37,7 @@ def needed() -> bool:
 
 def old_generation() -> int:
     """Bytes in PyPy's old generation (arenas and large objects)."""
-    stats = _get_stats(False)  # type: ignore[misc]
+    stats = _get_stats(False)
     return int(stats.total_arena_memory + stats.total_rawmalloced_memory)
 
 
@@ -68,7 +68,7 @@ class GcPacer:
 
     def _step(self) -> None:
         self.collecting = True
-        result: Any = _collect_step()  # type: ignore[misc]
+        result = _collect_step()
         if result.major_is_done:
             self.collecting = False
             self.collections += 1

@@ -45,9 +45,10 @@ RESTART_KEYS = ("listen", "admin")
 
 def describe(port: Any, fallback: str) -> str:
     """``host:port`` of a listening port (``fallback`` when it has none)."""
-    address = port.getHost() if port is not None else None
-    if hasattr(address, "port"):
-        return f"{address.host}:{address.port}"
+    if port is not None:
+        address = port.getHost()
+        if hasattr(address, "port"):
+            return f"{address.host}:{address.port}"
     return fallback
 
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import select
 import socket
-from typing import Any, Callable, Mapping, Protocol, Union
+from typing import Any, Callable, Hashable, Mapping, Protocol, Union, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
@@ -112,6 +112,8 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
     chunked body over its cap as :class:`BodyTooLarge`). A request's body
     producer may name the response's cap (``response_limit``)."""
 
+    transport: Any  # TCP or TLS (or, while a request is written, a CallTransport)
+
     def request(self, request: Any) -> Deferred[Any]:
         producer = request.bodyProducer
         if getattr(producer, "connection", False) is None:
@@ -130,21 +132,23 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
             # Twisted builds the parser inside request() from a module global;
             # the subclass only adds methods and class-level defaults.
             parser.__class__ = GuardedParser
-            parser.body_limit = getattr(producer, "response_limit", None)
+            cast(GuardedParser, parser).body_limit = getattr(producer, "response_limit", None)
         return d
 
     _call_transport: "CallTransport | None" = None
 
     def dataReceived(self, data: bytes) -> None:
+        parser = _twisted.response_parser(self)
         try:
-            _twisted.response_parser(self).dataReceived(data)  # type: ignore[union-attr]
+            if parser is None:  # bytes while idle: nobody asked for them
+                raise PartnerProtocolError()
+            parser.dataReceived(data)
             if self._call_transport is not None:
                 self._call_transport.settle()
         except (PartnerProtocolError, BodyTooLarge):
             _twisted.give_up(self, Failure())
         except Exception:  # ParseError, ValueError (Content-Length), KeyError
-            # (unknown Transfer-Encoding), chunked decoding, or bytes while
-            # idle (no parser): all the same to us.
+            # (unknown Transfer-Encoding), chunked decoding: all the same to us.
             _twisted.give_up(self, Failure(PartnerProtocolError()))
 
     def _finishResponse_WAITING(self, rest: bytes) -> None:
@@ -227,10 +231,10 @@ class PartnerProtocol(GuardedClientProtocol, HandshakeAwareProtocol):
             self._counted = True
             self.upstream.opened += 1
 
-    def connectionLost(self, reason: Failure) -> None:
-        if self._counted:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._counted and self.upstream is not None:
             self._counted = False
-            self.upstream.closed += 1  # type: ignore[union-attr]
+            self.upstream.closed += 1
         super().connectionLost(reason)
 
 
@@ -303,7 +307,9 @@ def unread_bytes(transport: Any) -> bool:
 class PartnerPool(HTTPConnectionPool):
     """The one shared pool of partner connections (see the module doc)."""
 
-    _factory = PartnerClientFactory
+    # Twisted types it as its own (private) factory class; the pool only
+    # calls it with (quiescentCallback, metadata).
+    _factory = PartnerClientFactory  # type: ignore[assignment]
     retryAutomatically = False
     idle_caps: Mapping[PoolKey, int] = {}
     """Idle connections kept per pool key; a key not in it keeps up to
@@ -312,7 +318,7 @@ class PartnerPool(HTTPConnectionPool):
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor, persistent=True)
 
-    def getConnection(self, key: PoolKey, endpoint: Any) -> Deferred[Any]:
+    def getConnection(self, key: Hashable, endpoint: Any) -> Deferred[Any]:
         connections = _twisted.idle_connections(self).get(key)
         while connections:
             first = connections[0]
@@ -326,7 +332,7 @@ class PartnerPool(HTTPConnectionPool):
 
     def idle_connections(self) -> Mapping[PoolKey, list[Any]]:
         """The idle connections kept, by pool key."""
-        return _twisted.idle_connections(self)  # type: ignore[return-value]
+        return _twisted.idle_connections(self)
 
     def set_idle_caps(self, caps: Mapping[PoolKey, int], fallback: int) -> None:
         """Keep up to ``caps[key]`` idle connections under each key (else

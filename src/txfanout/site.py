@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
@@ -97,6 +99,8 @@ class GatewayRequest(Request):
     and whose body is refused with 413 past ``max_body_bytes`` without being
     buffered."""
 
+    channel: GatewayChannel
+    site: GatewaySite
     _admitted = False
     _refused = False
     _body_size = 0
@@ -174,7 +178,7 @@ class GatewayRequest(Request):
         less than serving, or clients that retry at once (ignoring
         Retry-After) eat the capacity the refusals were meant to protect."""
         channel = self.channel
-        keep = channel.persistent and reason != SHED_DRAINING
+        keep = bool(channel.persistent) and reason != SHED_DRAINING
         if not keep:
             channel.persistent = False
         self.code = 503
@@ -203,7 +207,7 @@ class GatewayRequest(Request):
         if abandoned:
             self.front.request_ended(self, CLIENT_CLOSED)
 
-    def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
+    def processingFailed(self, reason: Failure) -> None:
         log.failure("unhandled error serving {path}", failure=reason,
                     path=self.path[:200])
         if not self.finished and not _twisted.client_gone(self):
@@ -218,6 +222,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     idle keep-alive timeout is HTTPChannel's own ``timeOut``; its closes are
     counted, not logged."""
 
+    site: GatewaySite
     _arrived: float | None = None
     _unheard: int | None = None  # the site's period it was accepted in, until it speaks
     _pace_timer: IDelayedCall | None = None
@@ -415,7 +420,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self.site.front.idle_closed()
         self.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         cancel(self._pace_timer)
         self._stop_drain_timer()
         super().connectionLost(reason)
@@ -461,7 +466,7 @@ class GatewaySite(CappedSite):
         front.admission.lag.watch(self._new_period)
 
     @property
-    def max_connections(self) -> int:  # type: ignore[override]
+    def max_connections(self) -> int:
         return self.front.server.max_connections
 
     def _slots(self) -> int:
@@ -499,5 +504,5 @@ class GatewaySite(CappedSite):
         self._refusals = min(REFUSAL_BURST, self._refusals + REFUSALS_PER_PERIOD)
         self.sync_accepting()
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """No per-request line in the daemon's log (see the access log)."""

@@ -69,7 +69,7 @@ def host_header(url: bytes) -> bytes:
     """The Host header Twisted's Agent would send for ``url`` (set it in
     advance and the Agent does not copy the headers to add it)."""
     uri = URI.fromBytes(url)
-    host = b"[" + uri.host + b"]" if isIPv6Address(uri.host.decode("ascii")) else uri.host
+    host: bytes = b"[" + uri.host + b"]" if isIPv6Address(uri.host.decode("ascii")) else uri.host
     if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
         return host
     return b"%b:%d" % (host, uri.port)
@@ -313,7 +313,8 @@ class Upstream:
         dropped) the largest of those, each for at most ``idle_timeout_s``
         seconds."""
         self.pool.set_idle_caps(per_key, max(per_key.values(), default=2))
-        self.pool.cachedConnectionTimeout = idle_timeout_s
+        # Twisted infers int from its default (240); it is seconds for callLater.
+        self.pool.cachedConnectionTimeout = idle_timeout_s  # type: ignore[assignment]
         self._targets: dict[tuple[bytes, bytes | None], _Target] = {}
 
     def _post(self, partner: PartnerConfig, url: bytes, headers: Headers,
@@ -402,5 +403,6 @@ class Upstream:
 
     def close(self) -> Deferred[None]:
         """Close every pooled connection."""
-        return self.pool.closeCachedConnections()
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
 

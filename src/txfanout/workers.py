@@ -276,7 +276,8 @@ class WorkerPool(service.Service):
 
     def _watchdog(self) -> None:
         now = self._reactor.seconds()
-        limit = 2 * self._watchdog_s  # type: ignore[operator]
+        assert self._watchdog_s is not None  # this loop runs only with a watchdog
+        limit = 2 * self._watchdog_s
         for slot in self.slots:
             if slot.ready and now - slot.last_ping > limit:
                 log.warn("worker {index} (pid {pid}) missed its watchdog for {s:.1f} s; "
