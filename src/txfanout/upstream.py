@@ -301,10 +301,10 @@ class Upstream:
                 self._tls_agents.clear()
             endpoints = CountingEndpoints(PartnerEndpoints(self._reactor, partner_tls),
                                           self.connections)
-            agent = _TLSProfileAgent.usingEndpointFactory(self._reactor, endpoints,
-                                                          pool=self.pool)
-            agent._profile = partner_tls.key
-            self._tls_agents[partner_tls.key] = agent
+            profiled = _TLSProfileAgent.usingEndpointFactory(self._reactor, endpoints,
+                                                             pool=self.pool)
+            profiled._profile = partner_tls.key
+            agent = self._tls_agents[partner_tls.key] = profiled
         return agent
 
     def resize(self, idle_timeout_s: float, per_key: Mapping[PoolKey, int] = {}) -> None:
