@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
-from ._compat import SLOTS
 from . import _twisted
+from ._compat import SLOTS
 from ._twisted import ChunkedTransferDecoder
 from .admission import RETRY_AFTER_S, SHED_DRAINING, SHED_EARLY_RETRY, Admission
 from .answer import write_error

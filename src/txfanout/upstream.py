@@ -46,8 +46,7 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
-from . import outcomes, tls
-from . import _twisted
+from . import _twisted, outcomes, tls
 from ._twisted import RequestNotSent
 from .chunked import BodyTooLarge
 from .config import PartnerConfig
