@@ -27,7 +27,7 @@ setup(
         # mypy, mypy-zope: .ci/run type-checks (mypy 2 runs on Python 3.10+ only);
         # tomli: mypy reads _compat's Python < 3.11 branch.
         "test": ["pytest>=6.2.4", "pytest-twisted>=1.13", "hypothesis>=4.24.3", "treq>=20.9",
-                 "wheel>=0.21", "PyYAML>=6", "aiohttp>=3.8.3", "matplotlib>=3.7.3",
+                 "wheel>=0.32", "PyYAML>=6", "aiohttp>=3.8.3", "matplotlib>=3.7.3",
                  "mypy>=2.0; python_version>='3.10'",
                  "mypy-zope>=1.0.15; python_version>='3.10'", "tomli>=1.1"],
         # python -m bench (also needs nginx, libnginx-mod-http-echo, wrk,
