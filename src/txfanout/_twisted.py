@@ -90,11 +90,15 @@ REGISTER: tuple[Private, ...] = (
             "a parse failure is an unhandled exception and the call hangs until its timeout",
             "a partner's malformed answer must end the connection, never be re-read"),
     Private(_PROTOCOL + "_finishResponse_WAITING", "method", "12.1",
-            "overridden by GuardedClientProtocol (and _finishResponse_TRANSMITTING with it): "
-            "bytes past the end of an answer mark the connection Connection: close",
+            "overridden by GuardedClientProtocol: bytes past the end of an answer mark the "
+            "connection Connection: close",
             "the override is never called: the connection is pooled with the extra bytes",
             "response splitting: bytes a partner sends past its answer would be read as the "
             "next call's answer"),
+    Private(_PROTOCOL + "_finishResponse_TRANSMITTING", "method", "12.1",
+            "overridden with _finishResponse_WAITING: an answer that ends while its "
+            "request is still being written", "see _finishResponse_WAITING",
+            "response splitting (see _finishResponse_WAITING)"),
     Private(_PARSER + "statusReceived", "method", "9.0",
             "overridden by GuardedParser: a status code is three digits, 100 to 599",
             "any int() is a status code (-200, 2_00)", _HEAD_GUARD),
@@ -116,7 +120,7 @@ REGISTER: tuple[Private, ...] = (
             "bounds the CPU a partner's chunked answer costs"),
     Private(_NEWCLIENT + "RequestNotSent", "object", "9.0",
             "describe_failure names it: the connection could not take the request",
-            "ImportError (the call's error would be 'error')"),
+            "ImportError at start (and such a call's error would read 'error')"),
     Private(_POOL + "_factory", "attribute", "12.1",
             "overridden by PartnerPool: the pool calls _factory(quiescentCallback, "
             "repr(endpoint)) for each new connection",
