@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IHostnameResolver, IHostResolution, IRes
 from twisted.logger import LogLevel, formatEvent
 from zope.interface import implementer
 
-from txfanout.site import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
+from txfanout.channel import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 
 SECRET = "s3cr3t-partner-key-do-not-leak-0123456789"
 """A partner header value that must never be seen outside the partner call."""

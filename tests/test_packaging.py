@@ -82,6 +82,7 @@ def test_pip_install_into_a_fresh_venv(tmp_path: Path) -> None:
 
     where = run(python, "-c", "import txfanout; print(txfanout.__file__)", cwd=tmp_path)
     assert where.startswith(str(site_dir)), where  # the installed copy, not the sources
+    assert (Path(where.strip()).parent / "py.typed").exists()  # its hints are for checkers
     plugins = site_dir / "twisted" / "plugins"
     assert (plugins / "txfanout_plugin.py").exists()
     assert not (plugins / "__init__.py").exists()  # it would hide Twisted's own plugins

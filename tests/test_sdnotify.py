@@ -108,7 +108,7 @@ def test_status_and_watchdog_run_on_the_reactor_clock(manager: NotifySocket) -> 
     status = manager.wait_for("STATUS", since=count + 1)
     assert status == {"STATUS": "serving: 3 in flight, 10.0 req/s"}
     life.stopService()
-    assert not any(loop.running for loop in life._loops)
+    assert clock.getDelayedCalls() == []  # both loops stopped
 
 
 def test_no_loops_without_a_manager() -> None:

@@ -18,18 +18,19 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
+from twisted.web import http
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from . import inflight, metrics
 from .adminauth import CHALLENGE, UNAUTHORIZED, authorized
+from .channel import BoundedChannel
 from .configview import config_view
 from .gateway import Gateway
-from .site import MAX_HEAD_BYTES, MAX_HEADERS, MAX_LINE_BYTES
 from .memory import AllocationSites, memory_view
 
 ENDPOINTS = {
@@ -47,7 +48,7 @@ class BadParameter(ValueError):
     """A query parameter is malformed (answered with 400)."""
 
 
-def _json(request: Request, document: Any, code: int = 200) -> bytes:
+def _json(request: IRequest, document: Any, code: int = 200) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
@@ -74,15 +75,15 @@ class Admin:
         self.sites = sites
 
     @app.handle_errors(BadParameter)
-    def bad_parameter(self, request: Request, failure: Any) -> bytes:
+    def bad_parameter(self, request: IRequest, failure: Any) -> bytes:
         return _json(request, {"error": str(failure.value)}, 400)
 
     @app.handle_errors(NotFound)
-    def not_found(self, request: Request, failure: Any) -> bytes:
+    def not_found(self, request: IRequest, failure: Any) -> bytes:
         return _json(request, {"error": "no such admin page (GET / lists them)"}, 404)
 
     @app.handle_errors(MethodNotAllowed)
-    def method_not_allowed(self, request: Request, failure: Any) -> bytes:
+    def method_not_allowed(self, request: IRequest, failure: Any) -> bytes:
         request.setHeader(b"Allow", ", ".join(failure.value.valid_methods).encode("ascii"))
         return _json(request, {"error": "method not allowed: use GET"}, 405)
 
@@ -143,19 +144,6 @@ ADMIN_MAX_BODY_BYTES = 4096
 (in memory up to it, never spooled to a file)."""
 
 
-_REASONS = {400: b"Bad Request", 401: b"Unauthorized", 408: b"Request Timeout",
-            413: b"Content Too Large", 414: b"URI Too Long",
-            431: b"Request Header Fields Too Large"}
-
-
-def _refusal(code: int, message: str, extra: bytes = b"") -> bytes:
-    """A whole HTTP/1.1 answer: a JSON error announcing the connection's
-    close. ``extra``: more header lines, each ending in CRLF."""
-    body = json.dumps({"error": message}).encode("utf-8")
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
-            b"%sContent-Length: %d\r\n\r\n%s" % (code, _REASONS[code], extra, len(body), body))
-
-
 class AdminRequest(Request):
     """An admin request: authorized (or refused with 401) as soon as its head
     is in, before any of its body is read; a body over
@@ -203,78 +191,30 @@ class AdminRequest(Request):
         super().setHeader(name, value)
 
 
-class AdminChannel(HTTPChannel):
-    """An admin connection: each request's head and body must arrive within
-    ``server.request_timeout_ms`` of its first byte (else 408 and close:
-    dripping bytes does not keep it open), heads are bounded as on the public
-    face, a refused request gets a JSON error and a close, and the site
-    learns when the connection waits for a request and when it is answering
-    one."""
+class AdminChannel(BoundedChannel):
+    """An admin connection: bounded in time (``server.request_timeout_ms``)
+    and head size as on the public face (channel.py), and the site learns
+    when it waits for a request and when it is answering one."""
 
-    MAX_LENGTH = MAX_LINE_BYTES
-    totalHeadersSize = MAX_HEAD_BYTES
-    maxHeaders = MAX_HEADERS
     site: "AdminSite"
-    _arrival: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.opened(self)
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._arrival is None and not self._handlingRequest:  # a new request
-            self._arrival = self.callLater(self.site.request_timeout(), self._too_slow)
-        super().dataReceived(data)
+    def arrival_timeout(self) -> float:
+        return self.site.request_timeout()
 
     def allContentReceived(self) -> None:
-        self._stop_arrival()
         if not self.transport.disconnecting:  # else refused: nothing to serve
             self.site.answering(self)
-            super().allContentReceived()
+        super().allContentReceived()
 
     def requestDone(self, request: Request) -> None:
         self.site.waiting(self)  # before a pipelined request is read (in super)
         super().requestDone(request)
 
-    def _too_slow(self) -> None:
-        self._arrival = None
-        self.refuse(408, "request not received in time")
-
-    def refuse(self, code: int, message: str, extra: bytes = b"") -> None:
-        """Answer ``code`` with a JSON error and close; nothing more is read."""
-        if self.transport.disconnecting:
-            return
-        self._stop_arrival()
-        self.transport.write(_refusal(code, message, extra))
-        self.loseConnection()
-
-    def _stop_arrival(self) -> None:
-        if self._arrival is not None:
-            if self._arrival.active():
-                self._arrival.cancel()
-            self._arrival = None
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's parser calls this for every request it cannot accept.
-        if self._receivedHeaderCount > self.maxHeaders:
-            self.refuse(431, f"more than {self.maxHeaders} request headers")
-        elif self._receivedHeaderSize > self.totalHeadersSize:
-            self.refuse(431, f"request head over {self.totalHeadersSize} bytes")
-        else:
-            self.refuse(400, "malformed HTTP request")
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        if self.requests:  # a request exists once its request line is parsed
-            self.refuse(431, f"request header line over {self.MAX_LENGTH} bytes")
-        else:
-            self.refuse(414, f"request line over {self.MAX_LENGTH} bytes")
-
-    def _send100Continue(self) -> None:
-        if not self.transport.disconnecting:  # not after a 401 or 413
-            super()._send100Continue()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self._stop_arrival()
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.site.closed(self)
 
@@ -290,7 +230,8 @@ class AdminSite(Site):
     is answered. Only while every open connection is being answered is a
     newcomer closed at once."""
 
-    protocol = AdminChannel
+    # Twisted types it as its HTTP/2-or-1.1 wrapper; any HTTPChannel class serves.
+    protocol = AdminChannel  # type: ignore[assignment]
     requestFactory = AdminRequest
     displayTracebacks = False
     max_connections = ADMIN_MAX_CONNECTIONS
@@ -335,7 +276,7 @@ class AdminSite(Site):
         self.connections.discard(channel)
         self._waiting.pop(channel, None)
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
 

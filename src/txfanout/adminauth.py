@@ -13,8 +13,9 @@ import hashlib
 import hmac
 import ipaddress
 
-from twisted.internet.endpoints import _parse as parse_endpoint
 from twisted.web.server import Request
+
+from . import _twisted
 
 # Where each endpoint type takes its interface when it is given positionally.
 _INTERFACE_ARG = {"tcp": 2, "tcp6": 2, "ssl": 5}
@@ -29,7 +30,7 @@ def listens_on_loopback(description: str) -> bool:
     another address, or an endpoint type whose address is not in the string
     (``systemd:``...) is not loopback."""
     try:
-        args, kwargs = parse_endpoint(description)
+        args, kwargs = _twisted.parse_endpoint(description)
     except Exception:
         return False
     kind = args[0].lower() if args else ""

@@ -15,7 +15,10 @@ Both faces use it: client bodies against ``server.max_body_bytes`` (site.py,
 
 from __future__ import annotations
 
-from twisted.web.http import _ChunkedTransferDecoder
+from typing import Callable
+
+from . import _twisted
+from ._twisted import ChunkedTransferDecoder
 
 MIN_CHUNK_BYTES = 256
 
@@ -25,18 +28,19 @@ class BodyTooLarge(Exception):
     call results."""
 
 
-class CountedChunkedDecoder(_ChunkedTransferDecoder):
+class CountedChunkedDecoder(ChunkedTransferDecoder):
     """Twisted's chunked decoder, raising :class:`BodyTooLarge` as soon as
     the bytes counted (see the module) pass ``limit``: a chunk is counted
     when its size line is read, before any of its data is delivered."""
 
-    def __init__(self, data_callback: object, finish_callback: object, limit: int) -> None:
-        super().__init__(data_callback, finish_callback)  # type: ignore[arg-type]
+    def __init__(self, data_callback: Callable[[bytes], None],
+                 finish_callback: Callable[[bytes], None], limit: int) -> None:
+        super().__init__(data_callback, finish_callback)
         self.limit = limit
         self.counted = 0
 
     @classmethod
-    def replacing(cls, decoder: _ChunkedTransferDecoder, limit: int) -> "CountedChunkedDecoder":
+    def replacing(cls, decoder: ChunkedTransferDecoder, limit: int) -> "CountedChunkedDecoder":
         """A counting decoder in place of ``decoder``, which has not been fed."""
         return cls(decoder.dataCallback, decoder.finishCallback, limit)
 
@@ -46,18 +50,18 @@ class CountedChunkedDecoder(_ChunkedTransferDecoder):
             raise BodyTooLarge(f"body over {self.limit} bytes (chunk framing counted)")
 
     def _dataReceived_CHUNK_LENGTH(self) -> bool:
-        before = len(self._buffer)
+        before = _twisted.buffered(self)
         if not super()._dataReceived_CHUNK_LENGTH():
             return False
-        line = before - len(self._buffer)  # the size line and its CRLF
+        line = before - _twisted.buffered(self)  # the size line and its CRLF
         # Its data and the CRLF after it (after the last chunk: the CRLF
         # that ends the trailers).
         self._count(max(line + self.length + 2, MIN_CHUNK_BYTES))
         return True
 
     def _dataReceived_TRAILER(self) -> bool:
-        before = len(self._buffer)
+        before = _twisted.buffered(self)
         more = super()._dataReceived_TRAILER()
         if more:  # a trailer line was read
-            self._count(before - len(self._buffer))
+            self._count(before - _twisted.buffered(self))
         return more

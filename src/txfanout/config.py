@@ -154,7 +154,7 @@ class _Checker:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.fail(path, f"must be an integer from {low} to {high}")
             return None
-        return value
+        return int(value)
 
     def boolean(self, value: Any, path: str) -> bool | None:
         if not isinstance(value, bool):
@@ -185,14 +185,14 @@ class _Checker:
         return value
 
     def endpoint(self, value: Any, path: str) -> str | None:
-        value = self.string(value, path, re.compile(r"^[a-z0-9]+:\S+$"),
-                            "a Twisted endpoint string such as 'tcp:8080'")
-        if value is not None and value.startswith("ssl:"):
-            problem = server_endpoint_problem(value)
+        checked = self.string(value, path, re.compile(r"^[a-z0-9]+:\S+$"),
+                              "a Twisted endpoint string such as 'tcp:8080'")
+        if checked is not None and checked.startswith("ssl:"):
+            problem = server_endpoint_problem(checked)
             if problem:
                 self.fail(path, problem)
                 return None
-        return value
+        return checked
 
     def header(self, value: Any, path: str) -> str | None:
         return self.string(value, path, _HEADER_NAME, "an HTTP header name")
@@ -201,7 +201,7 @@ class _Checker:
         return self.string(value, path, re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"),
                            "a dotted path such as 'device.geo.country'")
 
-    def string_list(self, value: Any, path: str, check: Callable[[str], bool],
+    def string_list(self, value: Any, path: str, check: Callable[[str], object],
                     what: str) -> list[str] | None:
         if not isinstance(value, list) or not value:
             self.fail(path, f"must be a non-empty list of {what}")
@@ -357,10 +357,10 @@ def _route(chk: _Checker, name: str, raw: Any, partners: Mapping[str, Any]) -> R
                 chk.fail(f"{path}.partners", f"unknown partner {n!r}")
         if len(set(names)) != len(names):
             chk.fail(f"{path}.partners", "lists a partner twice")
-    max_partners = MAX_FANOUT
+    max_partners: int | None = MAX_FANOUT
     if "max_partners" in table:
         max_partners = chk.integer(table["max_partners"], f"{path}.max_partners", 1, MAX_FANOUT)
-    if len(chk.errors) > before or names is None:
+    if len(chk.errors) > before or names is None or max_partners is None:
         return None
     return RouteConfig(name=name, partners=tuple(names), max_partners=max_partners)
 

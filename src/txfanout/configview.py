@@ -46,4 +46,5 @@ def _plain(value: Any, key: str = "") -> Any:
 
 def config_view(config: Config) -> dict[str, Any]:
     """``config`` as plain JSON-able data, secrets replaced by ``<redacted>``."""
-    return _plain(config)  # type: ignore[no-any-return]
+    view: dict[str, Any] = _plain(config)
+    return view

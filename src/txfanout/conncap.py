@@ -20,9 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
+
+from . import _twisted
 
 ACCEPT_BATCH = 128
 
@@ -31,11 +34,13 @@ class CappedChannel(HTTPChannel):
     """An HTTP channel that reports its opening and closing to its
     :class:`CappedSite`."""
 
+    site: CappedSite
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.connection_opened()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self.site.connection_closed()
 
@@ -43,8 +48,13 @@ class CappedChannel(HTTPChannel):
 class CappedSite(Site):
     """A Site that accepts only while it has ``room()`` (see the module)."""
 
-    protocol = CappedChannel
-    max_connections: int
+    # Twisted types it as its HTTP/2-or-1.1 wrapper; any HTTPChannel class serves.
+    protocol = CappedChannel  # type: ignore[assignment]
+
+    @property
+    def max_connections(self) -> int:
+        """Open connections the site serves at most."""
+        raise NotImplementedError
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -72,7 +82,7 @@ class CappedSite(Site):
             return
         batch = min(room, ACCEPT_BATCH)
         for port in self.ports:
-            port.numberAccepts = batch
+            _twisted.set_accept_batch(port, batch)
         if self._paused:
             self._paused = False
             for port in self.ports:

@@ -33,12 +33,8 @@ from .upstream import Upstream
 
 def call_headers(prepared: Headers,
                  extra: Iterable[tuple[bytes | str, bytes | str]]) -> Headers:
-    """``prepared`` (a partner's headers, checked when they were set) plus
-    ``extra``: a shallow copy, where ``Headers.copy`` would check every
-    value again. The lists of values stay shared: only set headers on the
-    copy (``setRawHeaders`` replaces a list), never add to them."""
-    headers = Headers()
-    headers._rawHeaders = dict(prepared._rawHeaders)
+    """A copy of ``prepared`` (a partner's headers) with ``extra`` set."""
+    headers = prepared.copy()
     for name, value in extra:
         headers.setRawHeaders(name, [value])
     return headers

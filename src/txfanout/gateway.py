@@ -157,7 +157,8 @@ class Gateway:
             return answer.json_error(request, 503, SHED_MESSAGES[SHED_PARTNERS_UNAVAILABLE])
         elapsed = self.clock.seconds() - inbound.budget.started
         body, complete = answer.results(request, inbound, results, elapsed, max_bytes)
-        request.exchange.complete = complete  # type: ignore[union-attr]
+        assert request.exchange is not None  # see site.py
+        request.exchange.complete = complete
         return body
 
     def start(self) -> None:

@@ -19,13 +19,15 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
+
+from .timers import Chain
 
 BUDGET = 96 * 1024 * 1024  # bytes of garbage let into the old generation
 INTERVAL_S = 0.1
 
-_collect_step = getattr(gc, "collect_step", None)
-_get_stats = getattr(gc, "_get_stats", None)
+_collect_step: Any = getattr(gc, "collect_step", None)
+_get_stats: Any = getattr(gc, "_get_stats", None)
 
 
 def needed() -> bool:
@@ -35,7 +37,7 @@ def needed() -> bool:
 
 def old_generation() -> int:
     """Bytes in PyPy's old generation (arenas and large objects)."""
-    stats = _get_stats(False)  # type: ignore[misc]
+    stats = _get_stats(False)
     return int(stats.total_arena_memory + stats.total_rawmalloced_memory)
 
 
@@ -44,34 +46,29 @@ class GcPacer:
 
     def __init__(self, clock: IReactorTime, budget: int = BUDGET,
                  interval: float = INTERVAL_S) -> None:
-        self._clock = clock
         self.budget = budget
         self.interval = interval
         self.live = 0  # the old generation after the last major collection
         self.collecting = False
         self.collections = 0
-        self._call: IDelayedCall | None = None
+        self._chain = Chain(clock, self._tick)
 
     def start(self) -> None:
-        if self._call is None and needed():
+        if not self._chain.running and needed():
             self.live = old_generation()
-            self._call = self._clock.callLater(self.interval, self._tick)
+            self._chain.start(self.interval)
 
     def stop(self) -> None:
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
+        self._chain.stop()
 
     def _tick(self) -> None:
         if self.collecting or old_generation() > self.live + self.budget:
             self._step()
-        delay = 0.0 if self.collecting else self.interval
-        self._call = self._clock.callLater(delay, self._tick)
+        self._chain.next(0.0 if self.collecting else self.interval)
 
     def _step(self) -> None:
         self.collecting = True
-        result: Any = _collect_step()  # type: ignore[misc]
+        result = _collect_step()
         if result.major_is_done:
             self.collecting = False
             self.collections += 1

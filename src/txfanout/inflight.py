@@ -10,10 +10,11 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING, Any, Iterable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .phases import WAITING_SLOT
+from .timers import Chain
 
 if TYPE_CHECKING:
     from .fanout import Fanout
@@ -68,7 +69,7 @@ class OverdueWatch:
         self.interval = interval
         self.count = 0
         self._warned: set["Fanout"] = set()
-        self._call: IDelayedCall | None = None
+        self._chain = Chain(clock, self._tick)
 
     def scan(self) -> int:
         """Count (and log, once each) the overdue fan-outs now."""
@@ -86,17 +87,13 @@ class OverdueWatch:
         return self.count
 
     def start(self) -> None:
-        if self._call is None:
-            self._call = self._clock.callLater(self.interval, self._tick)
+        self._chain.start(self.interval)
 
     def stop(self) -> None:
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
+        self._chain.stop()
 
     def _tick(self) -> None:
-        self._call = self._clock.callLater(self.interval, self._tick)
+        self._chain.next(self.interval)
         self.scan()
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
+
+from .timers import Chain
 
 
 class ReactorLag:
@@ -24,7 +26,7 @@ class ReactorLag:
 
     A chain of ``callLater`` (rather than a ``LoopingCall``, which silently
     skips the ticks it missed) so that each tick measures exactly how late
-    it ran: ``lag = now - when it was due``.
+    it ran: ``lag = now - when it was due`` (timers.Chain).
     """
 
     def __init__(self, clock: IReactorTime, interval: float = 0.1, window: int = 5) -> None:
@@ -38,8 +40,7 @@ class ReactorLag:
         # catch a short one.
         self.recent = 0.0
         self._recent: deque[float] = deque(maxlen=window)
-        self._due = 0.0
-        self._call: IDelayedCall | None = None
+        self._chain = Chain(clock, self._tick)
         self._watchers: list[Callable[["ReactorLag"], None]] = []
 
     def watch(self, watcher: Callable[["ReactorLag"], None]) -> None:
@@ -48,29 +49,21 @@ class ReactorLag:
 
     @property
     def running(self) -> bool:
-        return self._call is not None
+        return self._chain.running
 
     def start(self) -> None:
         """Start measuring (idempotent)."""
-        if self._call is None:
-            self._schedule()
+        self._chain.start(self.interval)
 
     def stop(self) -> None:
         """Stop measuring; ``lag`` keeps its last value."""
-        if self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
-
-    def _schedule(self) -> None:
-        self._due = self._clock.seconds() + self.interval
-        self._call = self._clock.callLater(self.interval, self._tick)
+        self._chain.stop()
 
     def _tick(self) -> None:
-        self.lag = max(0.0, self._clock.seconds() - self._due)
+        self.lag = max(0.0, self._clock.seconds() - self._chain.due)
         self._recent.append(self.lag)
         self.recent = max(self._recent)
-        self._schedule()
+        self._chain.next(self.interval)
         for watcher in self._watchers:
             watcher(self)
 

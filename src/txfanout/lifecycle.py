@@ -26,7 +26,6 @@ from typing import Any, Callable
 from twisted.application import service
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, TimeoutError, gatherResults
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,6 +34,7 @@ from .gateway import Gateway
 from .listeners import Listener
 from .memory import freeze_startup
 from .sdnotify import Notifier, watchdog_interval
+from .timers import Loops
 
 log = Logger()
 
@@ -45,9 +45,10 @@ RESTART_KEYS = ("listen", "admin")
 
 def describe(port: Any, fallback: str) -> str:
     """``host:port`` of a listening port (``fallback`` when it has none)."""
-    address = port.getHost() if port is not None else None
-    if hasattr(address, "port"):
-        return f"{address.host}:{address.port}"
+    if port is not None:
+        address = port.getHost()
+        if hasattr(address, "port"):
+            return f"{address.host}:{address.port}"
     return fallback
 
 
@@ -78,7 +79,7 @@ class Lifecycle(service.Service):
         self.notifier = notifier
         environ = dict(os.environ) if environ is None else environ
         self._watchdog_s = watchdog_interval(environ, os.getpid())
-        self._loops: list[LoopingCall] = []
+        self._loops = Loops(reactor)
         self._last_total = 0
         self._last_time = 0.0
         self.draining = False
@@ -109,22 +110,13 @@ class Lifecycle(service.Service):
                  admin=describe(self.admin.port, server.admin))
         self.notifier.ready(self.status_line())
         if self.notifier.enabled:
-            self._start_loop(self._report_status, STATUS_INTERVAL_S, now=False)
+            self._loops.start(self._report_status, STATUS_INTERVAL_S, now=False)
             if self._watchdog_s is not None:
-                self._start_loop(self.notifier.watchdog, self._watchdog_s, now=True)
-
-    def _start_loop(self, f: Callable[[], Any], interval: float, now: bool) -> None:
-        loop = LoopingCall(f)
-        loop.clock = self._reactor
-        loop.start(interval, now=now)
-        self._loops.append(loop)
+                self._loops.start(self.notifier.watchdog, self._watchdog_s, now=True)
 
     def stopService(self) -> Any:
         super().stopService()
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops = []
+        self._loops.stop()
         self.notifier.close()
 
     # -- status --

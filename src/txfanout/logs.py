@@ -16,33 +16,40 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any, Mapping
+from typing import IO, Any
 
-from twisted.logger import FileLogObserver, ILogObserver, LogLevel, eventAsText, formatTime
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    LogLevel,
+    eventAsText,
+    formatTime,
+)
 
 _PRIORITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3,
              LogLevel.critical: 2}
 
 
-def _text(event: Mapping[str, Any]) -> str:
-    text = eventAsText(event, includeTimestamp=False, includeSystem=False)  # type: ignore[arg-type]
+def _text(event: LogEvent) -> str:
+    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
     return text.rstrip("\n").replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def _system(event: Mapping[str, Any]) -> str:
+def _system(event: LogEvent) -> str:
     return str(event.get("log_system") or event.get("log_namespace") or "-")
 
 
-def journal_line(event: Mapping[str, Any]) -> str | None:
+def journal_line(event: LogEvent) -> str | None:
     """``<6>namespace: message``: for journald, which stamps the time."""
     text = _text(event)
     if not text:
         return None
-    priority = _PRIORITY.get(event.get("log_level"), 6)  # type: ignore[arg-type]
+    priority = _PRIORITY.get(event.get("log_level"), 6)
     return f"<{priority}>{_system(event)}: {text}\n"
 
 
-def text_line(event: Mapping[str, Any]) -> str | None:
+def text_line(event: LogEvent) -> str | None:
     """``2024-05-01T12:00:00+0000 [namespace#info] message``."""
     text = _text(event)
     if not text:

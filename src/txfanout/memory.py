@@ -21,9 +21,9 @@ from typing import Any
 try:
     import tracemalloc
 except ImportError:  # PyPy
-    tracemalloc = None  # type: ignore[assignment]
-
-TRACEMALLOC = tracemalloc is not None
+    TRACEMALLOC = False
+else:
+    TRACEMALLOC = True
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -62,7 +62,7 @@ class AllocationSites:
     previous report (only the per-site totals are kept between reports)."""
 
     def __init__(self, top: int, frames: int = 1) -> None:
-        if tracemalloc is None:
+        if not TRACEMALLOC:
             raise RuntimeError("tracemalloc is not available on this interpreter")
         self._filters = (tracemalloc.Filter(False, tracemalloc.__file__),
                          tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
@@ -100,7 +100,7 @@ class AllocationSites:
             "diff": None,
         }
         if previous is not None:
-            changes = []
+            changes: list[dict[str, Any]] = []
             for site in now.keys() | previous.keys():
                 size, count = now.get(site, (0, 0))
                 old_size, old_count = previous.get(site, (0, 0))

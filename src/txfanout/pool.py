@@ -5,11 +5,14 @@ the wire.
 
 * no automatic retry (Twisted only retries idempotent methods anyway; a POST
   that may have reached a partner is never sent twice);
+* its connections are :class:`PartnerProtocol` (its one factory,
+  :class:`PartnerClientFactory`): guarded (below), aware of their TLS
+  handshake (tls.py), counted on their upstream (poolstats.py);
 * before an idle connection is reused, its socket is peeked: one the partner
   has closed (FIN or RST received, not yet seen by the reactor) is dropped
   and another one is used, so a stale connection does not cost a call.
   Twisted itself already skips connections whose close the reactor saw;
-* its connections speak :class:`GuardedClientProtocol`: the response head
+* the guard, :class:`GuardedClientProtocol`: the response head
   is bounded, a body framed two ways is refused, a chunked body's framing
   counts against the call's ``max_response_bytes`` (chunked.py), any parse
   failure has one name, and a connection on which the partner sent more
@@ -24,16 +27,18 @@ from __future__ import annotations
 
 import select
 import socket
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Hashable, Mapping, Protocol, Union, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
-from twisted.web.http import _ChunkedTransferDecoder
+from twisted.web.client import HTTPConnectionPool
 
+from . import _twisted
+from ._twisted import ChunkedTransferDecoder, HTTP11ClientProtocol, HTTPClientParser
 from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .sendnow import write_soon
+from .tls import HandshakeAwareProtocol
 
 UpstreamKey = tuple[bytes, bytes, int]
 """(scheme, host, port) of a partner URL as Twisted's Agent parses it (host
@@ -96,7 +101,7 @@ class GuardedParser(HTTPClientParser):
         super().allHeadersReceived()
 
     def switchToBodyMode(self, decoder: Any) -> None:
-        if self.body_limit is not None and type(decoder) is _ChunkedTransferDecoder:
+        if self.body_limit is not None and type(decoder) is ChunkedTransferDecoder:
             decoder = CountedChunkedDecoder.replacing(decoder, self.body_limit)
         super().switchToBodyMode(decoder)
 
@@ -106,6 +111,8 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
     every parse failure reported as a :class:`PartnerProtocolError` (a
     chunked body over its cap as :class:`BodyTooLarge`). A request's body
     producer may name the response's cap (``response_limit``)."""
+
+    transport: Any  # TCP or TLS (or, while a request is written, a CallTransport)
 
     def request(self, request: Any) -> Deferred[Any]:
         producer = request.bodyProducer
@@ -120,33 +127,36 @@ class GuardedClientProtocol(HTTP11ClientProtocol):
         finally:
             self.transport = transport
             call.flush()
-        parser = self._parser
+        parser = _twisted.response_parser(self)
         if parser is not None and type(parser) is HTTPClientParser:
             # Twisted builds the parser inside request() from a module global;
             # the subclass only adds methods and class-level defaults.
             parser.__class__ = GuardedParser
-            parser.body_limit = getattr(producer, "response_limit", None)
+            cast(GuardedParser, parser).body_limit = getattr(producer, "response_limit", None)
         return d
 
     _call_transport: "CallTransport | None" = None
 
     def dataReceived(self, data: bytes) -> None:
+        parser = _twisted.response_parser(self)
         try:
-            self._parser.dataReceived(data)  # type: ignore[union-attr]
+            if parser is None:  # bytes while idle: nobody asked for them
+                raise PartnerProtocolError()
+            parser.dataReceived(data)
             if self._call_transport is not None:
                 self._call_transport.settle()
         except (PartnerProtocolError, BodyTooLarge):
-            self._giveUp(Failure())
+            _twisted.give_up(self, Failure())
         except Exception:  # ParseError, ValueError (Content-Length), KeyError
-            # (unknown Transfer-Encoding), chunked decoding, or bytes while
-            # idle (no parser): all the same to us.
-            self._giveUp(Failure(PartnerProtocolError()))
+            # (unknown Transfer-Encoding), chunked decoding: all the same to us.
+            _twisted.give_up(self, Failure(PartnerProtocolError()))
 
     def _finishResponse_WAITING(self, rest: bytes) -> None:
-        if rest and self._parser is not None:
+        parser = _twisted.response_parser(self)
+        if rest and parser is not None:
             # Bytes past the end of the response: keep the answer, drop the
             # connection (Twisted closes it when it sees Connection: close).
-            self._parser.connHeaders.addRawHeader(b"connection", b"close")
+            parser.connHeaders.addRawHeader(b"connection", b"close")
         super()._finishResponse_WAITING(rest)
 
     _finishResponse_TRANSMITTING = _finishResponse_WAITING
@@ -200,14 +210,50 @@ class CallTransport:
         return getattr(self._transport, name)
 
 
-class GuardedClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory: guarded protocol, and no log line
-    per connection."""
+class OpenCount(Protocol):
+    """Where a connection counts itself (poolstats.UpstreamConnections)."""
+
+    opened: int
+    closed: int
+
+
+class PartnerProtocol(GuardedClientProtocol, HandshakeAwareProtocol):
+    """What the pool's connections speak: the guarded HTTP/1.1 client,
+    aware of its TLS handshake, counted opened and closed on ``upstream``
+    (set by poolstats.CountingEndpoints when it connects)."""
+
+    upstream: OpenCount | None = None
+    _counted = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.upstream is not None:
+            self._counted = True
+            self.upstream.opened += 1
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._counted and self.upstream is not None:
+            self._counted = False
+            self.upstream.closed += 1
+        super().connectionLost(reason)
+
+
+class PartnerClientFactory(Factory):
+    """The pool's per-connection factory: :class:`PartnerProtocol`, counted
+    on ``upstream``, and no log line per connection. The pool builds one per
+    new connection with its quiescent callback (which hands the connection
+    back to the pool) and the endpoint's repr (unused)."""
 
     noisy = False
+    upstream: OpenCount | None = None
 
-    def buildProtocol(self, addr: Any) -> GuardedClientProtocol:
-        return GuardedClientProtocol(self._quiescentCallback)
+    def __init__(self, quiescent: Callable[[Any], None], metadata: str) -> None:
+        self._quiescent = quiescent
+
+    def buildProtocol(self, addr: Any) -> PartnerProtocol:
+        protocol = PartnerProtocol(self._quiescent)
+        protocol.upstream = self.upstream
+        return protocol
 
 
 def _socket_of(transport: Any) -> socket.socket | None:
@@ -261,7 +307,9 @@ def unread_bytes(transport: Any) -> bool:
 class PartnerPool(HTTPConnectionPool):
     """The one shared pool of partner connections (see the module doc)."""
 
-    _factory = GuardedClientFactory
+    # Twisted types it as its own (private) factory class; the pool only
+    # calls it with (quiescentCallback, metadata).
+    _factory = PartnerClientFactory  # type: ignore[assignment]
     retryAutomatically = False
     idle_caps: Mapping[PoolKey, int] = {}
     """Idle connections kept per pool key; a key not in it keeps up to
@@ -270,37 +318,36 @@ class PartnerPool(HTTPConnectionPool):
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor, persistent=True)
 
-    def getConnection(self, key: PoolKey, endpoint: Any) -> Deferred[Any]:
-        connections = self._connections.get(key)
+    def getConnection(self, key: Hashable, endpoint: Any) -> Deferred[Any]:
+        connections = _twisted.idle_connections(self).get(key)
         while connections:
             first = connections[0]
             alive = first.state == "QUIESCENT"
             if alive and not peer_closed(first):
                 break
-            connections.pop(0)
-            self._timeouts.pop(first).cancel()
+            _twisted.pop_idle(self, key)
             if alive:
                 first.transport.abortConnection()
         return super().getConnection(key, endpoint)
 
     def idle_connections(self) -> Mapping[PoolKey, list[Any]]:
         """The idle connections kept, by pool key."""
-        return self._connections  # type: ignore[no-any-return]
+        return _twisted.idle_connections(self)
 
     def set_idle_caps(self, caps: Mapping[PoolKey, int], fallback: int) -> None:
         """Keep up to ``caps[key]`` idle connections under each key (else
         ``fallback``); idle connections past the new caps are closed now."""
         self.idle_caps = caps
         self.maxPersistentPerHost = fallback
-        for key, connections in self._connections.items():
-            self._trim(connections, caps.get(key, fallback))
+        for key in _twisted.idle_connections(self):
+            self._trim(key, caps.get(key, fallback))
 
-    def _trim(self, connections: list[Any], keep: int) -> None:
-        """Close the oldest idle connections until ``keep`` are left."""
+    def _trim(self, key: Any, keep: int) -> None:
+        """Close the oldest idle connections under ``key`` until ``keep``
+        are left."""
+        connections = _twisted.idle_connections(self).get(key, [])
         while connections and len(connections) > keep:
-            dropped = connections.pop(0)
-            dropped.transport.loseConnection()
-            self._timeouts.pop(dropped).cancel()
+            _twisted.pop_idle(self, key).transport.loseConnection()
 
     def _putConnection(self, key: PoolKey, connection: Any) -> None:
         # Twisted's own, with the key's cap; and "at the cap", not "equal to
@@ -308,8 +355,5 @@ class PartnerPool(HTTPConnectionPool):
         if connection.state != "QUIESCENT":
             super()._putConnection(key, connection)  # logs the bug, keeps nothing
             return
-        connections = self._connections.setdefault(key, [])
-        self._trim(connections, self.idle_caps.get(key, self.maxPersistentPerHost) - 1)
-        connections.append(connection)
-        self._timeouts[connection] = self._reactor.callLater(
-            self.cachedConnectionTimeout, self._removeConnection, key, connection)
+        self._trim(key, self.idle_caps.get(key, self.maxPersistentPerHost) - 1)
+        _twisted.push_idle(self, key, connection)

@@ -1,11 +1,11 @@
 """Connections to partners, counted per upstream (scheme, host, port).
 
-The pool (``HTTPConnectionPool``) keeps idle connections in
-``pool._connections[key]`` but counts nothing. The agent's endpoint factory
-is wrapped so that each new connection is tagged with its upstream, and the
-pool's protocol factory builds protocols that count themselves opened and
-closed. Idle connections are read from the pool when asked; active ones are
-the open ones that are not idle.
+The pool (``HTTPConnectionPool``) keeps idle connections but counts
+nothing. The agent's endpoint factory is wrapped so that each new
+connection's factory is tagged with its upstream, and the pool's protocols
+(pool.PartnerProtocol) count themselves opened and closed on it. Idle
+connections are read from the pool when asked; active ones are the open
+ones that are not idle.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from typing import Any, NamedTuple
 
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
-from twisted.web.client import URI, _HTTP11ClientFactory
+from twisted.web.client import URI
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from .pool import GuardedClientProtocol, PartnerPool, UpstreamKey
-from .tls import HandshakeAwareProtocol
+from .pool import PartnerClientFactory, PartnerPool, UpstreamKey
+
 
 def upstream_key(url: str) -> UpstreamKey:
     """The upstream a partner URL's calls go to (the Agent's parse)."""
@@ -91,41 +90,6 @@ class ConnectionStats:
         return out
 
 
-class _PartnerProtocol(GuardedClientProtocol, HandshakeAwareProtocol):
-    """What the pool's connections speak: the guarded HTTP/1.1 client
-    (bounded heads, strict framing), aware of its TLS handshake."""
-
-
-class _CountedClientProtocol(_PartnerProtocol):
-    upstream: UpstreamConnections | None = None
-    _counted = False
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        if self.upstream is not None:
-            self._counted = True
-            self.upstream.opened += 1
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self._counted:
-            self._counted = False
-            self.upstream.closed += 1  # type: ignore[union-attr]
-        super().connectionLost(reason)
-
-
-class CountingClientFactory(_HTTP11ClientFactory):
-    """The pool's per-connection factory (``pool._factory``): no log line per
-    connection, and guarded protocols that count themselves on their upstream."""
-
-    noisy = False
-    upstream: UpstreamConnections | None = None
-
-    def buildProtocol(self, addr: Any) -> _PartnerProtocol:
-        protocol = _CountedClientProtocol(self._quiescentCallback)
-        protocol.upstream = self.upstream
-        return protocol
-
-
 @implementer(IStreamClientEndpoint)
 class _TaggingEndpoint:
     __slots__ = ("_endpoint", "_upstream")
@@ -135,7 +99,7 @@ class _TaggingEndpoint:
         self._upstream = upstream
 
     def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
-        if isinstance(factory, CountingClientFactory):
+        if isinstance(factory, PartnerClientFactory):
             factory.upstream = self._upstream
         return self._endpoint.connect(factory)
 

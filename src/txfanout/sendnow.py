@@ -22,6 +22,8 @@ from typing import Any
 
 from twisted.internet import tcp
 
+from . import _twisted
+
 _PLAIN_TCP = (tcp.Server, tcp.Client)
 URGENT_LAG = 0.01  # seconds
 _lag: Any = None
@@ -45,9 +47,8 @@ def write_now(transport: Any, data: bytes) -> None:
     """Write ``data`` to ``transport``, straight to its socket when that is
     safe (see the module's docstring)."""
     if (type(transport) in _PLAIN_TCP and transport.connected
-            and not transport.disconnecting and not transport._tempDataBuffer
-            and transport.offset == len(transport.dataBuffer)):
-        sent = transport.writeSomeData(data)
+            and not transport.disconnecting and _twisted.nothing_queued(transport)):
+        sent = _twisted.write_some(transport, data)
         if type(sent) is int:
             if sent == len(data):
                 return

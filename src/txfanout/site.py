@@ -17,21 +17,26 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import _ChunkedTransferDecoder
+from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
+from . import _twisted
 from ._compat import SLOTS
+from ._twisted import ChunkedTransferDecoder
 from .admission import SHED_DRAINING, Admission
 from .answer import write_error
+from .channel import BoundedChannel
 from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .config import ServerConfig
 from .conncap import CappedChannel, CappedSite
 from .lag import ReactorLag
 from .sendnow import write_now, write_soon
-from .wire import SHED_ANSWERS, SHED_HEADS, raw_error, sole_request
+from .timers import cancel
+from .wire import SHED_ANSWERS, SHED_HEADS, sole_request
 
 if TYPE_CHECKING:
     from .fanout import Fanout
@@ -39,11 +44,6 @@ if TYPE_CHECKING:
 log = Logger()
 
 _HOST = re.compile(rb"^[\x21-\x7e]{0,255}$")
-
-# Limits on what a client may send before its request is routed.
-MAX_LINE_BYTES = 8192      # request line, and each header line
-MAX_HEAD_BYTES = 16384     # request line and all headers
-MAX_HEADERS = 100
 
 CLIENT_CLOSED = 499  # the status counted when the client left first (nginx's)
 
@@ -94,6 +94,8 @@ class GatewayRequest(Request):
     and whose body is refused with 413 past ``max_body_bytes`` without being
     buffered."""
 
+    channel: GatewayChannel
+    site: GatewaySite
     _admitted = False
     _refused = False
     _body_size = 0
@@ -169,7 +171,7 @@ class GatewayRequest(Request):
         less than serving, or clients that retry at once (ignoring
         Retry-After) eat the capacity the refusals were meant to protect."""
         channel = self.channel
-        keep = channel.persistent and reason != SHED_DRAINING
+        keep = bool(channel.persistent) and reason != SHED_DRAINING
         if not keep:
             channel.persistent = False
         self.code = 503
@@ -198,26 +200,22 @@ class GatewayRequest(Request):
         if abandoned:
             self.front.request_ended(self, CLIENT_CLOSED)
 
-    def processingFailed(self, reason: Failure) -> None:  # type: ignore[override]
+    def processingFailed(self, reason: Failure) -> None:
         log.failure("unhandled error serving {path}", failure=reason,
                     path=self.path[:200])
-        if not self.finished and not self._disconnected:
+        if not self.finished and not _twisted.client_gone(self):
             write_error(self, 500, "internal error", close=True)
 
 
-class GatewayChannel(CappedChannel):
-    """HTTP/1.1 channel with a deadline for each request to arrive in full
-    (headers and body: slowloris gets 408 and a closed connection), small
-    limits on the request head (414, 431), JSON answers with a close for
-    every request it refuses on the wire (Twisted's own is a bare 400), and
-    that reports itself to the site for the connection cap. The idle
-    keep-alive timeout is HTTPChannel's own ``timeOut``; its closes are
+class GatewayChannel(CappedChannel, BoundedChannel):
+    """A public connection: bounded in time and head size (channel.py),
+    every refusal on the wire counted; requests refused before they are
+    parsed under overload, one send per answer, pipelining bounded by unsent
+    bytes; and it reports itself to the site for the connection cap. The
+    idle keep-alive timeout is HTTPChannel's own ``timeOut``; its closes are
     counted, not logged."""
 
-    MAX_LENGTH = MAX_LINE_BYTES
-    totalHeadersSize = MAX_HEAD_BYTES
-    maxHeaders = MAX_HEADERS
-    _arrival_timer: IDelayedCall | None = None
+    site: GatewaySite
     _arrived: float | None = None
     _unheard: int | None = None  # the site's period it was accepted in, until it speaks
     _pace_timer: IDelayedCall | None = None
@@ -241,8 +239,7 @@ class GatewayChannel(CappedChannel):
         pace_s = self.site.front.server.pace_ms / 1000.0
         if not pace_s or self.transport.disconnecting:
             return
-        if self._pace_timer is not None and self._pace_timer.active():
-            self._pace_timer.cancel()
+        cancel(self._pace_timer)
         self.transport.pauseProducing()
         self._pace_timer = self.callLater(pace_s, self._unpace)
 
@@ -252,15 +249,19 @@ class GatewayChannel(CappedChannel):
 
     def dataReceived(self, data: bytes) -> None:
         self._heard()
-        if self._arrival_timer is None and not self._handlingRequest:  # a new request
-            front = self.site.front
-            now = front.clock.seconds()
-            reason = front.admission.shed_reason()
-            if reason is not None and self._shed_unparsed(front, reason, data):
-                return
-            self._arrived = now
-            self._arrival_timer = self.callLater(self.site.request_timeout, self._too_slow)
         super().dataReceived(data)
+
+    def arrival_timeout(self) -> float:
+        return self.site.request_timeout
+
+    def request_begins(self, data: bytes) -> bool:
+        front = self.site.front
+        now = front.clock.seconds()
+        reason = front.admission.shed_reason()
+        if reason is not None and self._shed_unparsed(front, reason, data):
+            return False
+        self._arrived = now
+        return True
 
     def _shed_unparsed(self, front: Front, reason: str, data: bytes) -> bool:
         """Refuse a request that came whole in ``data`` without building a
@@ -307,12 +308,12 @@ class GatewayChannel(CappedChannel):
     def requestDone(self, request: Request) -> None:
         if self._head is not None:
             self.write(b"")
-        if self.persistent and self._waitingForTransport:
+        if self.persistent and _twisted.waiting_for_transport(self):
             # Twisted would go on to the next pipelined request, whatever
             # the client left unread: hold it, and read nothing more, until
             # the transport has sent everything (resumeProducing).
             self._held = request
-            self._networkProducer.pauseProducing()
+            _twisted.pause_reading(self)
             return
         super().requestDone(request)
 
@@ -346,61 +347,24 @@ class GatewayChannel(CappedChannel):
             self._drain_timer = self.callLater(self.site.request_timeout, self._not_drained)
 
     def _stop_drain_timer(self) -> None:
-        if self._drain_timer is not None:
-            if self._drain_timer.active():
-                self._drain_timer.cancel()
-            self._drain_timer = None
+        cancel(self._drain_timer)
+        self._drain_timer = None
 
     def _not_drained(self) -> None:
         self._drain_timer = None
         self.transport.abortConnection()
 
     def allContentReceived(self) -> None:
-        self._stop_arrival_timer()
         if self.requests:  # the deadline counts from the request's first byte
             self.requests[-1].arrived = self._arrived
         self._arrived = None
-        if not self.transport.disconnecting:  # else refused: nothing to serve
-            super().allContentReceived()
+        super().allContentReceived()
 
-    def _stop_arrival_timer(self) -> None:
-        if self._arrival_timer is not None:
-            if self._arrival_timer.active():
-                self._arrival_timer.cancel()
-            self._arrival_timer = None
-
-    def _too_slow(self) -> None:
-        self._arrival_timer = None
-        self.refuse(408, "request not received in time")
-
-    def refuse(self, code: int, message: str) -> None:
-        """Answer ``code`` with a JSON error and close; nothing more is read.
-        Every refusal on the wire passes here, and is counted here."""
-        if self.transport.disconnecting:
-            return
-        self._stop_arrival_timer()
-        self.write(raw_error(code, message))
-        self.loseConnection()
+    def refused(self, code: int) -> None:
+        # Every refusal on the wire is counted here.
         arrived = self._arrived
         elapsed = None if arrived is None else self.site.front.clock.seconds() - arrived
-        # Twisted keeps the path once the request line is parsed, until
-        # the request is complete.
-        self.site.front.refused_on_wire(getattr(self, "_path", None), code, elapsed)
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's parser calls this for every request it cannot accept.
-        if self._receivedHeaderCount > self.maxHeaders:
-            self.refuse(431, f"more than {self.maxHeaders} request headers")
-        elif self._receivedHeaderSize > self.totalHeadersSize:
-            self.refuse(431, f"request head over {self.totalHeadersSize} bytes")
-        else:
-            self.refuse(400, "malformed HTTP request")
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        if self.requests:  # a request exists once its request line is parsed
-            self.refuse(431, f"request header line over {self.MAX_LENGTH} bytes")
-        else:
-            self.refuse(414, f"request line over {self.MAX_LENGTH} bytes")
+        self.site.front.refused_on_wire(_twisted.request_path(self), code, elapsed)
 
     def allHeadersReceived(self) -> None:
         # RFC 9112 6.3: chunked must be the one and final coding, else the
@@ -411,19 +375,16 @@ class GatewayChannel(CappedChannel):
             self.refuse(400, "Transfer-Encoding must be chunked alone")
             return
         super().allHeadersReceived()
-        if isinstance(self._transferDecoder, _ChunkedTransferDecoder):
-            self._transferDecoder = CountedChunkedDecoder.replacing(
-                self._transferDecoder, self.site.front.server.max_body_bytes)
+        decoder = _twisted.transfer_decoder(self)
+        if isinstance(decoder, ChunkedTransferDecoder):
+            _twisted.set_transfer_decoder(self, CountedChunkedDecoder.replacing(
+                decoder, self.site.front.server.max_body_bytes))
 
     def rawDataReceived(self, data: bytes) -> None:
         try:
             super().rawDataReceived(data)
         except BodyTooLarge as e:  # a chunked body, framing counted (chunked.py)
             self.requests[-1].refuse_body(str(e))
-
-    def _send100Continue(self) -> None:
-        if not self.transport.disconnecting:  # not after a 413 for that body
-            super()._send100Continue()
 
     def timeoutConnection(self) -> None:
         # Twisted's own, without its log line per connection (thousands of
@@ -432,10 +393,8 @@ class GatewayChannel(CappedChannel):
         self.site.front.idle_closed()
         self.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:
-        self._stop_arrival_timer()
-        if self._pace_timer is not None and self._pace_timer.active():
-            self._pace_timer.cancel()
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        cancel(self._pace_timer)
         self._stop_drain_timer()
         super().connectionLost(reason)
         self._heard()
@@ -480,7 +439,7 @@ class GatewaySite(CappedSite):
         front.admission.lag.watch(self._new_period)
 
     @property
-    def max_connections(self) -> int:  # type: ignore[override]
+    def max_connections(self) -> int:
         return self.front.server.max_connections
 
     def _slots(self) -> int:
@@ -518,5 +477,5 @@ class GatewaySite(CappedSite):
         self._refusals = min(REFUSAL_BURST, self._refusals + REFUSALS_PER_PERIOD)
         self.sync_accepting()
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """No per-request line in the daemon's log (see the access log)."""

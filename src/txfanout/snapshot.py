@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
@@ -23,15 +23,22 @@ from .lag import ReactorLag
 from .targeting import Selector, Targeting
 from .upstream import host_header
 
-if TYPE_CHECKING:
-    from .fanout import SlotWait
-
 #: ``changed(partner, from, to, why)``: a partner's breaker changed state.
 BreakerChanged = Callable[[str, str, str, str], None]
 
 
 def _ignore(partner: str, old: str, new: str, why: str) -> None:
     pass
+
+
+class Waiting(Protocol):
+    """A call waiting for one of its partner's slots (fanout.SlotWait)."""
+
+    @property
+    def partner(self) -> PartnerState: ...
+
+    def start(self) -> None:
+        """A slot is free (and this call has left the queue): call."""
 
 
 class CallSlots:
@@ -42,7 +49,7 @@ class CallSlots:
 
     def __init__(self) -> None:
         self.inflight = 0
-        self.waiting: deque[SlotWait] = deque()
+        self.waiting: deque[Waiting] = deque()
 
 
 class PartnerState:

@@ -17,7 +17,7 @@ reason, and one still running when the call's timeout comes is
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 import idna
 from cryptography import x509
@@ -34,14 +34,17 @@ from twisted.internet.endpoints import serverFromString, wrapClientTLS
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IOpenSSLClientConnectionCreator,
+    IProtocol,
+    IProtocolFactory,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
 from zope.interface import implementer
+
+from ._twisted import HTTP11ClientProtocol
 
 log = Logger()
 
@@ -102,7 +105,7 @@ class HandshakeInterrupted(Exception):
     """The connection closed before the TLS handshake was done."""
 
 
-def describe(exc: BaseException) -> str | None:
+def describe(exc: BaseException | None) -> str | None:
     """The call's ``error`` text for a TLS failure, or None when ``exc`` is
     not one. Fixed texts only: nothing from the peer reaches clients."""
     if isinstance(exc, CertificateRejected):
@@ -193,6 +196,7 @@ class PartnerTLS:
             data, roots = _certificates(ca_file, "ca_file")
             digest.update(b"\0ca\0" + data)
             store = context.get_cert_store()
+            assert store is not None  # a context always has one
             for root in roots:
                 store.add_cert(X509.from_cryptography(root))
         elif verify:
@@ -274,9 +278,13 @@ class HandshakeEndpoint:
         self._creator = creator
         self._endpoint = endpoint
 
-    def connect(self, protocolFactory: Factory) -> Deferred[Any]:
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
         d = wrapClientTLS(self._creator, self._endpoint).connect(protocolFactory)
-        return d.addCallback(lambda protocol: protocol.when_handshake_done())
+        return d.addCallback(_handshake_done)
+
+
+def _handshake_done(protocol: IProtocol) -> Deferred[Any]:
+    return cast(HandshakeAwareProtocol, protocol).when_handshake_done()
 
 
 @implementer(IHandshakeListener)
@@ -284,6 +292,7 @@ class HandshakeAwareProtocol(HTTP11ClientProtocol):
     """The pool's HTTP/1.1 protocol, which can tell when its TLS handshake is
     done (plain connections never ask)."""
 
+    transport: Any  # TCP: abortConnection
     _handshake: Deferred[Any] | None = None
     _handshake_done = False
 
@@ -306,7 +315,7 @@ class HandshakeAwareProtocol(HTTP11ClientProtocol):
         if d is not None:
             d.callback(self)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         d, self._handshake = self._handshake, None
         if d is not None:
             d.errback(reason if describe(reason.value) is not None

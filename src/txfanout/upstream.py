@@ -27,8 +27,14 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web import _newclient
-from twisted.web.client import URI, Agent, ResponseDone
+from twisted.web.client import (
+    URI,
+    Agent,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -40,13 +46,14 @@ from twisted.web.iweb import (
 )
 from zope.interface import implementer
 
-from . import outcomes, tls
+from . import _twisted, outcomes, tls
+from ._twisted import RequestNotSent
 from .chunked import BodyTooLarge
 from .config import PartnerConfig
 from .outcomes import CallResult
 from .phases import READING, SENT, CallPhase
 from .pool import PartnerPool, PartnerProtocolError, PoolKey, unread_bytes
-from .poolstats import ConnectionStats, CountingClientFactory, CountingEndpoints, upstream_key
+from .poolstats import ConnectionStats, CountingEndpoints, upstream_key
 from .tls import HandshakeCancelled, HandshakeEndpoint, PartnerTLS
 
 # Agents kept for TLS profiles; past this many the cache starts afresh (an
@@ -61,7 +68,7 @@ def host_header(url: bytes) -> bytes:
     """The Host header Twisted's Agent would send for ``url`` (set it in
     advance and the Agent does not copy the headers to add it)."""
     uri = URI.fromBytes(url)
-    host = b"[" + uri.host + b"]" if isIPv6Address(uri.host.decode("ascii")) else uri.host
+    host: bytes = b"[" + uri.host + b"]" if isIPv6Address(uri.host.decode("ascii")) else uri.host
     if (uri.scheme, uri.port) in ((b"http", 80), (b"https", 443)):
         return host
     return b"%b:%d" % (host, uri.port)
@@ -77,7 +84,7 @@ class _Target:
     def __init__(self, agent: Agent, uri: URI) -> None:
         self.agent = agent
         self.key = (uri.scheme, uri.host, uri.port)  # as Agent.request keys the pool
-        self.endpoint = agent._getEndpoint(uri)  # may raise SchemeNotSupported
+        self.endpoint = _twisted.endpoint_for(agent, uri)  # may raise SchemeNotSupported
         self.uri = uri
         self.path = uri.originForm
 
@@ -167,45 +174,33 @@ class BytesProducer:
         pass
 
 
-def _abort(transport: Any) -> None:
-    """Abort the TCP (or TLS) connection under a response body.
-
-    The body protocol sees a ``TransportProxyProducer`` whose only way down
-    is ``stopProducing`` (a graceful close that a TLS peer can stall); the
-    connection it wraps can be aborted outright, so we do that when we can.
-    """
-    connection = getattr(transport, "_producer", None)
-    abort = getattr(connection, "abortConnection", None)
-    if abort is not None:
-        abort()
-    elif transport is not None:
-        transport.stopProducing()
-
-
 class CappedBody(Protocol):
     """Collects a response body of at most ``limit`` bytes.
 
     ``finished`` fires with the bytes, or fails with :class:`BodyTooLarge`
     (connection aborted) or the connection's failure (:func:`too_large`
     tells one whose chunk framing passed the cap); cancelling it aborts the
-    connection.
+    connection. ``connection`` is the TCP (or TLS) transport the response
+    came on: aborted outright (the body's own transport can only stop
+    producing, a graceful close that a TLS peer can stall).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, connection: Any) -> None:
         self._limit = limit
+        self._connection = connection
         self._size = 0
         self._chunks: list[bytes] = []
         self.finished: Deferred[bytes] = Deferred(self._cancel)
 
     def _cancel(self, d: Deferred[bytes]) -> None:
         self._chunks = []
-        _abort(self.transport)
+        self._connection.abortConnection()
 
     def overflow(self) -> None:
         """Give up on the body: fail with BodyTooLarge, abort the connection."""
         self._chunks = []
         self.finished.errback(BodyTooLarge(f"body over {self._limit} bytes"))
-        _abort(self.transport)
+        self._connection.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self.finished.called:
@@ -226,12 +221,12 @@ class CappedBody(Protocol):
         self._chunks = []
 
 
-def _read_capped(response: IResponse, limit: int,
+def _read_capped(response: IResponse, limit: int, producer: BytesProducer,
                  phase: CallPhase | None = None) -> Deferred[tuple[int, bytes]]:
     if phase is not None:
         phase.state = READING
     code = response.code
-    reader = CappedBody(limit)
+    reader = CappedBody(limit, producer.connection)
     response.deliverBody(reader)
     if response.length is not UNKNOWN_LENGTH and response.length > limit:
         reader.overflow()  # announced too large: do not read a byte of it
@@ -260,11 +255,11 @@ def describe_failure(failure: Failure) -> str:
         inner = describe_failure(reasons[0])
         if inner not in ("error", "connection closed"):
             return inner
-    if isinstance(exc, _newclient.ResponseNeverReceived):
+    if isinstance(exc, ResponseNeverReceived):
         return "connection closed before any answer"
-    if isinstance(exc, (_newclient.ResponseFailed, PotentialDataLoss)):
+    if isinstance(exc, (ResponseFailed, PotentialDataLoss)):
         return "connection closed before the answer was complete"
-    if isinstance(exc, (_newclient.RequestTransmissionFailed, _newclient.RequestNotSent)):
+    if isinstance(exc, (RequestTransmissionFailed, RequestNotSent)):
         return "request could not be sent"
     if isinstance(exc, net_error.DNSLookupError):
         return "DNS lookup failed"
@@ -279,8 +274,6 @@ def describe_failure(failure: Failure) -> str:
         return "connection reset"
     if isinstance(exc, net_error.ConnectionDone):
         return "connection closed"
-    if isinstance(exc, _newclient.ParseError):
-        return "malformed HTTP response"
     return tls.describe(exc) or "error"
 
 
@@ -292,7 +285,6 @@ class Upstream:
         self.clock: IReactorTime = reactor
         self._reactor = reactor
         self.pool = PartnerPool(reactor)
-        self.pool._factory = CountingClientFactory
         self.connections = ConnectionStats()
         self.resize(idle_timeout_s, per_key)
         self.agent = Agent.usingEndpointFactory(
@@ -308,10 +300,10 @@ class Upstream:
                 self._tls_agents.clear()
             endpoints = CountingEndpoints(PartnerEndpoints(self._reactor, partner_tls),
                                           self.connections)
-            agent = _TLSProfileAgent.usingEndpointFactory(self._reactor, endpoints,
-                                                          pool=self.pool)
-            agent._profile = partner_tls.key
-            self._tls_agents[partner_tls.key] = agent
+            profiled = _TLSProfileAgent.usingEndpointFactory(self._reactor, endpoints,
+                                                             pool=self.pool)
+            profiled._profile = partner_tls.key
+            agent = self._tls_agents[partner_tls.key] = profiled
         return agent
 
     def resize(self, idle_timeout_s: float, per_key: Mapping[PoolKey, int] = {}) -> None:
@@ -320,7 +312,8 @@ class Upstream:
         dropped) the largest of those, each for at most ``idle_timeout_s``
         seconds."""
         self.pool.set_idle_caps(per_key, max(per_key.values(), default=2))
-        self.pool.cachedConnectionTimeout = idle_timeout_s
+        # Twisted infers int from its default (240); it is seconds for callLater.
+        self.pool.cachedConnectionTimeout = idle_timeout_s  # type: ignore[assignment]
         self._targets: dict[tuple[bytes, bytes | None], _Target] = {}
 
     def _post(self, partner: PartnerConfig, url: bytes, headers: Headers,
@@ -338,8 +331,9 @@ class Upstream:
             if len(self._targets) >= MAX_TARGETS:
                 self._targets.clear()
             self._targets[url, tls_key] = target
-        return target.agent._requestWithEndpoint(target.key, target.endpoint, b"POST",
-                                                 target.uri, headers, producer, target.path)
+        return _twisted.request_with_endpoint(target.agent, target.key, target.endpoint,
+                                              b"POST", target.uri, headers, producer,
+                                              target.path)
 
     def call(self, partner: PartnerConfig, url: bytes, headers: Headers, body: bytes,
              timeout_s: float, phase: CallPhase | None = None) -> Deferred[CallResult]:
@@ -352,7 +346,7 @@ class Upstream:
 
         producer = BytesProducer(body, phase, partner.max_response_bytes)
         d = self._post(partner, url, headers, producer)
-        d.addCallback(_read_capped, partner.max_response_bytes, phase)
+        d.addCallback(_read_capped, partner.max_response_bytes, producer, phase)
         timer: IDelayedCall
 
         def on_timeout(read_first: bool = True) -> None:
@@ -408,5 +402,6 @@ class Upstream:
 
     def close(self) -> Deferred[None]:
         """Close every pooled connection."""
-        return self.pool.closeCachedConnections()
+        closed: Deferred[None] = self.pool.closeCachedConnections()
+        return closed
 

@@ -1,6 +1,7 @@
 """Answers made on the wire, before or instead of a routed request.
 
-``raw_error`` builds a whole HTTP/1.1 error answer; ``SHED_ANSWERS`` are the
+``raw_error`` builds a whole HTTP/1.1 error answer (both faces' refusals on
+the wire, channel.py); ``SHED_ANSWERS`` are the
 503s, prepared once (``SHED_HEADS`` the same without their body, for HEAD:
 on a kept-alive connection a body would be read as the start of the next
 answer); ``sole_request`` tells whether a chunk of bytes is
@@ -22,9 +23,9 @@ from .admission import (
     SHED_REACTOR_LAG,
 )
 
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Large",
-            414: b"URI Too Long", 431: b"Request Header Fields Too Large",
-            503: b"Service Unavailable"}
+_REASONS = {400: b"Bad Request", 401: b"Unauthorized", 408: b"Request Timeout",
+            413: b"Payload Too Large", 414: b"URI Too Long",
+            431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 SHED_MESSAGES = {
     SHED_MAX_INFLIGHT: "gateway at its in-flight limit; retry later",

@@ -31,12 +31,12 @@ from twisted.application import service
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .lifecycle import take_signals
 from .sdnotify import Notifier, watchdog_interval
+from .timers import Loops, cancel
 
 log = Logger()
 
@@ -172,7 +172,7 @@ class WorkerPool(service.Service):
         self._watchdog_s = watchdog_interval(environ, os.getpid())
         self._child_env = {k: v for k, v in environ.items() if k not in _CHILD_ENV_DROP}
         self._receiver: NotifyReceiver | None = None
-        self._loops: list[LoopingCall] = []
+        self._loops = Loops(reactor)
         self._devnull = -1
         self.restarts = 0
         self.stopping = False
@@ -192,19 +192,13 @@ class WorkerPool(service.Service):
         self._child_env["NOTIFY_SOCKET"] = self._receiver.name
         if self._watchdog_s is not None:
             self._child_env["WATCHDOG_USEC"] = str(int(self._watchdog_s * 2e6))
-            self._start_loop(self._watchdog, self._watchdog_s)
+            self._loops.start(self._watchdog, self._watchdog_s, now=True)
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         address = self.listen_socket.getsockname()
         log.info("workers: {count} sharing {address} (pid {pid})", count=len(self.slots),
                  address=address, pid=os.getpid())
         for slot in self.slots:
             self.spawn(slot)
-
-    def _start_loop(self, f: Callable[[], Any], interval: float) -> None:
-        loop = LoopingCall(f)
-        loop.clock = self._reactor
-        loop.start(interval, now=True)
-        self._loops.append(loop)
 
     def spawn(self, slot: Slot) -> None:
         slot.respawn = None
@@ -282,7 +276,8 @@ class WorkerPool(service.Service):
 
     def _watchdog(self) -> None:
         now = self._reactor.seconds()
-        limit = 2 * self._watchdog_s  # type: ignore[operator]
+        assert self._watchdog_s is not None  # this loop runs only with a watchdog
+        limit = 2 * self._watchdog_s
         for slot in self.slots:
             if slot.ready and now - slot.last_ping > limit:
                 log.warn("worker {index} (pid {pid}) missed its watchdog for {s:.1f} s; "
@@ -353,8 +348,7 @@ class WorkerPool(service.Service):
                 self._signal(slot, signal.SIGKILL)
 
     def _stopped(self) -> None:
-        if self._kill_timer is not None and self._kill_timer.active():
-            self._kill_timer.cancel()
+        cancel(self._kill_timer)
         log.info("workers: all exited")
         try:
             self._reactor.stop()
@@ -367,9 +361,7 @@ class WorkerPool(service.Service):
             self.stopping = True
             for slot in self.slots:
                 self._signal(slot, signal.SIGTERM)
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
+        self._loops.stop()
         if self._receiver is not None:
             self._receiver.close()
         if self._devnull >= 0:
