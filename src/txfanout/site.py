@@ -137,7 +137,8 @@ class GatewayRequest(Request):
         self.site = self.channel.site
         front = self.front
         route = front.route(self.path)
-        self.exchange = Exchange(self.arrived or front.clock.seconds(), route)
+        arrived = self.arrived
+        self.exchange = Exchange(front.clock.seconds() if arrived is None else arrived, route)
         # Anything but a route never reaches Klein (which would log a
         # traceback for a path or Host that is not UTF-8), nor takes a slot.
         if route is None:
