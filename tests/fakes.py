@@ -331,8 +331,16 @@ class FakeReactor(MemoryReactorClock):
     def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> DelayedCall:
         call = DelayedCall(self.seconds() + delay, callable, args, kw, self.calls.remove,
                            lambda c: None, self.seconds)
-        bisect.insort_right(self.calls, call, key=DelayedCall.getTime)
+        bisect.insort_right(self.calls, call)  # DelayedCall orders by time (Python 3.9: no key=)
         return call
+
+    def callWhenRunning(self, callable: Any, *args: Any, **kw: Any) -> None:
+        """At once when running, as a real reactor does (Twisted 25's
+        MemoryReactor only records it)."""
+        if self.running:
+            callable(*args, **kw)
+        else:
+            super().callWhenRunning(callable, *args, **kw)
 
 
 class Network:
