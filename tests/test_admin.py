@@ -12,6 +12,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
+import txfanout
 from txfanout import upstream as upstream_module
 from txfanout.admin import admin_site
 from txfanout.memory import TRACEMALLOC, AllocationSites
@@ -54,7 +55,8 @@ async def test_health_readiness_and_metrics(partner, make_gateway, make_admin):
     gw = make_gateway(route_config({"a": one(partner, "/ok")}))
     admin = make_admin(gw.gateway)
     assert (await admin.get("/healthz")).json == {"status": "ok", "inflight": 0,
-                                                  "pid": os.getpid()}
+                                                  "pid": os.getpid(),
+                                                  "version": txfanout.__version__}
     starting = await admin.get("/readyz")
     assert starting.code == 503 and starting.json == {"status": "starting"}
     gw.gateway.ready = True

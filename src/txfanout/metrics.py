@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     disable_created_metrics,
@@ -25,7 +26,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 
-from . import outcomes
+from . import about, outcomes
 from .admission import SHED_REASONS, Admission
 from .breaker import STATES
 from .config import Config
@@ -106,6 +107,9 @@ class GatewayMetrics:
             "txfanout_partner_call_duration_seconds", "Duration of the partner calls "
             "that were made, whatever their outcome.", ("partner",),
             buckets=LATENCY_BUCKETS, registry=registry)
+        Gauge("txfanout_build_info", "Always 1: the txfanout version, and the Python and "
+              "Twisted it runs on.", ("version", "python", "twisted"),
+              registry=registry).labels(**about.build_info()).set(1)
         ProcessCollector(registry=registry)
         GCCollector(registry=registry)
         PlatformCollector(registry=registry)
