@@ -163,7 +163,7 @@ def test_init_config_writes_a_config_the_demo_runs(tmp_path: Path) -> None:
     try:
         daemon.wait_ready()
         status, answer = daemon.post(headers={"X-Country": "FR", "X-OS": "android"})
-        assert status == 200
+        assert status == 200 and (answer["country"], answer["os"]) == ("FR", "android")
         assert {r["partner"] for r in answer["results"]} == {
             "demo-fast", "demo-normal", "demo-slow", "demo-flaky", "demo-eu", "demo-mobile"}
     finally:

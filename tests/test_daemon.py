@@ -75,7 +75,7 @@ def test_sighup_refuses_a_bad_file_and_serves_a_good_one(tmp_path: Path,
         assert "restart to apply" in line and listen in line
         status, answer = daemon.post("/new")
         assert status == 200, answer
-        sent_budget = int(json.loads(answer["results"][0]["body"])["x-fanout-deadline-ms"])
+        sent_budget = int(answer["results"][0]["json"]["x-fanout-deadline-ms"])
         assert 0 < sent_budget <= 250
         assert daemon.post("/bid")[0] == 404
     finally:

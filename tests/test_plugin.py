@@ -102,11 +102,14 @@ def test_demo_daemon_answers_a_real_fanout():
             answer = json.load(response)
         partners = {r["partner"] for r in answer["results"]}
         assert partners == {"demo-fast", "demo-normal", "demo-slow", "demo-flaky", "demo-eu"}
-        assert answer["results"][0]["outcome"] == "ok"
+        assert (answer["country"], answer["os"]) == ("DE", "other")
+        fast = answer["results"][0]
+        assert fast["outcome"] == "ok" and fast["json"]["partner"] == "fast"
         request = urllib.request.Request(daemon.url("/bid"), data=b"{}", method="POST",
                                          headers={"X-Country": "US", "X-OS": "iPadOS"})
         with urllib.request.urlopen(request, timeout=5) as response:
             answer = json.load(response)
+        assert answer["os"] == "ios"  # an alias
         partners = {r["partner"] for r in answer["results"]}
         assert partners == {"demo-fast", "demo-normal", "demo-slow", "demo-flaky", "demo-mobile"}
         admin = f"http://127.0.0.1:{daemon.admin_port}"
