@@ -71,7 +71,8 @@ ENVIRONMENT
 
 FILES
   /etc/txfanout/txfanout.toml  The configuration (the units' --config);
-                 check it with: python -m txfanout check-config PATH
+                 check it with: txfanout check-config PATH. A starter that
+                 calls the demo partners: txfanout init-config PATH.
 
 EXIT STATUS
   0 after a drain (SIGTERM, SIGINT); 1 on bad options, a bad configuration
@@ -79,6 +80,7 @@ EXIT STATUS
 
 EXAMPLES
   twistd -n --pidfile= fanout --demo
+  twistd -n --pidfile= fanout --demo --config txfanout.toml  (after init-config)
   twistd -n --pidfile= fanout --config /etc/txfanout/txfanout.toml
   twistd -n --pidfile= fanout --config txfanout.toml --workers 0
   systemd-socket-activate -l 8080 --fdname=web -- twistd -n --pidfile= \\
