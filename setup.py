@@ -1,8 +1,18 @@
+import re
+
 from setuptools import find_packages, setup
+
+
+def version() -> str:
+    """txfanout.__version__, read without importing the package (its
+    dependencies are not installed yet)."""
+    with open("src/txfanout/__init__.py", encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"$', f.read(), re.M).group(1)
+
 
 setup(
     name="txfanout",
-    version="0.1.0",
+    version=version(),
     description="Scatter-gather HTTP gateway daemon on Twisted",
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",

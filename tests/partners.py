@@ -11,6 +11,7 @@
 ``/ff/N``          200 with N bytes of 0xff (not UTF-8)
 ``/drip/N``        headers, then one byte every 50 ms, N bytes in all
 ``/echo``          200 with the request's method, URI, headers and body as JSON
+``/typed/TYPE``    200 with the request's body, as Content-Type TYPE (``~`` for ``/``)
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class Behaviours(Resource):
             return json.dumps({"headers": headers, "body": body.decode(),
                                "method": request.method.decode(),
                                "uri": request.uri.decode()}).encode()
+        if kind == "typed":
+            request.setHeader(b"Content-Type", arg.replace("~", "/").encode())
+            return body
         if kind == "big":
             return b"x" * int(arg)
         if kind == "ff":

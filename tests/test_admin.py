@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from treq.testing import StubTreq
 
+import txfanout
 from txfanout.admin import Admin
 from txfanout.memory import TRACEMALLOC, AllocationSites
 
@@ -45,7 +46,8 @@ def test_health_readiness_and_metrics(net: Network):
     partner = net.partner()
     gw = net.gateway(route_config({"a": one(partner, "/ok")}))
     admin = AdminUnderTest(gw.gateway)
-    assert admin.get("/healthz").json == {"status": "ok", "inflight": 0, "pid": os.getpid()}
+    assert admin.get("/healthz").json == {"status": "ok", "inflight": 0, "pid": os.getpid(),
+                                          "version": txfanout.__version__}
     starting = admin.get("/readyz")
     assert starting.code == 503 and starting.json == {"status": "starting"}
     gw.gateway.ready = True

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import pytest_twisted
 from twisted.web.test.requesthelper import DummyRequest
 
-from txfanout import answer
+from txfanout import answer, outcomes
 from txfanout.budget import Budget
 from txfanout.config import ServerConfig
 from txfanout.inbound import Inbound
@@ -69,15 +71,105 @@ def test_bytes_that_are_not_utf8_cost_three_bytes_each_not_six():
     assert json.loads(body.decode("utf-8"))["results"][0]["body"] == "\ufffd" * 10000
 
 
-def test_partners_whose_bodies_would_pass_max_answer_bytes(net):
-    partner = net.partner()
+@pytest_twisted.ensureDeferred
+async def test_partners_whose_bodies_would_pass_max_answer_bytes(partner, make_gateway):
     # Two partners answer 20,000 bytes of 0xff: 60 KB each in the answer.
-    gw = net.gateway(route_config({"a": {"url": partner.url("/ff/20000")},
-                                   "b": {"url": partner.url("/ff/20000")}},
-                                  max_answer_bytes=65536))
-    got = gw.post()
+    gw = make_gateway(route_config({"a": {"url": partner.url("/ff/20000")},
+                                    "b": {"url": partner.url("/ff/20000")}},
+                                   max_answer_bytes=65536))
+    got = await gw.post()
     assert got.code == 200 and len(got.body) <= 65536
     assert got.header("X-Fanout-Complete") == "false"
     a, b = got.json["results"]
     assert (a["outcome"], a["body"], a["error"]) == ("ok", None, LEFT_OUT)
     assert (b["outcome"], b["body"]) == ("ok", "\ufffd" * 20000)
+
+
+# -- partner answers that are JSON are embedded as JSON --
+
+
+def answered(payload: bytes, content_type: bytes | None = b"application/json",
+             name: str = "a") -> CallResult:
+    return outcomes.answered(name, 200, 1.0, payload, content_type)
+
+
+@pytest.mark.parametrize("content_type", [
+    b"application/json", b"Application/JSON; charset=utf-8", b"application/problem+json"])
+def test_a_json_answer_is_embedded_as_a_value(content_type: bytes) -> None:
+    body, _ = build([answered(b'{"bid": 0.9, "ad": "<b>\\u00e9</b>"}', content_type)])
+    (entry,) = json.loads(body)["results"]
+    assert entry["json"] == {"bid": 0.9, "ad": "<b>\u00e9</b>"} and "body" not in entry
+    assert "\\\"" not in body.decode()  # nothing escaped twice
+
+
+@pytest.mark.parametrize("payload, content_type", [
+    (b'{"bid": 0.9}', b"text/plain"),           # the type does not say JSON
+    ('{"bid": 0.9}'.encode("utf-16"), b"application/json"),  # JSON, but not UTF-8
+    (b"[" * 5000 + b"]" * 5000, b"application/json"),  # nested past what parses
+    (b'{"bid": 0.9}', None),                    # no type at all
+    (b'{"bid": NaN}', b"application/json"),     # not strict JSON
+    (b'{"bid": 1e999}', b"application/json"),   # overflows to Infinity
+    (b'{"bid": 0.9', b"application/json"),      # cut short
+    (b'\xff{}', b"application/json"),           # not UTF-8
+    (b"", b"application/json"),                 # nothing
+    (b"ok", b"application/jsonx"),              # another type
+])
+def test_anything_else_stays_text(payload: bytes, content_type: bytes | None) -> None:
+    body, _ = build([answered(payload, content_type)])
+    (entry,) = json.loads(body)["results"]
+    assert entry["body"] == payload.decode("utf-8", "replace") and "json" not in entry
+
+
+def test_json_stands_as_it_came() -> None:
+    # Not decoded and encoded again: numbers, escapes and spacing as the
+    # partner wrote them, a lone surrogate escape included.
+    came = b'{"price":1.10,"big":1e15, "s":"\\ud800\\u00e9"}'
+    body, _ = build([answered(came), ok("text", "t")])
+    assert b'"json": ' + came + b"}" in body
+    entry = json.loads(body)["results"][0]
+    assert entry["json"] == {"price": 1.1, "big": 1e15, "s": "\ud800\u00e9"}
+
+
+def test_a_text_body_that_looks_like_the_mark_changes_nothing() -> None:
+    calls = [ok("mark", answer._MARK), answered(b"[1]", name="one"), ok("mark2", answer._MARK)]
+    results = json.loads(build(calls)[0])["results"]
+    assert [r.get("body", r.get("json")) for r in results] == [answer._MARK, [1], answer._MARK]
+
+
+def test_embedded_json_counts_in_the_cap_and_is_left_out_like_a_body() -> None:
+    big = b"[" + b",".join([b"1"] * 25000) + b"]"   # 50 KB
+    calls = [answered(big, name="big"), ok("text", "t" * 15000),
+             answered(b'{"bid": 1}', name="small")]
+    body, request = build(calls)
+    assert len(body) <= 65536
+    doc = json.loads(body)
+    big_entry, text, small = doc["results"]
+    assert (big_entry["body"], big_entry["error"]) == (None, LEFT_OUT)
+    assert "json" not in big_entry and big_entry["status"] == 200
+    assert text["body"] == "t" * 15000 and small["json"] == {"bid": 1}
+    assert doc["complete"] is False
+    # Counted as what it takes, not six times it: 60 KB of JSON still fits.
+    fits = [answered(b"[" + b",".join([b"1"] * 30000) + b"]")]
+    assert json.loads(build(fits)[0])["complete"] is True
+
+
+def test_the_answer_names_the_country_and_os_it_resolved() -> None:
+    inbound = Inbound("bid", "req-2", b"{}", "DE", "ios", INBOUND.budget)
+    body, _ = answer.results(DummyRequest([b"bid"]), inbound, [ok("a", "x")], 0.01, 65536)
+    assert {k: v for k, v in json.loads(body).items() if k in ("country", "os")} == {
+        "country": "DE", "os": "ios"}
+    assert json.loads(build([ok("a", "x")])[0])["country"] is None  # none given
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_partner_json_answer_reaches_the_client_as_json(partner, make_gateway):
+    gw = make_gateway(route_config({
+        "json": {"url": partner.url("/typed/application~json")},
+        "text": {"url": partner.url("/typed/text~plain")}}))
+    got = await gw.post(body=b'{"device": {"os": "android"}}', headers={"X-Country": "fr"})
+    assert got.code == 200
+    doc = got.json
+    assert (doc["country"], doc["os"]) == ("FR", "android")
+    by_name = {r["partner"]: r for r in doc["results"]}
+    assert by_name["json"]["json"] == {"device": {"os": "android"}}
+    assert by_name["text"]["body"] == '{"device": {"os": "android"}}'

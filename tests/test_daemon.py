@@ -55,12 +55,12 @@ def test_sighup_refuses_a_bad_file_and_serves_a_good_one(tmp_path: Path,
                                     addresses.replace(listen, moved) + "deadline_ms = 3000"))
         mark = daemon.mark()
         daemon.signal(signal.SIGHUP)
-        daemon.wait_for("reloaded: 1 partners, 1 routes", since=mark)
+        daemon.wait_for("reloaded: 1 partner, 1 route in ", since=mark)
         line = daemon.wait_for("server.listen changed", since=mark)
         assert "restart to apply" in line and listen in line
         status, answer = daemon.post("/new")
         assert status == 200, answer
-        sent_budget = int(json.loads(answer["results"][0]["body"])["x-fanout-deadline-ms"])
+        sent_budget = int(answer["results"][0]["json"]["x-fanout-deadline-ms"])
         assert 0 < sent_budget <= 250
         assert daemon.post("/bid")[0] == 404
     finally:
@@ -210,11 +210,13 @@ def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        daemon = Daemon("--config", str(path), port=taken.getsockname()[1])
+        port = taken.getsockname()[1]
+        daemon = Daemon("--config", str(path), port=port)
         code = daemon.wait(30)
     log = "".join(daemon.log)
     assert code == 1
-    assert "txfanout: cannot listen (public): [Errno 98] Address already in use" in log
+    assert (f"txfanout: cannot listen on tcp:{port}:interface=127.0.0.1 (public): Address "
+            "already in use; choose another with --listen (or server.listen)") in log
     assert "Traceback" not in log
 
 

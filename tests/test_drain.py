@@ -107,7 +107,7 @@ def test_a_drain_is_bounded_by_the_deadline_and_a_margin(net: Network):
     assert took == pytest.approx(0.6 + DRAIN_MARGIN_S)
     assert serving.life.drained.called
     assert [formatEvent(e) for e in events][-1] == \
-        "drain: 1 requests still in flight after 1600 ms; stopping anyway"
+        "drain: 1 request still in flight after 1600 ms; stopping anyway"
 
 
 def test_a_second_signal_stops_at_once_and_a_reload_waits_for_no_one(net: Network):
@@ -127,7 +127,7 @@ def test_a_second_signal_stops_at_once_and_a_reload_waits_for_no_one(net: Networ
     assert net.clock.hasStopped  # at once, the request still in flight
     lines = [formatEvent(e) for e in events]
     assert "reload ignored: draining" in lines
-    assert lines[-1] == "second stop signal: stopping now, 1 requests in flight"
+    assert lines[-1] == "second stop signal: stopping now, 1 request in flight"
 
 
 def test_with_a_grace_it_leaves_rotation_first_and_serves_on_then_drains(net: Network):

@@ -103,7 +103,7 @@ def test_reload_refuses_a_bad_file_naming_each_key(tmp_path: Path, net: Network,
 def test_reload_keeps_options_and_bound_addresses(tmp_path: Path, net: Network) -> None:
     gw = net.gateway(route_config({"a": {"url": "http://127.0.0.1:1/a"}}, deadline_ms=250))
     path = tmp_path / "txfanout.toml"
-    path.write_text('[server]\nlisten = "tcp:8081"\nadmin = "tcp:9091:interface=127.0.0.1"\ndeadline_ms = 900\n'
+    path.write_text('[server]\nlisten = "tcp:8082"\nadmin = "tcp:9091:interface=127.0.0.1"\ndeadline_ms = 900\n'
                     'max_inflight = 7\n[partners.a]\nurl = "http://127.0.0.1:1/a"\n'
                     '[routes.bid]\npartners = ["a"]\n[routes.two]\npartners = ["a"]\n')
     overrides = {"deadline_ms": 250}
@@ -115,13 +115,13 @@ def test_reload_keeps_options_and_bound_addresses(tmp_path: Path, net: Network) 
     assert server.deadline_ms == 250  # the option still wins
     assert server.max_inflight == 7  # the file's new value
     assert (server.listen, server.admin) == ("tcp:8080:backlog=4096",
-                                             "tcp:9090:interface=127.0.0.1")
+                                             "tcp:8081:interface=127.0.0.1")
     assert gw.gateway.snapshot.selector.has_route("two")
     lines = [formatEvent(e) for e in events]
-    assert "reload: server.listen changed from tcp:8080:backlog=4096 to tcp:8081; restart to " \
+    assert "reload: server.listen changed from tcp:8080:backlog=4096 to tcp:8082; restart to " \
            "apply it (still on tcp:8080:backlog=4096)" in lines
     assert any(line.startswith("reload: server.admin changed") for line in lines)
-    assert lines[-1].startswith("reloaded: 1 partners, 2 routes in ")
+    assert lines[-1].startswith("reloaded: 1 partner, 2 routes in ")
 
 
 def test_no_reload_without_a_file(net: Network) -> None:

@@ -5,23 +5,32 @@ top in this process against a stand-in admin face, then against a live
 from __future__ import annotations
 
 import json
+import os
 import platform
+import pty
 import re
+import select
+import signal
 import subprocess
 import sys
+import termios
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
 import yaml
 
 from txfanout.__main__ import main
-from txfanout.top import Scrape, Window, quantile, render
+from txfanout.outcomes import CallResult
+from txfanout.top import Quantile, Scrape, Window, quantile, render
 
+from .configs import route_config
 from .daemon import Daemon, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,11 +38,40 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_quantile_interpolates_like_prometheus():
     buckets = {0.01: 50.0, 0.1: 90.0, 1.0: 100.0, float("inf"): 100.0}
-    assert quantile(0.5, buckets) == 0.01
-    assert quantile(0.7, buckets) == pytest.approx(0.01 + 0.09 * 20 / 40)
-    assert quantile(0.99, buckets) == pytest.approx(0.1 + 0.9 * 9 / 10)
+    assert quantile(0.5, buckets) == Quantile(0.01)
+    assert quantile(0.7, buckets).seconds == pytest.approx(0.01 + 0.09 * 20 / 40)
+    assert quantile(0.99, buckets).seconds == pytest.approx(0.1 + 0.9 * 9 / 10)
     assert quantile(0.5, {0.01: 0.0, float("inf"): 0.0}) is None
-    assert quantile(0.99, {0.01: 1.0, float("inf"): 100.0}) == 0.01  # in +Inf: the last bound
+
+
+def test_a_quantile_past_the_last_finite_bound_says_at_least():
+    # 99 of 100 took longer than 5 s: the histogram only knows "over 5 s".
+    buckets = {5.0: 1.0, float("inf"): 100.0}
+    assert quantile(0.99, buckets) == Quantile(5.0, at_least=True)
+    assert quantile(0.01, buckets) == Quantile(5.0)
+    before = Scrape.parse(_exposition(0, 0, 0, 0), 1000.0)
+    after = Scrape.parse(_exposition(100, 0, 0, 1), 1001.0)
+    line = render(Window(before, after), "x").splitlines()[3]
+    assert line.split() == ["latency", "p50", "≥10.0", "ms", "p99", "≥10.0", "ms"]
+
+
+def test_call_durations_cut_at_a_timeout_read_near_it(make_gateway):
+    """A partner with a 300 ms timeout whose slow calls end at 300.4 ms: its
+    p99 reads within the bucket just above the timeout, not at 396 ms (a
+    0.3-0.4 s bucket, interpolated)."""
+    gw = make_gateway(route_config({"a": {"url": "http://127.0.0.1:1/", "timeout_ms": 300}},
+                                   deadline_ms=500))
+    metrics = gw.gateway.metrics
+    before = Scrape.parse(metrics.exposition().decode(), 0.0)
+    fanout = SimpleNamespace(partners=["a"] * 100, results=[
+        CallResult("a", "timeout" if i < 5 else "ok", None, 300.4 if i < 5 else 20.0)
+        for i in range(100)])
+    metrics.fanout_ended(fanout)
+    after = Scrape.parse(metrics.exposition().decode(), 1.0)
+    p99 = Window(before, after).quantile(0.99, "txfanout_partner_call_duration_seconds",
+                                         partner="a")
+    assert p99 is not None and not p99.at_least
+    assert 0.300 < p99.seconds <= 0.306
 
 
 def _exposition(requests: float, ok: float, timeouts: float, le_01: float) -> str:
@@ -253,3 +291,91 @@ def test_dashboard_and_alerts_use_metrics_the_daemon_exports(live):
     if platform.python_implementation() != "CPython":  # prometheus-client: gc stats CPython-only
         used = {m for m in used if not m.startswith("python_gc_")}
     assert used <= exported, used - exported
+
+
+class _Metrics(BaseHTTPRequestHandler):
+    """An admin face on loopback that serves a fixed /metrics to the bearer
+    of TOKEN only (401 otherwise), as server.admin_token does."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = _exposition(100, 90, 10, 100).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+TOKEN = "0123456789abcdef-top-token"
+
+
+@pytest.fixture
+def guarded_admin():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _top(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "TXFANOUT_ADMIN_TOKEN"}
+    return subprocess.run([sys.executable, "-m", "txfanout", "top", "--once",
+                           "--interval", "0.05", *args], capture_output=True, text=True,
+                          timeout=30, env={**environ, **(env or {})})
+
+
+@pytest.mark.slow  # runs top as a process, as an operator does
+def test_top_takes_the_admin_token(guarded_admin):
+    refused = _top("--admin", guarded_admin)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip() == (
+        f"top: cannot read {guarded_admin}/metrics: it needs the admin token "
+        "(server.admin_token): give --token or set TXFANOUT_ADMIN_TOKEN")
+    wrong = _top("--admin", guarded_admin, "--token", "not-the-token-at-all")
+    assert wrong.returncode == 1 and "the token was refused" in wrong.stderr
+    by_option = _top("--admin", guarded_admin, "--token", TOKEN)
+    assert by_option.returncode == 0 and "dsp-a" in by_option.stdout, by_option.stderr
+    by_environment = _top("--admin", guarded_admin, env={"TXFANOUT_ADMIN_TOKEN": TOKEN})
+    assert by_environment.returncode == 0 and "dsp-a" in by_environment.stdout
+
+
+def _read_until(fd: int, text: bytes, timeout: float = 20.0) -> bytes:
+    seen, end = b"", time.monotonic() + timeout
+    while text not in seen:
+        left = end - time.monotonic()
+        assert left > 0 and select.select([fd], [], [], left)[0], seen
+        seen += os.read(fd, 65536)
+    return seen
+
+
+@pytest.mark.slow  # a real terminal and process
+@pytest.mark.parametrize("how", ["q", "ctrl-c"])
+def test_top_on_a_terminal_quits_on_q_and_ctrl_c(guarded_admin, how):
+    controller, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+    top = subprocess.Popen([sys.executable, "-m", "txfanout", "top", "--admin", guarded_admin,
+                            "--interval", "0.1"], stdin=terminal, stdout=terminal,
+                           stderr=terminal, env={**os.environ, "TXFANOUT_ADMIN_TOKEN": TOKEN})
+    try:
+        _read_until(controller, b"dsp-a")  # a first view is on the screen
+        if how == "q":
+            os.write(controller, b"q")
+        else:
+            top.send_signal(signal.SIGINT)
+        assert top.wait(10) == 0
+        assert termios.tcgetattr(terminal) == before  # echo and line mode are back
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait(10)
+        os.close(controller)
+        os.close(terminal)

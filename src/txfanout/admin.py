@@ -26,7 +26,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from . import inflight, metrics
+from . import __version__, inflight, metrics
 from .adminauth import CHALLENGE, UNAUTHORIZED, authorized
 from .channel import BoundedChannel
 from .configview import config_view
@@ -99,7 +99,7 @@ class Admin:
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: Request) -> bytes:
         return _json(request, {"status": "ok", "inflight": self.gateway.admission.admitted,
-                               "pid": os.getpid()})
+                               "pid": os.getpid(), "version": __version__})
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: Request) -> bytes:

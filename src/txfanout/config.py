@@ -40,7 +40,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = "tcp:8080:backlog=4096"
-    admin: str = "tcp:9090:interface=127.0.0.1"
+    admin: str = "tcp:8081:interface=127.0.0.1"
     deadline_ms: int = 500
     max_inflight: int = 2000
     max_body_bytes: int = 65536

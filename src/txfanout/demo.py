@@ -2,29 +2,55 @@
 
 ``twistd -n fanout --demo`` starts them so that a newcomer sees a real
 fan-out with no partner of their own: a fast one, a normal one, one with a
-slow tail that sometimes passes 300 ms, one that fails about 5% of the time
-with a 500, and one that only bids for European countries.
+slow tail that sometimes passes its 300 ms timeout, one that fails about 5%
+of the time with a 500, one that only bids for European countries and one
+that only bids for phones (Android and iOS). ``txfanout init-config PATH``
+writes the same configuration as a commented file of one's own
+(:func:`starter_config`).
 """
 
 from __future__ import annotations
 
 import json
 import random
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-# name -> (delay in seconds, chance of a 500)
-BEHAVIOURS: dict[str, tuple[Any, float]] = {
-    "fast": (lambda rnd: rnd.uniform(0.001, 0.003), 0.0),
-    "normal": (lambda rnd: rnd.uniform(0.020, 0.060), 0.0),
-    "slow": (lambda rnd: rnd.uniform(0.250, 0.400) if rnd.random() < 0.1
-             else rnd.uniform(0.050, 0.150), 0.0),
-    "flaky": (lambda rnd: rnd.uniform(0.005, 0.030), 0.05),
-    "eu": (lambda rnd: rnd.uniform(0.010, 0.040), 0.0),
+from . import __version__
+from .config import ServerConfig, TargetingConfig
+
+DEMO_PORT = 7100
+EU = ("DE", "FR", "GB", "ES", "IT", "NL", "PL", "SE")
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """One demo partner: how it answers, and who it is called for."""
+
+    delay: Callable[[random.Random], float]  # seconds before it answers
+    failure: float                           # chance of a 500
+    says: str                                # what it does, in the starter config
+    only: dict[str, list[str]] = field(default_factory=dict)  # countries / os
+
+
+BEHAVIOURS: dict[str, Behaviour] = {
+    "fast": Behaviour(lambda rnd: rnd.uniform(0.001, 0.003), 0.0, "answers in 1-3 ms"),
+    "normal": Behaviour(lambda rnd: rnd.uniform(0.020, 0.060), 0.0, "answers in 20-60 ms"),
+    "slow": Behaviour(lambda rnd: rnd.uniform(0.250, 0.400) if rnd.random() < 0.1
+                      else rnd.uniform(0.050, 0.150), 0.0,
+                      "50-150 ms, and 1 call in 10 takes 250-400 ms: a timeout past 300"),
+    "flaky": Behaviour(lambda rnd: rnd.uniform(0.005, 0.030), 0.05,
+                       "answers 500 about 1 call in 20 (outcome http_error)"),
+    "eu": Behaviour(lambda rnd: rnd.uniform(0.010, 0.040), 0.0,
+                    "bids for European countries only", {"countries": list(EU)}),
+    "mobile": Behaviour(lambda rnd: rnd.uniform(0.010, 0.040), 0.0,
+                        "bids for phones only", {"os": ["android", "ios"]}),
 }
+TIMEOUT_MS = 300
 
 
 class DemoPartner(Resource):
@@ -36,14 +62,15 @@ class DemoPartner(Resource):
         super().__init__()
         self._reactor = reactor
         self._name = name
-        self._delay, self._fail = BEHAVIOURS[name]
+        self._behaviour = BEHAVIOURS[name]
         self._rnd = rnd
 
     def render_POST(self, request: Request) -> Any:
-        failed = self._rnd.random() < self._fail
+        failed = self._rnd.random() < self._behaviour.failure
         bid = round(self._rnd.uniform(0.1, 3.0), 2)
 
         def answer() -> None:
+            body: dict[str, object]
             if failed:
                 request.setResponseCode(500)
                 body = {"partner": self._name, "error": "demo failure"}
@@ -53,7 +80,7 @@ class DemoPartner(Resource):
             request.write(json.dumps(body).encode("utf-8"))
             request.finish()
 
-        timer = self._reactor.callLater(self._delay(self._rnd), answer)
+        timer = self._reactor.callLater(self._behaviour.delay(self._rnd), answer)
         request.notifyFinish().addErrback(lambda _: timer.active() and timer.cancel())
         return NOT_DONE_YET
 
@@ -70,19 +97,57 @@ def listen(reactor: Any, port: int, seed: int | None = None) -> IListeningPort:
     return reactor.listenTCP(port, site, interface="127.0.0.1")  # type: ignore[no-any-return]
 
 
-def demo_config(base_url: str) -> dict[str, Any]:
+def base_url(port: int = DEMO_PORT) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def demo_config(base: str) -> dict[str, Any]:
     """A raw (unvalidated) config document calling the demo partners."""
-    eu = ["DE", "FR", "GB", "ES", "IT", "NL", "PL", "SE"]
-    return {
-        "partners": {
-            "demo-fast": {"url": f"{base_url}/fast", "timeout_ms": 300},
-            "demo-normal": {"url": f"{base_url}/normal", "timeout_ms": 300},
-            "demo-slow": {"url": f"{base_url}/slow", "timeout_ms": 300},
-            "demo-flaky": {"url": f"{base_url}/flaky", "timeout_ms": 300},
-            "demo-eu": {"url": f"{base_url}/eu", "timeout_ms": 300, "countries": eu},
-        },
-        "routes": {
-            "bid": {"partners": ["demo-fast", "demo-normal", "demo-slow", "demo-flaky",
-                                 "demo-eu"]},
-        },
-    }
+    partners = {f"demo-{name}": {"url": f"{base}/{name}", "timeout_ms": TIMEOUT_MS,
+                                 **behaviour.only}
+                for name, behaviour in BEHAVIOURS.items()}
+    return {"partners": partners, "routes": {"bid": {"partners": list(partners)}}}
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value)  # strings and lists of strings: the same in TOML
+
+
+def starter_config(port: int = DEMO_PORT) -> str:
+    """The demo configuration as a commented TOML file to make one's own
+    (``txfanout init-config``); it parses to :func:`demo_config`."""
+    server, targeting = ServerConfig(), TargetingConfig()
+    lines = [
+        f"# txfanout configuration, written by txfanout init-config (txfanout {__version__}).",
+        "#",
+        "# It calls the demo partners that --demo starts, so it runs as it is:",
+        "#   twistd -n --pidfile= fanout --demo --config THIS-FILE",
+        "#   curl -s -X POST localhost:8080/bid -H 'X-Country: DE' -H 'X-OS: android' -d '{}'",
+        "#",
+        "# To make it yours: give each partner your partner's URL (and headers,",
+        "# e.g. an API key), name your routes, then run it without --demo. Check",
+        "# it with: txfanout check-config THIS-FILE. Every key and its default:",
+        "# docs/configuration.rst in txfanout's sources. SIGHUP re-reads the file.",
+        "",
+        "[server]",
+        f"{'# listen = ' + _toml(server.listen):<40} # the public endpoint",
+        f"{'# admin = ' + _toml(server.admin):<40} # /metrics, /healthz, /readyz, /debug/",
+        f"{'# deadline_ms = ' + str(server.deadline_ms):<40} # budget per request, from arrival",
+        "",
+        "[targeting]  # where a request says its country and its OS",
+        f"# country_header = {_toml(targeting.country_header)}",
+        f"# country_field = {_toml(targeting.country_field)}  # a field of the JSON body",
+        f"# os_header = {_toml(targeting.os_header)}",
+        f"# os_field = {_toml(targeting.os_field)}  # without either: from the User-Agent",
+        "",
+        "# One table per partner: a URL that takes a POST of the client's JSON body.",
+    ]
+    document = demo_config(base_url(port))
+    for name, partner in document["partners"].items():
+        lines += ["", f"[partners.{name}]   # {BEHAVIOURS[name[5:]].says}"]
+        lines += [f"{key} = {_toml(value)}" for key, value in partner.items()]
+    lines += ["", "# One table per route: POST /bid calls the partners that match the",
+              "# request's country and OS, in this order (at most max_partners of them).",
+              "[routes.bid]"]
+    lines += [f"{key} = {_toml(value)}" for key, value in document["routes"]["bid"].items()]
+    return "\n".join(lines) + "\n"

@@ -8,18 +8,16 @@ that is not JSON, a malformed country, OS or deadline header).
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.web.http_headers import Headers
 
 from ._compat import SLOTS
 from .budget import BadDeadline, Budget, deadline_ms
 from .snapshot import Snapshot
+from .strictjson import decode_json  # inbound.decode_json: partner answers use it too
 from .targeting import BadTargeting
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
@@ -62,28 +60,6 @@ class RequestIds:
             return given[-1].decode("ascii")
         self._counter += 1
         return f"{self._prefix}-{self._counter:x}"
-
-
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError("number out of range")
-    return number
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def decode_json(body: bytes) -> Any:
-    """A strict JSON document (no NaN, no Infinity, no number that overflows
-    to one), or None for an empty body; ValueError when it is not one."""
-    if not body.strip():
-        return None
-    try:
-        return json.loads(body, parse_float=_finite, parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
 
 
 def parse(snapshot: Snapshot, route: str, method: bytes, headers: Headers, body: bytes,

@@ -35,6 +35,7 @@ from .listeners import Listener
 from .memory import freeze_startup
 from .sdnotify import Notifier, watchdog_interval
 from .timers import Loops
+from .words import plural
 
 log = Logger()
 
@@ -159,15 +160,16 @@ class Lifecycle(service.Service):
         except ConfigError as e:
             for line in e.errors:
                 log.error("reload refused: {error}", error=line)
-            log.error("reload refused ({count} errors); still serving the previous "
-                      "configuration", count=len(e.errors))
-            self.notifier.ready(f"reload refused ({len(e.errors)} errors); "
+            log.error("reload refused ({errors}); still serving the previous "
+                      "configuration", errors=plural(len(e.errors), "error"))
+            self.notifier.ready(f"reload refused ({plural(len(e.errors), 'error')}); "
                                 + self.status_line())
             return False
         config = self._keep_bound_addresses(config)
         self.gateway.reconfigure(config)
-        log.info("reloaded: {partners} partners, {routes} routes in {ms:.1f} ms",
-                 partners=len(config.partners), routes=len(config.routes),
+        log.info("reloaded: {partners}, {routes} in {ms:.1f} ms",
+                 partners=plural(len(config.partners), "partner"),
+                 routes=plural(len(config.routes), "route"),
                  ms=(self._reactor.seconds() - started) * 1000.0)
         self.notifier.ready(self.status_line())
         return True
@@ -199,8 +201,8 @@ class Lifecycle(service.Service):
         so that a load balancer that checks /readyz takes new requests
         elsewhere before any is refused."""
         if self.draining:
-            log.warn("second stop signal: stopping now, {count} requests in flight",
-                     count=self.gateway.admission.admitted)
+            log.warn("second stop signal: stopping now, {count} in flight",
+                     count=plural(self.gateway.admission.admitted, "request"))
             self._stop_reactor()
             return self.drained
         self.draining = True
@@ -220,8 +222,9 @@ class Lifecycle(service.Service):
         self.gateway.admission.draining = True
         started = self._reactor.seconds()
         budget = self.gateway.snapshot.config.server.deadline_ms / 1000.0 + DRAIN_MARGIN_S
-        log.info("draining: /readyz is 503; {count} requests in flight, waiting up to "
-                 "{budget:.1f} s", count=self.gateway.admission.admitted, budget=budget)
+        log.info("draining: /readyz is 503; {count} in flight, waiting up to "
+                 "{budget:.1f} s", count=plural(self.gateway.admission.admitted, "request"),
+                 budget=budget)
 
         def closed(_: Any) -> Deferred[None]:
             log.info("draining: no longer accepting connections")
@@ -232,8 +235,9 @@ class Lifecycle(service.Service):
             ms = (self._reactor.seconds() - started) * 1000.0
             if isinstance(result, Failure):
                 if result.check(TimeoutError):
-                    log.warn("drain: {count} requests still in flight after {ms:.0f} ms; "
-                             "stopping anyway", count=self.gateway.admission.admitted, ms=ms)
+                    log.warn("drain: {count} still in flight after {ms:.0f} ms; "
+                             "stopping anyway",
+                             count=plural(self.gateway.admission.admitted, "request"), ms=ms)
                 else:
                     log.failure("drain failed; stopping", failure=result)
             else:

@@ -65,7 +65,8 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """``serverFromString``, with a clear error for what cannot be used
     (e.g. a ``systemd:`` socket that systemd did not pass)."""
     try:
-        return serverFromString(reactor, description)
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+        return endpoint
     except KeyError as e:
         raise EndpointError(f"{description}: no inherited socket named {e} "
                             "(LISTEN_FDNAMES; is the .socket unit running?)") from None
@@ -108,7 +109,8 @@ def bind_listening_socket(reactor: Any, description: str) -> socket.socket:
         sock.listen(int(options["backlog"]))
     except OSError as e:
         sock.close()
-        raise EndpointError(f"cannot listen on {description}: {e.strerror or e}") from None
+        raise EndpointError(f"cannot listen on {description}: {e.strerror or e}; choose "
+                            "another with --listen (or server.listen)") from None
     return sock
 
 
@@ -125,18 +127,37 @@ def inherited_endpoint(reactor: Any, fd: int) -> IStreamServerEndpoint:
     return AdoptedStreamServerEndpoint(reactor, fd, family)
 
 
+def cannot_listen(description: str, what: str, reason: object, option: str) -> str:
+    """The one line the daemon exits with when it cannot listen, e.g.
+    ``txfanout: cannot listen on tcp:8080 (public): Address already in use;
+    choose another with --listen``."""
+    error = getattr(reason, "socketError", None) or reason
+    text = getattr(error, "strerror", None) or str(error)
+    hint = f"; choose another with {option}" if option else ""
+    return f"txfanout: cannot listen on {description} ({what}): {text}{hint}"
+
+
+def _stop(port: IListeningPort) -> Deferred[None]:
+    stopped = port.stopListening()
+    return stopped if stopped is not None else succeed(None)
+
+
 class Listener(service.Service):
     """Listens with ``factory`` on ``endpoint`` while running.
 
     ``ready`` fires with the port once listening; ``stop_accepting`` closes
     the port (connections already accepted stay open). A failure to listen
-    when the daemon starts stops it, like ``strports.service``.
+    when the daemon starts stops it with one line that names the endpoint
+    (``description``) and the option that moves it (``option``).
     """
 
-    def __init__(self, name: str, endpoint: IStreamServerEndpoint, factory: Any) -> None:
-        self.name = name
+    def __init__(self, name: str, endpoint: IStreamServerEndpoint, factory: Any,
+                 description: str = "", option: str = "") -> None:
+        self.name = self.what = name
         self.endpoint = endpoint
         self.factory = factory
+        self.description = description
+        self.option = option
         self.port: IListeningPort | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
         self._closing: Deferred[None] | None = None
@@ -147,9 +168,8 @@ class Listener(service.Service):
         d = self.endpoint.listen(self.factory)
         d.addCallbacks(self._listening, failed.append)
         if failed:  # at start-up: twistd exits 1 with this one line
-            reason = failed[0].value
-            raise SystemExit(f"txfanout: cannot listen ({self.name}): "
-                             f"{getattr(reason, 'socketError', None) or reason}")
+            raise SystemExit(cannot_listen(self.description or self.what, self.what,
+                                           failed[0].value, self.option))
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
@@ -159,7 +179,7 @@ class Listener(service.Service):
         """Close the listening port; fires when it is closed (every caller
         gets its own Deferred)."""
         if self._closing is None:
-            self._closing = maybeDeferred(self.port.stopListening) if self.port else succeed(None)
+            self._closing = maybeDeferred(_stop, self.port) if self.port else succeed(None)
         done: Deferred[None] = Deferred()
 
         def closed(result: Any) -> Any:

@@ -7,6 +7,8 @@ from typing import Any
 
 from txfanout._compat import SLOTS
 
+from .strictjson import is_json_text, is_json_type
+
 OK = "ok"                  # 2xx
 HTTP_ERROR = "http_error"  # any other status; status and body kept
 TIMEOUT = "timeout"        # no complete answer within the call's budget
@@ -23,7 +25,12 @@ NOT_CALLED = frozenset((SHED, OPEN, SKIPPED))  # the partner never saw the reque
 
 @dataclass(**SLOTS)
 class CallResult:
-    """What happened to one partner call, as reported to the client."""
+    """What happened to one partner call, as reported to the client.
+
+    A partner's answer is either ``json`` (its type said JSON and its body
+    is one strict JSON document in UTF-8: the body as it came, to stand in
+    the client's answer as a value) or ``body`` (text: the body decoded as
+    UTF-8, each invalid byte U+FFFD)."""
 
     partner: str
     outcome: str
@@ -31,12 +38,28 @@ class CallResult:
     latency_ms: float = 0.0
     body: str | None = None
     error: str | None = None
+    json: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The result's entry in the answer, but for an embedded ``json``
+        answer, which the answer splices in as it came (answer.py)."""
         out: dict[str, Any] = {
             "partner": self.partner, "outcome": self.outcome, "status": self.status,
-            "latency_ms": self.latency_ms, "body": self.body,
+            "latency_ms": self.latency_ms,
         }
+        if self.json is None:
+            out["body"] = self.body
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def answered(partner: str, code: int, latency_ms: float, payload: bytes,
+             content_type: bytes | None) -> CallResult:
+    """The record of an HTTP answer: ``ok`` (2xx) or ``http_error``, its
+    body kept as JSON when its type says JSON and it is strict JSON in
+    UTF-8, else as text."""
+    outcome = OK if 200 <= code < 300 else HTTP_ERROR
+    if content_type is not None and is_json_type(content_type) and is_json_text(payload):
+        return CallResult(partner, outcome, code, latency_ms, json=payload)
+    return CallResult(partner, outcome, code, latency_ms, payload.decode("utf-8", "replace"))

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.python import usage
 
+from . import about, advice, demo, logs
 from . import config as configuration
-from . import demo, logs
 from .accesslog import AccessLog
+from .config import ServerConfig
+from .demo import DEMO_PORT
 from .admin import admin_site
 from .gcpacer import GcPacer
 from .gateway import Gateway
@@ -21,12 +26,15 @@ from .listeners import (
     EndpointError,
     Listener,
     bind_listening_socket,
+    cannot_listen,
     inherited_endpoint,
     server_endpoint,
     shift_port,
 )
 from .sdnotify import Notifier
 from .workers import LISTEN_FD, WorkerPool, worker_count
+
+log = Logger()
 
 MANUAL = """
 SIGNALS
@@ -63,7 +71,8 @@ ENVIRONMENT
 
 FILES
   /etc/txfanout/txfanout.toml  The configuration (the units' --config);
-                 check it with: python -m txfanout check-config PATH
+                 check it with: txfanout check-config PATH. A starter that
+                 calls the demo partners: txfanout init-config PATH.
 
 EXIT STATUS
   0 after a drain (SIGTERM, SIGINT); 1 on bad options, a bad configuration
@@ -71,6 +80,7 @@ EXIT STATUS
 
 EXAMPLES
   twistd -n --pidfile= fanout --demo
+  twistd -n --pidfile= fanout --demo --config txfanout.toml  (after init-config)
   twistd -n --pidfile= fanout --config /etc/txfanout/txfanout.toml
   twistd -n --pidfile= fanout --config txfanout.toml --workers 0
   systemd-socket-activate -l 8080 --fdname=web -- twistd -n --pidfile= \\
@@ -78,15 +88,42 @@ EXAMPLES
 """
 
 
-def _at_least(low: int, what: str) -> Any:
+HELP = "see: twistd fanout --help"
+DEFAULTS = ServerConfig()
+
+
+def _whole_number(option: str, example: int, low: int | None = None) -> Any:
+    """A coercer for ``--option N`` whose refusal names the option and the fix."""
     def coerce(value: str) -> int:
-        number = int(value)
-        if number < low:
-            raise ValueError(f"{what} must be at least {low}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise usage.UsageError(f"--{option} takes a whole number, e.g. --{option} "
+                                   f"{example} (not {value!r})") from None
+        if low is not None and number < low:
+            raise usage.UsageError(f"--{option} must be at least {low} (not {number})")
         return number
 
     coerce.coerceDoc = ""  # type: ignore[attr-defined]
     return coerce
+
+
+# The options that name a config key: option -> key in [server].
+SERVER_OPTIONS = {"listen": "listen", "admin": "admin", "deadline-ms": "deadline_ms",
+                  "max-inflight": "max_inflight"}
+
+
+def _option_names(errors: list[str], given: list[str]) -> list[str]:
+    """Config errors, each about a key an option set named with it too:
+    ``server.deadline_ms (--deadline-ms): must be ...``."""
+    named = []
+    for line in errors:
+        for option in given:
+            prefix = f"server.{SERVER_OPTIONS[option]}:"
+            if line.startswith(prefix):
+                line = f"{prefix[:-1]} (--{option}):{line[len(prefix):]}"
+        named.append(line)
+    return named
 
 
 class Options(usage.Options):
@@ -100,40 +137,57 @@ class Options(usage.Options):
                 "below say how the daemon behaves.")
     optFlags = [
         ["demo", None, "Start built-in demo partners on loopback; without --config, "
-                       "also use a demo config that calls them."],
+                       "also use a demo config that calls them (txfanout init-config "
+                       "writes it to a file of your own)."],
     ]
     optParameters = [
         ["config", "c", None, "TOML configuration file; SIGHUP re-reads it."],
         ["listen", None, None, "Public endpoint (Twisted endpoint string), e.g. "
                                "tcp:8080:interface=127.0.0.1 or systemd:domain=INET:name=web. "
-                               "Config: server.listen, default tcp:8080."],
-        ["admin", None, None, "Admin endpoint (/healthz, /readyz). Config: server.admin, "
-                              "default tcp:9090:interface=127.0.0.1."],
-        ["deadline-ms", None, None, "Budget per inbound request in ms. "
-                                    "Config: server.deadline_ms, default 500.", int],
+                               f"Config: server.listen, default {DEFAULTS.listen}."],
+        ["admin", None, None, "Admin endpoint (/metrics, /healthz, /readyz, /debug/). "
+                              f"Config: server.admin, default {DEFAULTS.admin}."],
+        ["deadline-ms", None, None, "Budget per inbound request in ms. Config: "
+                                    f"server.deadline_ms, default {DEFAULTS.deadline_ms}.",
+         _whole_number("deadline-ms", DEFAULTS.deadline_ms)],
         ["max-inflight", None, None, "Cap on requests being served at once, per process. "
-                                     "Config: server.max_inflight, default 2000.", int],
-        ["demo-port", None, 7100, "Loopback port of the demo partners.", int],
+                                     f"Config: server.max_inflight, default "
+                                     f"{DEFAULTS.max_inflight}.",
+         _whole_number("max-inflight", DEFAULTS.max_inflight)],
+        ["demo-port", None, DEMO_PORT, "Loopback port of the demo partners (with --demo).",
+         _whole_number("demo-port", DEMO_PORT)],
         ["workers", None, 1, "Serve with N worker processes sharing the public socket "
                              "(0: one per CPU; 1: this process serves).",
-         _at_least(0, "--workers")],
+         _whole_number("workers", 2, low=0)],
         ["worker-index", None, None, "This process is worker I of a group sharing one "
                                      "socket: its admin face listens on the admin port + I "
                                      "(set by --workers and txfanout@I.service).",
-         _at_least(0, "--worker-index")],
+         _whole_number("worker-index", 0, low=0)],
         ["inherit-fd", None, None, "Serve the listening socket at this file descriptor "
                                    "instead of --listen (set by --workers).",
-         _at_least(0, "--inherit-fd")],
+         _whole_number("inherit-fd", 3, low=0)],
         ["tracemalloc", None, 0, "Trace allocations (slower) and show the top N allocation "
-                                 "sites in the admin face's /debug/memory; 0: off.", int],
+                                 "sites in the admin face's /debug/memory; 0: off.",
+         _whole_number("tracemalloc", 25)],
     ]
 
-    _config_refused = False
-
     def getUsage(self, width: int | None = None) -> str:
-        if self._config_refused:  # twistd prints this before the error: a line, not 80
-            return "Usage: twistd fanout [options] (twistd fanout --help lists them)"
         return super().getUsage(width) + MANUAL
+
+    def opt_version(self) -> None:
+        """Print txfanout's version (and the Python and Twisted it runs on), then exit."""
+        print(about.version_line())
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse; under twistd (a parent), a refusal is its message and exit
+        status 1, not the manual (twistd would print all of it first)."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:  # called by a program (the tests): let it see why
+                raise
+            raise SystemExit(f"twistd fanout: {e}\n{HELP}") from None
 
     def postOptions(self) -> None:
         self.overrides = {"listen": self["listen"], "admin": self["admin"],
@@ -152,13 +206,17 @@ class Options(usage.Options):
             elif self["demo"]:
                 raw = demo.demo_config(f"http://127.0.0.1:{self['demo-port']}")
             else:
-                raise usage.UsageError("give --config PATH, or --demo to try the built-in demo")
+                raise usage.UsageError("give --config PATH (txfanout init-config PATH writes "
+                                       "a starter), or --demo to try the built-in demo "
+                                       "partners")
             self.config = configuration.parse(
                 configuration.with_server_overrides(raw, self.overrides))
             self.access_log = AccessLog.from_config(self.config.log)
         except configuration.ConfigError as e:
-            self._config_refused = True
-            raise usage.UsageError("invalid configuration:\n  " + "\n  ".join(e.errors))
+            given = [o for o in SERVER_OPTIONS if self[o] is not None]
+            where = f" ({self['config']})" if self["config"] else ""
+            raise usage.UsageError(f"invalid configuration{where}:\n  "
+                                   + "\n  ".join(_option_names(e.errors, given)))
         self.workers = worker_count(self["workers"])
         if self["workers"] != 1 and (self["demo"] or not self["config"]):
             raise usage.UsageError("--workers needs --config (workers re-read it on SIGHUP); "
@@ -196,6 +254,8 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     config = options.config
+    for line in advice.warnings(config):
+        log.warn("{warning}", warning=line)
     if options["workers"] != 1:
         try:
             listen_socket = bind_listening_socket(reactor, config.server.listen)
@@ -225,10 +285,13 @@ def makeService(options: Options) -> service.IService:
         if watcher is not None:
             Running(watcher).setServiceParent(top)
     site = GatewaySite(gateway)
-    public = Listener("public", endpoint, site)
+    where = (f"fd {options['inherit-fd']}" if options["inherit-fd"] is not None
+             else config.server.listen)
+    public = Listener("public", endpoint, site, where, "--listen (or server.listen)")
     public.ready.addCallback(site.listening)  # so that it can stop accepting
     public.setServiceParent(top)
-    admin = Listener("admin", admin_endpoint, admin_site(gateway, sites))
+    admin = Listener("admin", admin_endpoint, admin_site(gateway, sites),
+                     options.admin_endpoint, "--admin (or server.admin)")
     admin.setServiceParent(top)
     Lifecycle(reactor, gateway, public, admin, options.reload_config(),
               Notifier.from_environment()).setServiceParent(top)
@@ -275,7 +338,11 @@ class DemoPartners(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self._port = demo.listen(self._reactor, self._port_number)
+        try:
+            self._port = demo.listen(self._reactor, self._port_number)
+        except CannotListenError as e:
+            raise SystemExit(cannot_listen(f"127.0.0.1:{self._port_number}", "demo partners",
+                                           e, "--demo-port")) from None
 
     def stopService(self) -> Any:
         super().stopService()

@@ -1,16 +1,21 @@
-"""``python -m txfanout top``: a live terminal view of a running gateway.
+"""``txfanout top``: a live terminal view of a running gateway.
 
 Reads the admin face's ``/metrics`` once per interval and shows what moved
 in between: requests/s by code, in-flight, shed, p50/p99, RSS, CPU, reactor
 lag, then a row per partner (calls/s, outcome shares, p99, in-flight,
-breaker, connections of its upstream). Not on a TTY, or with ``--once``, it
-prints one view (two reads an interval apart) and exits.
+breaker, connections of its upstream). ``q`` or Ctrl-C quits. Not on a
+TTY, or with ``--once``, it prints one view (two reads an interval apart)
+and exits. An admin face with ``server.admin_token`` needs the token:
+``--token`` or the environment variable ``TXFANOUT_ADMIN_TOKEN``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
+import select
 import sys
 import time
 import urllib.error
@@ -20,9 +25,22 @@ from typing import Callable, Iterable, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from .config import ServerConfig
+
 Labels = tuple[tuple[str, str], ...]
 _CLEAR = "\x1b[H\x1b[2J"
 _OUTCOMES = ("ok", "http_error", "timeout", "error")  # the rest are "other"
+TOKEN_VARIABLE = "TXFANOUT_ADMIN_TOKEN"
+DEFAULT_ADMIN = "http://127.0.0.1:" + re.findall(r"\d+", ServerConfig().admin)[0]
+
+
+@dataclass(frozen=True)
+class Quantile:
+    """A quantile read from a histogram: ``seconds``, or at least that much
+    (``at_least``) when it lies past the largest finite bound."""
+
+    seconds: float
+    at_least: bool = False
 
 
 @dataclass
@@ -65,9 +83,11 @@ class Scrape:
         return out
 
 
-def quantile(q: float, buckets: dict[float, float]) -> float | None:
-    """Prometheus' histogram_quantile on cumulative ``buckets``; None when
-    they are empty."""
+def quantile(q: float, buckets: dict[float, float]) -> Quantile | None:
+    """Prometheus' histogram_quantile on cumulative ``buckets`` (linear
+    within the bucket the rank falls in, so never past that bucket's upper
+    bound); in the +Inf bucket, the largest finite bound, marked
+    ``at_least``. None when they are empty."""
     bounds = sorted(buckets)
     if not bounds or buckets[bounds[-1]] <= 0:
         return None
@@ -77,12 +97,12 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
         count = buckets[le]
         if count >= rank:
             if math.isinf(le):
-                return lower
+                return Quantile(lower, at_least=True)
             if count == below:
-                return le
-            return lower + (le - lower) * (rank - below) / (count - below)
+                return Quantile(le)
+            return Quantile(lower + (le - lower) * (rank - below) / (count - below))
         lower, below = le, count
-    return lower
+    return Quantile(lower, at_least=True)
 
 
 class Window:
@@ -101,7 +121,7 @@ class Window:
         return {k: max(0.0, v - before.get(k, 0.0)) / self.seconds
                 for k, v in self.after.by(name, label, **match).items()}
 
-    def quantile(self, q: float, name: str, **match: str) -> float | None:
+    def quantile(self, q: float, name: str, **match: str) -> Quantile | None:
         before = self.before.buckets(name, **match)
         delta = {le: c - before.get(le, 0.0)
                  for le, c in self.after.buckets(name, **match).items()}
@@ -110,6 +130,12 @@ class Window:
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000.0:.1f}"
+
+
+def _q_ms(value: Quantile | None) -> str:
+    if value is None:
+        return "-"
+    return ("≥" if value.at_least else "") + _ms(value.seconds)
 
 
 def _share(part: float, whole: float) -> str:
@@ -136,8 +162,8 @@ def render(window: Window, source: str) -> str:
                    if v > 0),
         "codes     " + ("  ".join(f"{c} {v:.1f}/s" for c, v in sorted(codes.items()) if v > 0)
                         or "-"),
-        f"latency   p50 {_ms(w.quantile(0.5, 'txfanout_request_duration_seconds'))} ms"
-        f"   p99 {_ms(w.quantile(0.99, 'txfanout_request_duration_seconds'))} ms",
+        f"latency   p50 {_q_ms(w.quantile(0.5, 'txfanout_request_duration_seconds'))} ms"
+        f"   p99 {_q_ms(w.quantile(0.99, 'txfanout_request_duration_seconds'))} ms",
         f"process   RSS {_mib(now.total('process_resident_memory_bytes'))}   CPU "
         f"{100.0 * w.rate('process_cpu_seconds_total'):.0f}%   fds "
         f"{now.total('process_open_fds'):.0f}   reactor lag "
@@ -164,7 +190,7 @@ def render(window: Window, source: str) -> str:
             + " ".join(f"{_share(outcomes.get(o, 0.0), calls):>{n}}"
                        for o, n in zip(_OUTCOMES, (7, 8, 7, 7)))
             + f" {_share(other, calls):>7}"
-            f" {_ms(w.quantile(0.99, 'txfanout_partner_call_duration_seconds', partner=p)):>8}"
+            f" {_q_ms(w.quantile(0.99, 'txfanout_partner_call_duration_seconds', partner=p)):>8}"
             f" {now.total('txfanout_partner_inflight', partner=p):6.0f} {breaker:>7}"
             f" {conns.get((up, 'idle'), 0):>8.0f}/{conns.get((up, 'active'), 0):<8.0f}")
     upstreams = sorted({u for u, _ in conns})
@@ -177,29 +203,90 @@ def render(window: Window, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fetch(admin: str, timeout: float = 5.0) -> Scrape:
-    """Read and parse ``admin``/metrics."""
-    with urllib.request.urlopen(admin.rstrip("/") + "/metrics", timeout=timeout) as response:
-        text = response.read(64 * 1024 * 1024).decode("utf-8", "replace")
+class Unauthorized(Exception):
+    """The admin face wants a token (401), or refused the one given (403)."""
+
+
+def fetch(admin: str, token: str | None = None, timeout: float = 5.0) -> Scrape:
+    """Read and parse ``admin``/metrics, with ``token`` as a bearer token."""
+    request = urllib.request.Request(admin.rstrip("/") + "/metrics")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read(64 * 1024 * 1024).decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise Unauthorized("the token was refused" if token else
+                               "it needs the admin token (server.admin_token): give "
+                               f"--token or set {TOKEN_VARIABLE}") from None
+        raise
     return Scrape.parse(text, time.time())
 
 
+def sleep(seconds: float) -> bool:
+    """Wait ``seconds``; never asked to quit (no keyboard to read)."""
+    time.sleep(seconds)
+    return False
+
+
+class Keys:
+    """Single key presses on a terminal (no echo, no Enter needed) while
+    open; ``wait`` returns True as soon as ``q`` is pressed. Ctrl-C still
+    interrupts (KeyboardInterrupt). The terminal is restored on close."""
+
+    QUIT = (b"q", b"Q")
+
+    def __init__(self, fd: int) -> None:
+        import termios
+        import tty
+
+        self._fd = fd
+        self._saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+
+    def wait(self, seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            readable, _, _ = select.select([self._fd], [], [], left)
+            if readable:
+                key = os.read(self._fd, 1)
+                if key in self.QUIT:
+                    return True
+                if not key:  # the terminal went away: no more keys
+                    return sleep(max(0.0, end - time.monotonic()))
+
+    def close(self) -> None:
+        import termios
+
+        termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+
+
 def run(admin: str, interval: float, once: bool, out: TextIO,
-        sleep: Callable[[float], None] = time.sleep) -> int:
-    """Show the dashboard on ``out`` until interrupted (or once)."""
+        wait: Callable[[float], bool] = sleep, token: str | None = None,
+        at_least: str = "≥") -> int:
+    """Show the dashboard on ``out`` until ``wait`` says quit or Ctrl-C (or
+    once)."""
     if "://" not in admin:
         admin = "http://" + admin
     try:
-        before = fetch(admin)
+        before = fetch(admin, token)
         while True:
-            sleep(interval)
-            after = fetch(admin)
-            text = render(Window(before, after), admin)
+            if wait(interval):
+                return 0
+            after = fetch(admin, token)
+            text = render(Window(before, after), admin).replace("≥", at_least)
             out.write(text if once else _CLEAR + text)
             out.flush()
             if once:
                 return 0
             before = after
+    except Unauthorized as e:
+        print(f"top: cannot read {admin}/metrics: {e}", file=sys.stderr)
+        return 1
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         print(f"top: cannot read {admin}/metrics: {reason}", file=sys.stderr)
@@ -209,17 +296,40 @@ def run(admin: str, interval: float, once: bool, out: TextIO,
 
 
 def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    top = commands.add_parser("top", help="live view of a running gateway (from its admin face)")
-    top.add_argument("--admin", default="http://127.0.0.1:9090",
-                     help="the admin face's URL (default http://127.0.0.1:9090)")
+    top = commands.add_parser(
+        "top", help="live view of a running gateway (from its admin face)",
+        description="A live view of a running gateway, read from its admin face's "
+                    "/metrics. Press q (or Ctrl-C) to quit.")
+    top.add_argument("--admin", default=DEFAULT_ADMIN,
+                     help=f"the admin face's URL (default {DEFAULT_ADMIN})")
+    top.add_argument("--token", default=None,
+                     help="the admin token (server.admin_token), when the admin face has "
+                          f"one; default: the environment variable {TOKEN_VARIABLE}")
     top.add_argument("--interval", type=float, default=1.0,
                      help="seconds between refreshes (default 1)")
     top.add_argument("--once", action="store_true",
                      help="print one view and exit (the default when not on a TTY)")
 
 
+def _encodes(stream: TextIO, text: str) -> bool:
+    try:
+        text.encode(stream.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def main(args: argparse.Namespace) -> int:
     if not 0.05 <= args.interval <= 3600:
         print("top: --interval must be from 0.05 to 3600 seconds", file=sys.stderr)
         return 2
-    return run(args.admin, args.interval, args.once or not sys.stdout.isatty(), sys.stdout)
+    token = args.token or os.environ.get(TOKEN_VARIABLE) or None
+    once = args.once or not sys.stdout.isatty()
+    at_least = "≥" if _encodes(sys.stdout, "≥") else ">="
+    keys = Keys(sys.stdin.fileno()) if not once and sys.stdin.isatty() else None
+    try:
+        return run(args.admin, args.interval, once, sys.stdout,
+                   keys.wait if keys else sleep, token, at_least)
+    finally:
+        if keys is not None:
+            keys.close()

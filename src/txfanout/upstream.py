@@ -222,15 +222,16 @@ class CappedBody(Protocol):
 
 
 def _read_capped(response: IResponse, limit: int, producer: BytesProducer,
-                 phase: CallPhase | None = None) -> Deferred[tuple[int, bytes]]:
+                 phase: CallPhase | None = None) -> Deferred[tuple[int, bytes, bytes | None]]:
     if phase is not None:
         phase.state = READING
     code = response.code
+    content_type = response.headers.getRawHeaders(b"content-type", [None])[-1]
     reader = CappedBody(limit, producer.connection)
     response.deliverBody(reader)
     if response.length is not UNKNOWN_LENGTH and response.length > limit:
         reader.overflow()  # announced too large: do not read a byte of it
-    return reader.finished.addCallback(lambda body: (code, body))
+    return reader.finished.addCallback(lambda body: (code, body, content_type))
 
 
 def too_large(failure: Failure) -> BodyTooLarge | None:
@@ -362,15 +363,14 @@ class Upstream:
 
         timer = clock.callLater(timeout_s, on_timeout)
 
-        def done(result: tuple[int, bytes] | Failure) -> CallResult:
+        def done(result: tuple[int, bytes, bytes | None] | Failure) -> CallResult:
             if timer.active():
                 timer.cancel()
             latency = round((clock.seconds() - started) * 1000.0, 1)
             name = partner.name
             if not isinstance(result, Failure):
-                code, payload = result
-                return CallResult(name, outcomes.OK if 200 <= code < 300 else outcomes.HTTP_ERROR,
-                                  code, latency, payload.decode("utf-8", "replace"))
+                code, payload, content_type = result
+                return outcomes.answered(name, code, latency, payload, content_type)
             if why_stopped:
                 if why_stopped[0] != outcomes.TIMEOUT:
                     return CallResult(name, why_stopped[0], None, latency, None, "cancelled")

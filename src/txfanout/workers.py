@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from .lifecycle import take_signals
 from .sdnotify import Notifier, watchdog_interval
 from .timers import Loops, cancel
+from .words import plural
 
 log = Logger()
 
@@ -272,7 +273,7 @@ class WorkerPool(service.Service):
 
     def status_line(self) -> str:
         ready = sum(s.ready for s in self.slots)
-        return f"{ready}/{len(self.slots)} workers ready, {self.restarts} restarts"
+        return f"{ready}/{len(self.slots)} workers ready, {plural(self.restarts, 'restart')}"
 
     def _watchdog(self) -> None:
         now = self._reactor.seconds()

@@ -1,0 +1,33 @@
+"""Warnings about a valid configuration that cannot work as it is.
+
+A partner whose URL names a host reserved for examples (RFC 2606:
+``*.example``, ``*.invalid``, ``example.com``, ``.net``, ``.org``) is a
+placeholder: every call to it would fail. ``check-config`` prints these
+warnings and the daemon logs them when it starts; neither refuses the file.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from .config import Config
+
+_RESERVED_SUFFIXES = (".example", ".invalid")
+_RESERVED_DOMAINS = ("example.com", "example.net", "example.org")
+
+
+def is_placeholder(host: str) -> bool:
+    host = host.rstrip(".").lower()
+    return host.endswith(_RESERVED_SUFFIXES) or host in ("example", "invalid") or any(
+        host == d or host.endswith("." + d) for d in _RESERVED_DOMAINS)
+
+
+def warnings(config: Config) -> list[str]:
+    """One line per partner on a placeholder host, naming its key."""
+    out = []
+    for name, partner in config.partners.items():
+        host = urlsplit(partner.url).hostname or ""
+        if is_placeholder(host):
+            out.append(f"partners.{name}.url: {host} is a placeholder host (reserved for "
+                       "examples): every call to it fails; give your partner's URL")
+    return out
