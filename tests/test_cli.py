@@ -91,6 +91,7 @@ def twistd(*argv: str) -> subprocess.CompletedProcess[str]:
     return run("-c", TWISTD_MAIN, "--nodaemon", "--pidfile=", "fanout", *argv)
 
 
+@pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
 def test_the_version_is_txfanouts_and_comes_from_one_place() -> None:
     line = about.version_line()
     assert line.startswith(f"txfanout {txfanout.__version__} (")
@@ -100,6 +101,7 @@ def test_the_version_is_txfanouts_and_comes_from_one_place() -> None:
     assert setup.stdout.strip().splitlines()[-1] == txfanout.__version__, setup.stderr
 
 
+@pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
 @pytest.mark.parametrize("argv, message", [
     ((), "twistd fanout: give --config PATH (txfanout init-config PATH writes a starter), "
          "or --demo to try the built-in demo partners"),
@@ -115,6 +117,7 @@ def test_a_bad_option_is_one_line_and_where_help_is(argv: tuple[str, ...], messa
         message, "see: twistd fanout --help"]
 
 
+@pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
 def test_an_option_out_of_its_key_range_names_both() -> None:
     refused = twistd("--demo", "--deadline-ms", "3")
     assert refused.returncode == 1
@@ -124,6 +127,7 @@ def test_an_option_out_of_its_key_range_names_both() -> None:
         "see: twistd fanout --help"]
 
 
+@pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
 @pytest.mark.parametrize("busy, message", [
     ("--listen", "cannot listen on tcp:{port}:interface=127.0.0.1 (public): Address already in "
                  "use; choose another with --listen (or server.listen)"),
@@ -148,6 +152,7 @@ def test_a_busy_port_names_the_endpoint_and_the_option(busy: str, message: str) 
     assert "Traceback" not in output and len(output.splitlines()) <= 8, output
 
 
+@pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
 def test_init_config_writes_a_config_the_demo_runs(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
     demo_port = free_port()
@@ -170,6 +175,7 @@ def test_init_config_writes_a_config_the_demo_runs(tmp_path: Path) -> None:
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
 def test_check_config_warns_of_placeholder_partners(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(CONFIG.replace("http://127.0.0.1:1/", "https://dsp.example/bid"))

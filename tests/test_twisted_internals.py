@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import functools
 import inspect
 import pathlib
 import re
@@ -161,12 +162,17 @@ def _twisted_bases(cls: type) -> list[type]:
     return [b for b in cls.__mro__[1:] if b.__module__.startswith("twisted.")]
 
 
+@functools.lru_cache(maxsize=None)
+def _source(base: type) -> str:
+    return inspect.getsource(base)
+
+
 def _twisted_defines(cls: type, name: str) -> type | None:
     """The Twisted base of ``cls`` that defines ``name`` (a method, a class
     attribute, or one its code assigns to ``self``), if any."""
     assigned = re.compile(rf"\bself\.{re.escape(name)}\s*(:[^=\n]*)?=[^=]")
     for base in _twisted_bases(cls):
-        if name in vars(base) or assigned.search(inspect.getsource(base)):
+        if name in vars(base) or assigned.search(_source(base)):
             return base
     return None
 
