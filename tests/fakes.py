@@ -334,6 +334,13 @@ class FakeReactor(MemoryReactorClock):
         bisect.insort_right(self.calls, call)  # DelayedCall orders by time (Python 3.9: no key=)
         return call
 
+    def pretend_running(self) -> None:
+        """Running, and not stopped: what ``run`` would do, without
+        returning at once (MemoryReactor's does; and Twisted 25.5's starts
+        out with ``hasStopped`` already true)."""
+        self.running = True
+        self.hasStopped = False
+
     def callWhenRunning(self, callable: Any, *args: Any, **kw: Any) -> None:
         """At once when running, as a real reactor does (Twisted 25's
         MemoryReactor only records it)."""

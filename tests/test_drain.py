@@ -44,7 +44,7 @@ class Serving:
         self.life = Lifecycle(net.clock, self.gateway, self.public, self.admin, None,
                               Notifier(None), environ={})
         self.gateway.ready = True
-        net.clock.running = True  # (MemoryReactor.run would stop it at once)
+        net.clock.pretend_running()
 
     def client(self, data: bytes = b"") -> Client:
         host = self.public.port.getHost()

@@ -81,7 +81,7 @@ class Parent:
         monkeypatch.setattr(workers, "take_signals",
                             lambda reactor, handler: self.handlers.append(handler))
         self.reactor = Spawning()
-        self.reactor.running = True
+        self.reactor.pretend_running()
         self.manager = NotifySocket()
         self.listening = socket.socket()
         self.listening.bind(("127.0.0.1", 0))
