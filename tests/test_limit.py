@@ -14,7 +14,7 @@ from twisted.internet.task import Clock, LoopingCall
 from txfanout.admission import Admission
 from txfanout.config import ServerConfig
 from txfanout.lag import ReactorLag
-from txfanout.limit import CUT_EVERY, FLOOR, InflightLimit
+from txfanout.limit import CUT_EVERY, FLOOR, START, InflightLimit
 
 from .configs import route_config
 from .fakes import Network
@@ -39,9 +39,28 @@ def test_lag_above_the_target_cuts_it_at_most_once_per_period_down_to_a_floor():
     assert limit.current == FLOOR
 
 
-def test_a_cut_is_in_proportion_to_what_is_in_flight_when_that_is_less():
+def grown(limit: InflightLimit) -> InflightLimit:
+    """``limit`` after quiet lag samples with it all in use: at its ceiling."""
+    while limit.current < limit.ceiling:
+        limit.observe(0.001, 10**6)
+    return limit
+
+
+def test_it_starts_low_and_grows_only_while_it_is_used():
     clock = Clock()
     limit = InflightLimit(clock, 2000, target=0.1)
+    assert limit.current == START
+    limit.observe(0.001, START // 2 - 1)  # quiet, but less than half of it was used
+    assert limit.current == START
+    limit.observe(0.001, START // 2)
+    assert limit.current == int(START * 1.1 + 1)
+    assert InflightLimit(clock, 2000, adaptive=False).current == 2000
+    assert InflightLimit(clock, 50, target=0.1).current == 50
+
+
+def test_a_cut_is_in_proportion_to_what_is_in_flight_when_that_is_less():
+    clock = Clock()
+    limit = grown(InflightLimit(clock, 2000, target=0.1))
     limit.observe(0.25, 1600)  # the loop runs 2.5x too long with 1600 in flight
     assert limit.current == 800  # at most by half
     clock.advance(CUT_EVERY)
@@ -91,6 +110,22 @@ def test_a_busy_event_loop_cuts_it():
     for _ in range(12):
         clock.advance(0.1)  # on time again: the late sample leaves the window
     assert admission.limit.current == 40
+
+
+def test_a_burst_between_two_lag_samples_counts_as_use():
+    clock = Clock()
+    lag = ReactorLag(clock)
+    lag.start()
+    admission = Admission(clock, lag, ServerConfig(max_inflight=1000))
+    for _ in range(START // 2):
+        assert admission.admit() is None
+    for _ in range(START // 2):
+        admission.release()
+    clock.advance(0.1)  # nothing in flight at the sample, but half was taken since the last
+    grown = admission.limit.current
+    assert grown > START
+    clock.advance(0.1)  # unused since: it holds
+    assert admission.limit.current == grown
 
 
 def slow_post(address, deadline_ms: int | None, body_every: float) -> tuple:

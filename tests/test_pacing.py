@@ -8,6 +8,8 @@ import time
 
 import pytest
 import pytest_twisted
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from txfanout.gateway import Gateway
 from txfanout.config import ServerConfig
 from txfanout.site import REFUSAL_BURST
@@ -26,43 +28,103 @@ def shed(gateway: Gateway, reason: str) -> float:
                                                      {"reason": reason})
 
 
-def test_a_503_on_a_kept_alive_connection_pauses_its_reading_until_nearly_retry_after():
+def test_a_first_503_goes_out_at_once_and_reading_goes_on():
     clock, gateway, site = full_gateway()
-    channel, transport = connect(site)
-    channel.dataReceived(POST)
-    assert answer(transport).startswith(b"HTTP/1.1 503 ")
-    assert transport.producerState == "paused"
-    clock.advance(PACE_S - 0.01)
-    assert transport.producerState == "paused"
-    clock.advance(0.01)  # before the Retry-After of 1 s: a polite client is never slowed
-    assert PACE_S < 1.0 and transport.producerState == "producing"
-
-
-def test_behind_a_proxy_pacing_is_off():
-    # One connection carries many clients' requests: pausing it would hold
-    # back clients that were never refused.
-    clock, gateway, site = full_gateway(pace_ms=0)
     channel, transport = connect(site)
     channel.dataReceived(POST)
     assert answer(transport).startswith(b"HTTP/1.1 503 ")
     assert transport.producerState == "producing"
-    channel.dataReceived(POST)  # read at once
-    assert answer(transport).startswith(b"HTTP/1.1 503 ")
 
 
-def test_a_request_read_after_the_pace_is_judged_like_any_other():
+def test_a_client_that_waits_its_retry_after_is_never_slowed():
     clock, gateway, site = full_gateway()
     channel, transport = connect(site)
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport)
-    clock.advance(PACE_S)  # what it sent at once is read now
+    clock.advance(PACE_S)  # (Retry-After is 1 s: a polite client waits longer)
     channel.dataReceived(POST)
-    assert b"in-flight limit" in answer(transport)  # still full: refused, paced again
+    assert b"in-flight limit" in answer(transport)  # at once
+    assert PACE_S < 1.0 and transport.producerState == "producing"
+
+
+def test_a_refusal_of_a_client_that_did_not_wait_is_held_back_longer_each_time():
+    clock, gateway, site = full_gateway()
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    assert b"in-flight limit" in answer(transport)
+    held = []
+    for paces in (1, 2, 4, 4):  # up to HOLD_MAX_PACES
+        channel.dataReceived(POST)  # at once, ignoring Retry-After
+        assert not answer(transport) and transport.producerState == "paused"
+        clock.advance(paces * PACE_S - 0.001)
+        assert not answer(transport)
+        clock.advance(0.001)
+        held.append(answer(transport))
+        assert transport.producerState == "producing"
+    assert all(b"in-flight limit" in a for a in held)
+    assert shed(gateway, "max_inflight") == 5
+    clock.advance(PACE_S)  # it waited this time: back to a refusal at once
+    channel.dataReceived(POST)
+    assert b"in-flight limit" in answer(transport)
+
+
+def test_a_client_that_did_not_wait_is_served_at_once_when_there_is_room():
+    clock, gateway, site = full_gateway()
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    assert b"in-flight limit" in answer(transport)
+    gateway.admission.release()  # a slot is free
+    channel.dataReceived(POST)  # at once, ignoring Retry-After
+    assert gateway.admission.admitted == 1 and not answer(transport)  # being served
+    assert transport.producerState == "producing"
+
+
+def test_a_hold_is_cut_short_by_a_short_idle_timeout():
+    clock, gateway, site = full_gateway(idle_timeout_ms=400)
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    answer(transport)
+    channel.dataReceived(POST)
+    clock.advance(0.2)  # half the idle timeout, not the pace
+    assert b"in-flight limit" in answer(transport) and not transport.disconnecting
+
+
+def test_a_request_parsed_the_long_way_is_answered_at_once_and_the_next_read_later():
+    # In two reads, it is parsed (wire.py refuses only a whole one unparsed):
+    # its 503 goes out at once, and reading waits for the hold instead.
+    clock, gateway, site = full_gateway()
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    answer(transport)
+    channel.dataReceived(POST[:10])
+    channel.dataReceived(POST[10:])
+    assert b"in-flight limit" in answer(transport)
     assert transport.producerState == "paused"
     clock.advance(PACE_S)
-    gateway.admission.release()  # now a slot is free
+    assert transport.producerState == "producing"
+
+
+def test_a_connection_lost_while_its_refusal_is_held_gets_nothing_more():
+    clock, gateway, site = full_gateway()
+    channel, transport = connect(site)
     channel.dataReceived(POST)
-    assert gateway.admission.admitted == 1 and not answer(transport)  # served
+    answer(transport)
+    channel.dataReceived(POST)
+    channel.connectionLost(Failure(ConnectionDone()))
+    clock.advance(PACE_S)
+    assert not answer(transport)
+
+
+def test_behind_a_proxy_pacing_is_off():
+    # One connection carries many clients' requests: holding one back would
+    # hold back clients that were never refused.
+    clock, gateway, site = full_gateway(pace_ms=0)
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    assert answer(transport).startswith(b"HTTP/1.1 503 ")
+    channel.dataReceived(POST)  # answered at once
+    assert answer(transport).startswith(b"HTTP/1.1 503 ")
+    assert transport.producerState == "producing"
 
 
 def test_with_every_slot_taken_new_connections_wait_once_the_refusal_budget_is_spent():
@@ -100,32 +162,37 @@ def test_a_free_slot_admits_as_many_connections_as_there_is_room_for():
     assert port.reading and port.numberAccepts == 1
 
 
-def test_a_retry_sent_at_once_is_read_when_the_pace_is_up(net: Network):
-    # In memory: the retry waits unread (the channel does not read it) until
-    # the pace is up, then it is served like any request.
+def test_a_retry_sent_at_once_gets_its_503_a_pace_later(net: Network):
     partner = net.partner()
     gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
     assert gw.gateway.admission.admit() is None  # the one slot is taken
     client = gw.client(POST)
     net.run()
     assert b"in-flight limit" in client.take()
+    sent = net.clock.seconds()
     client.send(POST)  # at once, ignoring Retry-After
-    gw.gateway.admission.release()  # a slot is free, but the retry is not read yet
-    assert net.until(lambda: client.received) == pytest.approx(PACE_S)
+    net.until(lambda: client.received)
+    assert net.clock.seconds() - sent == pytest.approx(PACE_S)
+    assert b"in-flight limit" in client.take()
+    gw.gateway.admission.release()
+    client.send(POST)  # at once again, but now there is room: served at once
+    net.until(lambda: client.received)
     assert client.received.startswith(b"HTTP/1.1 200 ")
 
 
-@pytest.mark.slow  # waits a real PACE_S; the socket's peek is what it tests
+@pytest.mark.slow  # waits a real PACE_S
 @pytest_twisted.ensureDeferred
-async def test_a_client_retrying_at_once_is_read_a_retry_after_later(partner, make_gateway):
+async def test_a_client_retrying_at_once_gets_its_503_a_pace_later(partner, make_gateway):
     gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
     assert gw.gateway.admission.admit() is None  # the one slot is taken
     impolite = await keep_alive_client(gw.address)
     first = await within(impolite.request(POST))
     assert b"in-flight limit" in first
     sent = time.monotonic()
-    again = impolite.request(POST)  # at once, ignoring Retry-After
-    gw.gateway.admission.release()  # a slot frees at once: it is still read a pace later
-    served = await within(again)
+    again = await within(impolite.request(POST))  # at once, ignoring Retry-After
     assert time.monotonic() - sent >= PACE_S - 0.05
-    assert served.startswith(b"HTTP/1.1 200 ")
+    assert b"in-flight limit" in again
+    gw.gateway.admission.release()
+    sent = time.monotonic()
+    served = await within(impolite.request(POST))  # at once again, with room
+    assert served.startswith(b"HTTP/1.1 200 ") and time.monotonic() - sent < PACE_S

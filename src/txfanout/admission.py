@@ -49,6 +49,7 @@ class Admission:
         self._max_lag_s = server.max_lag_ms / 1000.0
         self.admitted = 0
         self.admitted_total = 0
+        self._peak = 0  # the most admitted at once since the limit last followed the lag
         self.draining = False
         self._idle_waiters: list[Deferred[None]] = []
         self._watchers: list[Callable[[], None]] = []
@@ -74,7 +75,8 @@ class Admission:
 
 
     def _follow(self, lag: ReactorLag) -> None:
-        self.limit.observe(lag.recent, self.admitted)
+        self.limit.observe(lag.recent, self._peak)
+        self._peak = self.admitted
         self._changed()
 
     def shed_reason(self) -> str | None:
@@ -93,6 +95,8 @@ class Admission:
         if reason is None:
             self.admitted += 1
             self.admitted_total += 1
+            if self.admitted > self._peak:
+                self._peak = self.admitted
             self._changed()
             return None
         self.refused(reason)

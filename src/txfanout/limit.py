@@ -15,9 +15,14 @@ limit is cut in proportion (to ``target / lag`` of the requests in flight,
 or of the limit if fewer are in flight, at most by half, at most once per
 ``CUT_EVERY``, the time a cut takes to show, and not below ``FLOOR``);
 each time it is below half the target, the limit grows by a tenth, back to
-``max_inflight`` (from the floor in about six seconds of ordinary traffic).
-Between the two it holds: under overload it settles where the loop's turns
-take between half the target and the target.
+``max_inflight`` (from the floor in about six seconds of ordinary traffic),
+but only while it is used: while at least half of it was taken at some
+moment since the last measurement. A limit that is not used has shown
+nothing (as TCP's window grows only while it is full): grown while the
+loop idled between bursts, it would let in the next burst whole, and the
+burst would run every turn long. Between the two it holds: under overload
+it settles where the loop's turns take between half the target and the
+target.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ MAX_CUT = 0.5
 CUT_EVERY = 0.5  # seconds: the lag window (ReactorLag: 5 samples of 0.1 s)
 GROW = 1.1
 FLOOR = 8
+START = 128  # where an adaptive limit starts: see the module's docstring
 
 
 class InflightLimit:
@@ -39,7 +45,7 @@ class InflightLimit:
                  target: float = 0.1) -> None:
         self._clock = clock
         self._next_cut = 0.0
-        self.value = float(ceiling)
+        self.value = float(min(ceiling, START) if adaptive else ceiling)
         self.configure(ceiling, adaptive, target)
 
     def configure(self, ceiling: int, adaptive: bool, target: float) -> None:
@@ -55,8 +61,8 @@ class InflightLimit:
         return int(self.value)
 
     def observe(self, lag: float, inflight: int) -> None:
-        """Follow one measurement of the recent lag (seconds), taken with
-        ``inflight`` requests in flight."""
+        """Follow one measurement of the recent lag (seconds); ``inflight``:
+        the most requests in flight at once since the last one."""
         if not self._adaptive:
             return
         if lag > self.target:
@@ -66,5 +72,5 @@ class InflightLimit:
                 cut = max(MAX_CUT, self.target / lag)
                 self.value = max(float(min(FLOOR, self.ceiling)), base * cut)
                 self._next_cut = now + CUT_EVERY
-        elif lag < self.target / 2 and self.value < self.ceiling:
+        elif lag < self.target / 2 and self.value < self.ceiling and 2 * inflight >= self.value:
             self.value = min(float(self.ceiling), self.value * GROW + 1.0)

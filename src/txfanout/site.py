@@ -181,7 +181,7 @@ class GatewayRequest(Request):
         write_now(channel.transport, answers[reason, keep])
         self.finish()
         if keep:
-            channel.pace()
+            channel.refused_kept_alive()
 
     def _release(self) -> None:
         if self._admitted:
@@ -230,19 +230,46 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             self.site.connection_heard(self._unheard)
             self._unheard = None
 
-    def pace(self) -> None:
-        """A 503 went out on this kept-alive connection: read nothing more
-        from it for ``server.pace_ms`` (0: no pause). A client that honours
-        Retry-After (1 s) sends nothing sooner; one that does not costs one
-        refusal per pause, not one per round trip. What it sent meanwhile is
-        read then, and judged like any request: its deadline counts from
-        then, and the wait is the price of not waiting."""
-        pace_s = self.site.front.server.pace_ms / 1000.0
-        if not pace_s or self.transport.disconnecting:
-            return
-        cancel(self._pace_timer)
-        self.transport.pauseProducing()
-        self._pace_timer = self.callLater(pace_s, self._unpace)
+    # Pacing clients that do not wait (``server.pace_ms``). A 503 on a
+    # kept-alive connection says Retry-After: 1. A request that comes back
+    # on it sooner than the pace (0.9 s) is from a client that did not wait:
+    # with a free slot it is served at once, like any request; refused
+    # again, its 503 is held back for the pace, twice that the next time,
+    # and so on up to HOLD_MAX_PACES, nothing more being read meanwhile. A
+    # client that waits is never slowed; one that does not costs a refusal
+    # per hold, not one per round trip, and its 200s are as fast as anyone's.
+    HOLD_MAX_PACES = 4
+    _refused_at: float | None = None  # when its last 503 went out
+    _holds = 0  # 503s held back in a row
+
+    def refused_kept_alive(self) -> None:
+        """A 503 went out on this kept-alive connection (parsed the long
+        way): if it came back too soon, read nothing more for the hold."""
+        hold = self._hold_s()
+        if hold:
+            self.transport.pauseProducing()
+            self._pace_timer = self.callLater(hold, self._unpace)
+        self._refused_at = self.site.front.clock.seconds()
+
+    def _hold_s(self) -> float:
+        """How long to hold back this refusal: 0 unless the client came back
+        within the pace of its last 503."""
+        server = self.site.front.server
+        pace_s = server.pace_ms / 1000.0
+        now = self.site.front.clock.seconds()
+        if not pace_s or self._refused_at is None or now - self._refused_at >= pace_s:
+            self._holds = 0
+            return 0.0
+        self._holds += 1
+        paces = min(2 ** (self._holds - 1), self.HOLD_MAX_PACES)
+        return min(paces * pace_s, server.idle_timeout_ms / 2000.0)
+
+    def _send_held(self, answer: bytes) -> None:
+        self._pace_timer = None
+        write_now(self.transport, answer)
+        self._refused_at = self.site.front.clock.seconds()
+        self.resetTimeout()
+        self.transport.resumeProducing()
 
     def _unpace(self) -> None:
         self._pace_timer = None
@@ -274,14 +301,21 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             return False
         keep = request.keep_alive and reason != SHED_DRAINING
         self.resetTimeout()
-        write_now(self.transport, (SHED_HEADS if request.head else SHED_ANSWERS)[reason, keep])
+        answer = (SHED_HEADS if request.head else SHED_ANSWERS)[reason, keep]
         front.admission.refused(reason)
         front.refused_on_arrival(request.path, reason)
-        if keep:
-            self.pace()
-        else:
+        if not keep:
+            write_now(self.transport, answer)
             self.persistent = False
             self.loseConnection()
+            return True
+        hold = self._hold_s()
+        if hold:  # nothing else came with it: the answer itself waits
+            self.transport.pauseProducing()
+            self._pace_timer = self.callLater(hold, self._send_held, answer)
+        else:
+            write_now(self.transport, answer)
+            self._refused_at = front.clock.seconds()
         return True
 
     # An answer's head waits for its first body bytes, so that the two leave
