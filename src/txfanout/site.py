@@ -261,7 +261,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             self._holds = 0
             return 0.0
         self._holds += 1
-        paces = min(2 ** (self._holds - 1), self.HOLD_MAX_PACES)
+        paces = min(1 << min(self._holds - 1, 8), self.HOLD_MAX_PACES)
         return min(paces * pace_s, server.idle_timeout_ms / 2000.0)
 
     def _send_held(self, answer: bytes) -> None:
@@ -312,7 +312,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         hold = self._hold_s()
         if hold:  # nothing else came with it: the answer itself waits
             self.transport.pauseProducing()
-            self._pace_timer = self.callLater(hold, self._send_held, answer)
+            self._pace_timer = self.callLater(hold, lambda: self._send_held(answer))
         else:
             write_now(self.transport, answer)
             self._refused_at = front.clock.seconds()
