@@ -238,7 +238,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # and so on up to HOLD_MAX_PACES, nothing more being read meanwhile. A
     # client that waits is never slowed; one that does not costs a refusal
     # per hold, not one per round trip, and its 200s are as fast as anyone's.
-    HOLD_MAX_PACES = 4
+    HOLD_MAX_PACES = 8
     _refused_at: float | None = None  # when its last 503 went out
     _holds = 0  # 503s held back in a row
 
