@@ -113,11 +113,18 @@ class PartnerConfig:
         return True
 
 
+ANSWER_WHEN = ("all", "first_ok")  # or an integer k: see completion.py
+MAX_GRACE_MS = 60000
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     name: str
     partners: tuple[str, ...]
     max_partners: int = MAX_FANOUT
+    answer_when: str | int = "all"  # when the answer is ready: completion.py
+    primary: tuple[str, ...] = ()
+    grace_ms: int = 0  # with primary only (and required there)
 
 
 @dataclass(frozen=True)
@@ -347,7 +354,8 @@ def _route(chk: _Checker, name: str, raw: Any, partners: Mapping[str, Any]) -> R
     if not _ROUTE.match(name):
         chk.fail(path, "route names are 1-64 characters of letters, digits, '_', '.', '-'")
     table = chk.table(raw, path)
-    chk.unknown(table, {"partners", "max_partners"}, path)
+    chk.unknown(table, {"partners", "max_partners", "answer_when", "primary", "grace_ms"},
+                path)
     before = len(chk.errors)
     names = chk.string_list(table.get("partners"), f"{path}.partners", lambda v: True,
                             "partner names")
@@ -362,7 +370,47 @@ def _route(chk: _Checker, name: str, raw: Any, partners: Mapping[str, Any]) -> R
         max_partners = chk.integer(table["max_partners"], f"{path}.max_partners", 1, MAX_FANOUT)
     if len(chk.errors) > before or names is None or max_partners is None:
         return None
-    return RouteConfig(name=name, partners=tuple(names), max_partners=max_partners)
+    early = _route_completion(chk, path, table, names, max_partners)
+    if len(chk.errors) > before:
+        return None
+    return RouteConfig(name=name, partners=tuple(names), max_partners=max_partners, **early)
+
+
+def _route_completion(chk: _Checker, path: str, table: Mapping[str, Any],
+                      names: list[str], max_partners: int) -> dict[str, Any]:
+    """A route's ``answer_when``, ``primary`` and ``grace_ms``, checked
+    against its partners (see completion.py for what they mean)."""
+    values: dict[str, Any] = {}
+    callable_at_once = min(len(names), max_partners)
+    when = table.get("answer_when", "all")
+    if isinstance(when, bool) or not (when in ANSWER_WHEN or isinstance(when, int)) \
+            or isinstance(when, int) and not 1 <= when <= MAX_FANOUT:
+        chk.fail(f"{path}.answer_when",
+                 f'must be "all", "first_ok" or an integer from 1 to {MAX_FANOUT}')
+    elif isinstance(when, int) and when > callable_at_once:
+        chk.fail(f"{path}.answer_when", f"must be at most the number of partners the route "
+                                        f"calls at once ({callable_at_once})")
+    else:
+        values["answer_when"] = when
+    if "primary" in table:
+        primary = chk.string_list(table["primary"], f"{path}.primary", lambda v: True,
+                                  "partner names")
+        if primary is not None:
+            for n in primary:
+                if n not in names:
+                    chk.fail(f"{path}.primary", f"{n!r} is not one of the route's partners")
+            if len(set(primary)) != len(primary):
+                chk.fail(f"{path}.primary", "lists a partner twice")
+            values["primary"] = tuple(primary)
+        if when != "all":
+            chk.fail(f"{path}.primary", 'cannot be combined with answer_when other than "all"')
+        if "grace_ms" not in table:
+            chk.fail(f"{path}.grace_ms", "is required with primary")
+    if "grace_ms" in table:
+        if "primary" not in table:
+            chk.fail(f"{path}.grace_ms", "only applies with primary")
+        values["grace_ms"] = chk.integer(table["grace_ms"], f"{path}.grace_ms", 0, MAX_GRACE_MS)
+    return values
 
 
 def parse(raw: Mapping[str, Any]) -> Config:
