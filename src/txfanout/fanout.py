@@ -11,7 +11,9 @@ Gather: ``gatherResults`` over one Deferred per partner, each of which
 fires with that partner's :class:`CallResult` and never fails, so the
 gather fires when every call has ended; as every call is bounded by the
 deadline, so is the gather. Cancelling it (the client went away) cancels
-every call: those running are aborted, those waiting leave the queue.
+every call: those running are aborted, those waiting leave the queue. A
+route that may answer sooner (its ``answer_when``, ``primary``) has a
+:class:`~txfanout.completion.Completion` watch the calls instead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from twisted.web.http_headers import Headers
 
 from . import outcomes
 from .budget import Budget
+from .completion import Completion, Rule
 from .config import ServerConfig
 from .outcomes import CallResult
 from .phases import CallPhase
@@ -105,9 +108,11 @@ class Fanout:
         self.phases: list[CallPhase | None] = []  # of started calls, for the in-flight view
         self._body = b""
 
-    def run(self, partners: Iterable[PartnerState], body: bytes) -> Deferred[list[CallResult]]:
+    def run(self, partners: Iterable[PartnerState], body: bytes,
+            rule: Rule | None = None) -> Deferred[list[CallResult]]:
         """Start every call; the result fires with one CallResult per partner,
-        in the order given."""
+        in the order given, once every call has ended or sooner as ``rule``
+        (the route's: completion.py) says."""
         self._body = body
         calls = []
         for index, partner in enumerate(partners):
@@ -117,7 +122,9 @@ class Fanout:
             call = self._scatter(index, partner)
             call.addCallback(self._ended, index)
             calls.append(call)
-        return gatherResults(calls)
+        if rule is None:
+            return gatherResults(calls)
+        return Completion(self._clock, rule, self.partners, self.results, calls).done
 
     def _ended(self, result: CallResult, index: int) -> CallResult:
         self.results[index] = result

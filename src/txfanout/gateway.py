@@ -138,7 +138,7 @@ class Gateway:
         fanout = exchange.fanout = Fanout(self.clock, self.upstream, snapshot.config.server,
                                           inbound.request_id, inbound.route, inbound.budget)
         self.inflight.add(fanout)
-        done = fanout.run(partners, inbound.body)
+        done = fanout.run(partners, inbound.body, snapshot.rules.get(inbound.route))
         return done.addBoth(self._forget, fanout).addCallback(
             self._answer, request, inbound, snapshot.config.server.max_answer_bytes)
 

@@ -18,8 +18,9 @@ SHED = "shed"              # partner at max_concurrency; not called
 OPEN = "open"              # partner's circuit breaker open; not called
 SKIPPED = "skipped"        # less than min_call_ms of budget left; not called
 CANCELLED = "cancelled"    # the client went away; the call was aborted
+ABANDONED = "abandoned"    # the answer was ready without it (completion.py); aborted
 
-ALL = (OK, HTTP_ERROR, TIMEOUT, ERROR, TOO_LARGE, SHED, OPEN, SKIPPED, CANCELLED)
+ALL = (OK, HTTP_ERROR, TIMEOUT, ERROR, TOO_LARGE, SHED, OPEN, SKIPPED, CANCELLED, ABANDONED)
 NOT_CALLED = frozenset((SHED, OPEN, SKIPPED))  # the partner never saw the request
 
 

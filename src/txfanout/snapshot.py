@@ -18,6 +18,7 @@ from twisted.web.http_headers import Headers
 
 from . import tls
 from .breaker import Breaker
+from .completion import Rule, rule
 from .config import Config, PartnerConfig
 from .lag import ReactorLag
 from .targeting import Selector, Targeting
@@ -91,6 +92,7 @@ class Snapshot:
     partners: dict[str, PartnerState]
     deadline_header: bytes
     routes: dict[bytes, str]  # b"/bid" -> "bid": the route of a request path
+    rules: dict[str, Rule]  # when a route's answer is ready, if not when all calls ended
 
     def select(self, route: str, country: str | None, os_name: str) -> list[PartnerState]:
         """The live states of the partners a request calls, in order."""
@@ -117,4 +119,6 @@ def compile_snapshot(config: Config, clock: IReactorTime,
         config=config, selector=Selector(config), targeting=Targeting(config.targeting),
         partners=partners,
         deadline_header=config.server.deadline_header.encode("ascii"),
-        routes={b"/" + name.encode("ascii"): name for name in config.routes})
+        routes={b"/" + name.encode("ascii"): name for name in config.routes},
+        rules={name: r for name, route in config.routes.items()
+               if (r := rule(route)) is not None})
