@@ -29,7 +29,7 @@ from .config import ServerConfig
 
 Labels = tuple[tuple[str, str], ...]
 _CLEAR = "\x1b[H\x1b[2J"
-_OUTCOMES = ("ok", "http_error", "timeout", "error")  # the rest are "other"
+_OUTCOMES = ("ok", "http_error", "timeout", "error", "abandoned")  # the rest are "other"
 TOKEN_VARIABLE = "TXFANOUT_ADMIN_TOKEN"
 DEFAULT_ADMIN = "http://127.0.0.1:" + re.findall(r"\d+", ServerConfig().admin)[0]
 
@@ -171,7 +171,7 @@ def render(window: Window, source: str) -> str:
         f"{w.rate('python_gc_collections_total'):.1f}/s",
         "",
         f"{'partner':<20} {'calls/s':>9} {'ok':>7} {'http_err':>8} {'timeout':>7} "
-        f"{'error':>7} {'other':>7} {'p99 ms':>8} {'in-flt':>6} {'breaker':>7} "
+        f"{'error':>7} {'abandon':>7} {'other':>7} {'p99 ms':>8} {'in-flt':>6} {'breaker':>7} "
         f"{'conns idle/active':>17}",
     ]
     upstream_of = {d["partner"]: d["upstream"]
@@ -188,7 +188,7 @@ def render(window: Window, source: str) -> str:
         lines.append(
             f"{p[:20]:<20} {calls:9.1f} "
             + " ".join(f"{_share(outcomes.get(o, 0.0), calls):>{n}}"
-                       for o, n in zip(_OUTCOMES, (7, 8, 7, 7)))
+                       for o, n in zip(_OUTCOMES, (7, 8, 7, 7, 7)))
             + f" {_share(other, calls):>7}"
             f" {_q_ms(w.quantile(0.99, 'txfanout_partner_call_duration_seconds', partner=p)):>8}"
             f" {now.total('txfanout_partner_inflight', partner=p):6.0f} {breaker:>7}"
