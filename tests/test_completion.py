@@ -131,6 +131,12 @@ def test_without_a_selected_primary_every_call_is_waited_for():
     assert outcomes(done) == ["ok", "ok"]
 
 
+def test_with_no_partner_selected_the_answer_is_ready_at_once():
+    clock, upstream = Clock(), RecordingUpstream()
+    done = fanout(clock, upstream).run([], b"{}", rule(answer_when="first_ok"))
+    assert outcomes(done) == []
+
+
 def test_a_client_that_leaves_cancels_and_abandons_nothing():
     clock, upstream = Clock(), RecordingUpstream()
     states = partners(clock)
