@@ -5,7 +5,8 @@ the request's budget (budget.py). A partner at its ``max_concurrency``
 makes the call wait, first come first served, for one of its slots, for as
 long as the budget allows a call to start (at most ``max_concurrency``
 calls wait per partner; past that, or when the budget runs out, the call is
-``shed``); an open breaker refuses it (``open``).
+``shed``); a partner at its ``max_rps`` is not called (``rate_limited``,
+ratecap.py), and an open breaker refuses it (``open``).
 
 Gather: ``gatherResults`` over one Deferred per partner, each of which
 fires with that partner's :class:`CallResult` and never fails, so the
@@ -147,10 +148,16 @@ class Fanout:
         if budget_ms is None:
             return succeed(CallResult(config.name, outcomes.SKIPPED,
                                       error="no time left in the deadline"))
+        bucket = partner.bucket
+        if bucket is not None and not bucket.ready(now):
+            return succeed(CallResult(config.name, outcomes.RATE_LIMITED,
+                                      error="partner at max_rps"))
         breaker = partner.breaker
         if breaker is not None and not breaker.allow():
             return succeed(CallResult(config.name, outcomes.OPEN,
                                       error="circuit open after repeated failures"))
+        if bucket is not None:
+            bucket.take()  # only now: a call the breaker refused costs no token
         epoch = breaker.epoch if breaker is not None else 0
         headers = call_headers(partner.headers, (
             (self._deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self.request_id)))
