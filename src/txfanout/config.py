@@ -93,6 +93,7 @@ class PartnerConfig:
     breaker_cooldown_ms: int = 5000
     breaker_probes: int = 2
     max_rps: float = 0.0  # calls a second (all processes together); 0 = no cap
+    adaptive_timeout: bool = False  # the timeout follows recent latency (adaptive.py)
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
@@ -244,7 +245,8 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
     table = chk.table(raw, path)
     allowed = {"url", "timeout_ms", "max_concurrency", "countries", "exclude_countries",
                "os", "headers", "max_response_bytes", "breaker_failures",
-               "breaker_cooldown_ms", "breaker_probes", "max_rps", *TLS_KEYS}
+               "breaker_cooldown_ms", "breaker_probes", "max_rps", "adaptive_timeout",
+               *TLS_KEYS}
     chk.unknown(table, allowed, path)
     before = len(chk.errors)
     values: dict[str, Any] = {"name": name}
@@ -265,6 +267,9 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
     if "max_rps" in table:
         values["max_rps"] = chk.number(table["max_rps"], f"{path}.max_rps", 0, MAX_RPS,
                                        " (0: no cap)")
+    if "adaptive_timeout" in table:
+        values["adaptive_timeout"] = chk.boolean(table["adaptive_timeout"],
+                                                 f"{path}.adaptive_timeout")
     for key in ("countries", "exclude_countries"):
         if key in table:
             codes = chk.string_list(table[key], f"{path}.{key}", _COUNTRY.match,

@@ -239,6 +239,7 @@ class _Levels(NamedTuple):
     breaker: GaugeMetricFamily
     partner_upstream: GaugeMetricFamily
     partner_max_rps: GaugeMetricFamily
+    partner_timeout: GaugeMetricFamily
     connections: GaugeMetricFamily
     opened: CounterMetricFamily
     closed: CounterMetricFamily
@@ -266,6 +267,9 @@ class _Levels(NamedTuple):
             GaugeMetricFamily("txfanout_partner_max_rps",
                               "This process's share of a partner's max_rps (max_rps / "
                               "workers), for partners with one.", labels=["partner"]),
+            GaugeMetricFamily("txfanout_partner_timeout_seconds",
+                              "A partner's timeout now: timeout_ms, or less with "
+                              "adaptive_timeout.", labels=["partner"]),
             GaugeMetricFamily("txfanout_upstream_connections",
                               "Connections to an upstream, idle (pooled) or active.",
                               labels=["upstream", "state"]),
@@ -300,6 +304,7 @@ class LiveCollector:
                 [name, upstream_label(upstream_key(state.config.url))], 1.0)
             if state.bucket is not None:
                 levels.partner_max_rps.add_metric([name], state.bucket.rate)
+            levels.partner_timeout.add_metric([name], state.timeout_ms / 1000.0)
         for row in g.upstream.connections.view(g.upstream.pool):
             levels.connections.add_metric([row.upstream, "idle"], row.idle)
             levels.connections.add_metric([row.upstream, "active"], row.active)

@@ -5,7 +5,8 @@ they started with. A partner whose settings did not change keeps its live
 state (:class:`PartnerState`: its breaker, its calls in flight) across the
 reload; one whose settings changed gets a fresh state that shares the old
 one's :class:`CallSlots`, so that its cap holds across the reload, and
-keeps its rate bucket if its ``max_rps`` did not change.
+keeps its rate bucket if its ``max_rps`` did not change and its latency
+window while ``adaptive_timeout`` stays on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
 from . import tls
+from .adaptive import AdaptiveTimeout
 from .breaker import Breaker
 from .config import Config, PartnerConfig
 from .lag import ReactorLag
@@ -57,9 +59,10 @@ class CallSlots:
 class PartnerState:
     """A partner's live state: its config, prepared headers, calls in flight,
     circuit breaker (None when ``breaker_failures`` is 0), rate bucket (None
-    without ``max_rps``; this process's share of it, one of ``workers``)."""
+    without ``max_rps``; this process's share of it, one of ``workers``),
+    adaptive timeout (None without ``adaptive_timeout``)."""
 
-    __slots__ = ("config", "url", "headers", "slots", "breaker", "bucket")
+    __slots__ = ("config", "url", "headers", "slots", "breaker", "bucket", "adaptive")
 
     def __init__(self, config: PartnerConfig, clock: IReactorTime,
                  lag: ReactorLag | None = None, slots: CallSlots | None = None,
@@ -83,12 +86,20 @@ class PartnerState:
             changed=lambda old, new, why: breaker_changed(name, old, new, why),
         ) if config.breaker_failures else None
         self.bucket = TokenBucket(config.max_rps / workers, clock) if config.max_rps else None
+        self.adaptive = AdaptiveTimeout(config.timeout_ms) if config.adaptive_timeout else None
+
+    @property
+    def timeout_ms(self) -> float:
+        """The partner's timeout now: its effective one if adaptive."""
+        return self.config.timeout_ms if self.adaptive is None else self.adaptive.timeout_ms
 
     def keep(self, old: PartnerState) -> None:
         """Take over what of ``old`` (the partner's state before a reload
         changed its settings) its unchanged keys still describe."""
         if old.config.max_rps == self.config.max_rps:
             self.bucket = old.bucket
+        if old.adaptive is not None and self.adaptive is not None:
+            self.adaptive = AdaptiveTimeout(self.config.timeout_ms, old.adaptive)
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,7 @@ def compile_snapshot(config: Config, clock: IReactorTime,
                      breaker_changed: BreakerChanged = _ignore, workers: int = 1) -> Snapshot:
     """Compile ``config`` for one of ``workers`` processes; a partner whose
     PartnerConfig is unchanged keeps its state from ``previous`` (so its
-    in-flight count, breaker and rate bucket stay true)."""
+    in-flight count, breaker, rate bucket and latency window stay true)."""
     tls.warn_unverified(config.partners)
     partners = {}
     for name, p in config.partners.items():
