@@ -9,7 +9,7 @@ import json
 
 from twisted.internet.task import Clock
 
-from txfanout import adaptive
+from txfanout import adaptive, advice
 from txfanout.adaptive import AdaptiveTimeout
 from txfanout.config import PartnerConfig, parse
 from txfanout.gateway import Gateway
@@ -161,6 +161,16 @@ def test_calls_a_clients_deadline_cut_neither_shrink_nor_grow_it():
         calls.call(30.0)
     assert len(calls.partner.adaptive._samples) == adaptive.MIN_SAMPLES
     assert calls.timeout_ms == 60.0
+
+
+def test_a_partner_the_deadline_never_gives_its_whole_timeout_is_warned_of():
+    config = parse(route_config({"long": {"url": "http://h/", "timeout_ms": 496,
+                                          "adaptive_timeout": True},
+                                 "fits": {"url": "http://h/", "timeout_ms": 495,
+                                          "adaptive_timeout": True}}, deadline_ms=500))
+    assert advice.warnings(config) == [
+        "partners.long.adaptive_timeout: never adapts, as no call gets its whole timeout_ms "
+        "(496 ms; server.deadline_ms less reserve_ms leaves 495 ms)"]
 
 
 def test_without_the_key_nothing_adapts():

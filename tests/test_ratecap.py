@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 
 from txfanout import tap
 from txfanout.config import PartnerConfig, parse
+from txfanout.configview import config_view
 from txfanout.gateway import Gateway
 from txfanout.outcomes import CallResult
 from txfanout.ratecap import TokenBucket
@@ -116,6 +117,15 @@ def test_bad_max_rps_values_are_refused_naming_the_key():
                                  "b": {"url": "http://h/", "max_rps": 0},
                                  "c": {"url": "http://h/"}}))
     assert [config.partners[n].max_rps for n in "abc"] == [2.5, 0.0, 0.0]
+
+
+def test_debug_config_shows_the_pacing_keys():
+    view = config_view(parse(route_config({
+        "a": {"url": "http://h/", "max_rps": 2.5, "adaptive_timeout": True},
+        "b": {"url": "http://h/"}})))
+    a, b = view["partners"]["a"], view["partners"]["b"]
+    assert (a["max_rps"], a["adaptive_timeout"]) == (2.5, True)
+    assert (b["max_rps"], b["adaptive_timeout"]) == (0.0, False)
 
 
 def test_each_worker_enforces_its_share():
