@@ -233,7 +233,8 @@ def test_top_once_renders_from_a_live_daemon(live):
     assert "RSS" in lines[4] and "reactor lag" in lines[4]
     rows = {line.split()[0]: line.split() for line in lines[6:] if line}
     assert float(rows["fast"][1]) > 0 and rows["fast"][2].endswith("%")
-    assert rows["normal"][9] == "closed"
+    assert rows["normal"][9] == "300.0"  # its timeout now (timeout_ms: not adaptive)
+    assert rows["normal"][11] == "closed"
     assert any(key.startswith("http://127.0.0.1:") for key in rows)  # the upstream table
 
 
