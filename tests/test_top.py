@@ -86,6 +86,7 @@ txfanout_partner_calls_total{{partner="dsp-a",outcome="ok"}} {ok}
 txfanout_partner_calls_total{{partner="dsp-a",outcome="timeout"}} {timeouts}
 txfanout_partner_calls_total{{partner="dsp-a",outcome="abandoned"}} {abandoned}
 txfanout_partner_inflight{{partner="dsp-a"}} 2
+txfanout_partner_timeout_seconds{{partner="dsp-a"}} 0.12
 txfanout_partner_circuit_open{{partner="dsp-a"}} 1
 txfanout_partner_upstream{{partner="dsp-a",upstream="http://10.0.0.1:80"}} 1
 txfanout_upstream_connections{{upstream="http://10.0.0.1:80",state="idle"}} 7
@@ -104,7 +105,7 @@ def test_render_shows_what_moved_between_two_reads():
     assert "RSS 100.0 MiB" in text
     row = next(line for line in text.splitlines() if line.startswith("dsp-a"))
     assert row.split() == ["dsp-a", "125.0", "60.0%", "0.0%", "20.0%", "0.0%", "20.0%",
-                           "0.0%", "-", "2", "OPEN", "7/2"]
+                           "0.0%", "0.0%", "-", "120.0", "2", "OPEN", "7/2"]
 
 
 class MetricsPage(BaseHTTPRequestHandler):
@@ -143,7 +144,7 @@ def test_top_once_reads_the_admin_face_twice_and_shows_what_moved(admin_face, ca
     assert lines[0].startswith(f"txfanout top  http://{admin_face}")
     assert re.match(r"codes\s+200 [\d.]+/s", lines[2])
     rows = {line.split()[0]: line.split() for line in lines[6:] if line}
-    assert rows["dsp-a"][10:] == ["OPEN", "7/2"]
+    assert rows["dsp-a"][12:] == ["OPEN", "7/2"]
 
 
 def test_top_says_when_it_cannot_read_the_admin_face(capsys):
@@ -234,7 +235,8 @@ def test_top_once_renders_from_a_live_daemon(live):
     assert "RSS" in lines[4] and "reactor lag" in lines[4]
     rows = {line.split()[0]: line.split() for line in lines[6:] if line}
     assert float(rows["fast"][1]) > 0 and rows["fast"][2].endswith("%")
-    assert rows["normal"][10] == "closed"
+    assert rows["normal"][10] == "300.0"  # its timeout now (timeout_ms: not adaptive)
+    assert rows["normal"][12] == "closed"
     assert any(key.startswith("http://127.0.0.1:") for key in rows)  # the upstream table
 
 

@@ -18,6 +18,7 @@ from .tls import TLS_VERSIONS, PartnerTLS, TLSSettingError, server_endpoint_prob
 
 OS_NAMES = ("android", "ios", "windows", "macos", "linux", "other")
 MAX_FANOUT = 8
+MAX_RPS = 1000000
 
 _COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -91,6 +92,8 @@ class PartnerConfig:
     breaker_failures: int = 5
     breaker_cooldown_ms: int = 5000
     breaker_probes: int = 2
+    max_rps: float = 0.0  # calls a second (all processes together); 0 = no cap
+    adaptive_timeout: bool = False  # the timeout follows recent latency (adaptive.py)
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
@@ -162,6 +165,15 @@ class _Checker:
             self.fail(path, f"must be an integer from {low} to {high}")
             return None
         return int(value)
+
+    def number(self, value: Any, path: str, low: float, high: float,
+               note: str = "") -> float | None:
+        """An integer or a decimal number from ``low`` to ``high``."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high:
+            self.fail(path, f"must be a number from {low:g} to {high:g}{note}")
+            return None
+        return float(value)
 
     def boolean(self, value: Any, path: str) -> bool | None:
         if not isinstance(value, bool):
@@ -240,7 +252,8 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
     table = chk.table(raw, path)
     allowed = {"url", "timeout_ms", "max_concurrency", "countries", "exclude_countries",
                "os", "headers", "max_response_bytes", "breaker_failures",
-               "breaker_cooldown_ms", "breaker_probes", *TLS_KEYS}
+               "breaker_cooldown_ms", "breaker_probes", "max_rps", "adaptive_timeout",
+               *TLS_KEYS}
     chk.unknown(table, allowed, path)
     before = len(chk.errors)
     values: dict[str, Any] = {"name": name}
@@ -258,6 +271,12 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
                            ("breaker_probes", 1, 1000)):
         if key in table:
             values[key] = chk.integer(table[key], f"{path}.{key}", low, high)
+    if "max_rps" in table:
+        values["max_rps"] = chk.number(table["max_rps"], f"{path}.max_rps", 0, MAX_RPS,
+                                       " (0: no cap)")
+    if "adaptive_timeout" in table:
+        values["adaptive_timeout"] = chk.boolean(table["adaptive_timeout"],
+                                                 f"{path}.adaptive_timeout")
     for key in ("countries", "exclude_countries"):
         if key in table:
             codes = chk.string_list(table[key], f"{path}.{key}", _COUNTRY.match,

@@ -1,11 +1,13 @@
 """Scatter and gather: one request's partner calls.
 
 Scatter: each selected partner gets a call whose timeout is its share of
-the request's budget (budget.py). A partner at its ``max_concurrency``
+the request's budget (budget.py), shortened to its recent latency with
+``adaptive_timeout`` (adaptive.py). A partner at its ``max_concurrency``
 makes the call wait, first come first served, for one of its slots, for as
 long as the budget allows a call to start (at most ``max_concurrency``
 calls wait per partner; past that, or when the budget runs out, the call is
-``shed``); an open breaker refuses it (``open``).
+``shed``); a partner at its ``max_rps`` is not called (``rate_limited``,
+ratecap.py), and an open breaker refuses it (``open``).
 
 Gather: ``gatherResults`` over one Deferred per partner, each of which
 fires with that partner's :class:`CallResult` and never fails, so the
@@ -154,10 +156,21 @@ class Fanout:
         if budget_ms is None:
             return succeed(CallResult(config.name, outcomes.SKIPPED,
                                       error="no time left in the deadline"))
+        bucket = partner.bucket
+        if bucket is not None and not bucket.ready(now):
+            return succeed(CallResult(config.name, outcomes.RATE_LIMITED,
+                                      error="partner at max_rps"))
         breaker = partner.breaker
         if breaker is not None and not breaker.allow():
             return succeed(CallResult(config.name, outcomes.OPEN,
                                       error="circuit open after repeated failures"))
+        if bucket is not None:
+            bucket.take()  # only now: a call the breaker refused costs no token
+        adaptive = partner.adaptive
+        if adaptive is not None:
+            timeout_ms = adaptive.for_call()
+            cut = budget_ms < timeout_ms  # by the request's deadline: no evidence
+            budget_ms = min(budget_ms, timeout_ms)
         epoch = breaker.epoch if breaker is not None else 0
         headers = call_headers(partner.headers, (
             (self._deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self.request_id)))
@@ -165,7 +178,12 @@ class Fanout:
         phase = self.phases[index] = CallPhase(now)
         call = self._upstream.call(config, partner.url, headers, self._body, budget_ms / 1000.0,
                                    phase=phase)
-        return call.addCallback(self._finished, partner, epoch, budget_ms < config.timeout_ms)
+        # A timeout at a shortened (adaptive) timeout is "cut" for the breaker
+        # too: only calls given the whole timeout_ms are judged.
+        call.addCallback(self._finished, partner, epoch, budget_ms < config.timeout_ms)
+        if adaptive is not None:
+            call.addCallback(adaptive.ended, cut)
+        return call
 
     @staticmethod
     def _finished(result: CallResult, partner: PartnerState, epoch: int,

@@ -40,11 +40,13 @@ class Gateway:
 
     app = Klein()
 
-    def __init__(self, reactor: Any, config: Config) -> None:
+    def __init__(self, reactor: Any, config: Config, workers: int = 1) -> None:
         self.clock = reactor
         self.lag = ReactorLag(reactor)
+        self.workers = workers  # processes sharing each partner's max_rps
         self.snapshot = compile_snapshot(config, reactor, lag=self.lag,
-                                         breaker_changed=self._breaker_changed)
+                                         breaker_changed=self._breaker_changed,
+                                         workers=workers)
         self.upstream = Upstream(reactor, config.upstream.idle_timeout_ms / 1000.0,
                                  idle_caps(config.partners.values()))
         self.inflight: set[Fanout] = set()
@@ -72,7 +74,7 @@ class Gateway:
         their state; the pool is resized for the new caps."""
         old = self.snapshot.config
         self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners, self.lag,
-                                         self._breaker_changed)
+                                         self._breaker_changed, self.workers)
         self.upstream.resize(config.upstream.idle_timeout_ms / 1000.0,
                              idle_caps(config.partners.values()))
         self.metrics.compile(config)

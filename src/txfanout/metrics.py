@@ -120,8 +120,8 @@ class GatewayMetrics:
             "txfanout_shed", "Requests refused at admission (503), by reason.",
             ("reason",), registry=registry)
         self._calls = Counter(
-            "txfanout_partner_calls", "Partner calls by outcome (shed, open and skipped "
-            "calls were not made).", ("partner", "outcome"), registry=registry)
+            "txfanout_partner_calls", "Partner calls by outcome (shed, open, skipped and "
+            "rate_limited calls were not made).", ("partner", "outcome"), registry=registry)
         self._idle_closed = Counter(
             "txfanout_idle_closed", "Client connections closed for being idle past "
             "server.idle_timeout_ms (not logged one by one).", registry=registry)
@@ -238,6 +238,8 @@ class _Levels(NamedTuple):
     partner_inflight: GaugeMetricFamily
     breaker: GaugeMetricFamily
     partner_upstream: GaugeMetricFamily
+    partner_max_rps: GaugeMetricFamily
+    partner_timeout: GaugeMetricFamily
     connections: GaugeMetricFamily
     opened: CounterMetricFamily
     closed: CounterMetricFamily
@@ -262,6 +264,12 @@ class _Levels(NamedTuple):
             GaugeMetricFamily("txfanout_partner_upstream",
                               "Always 1: which upstream (scheme://host:port) a partner "
                               "is called on.", labels=["partner", "upstream"]),
+            GaugeMetricFamily("txfanout_partner_max_rps",
+                              "This process's share of a partner's max_rps (max_rps / "
+                              "workers), for partners with one.", labels=["partner"]),
+            GaugeMetricFamily("txfanout_partner_timeout_seconds",
+                              "A partner's timeout now: timeout_ms, or less with "
+                              "adaptive_timeout.", labels=["partner"]),
             GaugeMetricFamily("txfanout_upstream_connections",
                               "Connections to an upstream, idle (pooled) or active.",
                               labels=["upstream", "state"]),
@@ -294,6 +302,9 @@ class LiveCollector:
             levels.breaker.add_metric([name], 1.0 if circuit_open(state) else 0.0)
             levels.partner_upstream.add_metric(
                 [name, upstream_label(upstream_key(state.config.url))], 1.0)
+            if state.bucket is not None:
+                levels.partner_max_rps.add_metric([name], state.bucket.rate)
+            levels.partner_timeout.add_metric([name], state.timeout_ms / 1000.0)
         for row in g.upstream.connections.view(g.upstream.pool):
             levels.connections.add_metric([row.upstream, "idle"], row.idle)
             levels.connections.add_metric([row.upstream, "active"], row.active)
