@@ -94,6 +94,7 @@ class PartnerConfig:
     breaker_probes: int = 2
     max_rps: float = 0.0  # calls a second (all processes together); 0 = no cap
     adaptive_timeout: bool = False  # the timeout follows recent latency (adaptive.py)
+    tail_sample: float = 0.01  # share of timeouts that run on to measure the tail (tail.py)
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
@@ -253,7 +254,7 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
     allowed = {"url", "timeout_ms", "max_concurrency", "countries", "exclude_countries",
                "os", "headers", "max_response_bytes", "breaker_failures",
                "breaker_cooldown_ms", "breaker_probes", "max_rps", "adaptive_timeout",
-               *TLS_KEYS}
+               "tail_sample", *TLS_KEYS}
     chk.unknown(table, allowed, path)
     before = len(chk.errors)
     values: dict[str, Any] = {"name": name}
@@ -277,6 +278,9 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
     if "adaptive_timeout" in table:
         values["adaptive_timeout"] = chk.boolean(table["adaptive_timeout"],
                                                  f"{path}.adaptive_timeout")
+    if "tail_sample" in table:
+        values["tail_sample"] = chk.number(table["tail_sample"], f"{path}.tail_sample", 0, 1,
+                                           " (0: off)")
     for key in ("countries", "exclude_countries"):
         if key in table:
             codes = chk.string_list(table[key], f"{path}.{key}", _COUNTRY.match,

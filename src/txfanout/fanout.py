@@ -82,16 +82,6 @@ class SlotWait:
                                    error="cancelled"))
 
 
-def _release(partner: PartnerState) -> None:
-    """A call to ``partner`` ended: its slot goes to the first call waiting
-    for one (a call that is then refused, e.g. by the breaker, passes it on)."""
-    slots = partner.slots
-    slots.inflight -= 1
-    waiting = slots.waiting
-    while waiting and slots.inflight < waiting[0].partner.config.max_concurrency:
-        waiting.popleft().start()
-
-
 class Fanout:
     """One request's fan-out, visible while in flight."""
 
@@ -176,11 +166,13 @@ class Fanout:
             (self._deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self.request_id)))
         partner.slots.inflight += 1
         phase = self.phases[index] = CallPhase(now)
-        call = self._upstream.call(config, partner.url, headers, self._body, budget_ms / 1000.0,
-                                   phase=phase)
         # A timeout at a shortened (adaptive) timeout is "cut" for the breaker
-        # too: only calls given the whole timeout_ms are judged.
-        call.addCallback(self._finished, partner, epoch, budget_ms < config.timeout_ms)
+        # too: only calls given the whole timeout_ms are judged, or tail-sampled.
+        whole = budget_ms >= config.timeout_ms
+        call = self._upstream.call(config, partner.url, headers, self._body, budget_ms / 1000.0,
+                                   phase=phase,
+                                   tail=partner.slots if whole and config.tail_sample else None)
+        call.addCallback(self._finished, partner, epoch, not whole)
         if adaptive is not None:
             call.addCallback(adaptive.ended, cut)
         return call
@@ -190,7 +182,7 @@ class Fanout:
                   cut: bool) -> CallResult:
         if partner.breaker is not None:
             partner.breaker.record(result.outcome, result.status, epoch, cut)
-        _release(partner)
+        partner.slots.release()
         return result
 
     def pending_partners(self) -> list[str]:

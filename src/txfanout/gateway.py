@@ -54,6 +54,7 @@ class Gateway:
         self.closing = False  # draining, still serving: answers close their connections
         self.overdue = OverdueWatch(reactor, self.inflight)
         self.metrics = GatewayMetrics(self)
+        self.upstream.tails.observe = self.metrics.tail_ended
         self.admission = Admission(reactor, self.lag, config.server, self.metrics.shed)
         self.access_log: AccessLog | None = None
         self._ids = RequestIds()

@@ -56,6 +56,14 @@ class CallSlots:
         self.inflight = 0
         self.waiting: deque[Waiting] = deque()
 
+    def release(self) -> None:
+        """A call ended: its slot goes to the first call waiting for one (a
+        call that is then refused, e.g. by the breaker, passes it on)."""
+        self.inflight -= 1
+        waiting = self.waiting
+        while waiting and self.inflight < waiting[0].partner.config.max_concurrency:
+            waiting.popleft().start()
+
 
 class PartnerState:
     """A partner's live state: its config, prepared headers, calls in flight,
