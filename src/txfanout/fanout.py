@@ -7,7 +7,9 @@ makes the call wait, first come first served, for one of its slots, for as
 long as the budget allows a call to start (at most ``max_concurrency``
 calls wait per partner; past that, or when the budget runs out, the call is
 ``shed``); a partner at its ``max_rps`` is not called (``rate_limited``,
-ratecap.py), and an open breaker refuses it (``open``).
+ratecap.py), and an open breaker refuses it (``open``). A call that had its
+whole ``timeout_ms`` and timed out may run on as a tail sample (tail.py),
+holding its slot until it ends.
 
 Gather: ``gatherResults`` over one Deferred per partner, each of which
 fires with that partner's :class:`CallResult` and never fails, so the
