@@ -81,6 +81,19 @@ def test_a_sample_holds_a_slot_until_its_end_and_is_cut_at_twice_its_timeout():
     assert sampler.running == {} and not clock.getDelayedCalls()
 
 
+def test_a_timeout_run_past_the_bound_by_a_busy_reactor_is_cut_at_once():
+    clock, slots, seen = Clock(), CallSlots(), []
+    sampler = tail.TailSampler(lambda p, r: seen.append(r))
+    call: Deferred[object] = Deferred(lambda d: d.errback(Exception("aborted")))
+    call.addErrback(lambda f: sample.ended(False, clock.seconds()))
+    clock.advance(0.7)  # a 300 ms timeout run 400 ms late: past twice its timeout
+    sample = sampler.sample("a", 1.0, slots, call, 0.0, 0.3, clock)
+    [bound] = clock.getDelayedCalls()
+    assert bound.getTime() == 0.7  # now: a reactor refuses a delay below 0
+    clock.advance(0)
+    assert call.called and seen == [math.inf] and slots.inflight == 0
+
+
 def test_only_calls_given_their_whole_timeout_may_be_sampled():
     clock, upstream = Clock(), RecordingUpstream()
     states = [PartnerState(PartnerConfig(n, "http://h/", timeout_ms=t, tail_sample=s), clock)

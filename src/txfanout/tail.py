@@ -64,7 +64,8 @@ class Sample:
         self._started = started
         self._timeout_s = timeout_s
         slots.inflight += 1  # its own hold on the slot: the request lets go of its one
-        self._bound = clock.callLater(started + BOUND * timeout_s - clock.seconds(),
+        # max(): a timeout the reactor ran late may come past the bound already.
+        self._bound = clock.callLater(max(0.0, started + BOUND * timeout_s - clock.seconds()),
                                       call.cancel)
 
     def ended(self, answered: bool, now: float) -> None:
