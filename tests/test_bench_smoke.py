@@ -211,3 +211,35 @@ def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
     [q] = data["summaries"]["overload"]
     assert q["complete_vs_capacity"] == rows["c200"]["complete_vs_capacity"]
     assert "÷ capacity" in data["table"]
+
+
+@pytest.mark.slow
+def test_bench_slowpartner_quick(tmp_path: Path) -> None:
+    """One slow partner among three fast ones: waiting for all holds 20%
+    of the answers to the partner timeout and leaves them incomplete;
+    first_ok and primary+grace answer sooner, abandoning calls; the tail
+    histogram is there once the gateway takes tail_sample."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    data = _run_quick(tmp_path, "slowpartner", "--gateways", "txfanout,aiohttp")
+    rows = {r["label"]: r for r in data["rows"]}
+    assert set(rows) == {"all", "first_ok", "primary+grace20"}, data["output"]
+    assert {r["gateway"] for r in rows.values()} == {"txfanout"}
+    assert rows["primary+grace20"]["route_keys"] == {"primary": ["p1", "p2", "p3"],
+                                                     "grace_ms": 20}
+    for label, row in rows.items():
+        assert row["fanout"] == 4 and row["tool"] == "wrk", label
+        assert row["complete_rps_source"] == "counters", label
+        assert set(row["statuses"]) <= {"200", "503"} and row["statuses"]["200"] > 0, label
+        assert row["tail"] if row["tail_sample"] else not row["tail"], label
+    everything, first, primary = rows["all"], rows["first_ok"], rows["primary+grace20"]
+    assert 0.5 < everything["complete_share"] < 0.95, everything["outcomes"]
+    assert "timeout" in everything["outcomes"] and "abandoned" not in everything["outcomes"]
+    assert everything["p99_ms"] >= everything["timeout_ms"]
+    assert "abandoned" in first["outcomes"] and first["complete_share"] < 0.5
+    assert "abandoned" in primary["outcomes"] and primary["complete_share"] > 0.5
+    assert primary["p99_ms"] < everything["p99_ms"]
+    if not everything["tail_sample"]:
+        assert any("tail_sample" in n for n in data["notes"])
+    assert "Slow partner:" in data["table"] and "`answer_when = \"first_ok\"`" in data["table"]
