@@ -127,6 +127,28 @@ def test_bench_counters_from_metrics() -> None:
     assert counters.histogram_quantile(0.5, [(1.0, 10.0), (float("inf"), 10.0)]) == 0.5
 
 
+def test_bench_tail_histogram_readout(tmp_path: Path) -> None:
+    """The slowpartner rows read any txfanout_partner_tail* histogram from
+    the saved /metrics, per partner, and print it le by le."""
+    sys.path.insert(0, str(REPO))
+    from bench import report, scenarios
+
+    path = tmp_path / "row.metrics"
+    path.write_text(METRICS + 'txfanout_partner_tail_seconds_bucket{partner="p4",le="0.5"} 10.0\n'
+                    'txfanout_partner_tail_seconds_bucket{partner="p4",le="+Inf"} 20.0\n'
+                    'txfanout_partner_tail_seconds_count{partner="p4"} 20.0\n')
+    tail = scenarios.tail_histograms(str(path))
+    assert tail == {"txfanout_partner_tail_seconds": {"p4": [("0.5", 10), ("+Inf", 20)]}}
+    assert scenarios.tail_histograms(str(tmp_path / "absent")) == {}
+    row = {"scenario": "slowpartner", "label": "all", "fanout": 4, "rps": 100.0,
+           "p50_ms": 1.0, "p99_ms": 310.0, "upstream_conns_per_s": 0.0, "complete_share": 0.8,
+           "route_keys": {"answer_when": "all"}, "tail_sample": True, "tail": tail,
+           "outcomes": {"ok": 8, "timeout": 2}}
+    table = "\n".join(report._slowpartner_markdown([row]))
+    assert '| 4 | `answer_when = "all"` | 1.0 | 100 |' in table
+    assert "| le | all p4 |" in table and "| 0.5 | 10 |" in table and "| +Inf | 20 |" in table
+
+
 @pytest.mark.slow
 def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
     """The Go reference: built with the distribution's go at run time,
