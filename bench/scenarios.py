@@ -98,7 +98,7 @@ def scrape_outcomes(url: str, path: str) -> dict[str, int]:
 
 # issue 18 item 4's histogram of the real finish times of sampled
 # timed-out calls: its name is not final, so any family starting so
-TAIL_FAMILY = "txfanout_partner_tail"
+TAIL_FAMILY = "txfanout_partner_tail_ratio"  # latency / timeout_ms, per partner
 _BUCKET = re.compile(r'^(\w+)_bucket\{([^}]*)\} (\S+)$', re.M)
 
 

@@ -128,17 +128,17 @@ def test_bench_counters_from_metrics() -> None:
 
 
 def test_bench_tail_histogram_readout(tmp_path: Path) -> None:
-    """The slowpartner rows read any txfanout_partner_tail* histogram from
+    """The slowpartner rows read the txfanout_partner_tail_ratio histogram from
     the saved /metrics, per partner, and print it le by le."""
     sys.path.insert(0, str(REPO))
     from bench import report, scenarios
 
     path = tmp_path / "row.metrics"
-    path.write_text(METRICS + 'txfanout_partner_tail_seconds_bucket{partner="p4",le="0.5"} 10.0\n'
-                    'txfanout_partner_tail_seconds_bucket{partner="p4",le="+Inf"} 20.0\n'
-                    'txfanout_partner_tail_seconds_count{partner="p4"} 20.0\n')
+    path.write_text(METRICS + 'txfanout_partner_tail_ratio_bucket{partner="p4",le="1.5"} 10.0\n'
+                    'txfanout_partner_tail_ratio_bucket{partner="p4",le="+Inf"} 20.0\n'
+                    'txfanout_partner_tail_ratio_count{partner="p4"} 20.0\n')
     tail = scenarios.tail_histograms(str(path))
-    assert tail == {"txfanout_partner_tail_seconds": {"p4": [("0.5", 10), ("+Inf", 20)]}}
+    assert tail == {"txfanout_partner_tail_ratio": {"p4": [("1.5", 10), ("+Inf", 20)]}}
     assert scenarios.tail_histograms(str(tmp_path / "absent")) == {}
     row = {"scenario": "slowpartner", "label": "all", "fanout": 4, "rps": 100.0,
            "p50_ms": 1.0, "p99_ms": 310.0, "upstream_conns_per_s": 0.0, "complete_share": 0.8,
@@ -146,7 +146,7 @@ def test_bench_tail_histogram_readout(tmp_path: Path) -> None:
            "outcomes": {"ok": 8, "timeout": 2}}
     table = "\n".join(report._slowpartner_markdown([row]))
     assert '| 4 | `answer_when = "all"` | 1.0 | 100 |' in table
-    assert "| le | all p4 |" in table and "| 0.5 | 10 |" in table and "| +Inf | 20 |" in table
+    assert "| le | all p4 |" in table and "| 1.5 | 10 |" in table and "| +Inf | 20 |" in table
 
 
 @pytest.mark.slow
