@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     wait_idle = args.wait_idle if args.wait_idle is not None else (0.0 if quick else 30.0)
     ncpu = os.cpu_count() or 1
     pin = not args.no_pin and ncpu >= 2
-    gws = args.gateways if scenario != "workers" else [gateways.TXFANOUT]
+    gws = args.gateways if scenario not in scenarios.TXFANOUT_ONLY else [gateways.TXFANOUT]
 
     pre = preflight.check(scenarios.TOOLS[scenario], gws, not args.no_plots, pin)
     for w in pre.warnings:

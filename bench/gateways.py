@@ -8,10 +8,12 @@ txfanout's admin /metrics, the references' ``GET /stats``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from .procs import Child, Registry, free_port, pinned, wait_http
 
@@ -43,6 +45,10 @@ class Setup:
     max_inflight: int = 2000
     workers: int = 1
     extra_args: list[str] = field(default_factory=list)
+    # txfanout only: more keys of route ``bid`` and of partner pI (by I;
+    # a "url" there replaces partner_url's)
+    route_keys: dict[str, Any] = field(default_factory=dict)
+    partner_keys: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -69,19 +75,34 @@ def _env() -> dict[str, str]:
 
 def txfanout_config(setup: Setup, path: str) -> None:
     """Write the TOML config for txfanout: partners p1..pN on the nginx
-    partner, one route ``bid`` calling all of them."""
+    partner, one route ``bid`` calling all of them (plus the set-up's
+    route and partner keys; a JSON string, number, bool or list of
+    strings is TOML too)."""
     lines = ["[server]", f"deadline_ms = {setup.deadline_ms}",
              f"max_inflight = {setup.max_inflight}", ""]
     names = []
     for i in range(1, setup.fanout + 1):
         names.append(f"p{i}")
-        lines += [f"[partners.p{i}]",
-                  f'url = "{setup.partner_url.replace("{i}", str(i))}"',
-                  f"timeout_ms = {setup.timeout_ms}",
-                  f"max_concurrency = {setup.max_concurrency}", ""]
-    lines += ["[routes.bid]", "partners = [" + ", ".join(f'"{n}"' for n in names) + "]", ""]
+        keys = {"url": setup.partner_url.replace("{i}", str(i)), "timeout_ms": setup.timeout_ms,
+                "max_concurrency": setup.max_concurrency, **setup.partner_keys.get(i, {})}
+        lines += [f"[partners.p{i}]"] + [f"{k} = {json.dumps(v)}" for k, v in keys.items()] + [""]
+    route = {"partners": names, **setup.route_keys}
+    lines += ["[routes.bid]"] + [f"{k} = {json.dumps(v)}" for k, v in route.items()] + [""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
+
+
+def txfanout_accepts(setup: Setup, path: str) -> bool:
+    """True when ``txfanout check-config`` of the tree under test accepts
+    the config of ``setup`` (written to ``path``): e.g. a key it may not
+    have yet."""
+    txfanout_config(setup, path)
+    try:
+        out = subprocess.run([sys.executable, "-m", "txfanout", "check-config", path],
+                             capture_output=True, text=True, env=_env(), cwd=REPO, timeout=60)
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0
 
 
 def txfanout_options() -> str:

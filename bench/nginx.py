@@ -7,6 +7,9 @@ Locations (all answer POST with a ~100-byte JSON body):
   to ``/delayed``, the rest answer at once.
 - ``/delayed`` (internal): answers after ``slow_ms`` (echo module's
   ``echo_sleep``).
+- ``/slowtail``: the slow partner of the slowpartner scenario: of its calls
+  ``TAIL_MIX`` (percent, ms) go to ``/tailMS`` (internal, answers after MS
+  ms), the rest answer at once.
 - ``/nginx_status``: ``stub_status``; its ``accepts`` counter is the number
   of TCP connections nginx has accepted, i.e. upstream connections opened.
 
@@ -32,6 +35,8 @@ ECHO_MODULE_GLOBS = ("/usr/lib/nginx/modules/ngx_http_echo_module.so",
 # 100 bytes exactly, a plausible bid answer.
 BODY = '{"id":"bench","seatbid":[{"bid":[{"price":1.25,"adm":"<ad/>","crid":"c-420"}]}],"cur":"USD","nbr":0}'
 assert len(BODY) == 100, len(BODY)
+# /slowtail: (percent of calls, delay ms); 20% past the 300 ms partner timeout
+TAIL_MIX = ((10, 400), (7, 600), (3, 900))
 
 
 def echo_module() -> str | None:
@@ -46,6 +51,14 @@ def echo_module() -> str | None:
 def render_conf(tmpdir: str, port: int, module: str, slow_ms: int,
                 slow_percent: int, access_log: bool) -> str:
     """The whole nginx.conf for a partner on 127.0.0.1:``port``."""
+    tail_split = "\n        ".join(f"{pct}% /tail{ms};" for pct, ms in TAIL_MIX)
+    tail_locations = "".join(f"""
+        location = /tail{ms} {{
+            internal;
+            echo_read_request_body;
+            echo_sleep {ms / 1000.0:.3f};
+            echo -n '{BODY}';
+        }}""" for _, ms in TAIL_MIX)
     log = (f"log_format bench '$connection $status $request_time $uri';\n"
            f"    access_log {tmpdir}/access.log bench buffer=256k flush=1s;"
            if access_log else "access_log off;")
@@ -76,6 +89,10 @@ http {{
         {slow_percent}% 1;
         * "";
     }}
+    split_clients "${{request_id}}" $bench_tail {{
+        {tail_split}
+        * "";
+    }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
         location = /nginx_status {{
@@ -93,6 +110,12 @@ http {{
             echo_sleep {slow_ms / 1000.0:.3f};
             echo -n '{BODY}';
         }}
+        location = /slowtail {{
+            if ($bench_tail) {{
+                rewrite ^ $bench_tail last;
+            }}
+            return 200 '{BODY}';
+        }}{tail_locations}
         location / {{
             return 200 '{BODY}';
         }}

@@ -318,6 +318,38 @@ def _overload_markdown(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _slowpartner_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The slowpartner rows side by side, then each tail histogram found
+    (scenarios.TAIL_FAMILY) as le -> cumulative count per row and partner."""
+    rs = [r for r in rows if r["scenario"] == "slowpartner"]
+    if not rs:
+        return []
+    lines = ["", "Slow partner: pN on /slowtail (20% of its calls past the partner timeout), "
+             "the others answer at once; txfanout under wrk. p50/p99 of the answers (client); "
+             "complete = every partner answered, and partner calls by outcome, from the "
+             "gateway's /metrics (calls: since it started, warm-up included):", "",
+             "| fo | route keys | tail_sample | req/s | p50 ms | p99 ms | gw p99 ms (all / 200s) "
+             "| complete % of 200s | new up conns/s | partner calls |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rs:
+        keys = ", ".join(f"{k} = {json.dumps(v)}" for k, v in r["route_keys"].items())
+        calls = " ".join(f"{k}:{v}" for k, v in sorted((r.get("outcomes") or {}).items()))
+        lines.append(" | ".join([
+            f"| {r['fanout']}", f"`{keys}`", "1.0" if r["tail_sample"] else "–",
+            _f(r["rps"], 0), _f(r["p50_ms"], 2), _f(r["p99_ms"], 2), _gw_p99(r),
+            _pct(r.get("complete_share")), _f(r["upstream_conns_per_s"]), calls or "–"]) + " |")
+    for family in dict.fromkeys(f for r in rs for f in r["tail"]):
+        cols = [(f"{r['label']} {p}", dict(b)) for r in rs
+                for p, b in r["tail"].get(family, {}).items()]
+        les = list(dict.fromkeys(le for _, b in cols for le in b))
+        lines += ["", f"`{family}` (cumulative count by bucket, since the gateway started):", "",
+                  "| le | " + " | ".join(c for c, _ in cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        lines += [f"| {le} | " + " | ".join(str(b.get(le, "–")) for _, b in cols) + " |"
+                  for le in les]
+    return lines
+
+
 def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
     """The result table, ratio rows and notes as markdown."""
     lines = [HEADER, RULE]
@@ -346,6 +378,7 @@ def markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
     summary = summaries(rows)
     lines += _seed_markdown(rows, summary["seed"])
     lines += _overload_markdown(summary["overload"])
+    lines += _slowpartner_markdown(rows)
     if notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

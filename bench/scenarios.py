@@ -22,13 +22,15 @@ from .nginx import Nginx
 from .procs import (Registry, Sampler, cpu_seconds, host_busy_seconds, own_and_children_cpu,
                     process_tree, wait_for_quiet)
 
-SCENARIOS = ("steady", "seed", "overload", "polite", "slow", "soak", "workers")
+SCENARIOS = ("steady", "seed", "overload", "polite", "slow", "slowpartner", "soak", "workers")
 DEFAULT_DURATION = {"steady": 15, "seed": 15, "overload": 15, "polite": 15, "slow": 15,
-                    "soak": 120, "workers": 15}
+                    "slowpartner": 15, "soak": 120, "workers": 15}
+# scenarios whose settings only txfanout has
+TXFANOUT_ONLY = ("slowpartner", "workers")
 # load generators each scenario uses (wrk is always used to warm up)
 TOOLS = {"steady": {"wrk"}, "seed": {"wrk", "ab", "h2load"}, "overload": {"wrk", "h2load"},
          "polite": {"wrk"},
-         "slow": {"wrk"}, "soak": {"wrk", "h2load"}, "workers": {"wrk"}}
+         "slow": {"wrk"}, "slowpartner": {"wrk"}, "soak": {"wrk", "h2load"}, "workers": {"wrk"}}
 
 
 @dataclass
@@ -94,6 +96,29 @@ def scrape_outcomes(url: str, path: str) -> dict[str, int]:
     return {k: v for k, v in out.items() if v}
 
 
+# issue 18 item 4's histogram of the real finish times of sampled
+# timed-out calls: its name is not final, so any family starting so
+TAIL_FAMILY = "txfanout_partner_tail_ratio"  # latency / timeout_ms, per partner
+_BUCKET = re.compile(r'^(\w+)_bucket\{([^}]*)\} (\S+)$', re.M)
+
+
+def tail_histograms(path: str | None) -> dict[str, dict[str, list[tuple[str, int]]]]:
+    """From the /metrics saved at ``path``: per ``TAIL_FAMILY*`` histogram
+    and partner, its buckets as (le, cumulative count), since the gateway
+    started (warm-up included)."""
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    out: dict[str, dict[str, list[tuple[str, int]]]] = {}
+    for family, labels, value in _BUCKET.findall(text):
+        if family.startswith(TAIL_FAMILY):
+            lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            out.setdefault(family, {}).setdefault(lab.get("partner", "?"), []).append(
+                (lab.get("le", "?"), int(float(value))))
+    return out
+
+
 def rss_slope_kib_per_min(samples: list[tuple[float, int, float]], t0: float,
                           t1: float) -> float | None:
     """Least-squares slope of RSS over [t0, t1], KiB per minute."""
@@ -151,9 +176,10 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         log_stats = ctx.nginx.access_log_stats(mark) if ctx.nginx.access_log else {}
         time.sleep(ctx.settle)
         _, settled, _ = sampler.sample()
-        outcomes = (scrape_outcomes(g.ready_url.replace("/healthz", "/metrics"),
-                                    os.path.join(ctx.logdir, f"{tag}.metrics"))
-                    if name == gateways.TXFANOUT and setup.workers == 1 else {})
+        scraped = name == gateways.TXFANOUT and setup.workers == 1
+        metrics_file = os.path.join(ctx.logdir, f"{tag}.metrics") if scraped else None
+        outcomes = (scrape_outcomes(g.ready_url.replace("/healthz", "/metrics"), metrics_file)
+                    if metrics_file else {})
     finally:
         sampler.stop()
         code = ctx.registry.stop(g.child)
@@ -166,6 +192,7 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         "workers": setup.workers, "max_inflight": setup.max_inflight,
         "timeout_ms": setup.timeout_ms, "deadline_ms": setup.deadline_ms,
         "tool": result.tool, "load": result.to_json(), "outcomes": outcomes,
+        "metrics_file": metrics_file,
         "requests": result.requests, "rps": result.rps,
         "p50_ms": result.p50_ms, "p90_ms": result.p90_ms, "p99_ms": result.p99_ms,
         "max_ms": result.max_ms, "statuses": result.statuses,
@@ -441,6 +468,47 @@ def slow(ctx: Context) -> None:
                     _wrk_load(ctx, 2 * ctx.connections, ctx.duration, f"slow-{name}-fo{fo}"))
 
 
+GRACE_MS = 20
+
+
+def slowpartner(ctx: Context) -> None:
+    """One slow partner among fast ones, txfanout only, wrk closed loop at
+    --connections (h2load --rps would send in bursts, all clients at once):
+    of fan-out N (default 4), p1..pN-1 answer at once and pN is nginx's
+    ``/slowtail`` (20% of its calls past the 300 ms timeout). One
+    row per way to answer: when every call ended (``answer_when =
+    "all"``), at the first ``ok``, and when the fast partners ended plus
+    ``GRACE_MS`` (``primary``). pN gets ``tail_sample = 1.0`` in every row
+    when the gateway accepts the key, and each row keeps its tail
+    histograms."""
+    ctx.notes.append("slowpartner: txfanout only (the references have no answer_when, "
+                     "primary or grace_ms)")
+    probe = Setup(fanout=1, partner_url=ctx.nginx.base_url + "/bid{i}",
+                  partner_keys={1: {"tail_sample": 1.0}})
+    tail = {"tail_sample": 1.0} if gateways.txfanout_accepts(
+        probe, os.path.join(ctx.workdir, "tail-sample-check.toml")) else {}
+    if not tail:
+        ctx.notes.append("slowpartner: this txfanout refuses the partner key tail_sample "
+                         "(check-config): no tail histogram")
+    for fo in ctx.fanouts if ctx.fanouts != [1, 2, 8] else [4]:
+        if fo < 2:
+            ctx.notes.append(f"slowpartner: fan-out {fo} skipped (needs a fast partner too)")
+            continue
+        slow = {"url": ctx.nginx.base_url + "/slowtail", **tail}
+        fast = [f"p{i}" for i in range(1, fo)]
+        for label, keys in (("all", {"answer_when": "all"}),
+                            ("first_ok", {"answer_when": "first_ok"}),
+                            (f"primary+grace{GRACE_MS}", {"primary": fast, "grace_ms": GRACE_MS})):
+            for _ in range(ctx.repeat):
+                setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
+                              route_keys=keys, partner_keys={fo: slow})
+                row = measure(ctx, "slowpartner", gateways.TXFANOUT, setup,
+                              _wrk_load(ctx, ctx.connections, ctx.duration,
+                                        f"slowpartner-fo{fo}-{label}"), label=label)
+                row.update(route_keys=keys, tail_sample=bool(tail),
+                           tail=tail_histograms(row["metrics_file"]))
+
+
 def soak(ctx: Context) -> None:
     """Minutes at ~70% of each gateway's own capacity (h2load fixed rate);
     RSS sampled every 0.5 s; its slope over the load window."""
@@ -493,7 +561,7 @@ def workers(ctx: Context) -> None:
 
 RUNNERS: dict[str, Callable[[Context], None]] = {
     "steady": steady, "seed": seed, "overload": overload, "polite": polite, "slow": slow,
-    "soak": soak,
+    "slowpartner": slowpartner, "soak": soak,
     "workers": workers,
 }
 
@@ -503,5 +571,5 @@ def rows_expected(scenario: str, gateways_: list[str], fanouts: list[int]) -> in
     fos = len(fanouts) if scenario == "steady" or fanouts != [1, 2, 8] else 1
     if scenario == "workers":
         return 2 * fos
-    per_gateway = {"seed": 4, "overload": 2}.get(scenario, 1)
+    per_gateway = {"seed": 4, "overload": 2, "slowpartner": 3}.get(scenario, 1)
     return fos * len(gateways_) * per_gateway

@@ -106,7 +106,7 @@ def test_debug_inflight_shows_where_each_call_is(net: Network):
         client.close()
     net.run()
     assert hang.lost_count == 2
-    assert admin.get("/debug/inflight").json == {"count": 0, "requests": []}
+    assert admin.get("/debug/inflight").json == {"count": 0, "requests": [], "tail_samples": {}}
 
 
 def test_debug_config_redacts_secrets(net: Network):

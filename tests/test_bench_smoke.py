@@ -127,6 +127,28 @@ def test_bench_counters_from_metrics() -> None:
     assert counters.histogram_quantile(0.5, [(1.0, 10.0), (float("inf"), 10.0)]) == 0.5
 
 
+def test_bench_tail_histogram_readout(tmp_path: Path) -> None:
+    """The slowpartner rows read the txfanout_partner_tail_ratio histogram from
+    the saved /metrics, per partner, and print it le by le."""
+    sys.path.insert(0, str(REPO))
+    from bench import report, scenarios
+
+    path = tmp_path / "row.metrics"
+    path.write_text(METRICS + 'txfanout_partner_tail_ratio_bucket{partner="p4",le="1.5"} 10.0\n'
+                    'txfanout_partner_tail_ratio_bucket{partner="p4",le="+Inf"} 20.0\n'
+                    'txfanout_partner_tail_ratio_count{partner="p4"} 20.0\n')
+    tail = scenarios.tail_histograms(str(path))
+    assert tail == {"txfanout_partner_tail_ratio": {"p4": [("1.5", 10), ("+Inf", 20)]}}
+    assert scenarios.tail_histograms(str(tmp_path / "absent")) == {}
+    row = {"scenario": "slowpartner", "label": "all", "fanout": 4, "rps": 100.0,
+           "p50_ms": 1.0, "p99_ms": 310.0, "upstream_conns_per_s": 0.0, "complete_share": 0.8,
+           "route_keys": {"answer_when": "all"}, "tail_sample": True, "tail": tail,
+           "outcomes": {"ok": 8, "timeout": 2}}
+    table = "\n".join(report._slowpartner_markdown([row]))
+    assert '| 4 | `answer_when = "all"` | 1.0 | 100 |' in table
+    assert "| le | all p4 |" in table and "| 1.5 | 10 |" in table and "| +Inf | 20 |" in table
+
+
 @pytest.mark.slow
 def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
     """The Go reference: built with the distribution's go at run time,
@@ -211,3 +233,35 @@ def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
     [q] = data["summaries"]["overload"]
     assert q["complete_vs_capacity"] == rows["c200"]["complete_vs_capacity"]
     assert "÷ capacity" in data["table"]
+
+
+@pytest.mark.slow
+def test_bench_slowpartner_quick(tmp_path: Path) -> None:
+    """One slow partner among three fast ones: waiting for all holds 20%
+    of the answers to the partner timeout and leaves them incomplete;
+    first_ok and primary+grace answer sooner, abandoning calls; the tail
+    histogram is there once the gateway takes tail_sample."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    data = _run_quick(tmp_path, "slowpartner", "--gateways", "txfanout,aiohttp")
+    rows = {r["label"]: r for r in data["rows"]}
+    assert set(rows) == {"all", "first_ok", "primary+grace20"}, data["output"]
+    assert {r["gateway"] for r in rows.values()} == {"txfanout"}
+    assert rows["primary+grace20"]["route_keys"] == {"primary": ["p1", "p2", "p3"],
+                                                     "grace_ms": 20}
+    for label, row in rows.items():
+        assert row["fanout"] == 4 and row["tool"] == "wrk", label
+        assert row["complete_rps_source"] == "counters", label
+        assert set(row["statuses"]) <= {"200", "503"} and row["statuses"]["200"] > 0, label
+        assert row["tail"] if row["tail_sample"] else not row["tail"], label
+    everything, first, primary = rows["all"], rows["first_ok"], rows["primary+grace20"]
+    assert 0.5 < everything["complete_share"] < 0.95, everything["outcomes"]
+    assert "timeout" in everything["outcomes"] and "abandoned" not in everything["outcomes"]
+    assert everything["p99_ms"] >= everything["timeout_ms"]
+    assert "abandoned" in first["outcomes"] and first["complete_share"] < 0.5
+    assert "abandoned" in primary["outcomes"] and primary["complete_share"] > 0.5
+    assert primary["p99_ms"] < everything["p99_ms"]
+    if not everything["tail_sample"]:
+        assert any("tail_sample" in n for n in data["notes"])
+    assert "Slow partner:" in data["table"] and "`answer_when = \"first_ok\"`" in data["table"]

@@ -53,14 +53,18 @@ def test_workers_options(tmp_path: Path) -> None:
             else os.cpu_count())  # PyPy 3.9 has no sched_getaffinity
     assert o.workers == cpus
     assert o.worker_args(1) == [
-        "fanout", "--config", str(path), "--worker-index", "1", "--inherit-fd", "3",
-        "--deadline-ms", "300"]
+        "fanout", "--config", str(path), "--worker-index", "1",
+        "--worker-count", str(cpus), "--inherit-fd", "3", "--deadline-ms", "300"]
     with pytest.raises(UsageError, match="--workers must be at least 0"):
         options("--config", str(path), "--workers", "-1")
     with pytest.raises(UsageError, match="--workers needs --config"):
         options("--demo", "--workers", "2")
     with pytest.raises(UsageError, match="are for the workers themselves"):
         options("--config", str(path), "--workers", "2", "--worker-index", "1")
+    with pytest.raises(UsageError, match="are for the workers themselves"):
+        options("--config", str(path), "--workers", "2", "--worker-count", "2")
+    with pytest.raises(UsageError, match="--worker-count must be at least 1"):
+        options("--config", str(path), "--worker-count", "0")
     guarded = tmp_path / "guarded.toml"  # a systemd: admin socket may be anywhere
     guarded.write_text('[server]\nadmin_token = "0123456789abcdef-token"\n' + CONFIG)
     with pytest.raises(UsageError, match="server.admin: cannot derive a per-worker endpoint"):

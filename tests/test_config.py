@@ -171,3 +171,56 @@ def test_max_answer_bytes_has_a_default_and_a_range():
     assert parse(raw).server.max_answer_bytes == 16 * 1024 * 1024
     assert errors_of({**raw, "server": {"max_answer_bytes": 1000}}) == [
         "server.max_answer_bytes: must be an integer from 65536 to 1073741824"]
+
+
+def route_errors(**route) -> list[str]:
+    """The errors of a route 'bid' over partners a, b, c with ``route``'s keys."""
+    partners = {n: {"url": f"http://h/{n}"} for n in "abc"}
+    return errors_of({"partners": partners,
+                      "routes": {"bid": {"partners": ["a", "b", "c"], **route}}})
+
+
+ANSWER_WHEN = 'routes.bid.answer_when: must be "all", "first_ok" or an integer from 1 to 8'
+
+
+@pytest.mark.parametrize("route, error", [
+    ({"answer_when": "first"}, ANSWER_WHEN),
+    ({"answer_when": 0}, ANSWER_WHEN),
+    ({"answer_when": 9}, ANSWER_WHEN),
+    ({"answer_when": True}, ANSWER_WHEN),
+    ({"answer_when": 1.0}, ANSWER_WHEN),
+    ({"answer_when": 4}, "routes.bid.answer_when: must be at most the number of partners "
+                         "the route calls at once (3)"),
+    ({"answer_when": 3, "max_partners": 2}, "routes.bid.answer_when: must be at most the "
+                                            "number of partners the route calls at once (2)"),
+    ({"primary": ["d"], "grace_ms": 10}, "routes.bid.primary: 'd' is not one of the route's "
+                                         "partners"),
+    ({"primary": ["a", "a"], "grace_ms": 10}, "routes.bid.primary: lists a partner twice"),
+    ({"primary": [], "grace_ms": 10}, "routes.bid.primary: must be a non-empty list of "
+                                      "partner names"),
+    ({"primary": ["a"]}, "routes.bid.grace_ms: is required with primary"),
+    ({"primary": ["a"], "grace_ms": 10, "answer_when": "first_ok"},
+     'routes.bid.primary: cannot be combined with answer_when other than "all"'),
+    ({"grace_ms": 10}, "routes.bid.grace_ms: only applies with primary"),
+    ({"primary": ["a"], "grace_ms": -1}, "routes.bid.grace_ms: must be an integer from 0 "
+                                         "to 60000"),
+    ({"primary": ["a"], "grace_ms": 60001}, "routes.bid.grace_ms: must be an integer from 0 "
+                                            "to 60000"),
+    ({"primary": ["a"], "grace_ms": "10"}, "routes.bid.grace_ms: must be an integer from 0 "
+                                           "to 60000"),
+])
+def test_when_the_answer_is_ready_is_checked_key_by_key(route, error):
+    assert route_errors(**route) == [error]
+
+
+def test_when_the_answer_is_ready_defaults_to_every_call_and_keeps_what_is_given():
+    partners = {n: {"url": f"http://h/{n}"} for n in "abc"}
+    routes = {"default": {"partners": ["a", "b"]},
+              "first": {"partners": ["a", "b"], "answer_when": "first_ok"},
+              "two": {"partners": ["a", "b", "c"], "answer_when": 2},
+              "primary": {"partners": ["a", "b", "c"], "primary": ["b"], "grace_ms": 0}}
+    loaded = parse({"partners": partners, "routes": routes}).routes
+    assert (loaded["default"].answer_when, loaded["default"].primary) == ("all", ())
+    assert loaded["first"].answer_when == "first_ok"
+    assert loaded["two"].answer_when == 2
+    assert (loaded["primary"].primary, loaded["primary"].grace_ms) == (("b",), 0)

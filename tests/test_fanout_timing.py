@@ -17,8 +17,10 @@ class RecordingUpstream:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, float, dict, Deferred]] = []
+        self.tails: list[object] = []  # each call's ``tail`` (None: not to be sampled)
 
-    def call(self, partner, url, headers, body, timeout_s, phase=None):
+    def call(self, partner, url, headers, body, timeout_s, phase=None, tail=None):
+        self.tails.append(tail)
         d: Deferred[CallResult] = Deferred(
             lambda d: d.callback(CallResult(partner.name, "cancelled")))
         self.calls.append((partner.name, timeout_s, dict(headers.getAllRawHeaders()), d))

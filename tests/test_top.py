@@ -74,7 +74,8 @@ def test_call_durations_cut_at_a_timeout_read_near_it(make_gateway):
     assert 0.300 < p99.seconds <= 0.306
 
 
-def _exposition(requests: float, ok: float, timeouts: float, le_01: float) -> str:
+def _exposition(requests: float, ok: float, timeouts: float, le_01: float,
+                abandoned: float = 0) -> str:
     return f"""
 txfanout_requests_total{{route="bid",code="200"}} {requests}
 txfanout_request_duration_seconds_bucket{{route="bid",le="0.01"}} {le_01}
@@ -83,7 +84,9 @@ txfanout_inflight_requests 3
 txfanout_shed_total{{reason="max_inflight"}} 0
 txfanout_partner_calls_total{{partner="dsp-a",outcome="ok"}} {ok}
 txfanout_partner_calls_total{{partner="dsp-a",outcome="timeout"}} {timeouts}
+txfanout_partner_calls_total{{partner="dsp-a",outcome="abandoned"}} {abandoned}
 txfanout_partner_inflight{{partner="dsp-a"}} 2
+txfanout_partner_timeout_seconds{{partner="dsp-a"}} 0.12
 txfanout_partner_circuit_open{{partner="dsp-a"}} 1
 txfanout_partner_upstream{{partner="dsp-a",upstream="http://10.0.0.1:80"}} 1
 txfanout_upstream_connections{{upstream="http://10.0.0.1:80",state="idle"}} 7
@@ -93,16 +96,16 @@ process_resident_memory_bytes 104857600
 
 
 def test_render_shows_what_moved_between_two_reads():
-    before = Scrape.parse(_exposition(100, 90, 10, 100), 1000.0)
-    after = Scrape.parse(_exposition(300, 240, 60, 250), 1002.0)
+    before = Scrape.parse(_exposition(100, 90, 10, 100, abandoned=5), 1000.0)
+    after = Scrape.parse(_exposition(300, 240, 60, 250, abandoned=55), 1002.0)
     text = render(Window(before, after), "http://127.0.0.1:9090")
     assert "requests      100.0/s   in flight 3" in text
     assert "codes     200 100.0/s" in text
     assert "p50 6.7 ms" in text  # 150 of the window's 200 requests under 10 ms
     assert "RSS 100.0 MiB" in text
     row = next(line for line in text.splitlines() if line.startswith("dsp-a"))
-    assert row.split() == ["dsp-a", "100.0", "75.0%", "0.0%", "25.0%", "0.0%", "0.0%",
-                           "-", "2", "OPEN", "7/2"]
+    assert row.split() == ["dsp-a", "125.0", "60.0%", "0.0%", "20.0%", "0.0%", "20.0%",
+                           "0.0%", "0.0%", "-", "120.0", "2", "OPEN", "7/2"]
 
 
 class MetricsPage(BaseHTTPRequestHandler):
@@ -141,7 +144,7 @@ def test_top_once_reads_the_admin_face_twice_and_shows_what_moved(admin_face, ca
     assert lines[0].startswith(f"txfanout top  http://{admin_face}")
     assert re.match(r"codes\s+200 [\d.]+/s", lines[2])
     rows = {line.split()[0]: line.split() for line in lines[6:] if line}
-    assert rows["dsp-a"][9:] == ["OPEN", "7/2"]
+    assert rows["dsp-a"][12:] == ["OPEN", "7/2"]
 
 
 def test_top_says_when_it_cannot_read_the_admin_face(capsys):
@@ -232,7 +235,8 @@ def test_top_once_renders_from_a_live_daemon(live):
     assert "RSS" in lines[4] and "reactor lag" in lines[4]
     rows = {line.split()[0]: line.split() for line in lines[6:] if line}
     assert float(rows["fast"][1]) > 0 and rows["fast"][2].endswith("%")
-    assert rows["normal"][9] == "closed"
+    assert rows["normal"][10] == "300.0"  # its timeout now (timeout_ms: not adaptive)
+    assert rows["normal"][12] == "closed"
     assert any(key.startswith("http://127.0.0.1:") for key in rows)  # the upstream table
 
 

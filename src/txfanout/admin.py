@@ -37,7 +37,8 @@ ENDPOINTS = {
     "/metrics": "Prometheus metrics",
     "/healthz": "200 while the process runs",
     "/readyz": "200 when serving, 503 while starting or draining",
-    "/debug/inflight": "requests in flight, oldest first (?limit=N, default 100, max 10000)",
+    "/debug/inflight": "requests in flight, oldest first (?limit=N, default 100, max 10000), "
+                       "and tail samples running per partner",
     "/debug/memory": "RSS, gc, top object types (?types=N), tracemalloc sites",
     "/debug/pool": "partner connections per upstream: idle, active, opened, closed",
     "/debug/config": "the effective configuration, secrets redacted",
@@ -114,7 +115,8 @@ class Admin:
         limit = _int_arg(request, "limit", inflight.DEFAULT_LIMIT, 1, inflight.MAX_LIMIT)
         g = self.gateway
         return _json(request, {"count": len(g.inflight),
-                               "requests": inflight.oldest(g.inflight, g.clock.seconds(), limit)})
+                               "requests": inflight.oldest(g.inflight, g.clock.seconds(), limit),
+                               "tail_samples": dict(sorted(g.upstream.tails.running.items()))})
 
     @app.route("/debug/memory", methods=["GET"])
     def debug_memory(self, request: Request) -> bytes:

@@ -2,7 +2,10 @@
 
 A partner whose URL names a host reserved for examples (RFC 2606:
 ``*.example``, ``*.invalid``, ``example.com``, ``.net``, ``.org``) is a
-placeholder: every call to it would fail. ``check-config`` prints these
+placeholder: every call to it would fail. A partner with
+``adaptive_timeout`` whose ``timeout_ms`` the deadline never leaves it
+(``server.deadline_ms`` less ``server.reserve_ms`` is below it) never
+adapts: no call of it is evidence. ``check-config`` prints these
 warnings and the daemon logs them when it starts; neither refuses the file.
 """
 
@@ -23,9 +26,14 @@ def is_placeholder(host: str) -> bool:
 
 
 def warnings(config: Config) -> list[str]:
-    """One line per partner on a placeholder host, naming its key."""
+    """One line per such partner, naming its key."""
     out = []
+    longest = config.server.deadline_ms - config.server.reserve_ms
     for name, partner in config.partners.items():
+        if partner.adaptive_timeout and partner.timeout_ms > longest:
+            out.append(f"partners.{name}.adaptive_timeout: never adapts, as no call gets its "
+                       f"whole timeout_ms ({partner.timeout_ms} ms; server.deadline_ms less "
+                       f"reserve_ms leaves {longest} ms)")
         host = urlsplit(partner.url).hostname or ""
         if is_placeholder(host):
             out.append(f"partners.{name}.url: {host} is a placeholder host (reserved for "

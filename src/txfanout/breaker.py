@@ -15,7 +15,7 @@ Only failures the partner caused count. Outcomes that say nothing about the
 partner's health (shed, skipped, cancelled) count for neither side, and
 neither does a timeout that is not the partner's doing: one whose budget
 the request cut below the partner's ``timeout_ms`` (a client's short
-deadline, a slow upload), or one while the gateway's own event loop lags
+deadline, a slow upload, an adaptive timeout: adaptive.py), or one while the gateway's own event loop lags
 (``excused``). A call's result counts only in the state it started in (its
 ``epoch``): a late answer of a call made before the breaker opened is no
 probe, and cannot close it.

@@ -18,6 +18,7 @@ from .tls import TLS_VERSIONS, PartnerTLS, TLSSettingError, server_endpoint_prob
 
 OS_NAMES = ("android", "ios", "windows", "macos", "linux", "other")
 MAX_FANOUT = 8
+MAX_RPS = 1000000
 
 _COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -91,6 +92,9 @@ class PartnerConfig:
     breaker_failures: int = 5
     breaker_cooldown_ms: int = 5000
     breaker_probes: int = 2
+    max_rps: float = 0.0  # calls a second (all processes together); 0 = no cap
+    adaptive_timeout: bool = False  # the timeout follows recent latency (adaptive.py)
+    tail_sample: float = 0.01  # share of timeouts that run on to measure the tail (tail.py)
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
@@ -113,11 +117,18 @@ class PartnerConfig:
         return True
 
 
+ANSWER_WHEN = ("all", "first_ok")  # or an integer k: see completion.py
+MAX_GRACE_MS = 60000
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     name: str
     partners: tuple[str, ...]
     max_partners: int = MAX_FANOUT
+    answer_when: str | int = "all"  # when the answer is ready: completion.py
+    primary: tuple[str, ...] = ()
+    grace_ms: int = 0  # with primary only (and required there)
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,15 @@ class _Checker:
             self.fail(path, f"must be an integer from {low} to {high}")
             return None
         return int(value)
+
+    def number(self, value: Any, path: str, low: float, high: float,
+               note: str = "") -> float | None:
+        """An integer or a decimal number from ``low`` to ``high``."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high:
+            self.fail(path, f"must be a number from {low:g} to {high:g}{note}")
+            return None
+        return float(value)
 
     def boolean(self, value: Any, path: str) -> bool | None:
         if not isinstance(value, bool):
@@ -233,7 +253,8 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
     table = chk.table(raw, path)
     allowed = {"url", "timeout_ms", "max_concurrency", "countries", "exclude_countries",
                "os", "headers", "max_response_bytes", "breaker_failures",
-               "breaker_cooldown_ms", "breaker_probes", *TLS_KEYS}
+               "breaker_cooldown_ms", "breaker_probes", "max_rps", "adaptive_timeout",
+               "tail_sample", *TLS_KEYS}
     chk.unknown(table, allowed, path)
     before = len(chk.errors)
     values: dict[str, Any] = {"name": name}
@@ -251,6 +272,15 @@ def _partner(chk: _Checker, name: str, raw: Any) -> PartnerConfig | None:
                            ("breaker_probes", 1, 1000)):
         if key in table:
             values[key] = chk.integer(table[key], f"{path}.{key}", low, high)
+    if "max_rps" in table:
+        values["max_rps"] = chk.number(table["max_rps"], f"{path}.max_rps", 0, MAX_RPS,
+                                       " (0: no cap)")
+    if "adaptive_timeout" in table:
+        values["adaptive_timeout"] = chk.boolean(table["adaptive_timeout"],
+                                                 f"{path}.adaptive_timeout")
+    if "tail_sample" in table:
+        values["tail_sample"] = chk.number(table["tail_sample"], f"{path}.tail_sample", 0, 1,
+                                           " (0: off)")
     for key in ("countries", "exclude_countries"):
         if key in table:
             codes = chk.string_list(table[key], f"{path}.{key}", _COUNTRY.match,
@@ -347,7 +377,8 @@ def _route(chk: _Checker, name: str, raw: Any, partners: Mapping[str, Any]) -> R
     if not _ROUTE.match(name):
         chk.fail(path, "route names are 1-64 characters of letters, digits, '_', '.', '-'")
     table = chk.table(raw, path)
-    chk.unknown(table, {"partners", "max_partners"}, path)
+    chk.unknown(table, {"partners", "max_partners", "answer_when", "primary", "grace_ms"},
+                path)
     before = len(chk.errors)
     names = chk.string_list(table.get("partners"), f"{path}.partners", lambda v: True,
                             "partner names")
@@ -362,7 +393,47 @@ def _route(chk: _Checker, name: str, raw: Any, partners: Mapping[str, Any]) -> R
         max_partners = chk.integer(table["max_partners"], f"{path}.max_partners", 1, MAX_FANOUT)
     if len(chk.errors) > before or names is None or max_partners is None:
         return None
-    return RouteConfig(name=name, partners=tuple(names), max_partners=max_partners)
+    early = _route_completion(chk, path, table, names, max_partners)
+    if len(chk.errors) > before:
+        return None
+    return RouteConfig(name=name, partners=tuple(names), max_partners=max_partners, **early)
+
+
+def _route_completion(chk: _Checker, path: str, table: Mapping[str, Any],
+                      names: list[str], max_partners: int) -> dict[str, Any]:
+    """A route's ``answer_when``, ``primary`` and ``grace_ms``, checked
+    against its partners (see completion.py for what they mean)."""
+    values: dict[str, Any] = {}
+    callable_at_once = min(len(names), max_partners)
+    when = table.get("answer_when", "all")
+    if isinstance(when, bool) or not (when in ANSWER_WHEN or isinstance(when, int)) \
+            or isinstance(when, int) and not 1 <= when <= MAX_FANOUT:
+        chk.fail(f"{path}.answer_when",
+                 f'must be "all", "first_ok" or an integer from 1 to {MAX_FANOUT}')
+    elif isinstance(when, int) and when > callable_at_once:
+        chk.fail(f"{path}.answer_when", f"must be at most the number of partners the route "
+                                        f"calls at once ({callable_at_once})")
+    else:
+        values["answer_when"] = when
+    if "primary" in table:
+        primary = chk.string_list(table["primary"], f"{path}.primary", lambda v: True,
+                                  "partner names")
+        if primary is not None:
+            for n in primary:
+                if n not in names:
+                    chk.fail(f"{path}.primary", f"{n!r} is not one of the route's partners")
+            if len(set(primary)) != len(primary):
+                chk.fail(f"{path}.primary", "lists a partner twice")
+            values["primary"] = tuple(primary)
+        if when != "all":
+            chk.fail(f"{path}.primary", 'cannot be combined with answer_when other than "all"')
+        if "grace_ms" not in table:
+            chk.fail(f"{path}.grace_ms", "is required with primary")
+    if "grace_ms" in table:
+        if "primary" not in table:
+            chk.fail(f"{path}.grace_ms", "only applies with primary")
+        values["grace_ms"] = chk.integer(table["grace_ms"], f"{path}.grace_ms", 0, MAX_GRACE_MS)
+    return values
 
 
 def parse(raw: Mapping[str, Any]) -> Config:

@@ -1,17 +1,23 @@
 """Scatter and gather: one request's partner calls.
 
 Scatter: each selected partner gets a call whose timeout is its share of
-the request's budget (budget.py). A partner at its ``max_concurrency``
+the request's budget (budget.py), shortened to its recent latency with
+``adaptive_timeout`` (adaptive.py). A partner at its ``max_concurrency``
 makes the call wait, first come first served, for one of its slots, for as
 long as the budget allows a call to start (at most ``max_concurrency``
 calls wait per partner; past that, or when the budget runs out, the call is
-``shed``); an open breaker refuses it (``open``).
+``shed``); a partner at its ``max_rps`` is not called (``rate_limited``,
+ratecap.py), and an open breaker refuses it (``open``). A call that had its
+whole ``timeout_ms`` and timed out may run on as a tail sample (tail.py),
+holding its slot until it ends.
 
 Gather: ``gatherResults`` over one Deferred per partner, each of which
 fires with that partner's :class:`CallResult` and never fails, so the
 gather fires when every call has ended; as every call is bounded by the
 deadline, so is the gather. Cancelling it (the client went away) cancels
-every call: those running are aborted, those waiting leave the queue.
+every call: those running are aborted, those waiting leave the queue. A
+route that may answer sooner (its ``answer_when``, ``primary``) has a
+:class:`~txfanout.completion.Completion` watch the calls instead.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from twisted.web.http_headers import Headers
 
 from . import outcomes
 from .budget import Budget
+from .completion import Completion, Rule
 from .config import ServerConfig
 from .outcomes import CallResult
 from .phases import CallPhase
@@ -77,16 +84,6 @@ class SlotWait:
                                    error="cancelled"))
 
 
-def _release(partner: PartnerState) -> None:
-    """A call to ``partner`` ended: its slot goes to the first call waiting
-    for one (a call that is then refused, e.g. by the breaker, passes it on)."""
-    slots = partner.slots
-    slots.inflight -= 1
-    waiting = slots.waiting
-    while waiting and slots.inflight < waiting[0].partner.config.max_concurrency:
-        waiting.popleft().start()
-
-
 class Fanout:
     """One request's fan-out, visible while in flight."""
 
@@ -105,9 +102,11 @@ class Fanout:
         self.phases: list[CallPhase | None] = []  # of started calls, for the in-flight view
         self._body = b""
 
-    def run(self, partners: Iterable[PartnerState], body: bytes) -> Deferred[list[CallResult]]:
+    def run(self, partners: Iterable[PartnerState], body: bytes,
+            rule: Rule | None = None) -> Deferred[list[CallResult]]:
         """Start every call; the result fires with one CallResult per partner,
-        in the order given."""
+        in the order given, once every call has ended or sooner as ``rule``
+        (the route's: completion.py) says."""
         self._body = body
         calls = []
         for index, partner in enumerate(partners):
@@ -117,7 +116,9 @@ class Fanout:
             call = self._scatter(index, partner)
             call.addCallback(self._ended, index)
             calls.append(call)
-        return gatherResults(calls)
+        if rule is None:
+            return gatherResults(calls)
+        return Completion(self._clock, rule, self.partners, self.results, calls).done
 
     def _ended(self, result: CallResult, index: int) -> CallResult:
         self.results[index] = result
@@ -147,25 +148,43 @@ class Fanout:
         if budget_ms is None:
             return succeed(CallResult(config.name, outcomes.SKIPPED,
                                       error="no time left in the deadline"))
+        bucket = partner.bucket
+        if bucket is not None and not bucket.ready(now):
+            return succeed(CallResult(config.name, outcomes.RATE_LIMITED,
+                                      error="partner at max_rps"))
         breaker = partner.breaker
         if breaker is not None and not breaker.allow():
             return succeed(CallResult(config.name, outcomes.OPEN,
                                       error="circuit open after repeated failures"))
+        if bucket is not None:
+            bucket.take()  # only now: a call the breaker refused costs no token
+        adaptive = partner.adaptive
+        if adaptive is not None:
+            timeout_ms = adaptive.for_call()
+            cut = budget_ms < timeout_ms  # by the request's deadline: no evidence
+            budget_ms = min(budget_ms, timeout_ms)
         epoch = breaker.epoch if breaker is not None else 0
         headers = call_headers(partner.headers, (
             (self._deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self.request_id)))
         partner.slots.inflight += 1
         phase = self.phases[index] = CallPhase(now)
+        # A timeout at a shortened (adaptive) timeout is "cut" for the breaker
+        # too: only calls given the whole timeout_ms are judged, or tail-sampled.
+        whole = budget_ms >= config.timeout_ms
         call = self._upstream.call(config, partner.url, headers, self._body, budget_ms / 1000.0,
-                                   phase=phase)
-        return call.addCallback(self._finished, partner, epoch, budget_ms < config.timeout_ms)
+                                   phase=phase,
+                                   tail=partner.slots if whole and config.tail_sample else None)
+        call.addCallback(self._finished, partner, epoch, not whole)
+        if adaptive is not None:
+            call.addCallback(adaptive.ended, cut)
+        return call
 
     @staticmethod
     def _finished(result: CallResult, partner: PartnerState, epoch: int,
                   cut: bool) -> CallResult:
         if partner.breaker is not None:
             partner.breaker.record(result.outcome, result.status, epoch, cut)
-        _release(partner)
+        partner.slots.release()
         return result
 
     def pending_partners(self) -> list[str]:

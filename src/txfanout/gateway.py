@@ -40,11 +40,13 @@ class Gateway:
 
     app = Klein()
 
-    def __init__(self, reactor: Any, config: Config) -> None:
+    def __init__(self, reactor: Any, config: Config, workers: int = 1) -> None:
         self.clock = reactor
         self.lag = ReactorLag(reactor)
+        self.workers = workers  # processes sharing each partner's max_rps
         self.snapshot = compile_snapshot(config, reactor, lag=self.lag,
-                                         breaker_changed=self._breaker_changed)
+                                         breaker_changed=self._breaker_changed,
+                                         workers=workers)
         self.upstream = Upstream(reactor, config.upstream.idle_timeout_ms / 1000.0,
                                  idle_caps(config.partners.values()))
         self.inflight: set[Fanout] = set()
@@ -52,6 +54,7 @@ class Gateway:
         self.closing = False  # draining, still serving: answers close their connections
         self.overdue = OverdueWatch(reactor, self.inflight)
         self.metrics = GatewayMetrics(self)
+        self.upstream.tails.observe = self.metrics.tail_ended
         self.admission = Admission(reactor, self.lag, config.server, self.metrics.shed)
         self.access_log: AccessLog | None = None
         self._ids = RequestIds()
@@ -72,7 +75,7 @@ class Gateway:
         their state; the pool is resized for the new caps."""
         old = self.snapshot.config
         self.snapshot = compile_snapshot(config, self.clock, self.snapshot.partners, self.lag,
-                                         self._breaker_changed)
+                                         self._breaker_changed, self.workers)
         self.upstream.resize(config.upstream.idle_timeout_ms / 1000.0,
                              idle_caps(config.partners.values()))
         self.metrics.compile(config)
@@ -138,7 +141,7 @@ class Gateway:
         fanout = exchange.fanout = Fanout(self.clock, self.upstream, snapshot.config.server,
                                           inbound.request_id, inbound.route, inbound.budget)
         self.inflight.add(fanout)
-        done = fanout.run(partners, inbound.body)
+        done = fanout.run(partners, inbound.body, snapshot.rules.get(inbound.route))
         return done.addBoth(self._forget, fanout).addCallback(
             self._answer, request, inbound, snapshot.config.server.max_answer_bytes)
 

@@ -27,7 +27,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 
-from . import about, outcomes
+from . import about, outcomes, tail
 from .admission import SHED_REASONS, Admission
 from .breaker import STATES
 from .config import Config
@@ -120,8 +120,8 @@ class GatewayMetrics:
             "txfanout_shed", "Requests refused at admission (503), by reason.",
             ("reason",), registry=registry)
         self._calls = Counter(
-            "txfanout_partner_calls", "Partner calls by outcome (shed, open and skipped "
-            "calls were not made).", ("partner", "outcome"), registry=registry)
+            "txfanout_partner_calls", "Partner calls by outcome (shed, open, skipped and "
+            "rate_limited calls were not made).", ("partner", "outcome"), registry=registry)
         self._idle_closed = Counter(
             "txfanout_idle_closed", "Client connections closed for being idle past "
             "server.idle_timeout_ms (not logged one by one).", registry=registry)
@@ -129,6 +129,11 @@ class GatewayMetrics:
             "txfanout_partner_call_duration_seconds", "Duration of the partner calls "
             "that were made, whatever their outcome.", ("partner",),
             buckets=buckets, registry=registry)
+        self._tail = Histogram(
+            "txfanout_partner_tail_ratio", "Tail-sampled timeouts (tail_sample) by when they "
+            "ended, over their timeout: an answer at its latency / timeout, no answer by "
+            f"{tail.BOUND:g} x the timeout (or an error) at +Inf.", ("partner",),
+            buckets=tail.BUCKETS, registry=registry)
         Gauge("txfanout_build_info", "Always 1: the txfanout version, and the Python and "
               "Twisted it runs on.", ("version", "python", "twisted"),
               registry=registry).labels(**about.build_info()).set(1)
@@ -155,6 +160,7 @@ class GatewayMetrics:
             self._route_answers(route)
         for partner in config.partners:
             self._partner(partner)
+            self._tail.labels(partner)
             for state in STATES:
                 self._breaker_transitions.labels(partner, state)
 
@@ -180,6 +186,10 @@ class GatewayMetrics:
             children.outcomes[result.outcome].inc()
             if result.outcome not in outcomes.NOT_CALLED:
                 children.duration.observe(result.latency_ms / 1000.0)
+
+    def tail_ended(self, partner: str, ratio: float) -> None:
+        """A tail sample of ``partner`` ended (see tail.py)."""
+        self._tail.labels(partner).observe(ratio)
 
     def answered(self, route: str, complete: bool) -> None:
         """One 200 answer on ``route``, complete or not."""
@@ -238,6 +248,9 @@ class _Levels(NamedTuple):
     partner_inflight: GaugeMetricFamily
     breaker: GaugeMetricFamily
     partner_upstream: GaugeMetricFamily
+    partner_max_rps: GaugeMetricFamily
+    partner_timeout: GaugeMetricFamily
+    partner_tail_running: GaugeMetricFamily
     connections: GaugeMetricFamily
     opened: CounterMetricFamily
     closed: CounterMetricFamily
@@ -262,6 +275,16 @@ class _Levels(NamedTuple):
             GaugeMetricFamily("txfanout_partner_upstream",
                               "Always 1: which upstream (scheme://host:port) a partner "
                               "is called on.", labels=["partner", "upstream"]),
+            GaugeMetricFamily("txfanout_partner_max_rps",
+                              "This process's share of a partner's max_rps (max_rps / "
+                              "workers), for partners with one.", labels=["partner"]),
+            GaugeMetricFamily("txfanout_partner_timeout_seconds",
+                              "A partner's timeout now: timeout_ms, or less with "
+                              "adaptive_timeout.", labels=["partner"]),
+            GaugeMetricFamily("txfanout_partner_tail_running",
+                              "Tail-sampled timeouts still running on, per partner "
+                              "(each holds one of the partner's max_concurrency).",
+                              labels=["partner"]),
             GaugeMetricFamily("txfanout_upstream_connections",
                               "Connections to an upstream, idle (pooled) or active.",
                               labels=["upstream", "state"]),
@@ -294,6 +317,10 @@ class LiveCollector:
             levels.breaker.add_metric([name], 1.0 if circuit_open(state) else 0.0)
             levels.partner_upstream.add_metric(
                 [name, upstream_label(upstream_key(state.config.url))], 1.0)
+            if state.bucket is not None:
+                levels.partner_max_rps.add_metric([name], state.bucket.rate)
+            levels.partner_timeout.add_metric([name], state.timeout_ms / 1000.0)
+            levels.partner_tail_running.add_metric([name], g.upstream.tails.running.get(name, 0))
         for row in g.upstream.connections.view(g.upstream.pool):
             levels.connections.add_metric([row.upstream, "idle"], row.idle)
             levels.connections.add_metric([row.upstream, "active"], row.active)

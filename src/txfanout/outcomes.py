@@ -16,11 +16,14 @@ ERROR = "error"            # refused, reset, DNS, TLS, malformed HTTP
 TOO_LARGE = "too_large"    # body over max_response_bytes; connection aborted
 SHED = "shed"              # partner at max_concurrency; not called
 OPEN = "open"              # partner's circuit breaker open; not called
+RATE_LIMITED = "rate_limited"  # partner at max_rps; not called
 SKIPPED = "skipped"        # less than min_call_ms of budget left; not called
 CANCELLED = "cancelled"    # the client went away; the call was aborted
+ABANDONED = "abandoned"    # the answer was ready without it (completion.py); aborted
 
-ALL = (OK, HTTP_ERROR, TIMEOUT, ERROR, TOO_LARGE, SHED, OPEN, SKIPPED, CANCELLED)
-NOT_CALLED = frozenset((SHED, OPEN, SKIPPED))  # the partner never saw the request
+ALL = (OK, HTTP_ERROR, TIMEOUT, ERROR, TOO_LARGE, SHED, OPEN, RATE_LIMITED, SKIPPED, CANCELLED,
+       ABANDONED)
+NOT_CALLED = frozenset((SHED, OPEN, SKIPPED, RATE_LIMITED))  # the partner never saw the request
 
 
 @dataclass(**SLOTS)

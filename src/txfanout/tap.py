@@ -58,7 +58,9 @@ SEVERAL PROCESSES ON ONE PORT
   that share txfanout.socket, each with --worker-index I. Either way worker
   I serves its admin face (/healthz, /readyz, /metrics) on the admin port
   + I: scrape every worker's port and sum in Prometheus. --max-inflight is
-  per process.
+  per process. A partner's max_rps is shared: --workers N gives each worker
+  --worker-count N (max_rps / N each); give txfanout@I instances
+  --worker-count N yourself.
 
 ENVIRONMENT
   NOTIFY_SOCKET  Set by systemd (Type=notify): READY=1 once listening,
@@ -163,6 +165,10 @@ class Options(usage.Options):
                                      "socket: its admin face listens on the admin port + I "
                                      "(set by --workers and txfanout@I.service).",
          _whole_number("worker-index", 0, low=0)],
+        ["worker-count", None, None, "This process is one of N sharing the partners' "
+                                     "max_rps: it calls each at most max_rps / N a second "
+                                     "(set by --workers; give it to txfanout@I instances).",
+         _whole_number("worker-count", 2, low=1)],
         ["inherit-fd", None, None, "Serve the listening socket at this file descriptor "
                                    "instead of --listen (set by --workers).",
          _whole_number("inherit-fd", 3, low=0)],
@@ -222,9 +228,10 @@ class Options(usage.Options):
             raise usage.UsageError("--workers needs --config (workers re-read it on SIGHUP); "
                                    "--demo runs in one process")
         if self["workers"] != 1 and (self["worker-index"] is not None
-                                     or self["inherit-fd"] is not None):
-            raise usage.UsageError("--workers starts workers; --worker-index and --inherit-fd "
-                                   "are for the workers themselves")
+                                     or self["inherit-fd"] is not None
+                                     or self["worker-count"] is not None):
+            raise usage.UsageError("--workers starts workers; --worker-index, --worker-count "
+                                   "and --inherit-fd are for the workers themselves")
         try:
             self.admin_endpoint = shift_port(self.config.server.admin, self["worker-index"] or 0)
             for index in range(self.workers if self["workers"] != 1 else 0):
@@ -243,7 +250,8 @@ class Options(usage.Options):
     def worker_args(self, index: int) -> list[str]:
         """``twistd`` arguments of worker ``index`` (after ``--nodaemon``)."""
         args = ["fanout", "--config", os.path.abspath(self["config"]),
-                "--worker-index", str(index), "--inherit-fd", str(LISTEN_FD)]
+                "--worker-index", str(index), "--worker-count", str(self.workers),
+                "--inherit-fd", str(LISTEN_FD)]
         for name in ("listen", "admin", "deadline-ms", "max-inflight"):
             if self[name] is not None:
                 args += [f"--{name}", str(self[name])]
@@ -277,7 +285,7 @@ def makeService(options: Options) -> service.IService:
         admin_endpoint = server_endpoint(reactor, options.admin_endpoint)
     except (EndpointError, OSError) as e:
         raise SystemExit(f"txfanout: {e}")
-    gateway = Gateway(reactor, config)
+    gateway = Gateway(reactor, config, options["worker-count"] or 1)
     gateway.access_log = options.access_log
     sites = AllocationSites(options["tracemalloc"]) if options["tracemalloc"] else None
     GatewayService(gateway).setServiceParent(top)

@@ -3,7 +3,10 @@
 Reads the admin face's ``/metrics`` once per interval and shows what moved
 in between: requests/s by code, in-flight, shed, p50/p99, RSS, CPU, reactor
 lag, then a row per partner (calls/s, outcome shares, p99, in-flight,
-breaker, connections of its upstream). ``q`` or Ctrl-C quits. Not on a
+breaker, timeout (adaptive or not), connections of its upstream; calls/s
+counts calls not made too, such as ``rate_limited`` ones), and for partners
+with tail samples the share of sampled timeouts a timeout 50% or 100%
+longer would have answered. ``q`` or Ctrl-C quits. Not on a
 TTY, or with ``--once``, it prints one view (two reads an interval apart)
 and exits. An admin face with ``server.admin_token`` needs the token:
 ``--token`` or the environment variable ``TXFANOUT_ADMIN_TOKEN``.
@@ -29,7 +32,7 @@ from .config import ServerConfig
 
 Labels = tuple[tuple[str, str], ...]
 _CLEAR = "\x1b[H\x1b[2J"
-_OUTCOMES = ("ok", "http_error", "timeout", "error")  # the rest are "other"
+_OUTCOMES = ("ok", "http_error", "timeout", "error", "abandoned", "rate_limited")  # the rest: "other"
 TOKEN_VARIABLE = "TXFANOUT_ADMIN_TOKEN"
 DEFAULT_ADMIN = "http://127.0.0.1:" + re.findall(r"\d+", ServerConfig().admin)[0]
 
@@ -121,11 +124,14 @@ class Window:
         return {k: max(0.0, v - before.get(k, 0.0)) / self.seconds
                 for k, v in self.after.by(name, label, **match).items()}
 
-    def quantile(self, q: float, name: str, **match: str) -> Quantile | None:
+    def buckets(self, name: str, **match: str) -> dict[float, float]:
+        """A histogram's cumulative counts by upper bound, over the window."""
         before = self.before.buckets(name, **match)
-        delta = {le: c - before.get(le, 0.0)
-                 for le, c in self.after.buckets(name, **match).items()}
-        return quantile(q, delta)
+        return {le: c - before.get(le, 0.0)
+                for le, c in self.after.buckets(name, **match).items()}
+
+    def quantile(self, q: float, name: str, **match: str) -> Quantile | None:
+        return quantile(q, self.buckets(name, **match))
 
 
 def _ms(seconds: float | None) -> str:
@@ -138,12 +144,36 @@ def _q_ms(value: Quantile | None) -> str:
     return ("≥" if value.at_least else "") + _ms(value.seconds)
 
 
+def _timeout_ms(scrape: Scrape, partner: str) -> str:
+    found = [v for _, v in scrape.values("txfanout_partner_timeout_seconds", partner=partner)]
+    return _ms(found[0]) if found else "-"
+
+
 def _share(part: float, whole: float) -> str:
     return "-" if whole <= 0 else f"{100.0 * part / whole:.1f}%"
 
 
 def _mib(n: float) -> str:
     return f"{n / 1048576.0:.1f} MiB"
+
+
+def _tail_table(w: Window, partners: list[str]) -> list[str]:
+    """Per partner that has tail samples (tail.py): how many ended in the
+    window, the share a timeout 50% and 100% longer would have answered,
+    and how many run now."""
+    rows = []
+    for p in partners:
+        running = w.after.total("txfanout_partner_tail_running", partner=p)
+        if not running and not w.after.total("txfanout_partner_tail_ratio_count", partner=p):
+            continue
+        ended = w.buckets("txfanout_partner_tail_ratio", partner=p)
+        samples = ended.get(math.inf, 0.0)
+        rows.append(f"{p[:20]:<20} {samples:8.0f} {_share(ended.get(1.5, 0.0), samples):>9} "
+                    f"{_share(ended.get(2.0, 0.0), samples):>9} {running:7.0f}")
+    if not rows:
+        return []
+    return ["", f"{'tail (sampled t/o)':<20} {'samples':>8} {'t/o +50%':>9} {'t/o +100%':>9} "
+                f"{'running':>7}", *rows]
 
 
 def render(window: Window, source: str) -> str:
@@ -171,7 +201,8 @@ def render(window: Window, source: str) -> str:
         f"{w.rate('python_gc_collections_total'):.1f}/s",
         "",
         f"{'partner':<20} {'calls/s':>9} {'ok':>7} {'http_err':>8} {'timeout':>7} "
-        f"{'error':>7} {'other':>7} {'p99 ms':>8} {'in-flt':>6} {'breaker':>7} "
+        f"{'error':>7} {'abandon':>7} {'limited':>7} {'other':>7} {'p99 ms':>8} {'t/o ms':>7} "
+        f"{'in-flt':>6} {'breaker':>7} "
         f"{'conns idle/active':>17}",
     ]
     upstream_of = {d["partner"]: d["upstream"]
@@ -188,11 +219,13 @@ def render(window: Window, source: str) -> str:
         lines.append(
             f"{p[:20]:<20} {calls:9.1f} "
             + " ".join(f"{_share(outcomes.get(o, 0.0), calls):>{n}}"
-                       for o, n in zip(_OUTCOMES, (7, 8, 7, 7)))
+                       for o, n in zip(_OUTCOMES, (7, 8, 7, 7, 7, 7)))
             + f" {_share(other, calls):>7}"
             f" {_q_ms(w.quantile(0.99, 'txfanout_partner_call_duration_seconds', partner=p)):>8}"
+            f" {_timeout_ms(now, p):>7}"
             f" {now.total('txfanout_partner_inflight', partner=p):6.0f} {breaker:>7}"
             f" {conns.get((up, 'idle'), 0):>8.0f}/{conns.get((up, 'active'), 0):<8.0f}")
+    lines += _tail_table(w, partners)
     upstreams = sorted({u for u, _ in conns})
     if upstreams:
         lines += ["", f"{'upstream':<40} {'idle':>6} {'active':>6} {'opened/s':>9}"]

@@ -54,6 +54,7 @@ from .outcomes import CallResult
 from .phases import READING, SENT, CallPhase
 from .pool import PartnerPool, PartnerProtocolError, PoolKey, unread_bytes
 from .poolstats import ConnectionStats, CountingEndpoints, upstream_key
+from .tail import Sample, Slots, TailSampler
 from .tls import HandshakeCancelled, HandshakeEndpoint, PartnerTLS
 
 # Agents kept for TLS profiles; past this many the cache starts afresh (an
@@ -287,6 +288,7 @@ class Upstream:
         self._reactor = reactor
         self.pool = PartnerPool(reactor)
         self.connections = ConnectionStats()
+        self.tails = TailSampler()
         self.resize(idle_timeout_s, per_key)
         self.agent = Agent.usingEndpointFactory(
             reactor, CountingEndpoints(PartnerEndpoints(reactor), self.connections),
@@ -337,13 +339,17 @@ class Upstream:
                                               target.path)
 
     def call(self, partner: PartnerConfig, url: bytes, headers: Headers, body: bytes,
-             timeout_s: float, phase: CallPhase | None = None) -> Deferred[CallResult]:
+             timeout_s: float, phase: CallPhase | None = None,
+             tail: Slots | None = None) -> Deferred[CallResult]:
         """POST ``body`` to ``partner``; the Deferred always fires with a
         CallResult. Cancelling it aborts the call (outcome ``cancelled``).
-        ``phase``, when given, follows the call (see :mod:`txfanout.phases`)."""
+        ``phase``, when given, follows the call (see :mod:`txfanout.phases`).
+        ``tail``, when given (the partner's slots; the call has its whole
+        timeout_ms), lets a timeout be tail-sampled (see :mod:`txfanout.tail`)."""
         clock = self.clock
         started = clock.seconds()
         why_stopped: list[str] = []
+        sample: Sample | None = None
 
         producer = BytesProducer(body, phase, partner.max_response_bytes)
         d = self._post(partner, url, headers, producer)
@@ -351,7 +357,7 @@ class Upstream:
         timer: IDelayedCall
 
         def on_timeout(read_first: bool = True) -> None:
-            nonlocal timer
+            nonlocal timer, sample
             connection = producer.connection
             if read_first and connection is not None and unread_bytes(connection):
                 # Bytes wait that the reactor has not read yet (it was busy):
@@ -359,13 +365,29 @@ class Upstream:
                 timer = clock.callLater(0, on_timeout, False)
                 return
             why_stopped.append(outcomes.TIMEOUT)
+            if tail is not None and connection is not None:
+                sample = self.tails.sample(partner.name, partner.tail_sample, tail, d,
+                                           started, timeout_s, clock)
+                if sample is not None:  # the request has its timeout; the call runs on
+                    deliver(timed_out(None))
+                    return
             d.cancel()
 
         timer = clock.callLater(timeout_s, on_timeout)
 
-        def done(result: tuple[int, bytes, bytes | None] | Failure) -> CallResult:
+        def timed_out(result: Failure | None) -> CallResult:
+            latency = round((clock.seconds() - started) * 1000.0, 1)
+            what = ("TLS handshake not finished"
+                    if result is not None and result.check(HandshakeCancelled) else "no answer")
+            return CallResult(partner.name, outcomes.TIMEOUT, None, latency, None,
+                              f"{what} in {round(timeout_s * 1000)} ms")
+
+        def done(result: tuple[int, bytes, bytes | None] | Failure) -> CallResult | None:
             if timer.active():
                 timer.cancel()
+            if sample is not None:  # its request had its timeout already
+                sample.ended(not isinstance(result, Failure), clock.seconds())
+                return None
             latency = round((clock.seconds() - started) * 1000.0, 1)
             name = partner.name
             if not isinstance(result, Failure):
@@ -374,10 +396,7 @@ class Upstream:
             if why_stopped:
                 if why_stopped[0] != outcomes.TIMEOUT:
                     return CallResult(name, why_stopped[0], None, latency, None, "cancelled")
-                what = ("TLS handshake not finished" if result.check(HandshakeCancelled)
-                        else "no answer")
-                return CallResult(name, outcomes.TIMEOUT, None, latency, None,
-                                  f"{what} in {round(timeout_s * 1000)} ms")
+                return timed_out(result)
             overflow = too_large(result)
             if overflow is not None:
                 return CallResult(name, outcomes.TOO_LARGE, None, latency, None, str(overflow))
@@ -385,8 +404,8 @@ class Upstream:
                 return CallResult(name, outcomes.CANCELLED, None, latency, None, "cancelled")
             return CallResult(name, outcomes.ERROR, None, latency, None, describe_failure(result))
 
-        def deliver(result: CallResult) -> None:
-            if not out.called:
+        def deliver(result: CallResult | None) -> None:
+            if result is not None and not out.called:
                 out.callback(result)
 
         def cancel(_: Deferred[CallResult]) -> None:
@@ -401,7 +420,8 @@ class Upstream:
         return out
 
     def close(self) -> Deferred[None]:
-        """Close every pooled connection."""
+        """Abort the tail samples running; close every pooled connection."""
+        self.tails.close()
         closed: Deferred[None] = self.pool.closeCachedConnections()
         return closed
 
