@@ -15,6 +15,7 @@ from txfanout.listeners import (
     Listener,
     bind_listening_socket,
     inherited_endpoint,
+    share_fairly,
     shift_port,
 )
 
@@ -90,3 +91,31 @@ async def test_an_inherited_socket_is_served_and_stops_alone():
     await within(second)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(address, timeout=5).close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_shared_socket_takes_one_connection_per_wake_up():
+    """Three clients wait in the backlog: a port shared with other processes
+    takes one of them each time it wakes up, not all three at once (the
+    other processes, woken too, take the rest)."""
+    accepted: list[Protocol] = []
+
+    class Accepted(Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+
+    port = share_fairly(reactor.listenTCP(0, Factory.forProtocol(Accepted),
+                                          interface="127.0.0.1"))
+    address = port.getHost()
+    clients = [socket.create_connection((address.host, address.port), timeout=5)
+               for _ in range(3)]
+    try:
+        for taken in (1, 2, 3):
+            port.doRead()  # what the reactor calls when the socket is readable
+            assert len(accepted) == taken
+    finally:
+        for protocol in accepted:
+            protocol.transport.abortConnection()
+        for client in clients:
+            client.close()
+        yield port.stopListening()

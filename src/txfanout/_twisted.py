@@ -230,7 +230,8 @@ REGISTER: tuple[Private, ...] = (
             "every write waits for the reactor's next turn (two epoll_ctl each)"),
     Private("twisted.internet.tcp.Port.numberAccepts", "attribute", "8.0",
             "how many connections a port accepts per wake-up: set to the room the site has "
-            "(set_accept_batch); Twisted reads it at each wake-up and adapts it after",
+            "(set_accept_batch), or to one on a socket several processes share "
+            "(accept_one_per_wake); Twisted reads it at each wake-up and adapts it after",
             "a flood of connections is accepted in one long turn, past the cap",
             "bounds the connections taken per turn under a connection flood"),
     Private("twisted.internet.endpoints._parse", "object", "10.2",
@@ -366,3 +367,15 @@ def write_some(transport: Any, data: bytes) -> int | BaseException:
 def set_accept_batch(port: Any, count: int) -> None:
     """Accept at most ``count`` connections at the next wake-up of ``port``."""
     port.numberAccepts = count
+
+
+def accept_one_per_wake(port: Any) -> None:
+    """Make ``port`` accept at most one connection each time it wakes up,
+    whatever Twisted adapted ``numberAccepts`` to after the last wake-up."""
+    read = port.doRead
+
+    def doRead() -> None:
+        port.numberAccepts = 1
+        read()
+
+    port.doRead = doRead

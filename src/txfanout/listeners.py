@@ -14,6 +14,8 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from . import _twisted
+
 log = Logger()
 
 _SEPARATOR = re.compile(r"(?<!\\):")
@@ -125,6 +127,18 @@ def inherited_endpoint(reactor: Any, fd: int) -> IStreamServerEndpoint:
     finally:
         probe.detach()
     return AdoptedStreamServerEndpoint(reactor, fd, family)
+
+
+def share_fairly(port: IListeningPort) -> IListeningPort:
+    """Make ``port``, a listening socket other processes accept on too
+    (``--workers``, or instances of one socket unit), take one connection
+    per wake-up. Every process is woken for a new connection; Twisted's
+    accept loop would let the first take all that wait (up to a hundred),
+    so a client opening its 64 keep-alive connections at once could give
+    them all to one worker. One at a time, a busy process comes back to
+    accept later than an idle one, and the idle one takes more."""
+    _twisted.accept_one_per_wake(port)
+    return port
 
 
 def cannot_listen(description: str, what: str, reason: object, option: str) -> str:

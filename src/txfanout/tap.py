@@ -29,6 +29,7 @@ from .listeners import (
     cannot_listen,
     inherited_endpoint,
     server_endpoint,
+    share_fairly,
     shift_port,
 )
 from .sdnotify import Notifier
@@ -296,6 +297,8 @@ def makeService(options: Options) -> service.IService:
     where = (f"fd {options['inherit-fd']}" if options["inherit-fd"] is not None
              else config.server.listen)
     public = Listener("public", endpoint, site, where, "--listen (or server.listen)")
+    if options["inherit-fd"] is not None or config.server.listen.startswith("systemd:"):
+        public.ready.addCallback(share_fairly)  # other processes accept on it too
     public.ready.addCallback(site.listening)  # so that it can stop accepting
     public.setServiceParent(top)
     admin = Listener("admin", admin_endpoint, admin_site(gateway, sites),
