@@ -4,6 +4,8 @@ clock (tests/fakes.py) and as a real process (slow)."""
 from __future__ import annotations
 
 import json
+import select
+import socket
 import urllib.request
 
 import pytest
@@ -167,3 +169,27 @@ def test_daemon_refuses_a_bad_config(tmp_path):
     assert "server.max_inflight: must be an integer from 1 to 1000000" in "".join(daemon.log)
     # The error, not the manual: the journal gets a few lines, not the usage.
     assert len(daemon.log) <= 5, "".join(daemon.log)
+
+
+def test_the_demo_partners_hold_a_burst_of_connections_until_they_accept():
+    """A burst of 240 connections (60 requests to 4 partners, each on a
+    new connection) waits in the kernel's backlog; none is dropped to a
+    SYN retry a second later, past every partner timeout."""
+    from twisted.internet import reactor
+
+    port = demo.listen(reactor, 0)
+    address = port.getHost()
+    clients = [socket.socket() for _ in range(240)]
+    try:
+        for client in clients:
+            client.setblocking(False)
+            client.connect_ex((address.host, address.port))
+        pending = list(clients)
+        while pending:  # the handshakes complete in the kernel, unaccepted
+            _, writable, _ = select.select([], pending, [], 0.5)
+            assert writable, f"{len(pending)} of 240 connections not established"
+            pending = [c for c in pending if c not in writable]
+    finally:
+        for client in clients:
+            client.close()
+        port.stopListening()

@@ -85,6 +85,9 @@ class DemoPartner(Resource):
         return NOT_DONE_YET
 
 
+BACKLOG = 1024  # connections the kernel holds for the demo partners until accepted
+
+
 def listen(reactor: Any, port: int, seed: int | None = None) -> IListeningPort:
     """Serve the demo partners on 127.0.0.1:``port`` (``/fast``, ``/slow``...)."""
     root = Resource()
@@ -94,7 +97,11 @@ def listen(reactor: Any, port: int, seed: int | None = None) -> IListeningPort:
     site = Site(root)
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]
-    return reactor.listenTCP(port, site, interface="127.0.0.1")  # type: ignore[no-any-return]
+    # The gateway opens up to max_concurrency connections per partner at once
+    # (a burst of 60 requests: 240): with Twisted's backlog of 50 the kernel
+    # dropped the rest, their SYNs retried after 1 s, past every timeout.
+    return reactor.listenTCP(port, site, backlog=BACKLOG,  # type: ignore[no-any-return]
+                             interface="127.0.0.1")
 
 
 def base_url(port: int = DEMO_PORT) -> str:
