@@ -115,6 +115,34 @@ def test_a_connection_lost_while_its_refusal_is_held_gets_nothing_more():
     assert not answer(transport)
 
 
+def test_a_drain_sends_a_held_refusal_at_once_and_closes_on_the_next():
+    clock, gateway, site = full_gateway()
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    answer(transport)
+    channel.dataReceived(POST)  # at once: its 503 is held
+    assert not answer(transport)
+    gateway.admission.drain()  # SIGTERM: no hold outlasts the daemon
+    assert b"in-flight limit" in answer(transport)
+    assert transport.producerState == "producing" and not site.held
+    channel.dataReceived(POST)  # back at once: refused, and the connection closed
+    assert b"Connection: close" in answer(transport) and transport.disconnecting
+    clock.advance(8 * PACE_S)
+    assert not answer(transport)  # the hold's timer went with it
+
+
+def test_a_drain_resumes_reading_on_a_connection_paused_after_its_refusal():
+    clock, gateway, site = full_gateway()
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    answer(transport)
+    channel.dataReceived(POST[:10])
+    channel.dataReceived(POST[10:])  # parsed the long way: reading paused
+    assert b"in-flight limit" in answer(transport) and transport.producerState == "paused"
+    gateway.admission.drain()
+    assert transport.producerState == "producing" and not site.held
+
+
 def test_behind_a_proxy_pacing_is_off():
     # One connection carries many clients' requests: holding one back would
     # hold back clients that were never refused.

@@ -68,6 +68,11 @@ class Admission:
         self._max_lag_s = server.max_lag_ms / 1000.0
         self._changed()
 
+    def drain(self) -> None:
+        """Refuse every request from now on (the daemon drains)."""
+        self.draining = True
+        self._changed()
+
     @property
     def room(self) -> int:
         """Slots free now."""

@@ -219,7 +219,7 @@ class Lifecycle(service.Service):
         return self.drained
 
     def _stop_serving(self) -> None:
-        self.gateway.admission.draining = True
+        self.gateway.admission.drain()
         started = self._reactor.seconds()
         budget = self.gateway.snapshot.config.server.deadline_ms / 1000.0 + DRAIN_MARGIN_S
         log.info("draining: /readyz is 503; {count} in flight, waiting up to "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -242,14 +242,32 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     _refused_at: float | None = None  # when its last 503 went out
     _holds = 0  # 503s held back in a row
 
+    _release: Callable[[], None] | None = None  # what ends the hold
+
     def refused_kept_alive(self) -> None:
         """A 503 went out on this kept-alive connection (parsed the long
         way): if it came back too soon, read nothing more for the hold."""
         hold = self._hold_s()
         if hold:
-            self.transport.pauseProducing()
-            self._pace_timer = self.callLater(hold, self._unpace)
+            self._hold(hold, self.transport.resumeProducing)
         self._refused_at = self.site.front.clock.seconds()
+
+    def _hold(self, hold_s: float, release: Callable[[], None]) -> None:
+        """Read nothing for ``hold_s``, then ``release()``."""
+        self.transport.pauseProducing()
+        self._pace_timer = self.callLater(hold_s, self.release_hold)
+        self._release = release
+        self.site.held.add(self)
+
+    def release_hold(self) -> None:
+        """End this connection's hold now: its time came, or the gateway
+        drains (a held 503 goes out, reading resumes)."""
+        cancel(self._pace_timer)
+        self._pace_timer = None
+        self.site.held.discard(self)
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
     def _hold_s(self) -> float:
         """How long to hold back this refusal: 0 unless the client came back
@@ -265,14 +283,9 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         return min(paces * pace_s, server.idle_timeout_ms / 2000.0)
 
     def _send_held(self, answer: bytes) -> None:
-        self._pace_timer = None
         write_now(self.transport, answer)
         self._refused_at = self.site.front.clock.seconds()
         self.resetTimeout()
-        self.transport.resumeProducing()
-
-    def _unpace(self) -> None:
-        self._pace_timer = None
         self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
@@ -311,8 +324,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             return True
         hold = self._hold_s()
         if hold:  # nothing else came with it: the answer itself waits
-            self.transport.pauseProducing()
-            self._pace_timer = self.callLater(hold, lambda: self._send_held(answer))
+            self._hold(hold, lambda: self._send_held(answer))
         else:
             write_now(self.transport, answer)
             self._refused_at = front.clock.seconds()
@@ -430,6 +442,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         cancel(self._pace_timer)
+        self.site.held.discard(self)
         self._stop_drain_timer()
         super().connectionLost(reason)
         self._heard()
@@ -470,7 +483,9 @@ class GatewaySite(CappedSite):
         self._unheard = 0  # accepted for a slot in this period, not heard from yet
         self._period = 0
         self._refusals = float(REFUSAL_BURST)
+        self.held: set[GatewayChannel] = set()  # connections whose 503 or next read waits
         front.admission.watch(self.sync_accepting)
+        front.admission.watch(self._release_held_if_draining)
         front.admission.lag.watch(self._new_period)
 
     @property
@@ -504,6 +519,13 @@ class GatewaySite(CappedSite):
     def request_answered(self) -> None:
         """A request was answered: the refusal budget grows."""
         self._refusals = min(REFUSAL_BURST, self._refusals + REFUSALS_PER_ANSWER)
+
+    def _release_held_if_draining(self) -> None:
+        # Draining: no hold outlasts the daemon; the client gets its 503 now
+        # and, coming back, one that closes the connection.
+        if self.front.admission.draining:
+            for channel in list(self.held):
+                channel.release_hold()
 
     def _new_period(self, lag: ReactorLag) -> None:
         # Connections that have not spoken by now stop holding the door shut.
