@@ -77,8 +77,12 @@ async def run_cycle(gw, agent) -> Counter[int]:
 async def test_memory_and_state_settle_after_every_cycle(partner, make_gateway):
     gw = make_gateway(route_config({
         "fast": {"url": partner.url("/ok"), "breaker_failures": 0},
-        "slow": {"url": partner.url("/delay/1000"), "timeout_ms": 20, "breaker_failures": 0},
-        "hang": {"url": partner.url("/hang"), "timeout_ms": 20, "breaker_failures": 0},
+        # A tail sample outlives its request by design (up to twice the
+        # timeout, holding its slot): test_tail checks that it ends.
+        "slow": {"url": partner.url("/delay/1000"), "timeout_ms": 20, "breaker_failures": 0,
+                 "tail_sample": 0},
+        "hang": {"url": partner.url("/hang"), "timeout_ms": 20, "breaker_failures": 0,
+                 "tail_sample": 0},
         "reset": {"url": partner.url("/reset"), "breaker_failures": 0},
     }, deadline_ms=100, max_inflight=1000, adaptive_inflight=False))  # every request served
     pool = HTTPConnectionPool(reactor, persistent=True)
