@@ -88,6 +88,9 @@ def test_debug_inflight_shows_where_each_call_is(net: Network):
     assert states == {"fast": "done:ok", "hang": "sent", "drip": "reading"}
     assert {p["partner"]: p["elapsed_ms"] for p in req["partners"]} == \
         {"fast": 0.0, "hang": 120.0, "drip": 120.0}
+    # the timeout each call was given (the fast one's cut by nothing: its 300 ms)
+    assert {p["partner"]: p["timeout_ms"] for p in req["partners"]} == \
+        {"fast": 300, "hang": 5000, "drip": 5000}
 
     # A second request: the oldest comes first and ?limit bounds the list.
     second = gw.send(headers={"X-Request-Id": "held-2"})

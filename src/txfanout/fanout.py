@@ -167,7 +167,7 @@ class Fanout:
         headers = call_headers(partner.headers, (
             (self._deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self.request_id)))
         partner.slots.inflight += 1
-        phase = self.phases[index] = CallPhase(now)
+        phase = self.phases[index] = CallPhase(now, budget_ms)
         # A timeout at a shortened (adaptive) timeout is "cut" for the breaker
         # too: only calls given the whole timeout_ms are judged, or tail-sampled.
         whole = budget_ms >= config.timeout_ms

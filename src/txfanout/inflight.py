@@ -40,7 +40,10 @@ def describe(fanout: "Fanout", now: float) -> dict[str, Any]:
             state, elapsed = phase.state, _ms(now - phase.started)
         else:
             state, elapsed = WAITING_SLOT, 0.0
-        partners.append({"partner": name, "state": state, "elapsed_ms": elapsed})
+        call = {"partner": name, "state": state, "elapsed_ms": elapsed}
+        if phase is not None:  # the call started: the timeout it was given
+            call["timeout_ms"] = phase.timeout_ms
+        partners.append(call)
     return {
         "id": fanout.request_id, "route": fanout.route,
         "age_ms": _ms(now - fanout.started),

@@ -15,10 +15,13 @@ READING = "reading"
 
 
 class CallPhase:
-    """The phase of one call and when it started (clock seconds)."""
+    """The phase of one call, when it started (clock seconds) and the
+    timeout it was given (ms: its partner's, cut by the request's deadline,
+    or shortened by ``adaptive_timeout``)."""
 
-    __slots__ = ("state", "started")
+    __slots__ = ("state", "started", "timeout_ms")
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, timeout_ms: float = 0.0) -> None:
         self.state = CONNECTING
         self.started = started
+        self.timeout_ms = timeout_ms
