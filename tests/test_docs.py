@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from txfanout import config, targeting
+from txfanout._compat import tomllib
 
 from .daemon import Daemon, free_port
 
@@ -91,6 +92,17 @@ def test_the_config_keys_it_names_exist(doc: Path) -> None:
         bare = re.fullmatch(r"([a-z]+(?:_[a-z]+)+)( = .*)?", literal)
         if bare and bare.group(1).endswith(("_ms", "_bytes")):
             assert bare.group(1) in KEYS | NOT_KEYS, f"{doc.name}: ``{literal}``"
+
+
+def test_the_configuration_example_is_a_valid_configuration() -> None:
+    text = (ROOT / "docs" / "configuration.rst").read_text()
+    lines = text.split("tail`_)::\n\n", 1)[1].splitlines()
+    end = next(i for i, line in enumerate(lines) if line and not line.startswith("    "))
+    example = "\n".join(line[4:] for line in lines[:end])
+    parsed = config.parse(tomllib.loads(example))
+    assert parsed.routes["bid"].primary == ("dsp-a", "dsp-b")
+    assert parsed.partners["dsp-a"].max_rps == 500 and parsed.partners["dsp-a"].adaptive_timeout
+    assert parsed.partners["dsp-b"].tail_sample == 0.05
 
 
 def test_etc_txfanout_toml_is_the_reference_of_every_key() -> None:
