@@ -23,7 +23,6 @@ Two levels:
 from __future__ import annotations
 
 import bisect
-import json
 import socket
 from collections import deque
 from typing import Any, Callable
@@ -43,6 +42,7 @@ from txfanout.gateway import Gateway
 from txfanout.site import GatewaySite
 
 from .configs import route_config
+from .loopback import Answer
 from .partners import PartnerServer, take_message
 from .rawpartners import RawPartner
 
@@ -588,13 +588,8 @@ class Client(Protocol):
             out.append(FakeAnswer.parse(head, body))
 
 
-class FakeAnswer:
-    """One answer, parsed: status, headers, body (like loopback.Answer)."""
-
-    def __init__(self, code: int, headers: Headers, body: bytes) -> None:
-        self.code = code
-        self.headers = headers
-        self.body = body
+class FakeAnswer(Answer):
+    """One answer, parsed from the bytes an in-memory client received."""
 
     @classmethod
     def parse(cls, head: bytes, body: bytes) -> "FakeAnswer":
@@ -604,17 +599,6 @@ class FakeAnswer:
             name, _, value = line.partition(b":")
             headers.addRawHeader(name.strip(), value.strip())
         return cls(int(lines[0].split(b" ")[1]), headers, body)
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)
-        return values[0] if values else None
-
-    def outcomes(self) -> dict[str, str]:
-        return {r["partner"]: r["outcome"] for r in self.json["results"]}
 
     def results(self) -> dict[str, dict[str, Any]]:
         return {r["partner"]: r for r in self.json["results"]}
