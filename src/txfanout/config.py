@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 from urllib.parse import urlsplit
 
 from ._compat import tomllib
@@ -372,6 +372,20 @@ def _check_url(url: Any) -> str:
     return ""
 
 
+def _partner_names(chk: _Checker, value: Any, path: str, known: Collection[str],
+                   unknown: str) -> list[str] | None:
+    """A list of partner names, each once and each in ``known`` (else the
+    error ``unknown``, formatted with the name)."""
+    names = chk.string_list(value, path, lambda v: True, "partner names")
+    if names is not None:
+        for n in names:
+            if n not in known:
+                chk.fail(path, unknown.format(n))
+        if len(set(names)) != len(names):
+            chk.fail(path, "lists a partner twice")
+    return names
+
+
 def _route(chk: _Checker, name: str, raw: Any, partners: Mapping[str, Any]) -> RouteConfig | None:
     path = f"routes.{name}"
     if not _ROUTE.match(name):
@@ -380,14 +394,8 @@ def _route(chk: _Checker, name: str, raw: Any, partners: Mapping[str, Any]) -> R
     chk.unknown(table, {"partners", "max_partners", "answer_when", "primary", "grace_ms"},
                 path)
     before = len(chk.errors)
-    names = chk.string_list(table.get("partners"), f"{path}.partners", lambda v: True,
-                            "partner names")
-    if names is not None:
-        for n in names:
-            if n not in partners:
-                chk.fail(f"{path}.partners", f"unknown partner {n!r}")
-        if len(set(names)) != len(names):
-            chk.fail(f"{path}.partners", "lists a partner twice")
+    names = _partner_names(chk, table.get("partners"), f"{path}.partners", partners,
+                           "unknown partner {!r}")
     max_partners: int | None = MAX_FANOUT
     if "max_partners" in table:
         max_partners = chk.integer(table["max_partners"], f"{path}.max_partners", 1, MAX_FANOUT)
@@ -416,14 +424,9 @@ def _route_completion(chk: _Checker, path: str, table: Mapping[str, Any],
     else:
         values["answer_when"] = when
     if "primary" in table:
-        primary = chk.string_list(table["primary"], f"{path}.primary", lambda v: True,
-                                  "partner names")
+        primary = _partner_names(chk, table["primary"], f"{path}.primary", names,
+                                 "{!r} is not one of the route's partners")
         if primary is not None:
-            for n in primary:
-                if n not in names:
-                    chk.fail(f"{path}.primary", f"{n!r} is not one of the route's partners")
-            if len(set(primary)) != len(primary):
-                chk.fail(f"{path}.primary", "lists a partner twice")
             values["primary"] = tuple(primary)
         if when != "all":
             chk.fail(f"{path}.primary", 'cannot be combined with answer_when other than "all"')
