@@ -53,6 +53,7 @@ class Admission:
         self.draining = False
         self._idle_waiters: list[Deferred[None]] = []
         self._watchers: list[Callable[[], None]] = []
+        self._on_drain: list[Callable[[], None]] = []
 
     def watch(self, watcher: Callable[[], None]) -> None:
         """Call ``watcher()`` whenever the room may have changed."""
@@ -69,9 +70,15 @@ class Admission:
         self._changed()
 
     def drain(self) -> None:
-        """Refuse every request from now on (the daemon drains)."""
+        """Refuse every request from now on (the daemon drains), and tell
+        those who asked (``on_drain``)."""
         self.draining = True
-        self._changed()
+        for callback in self._on_drain:
+            callback()
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` when the daemon starts to drain."""
+        self._on_drain.append(callback)
 
     @property
     def room(self) -> int:

@@ -485,7 +485,7 @@ class GatewaySite(CappedSite):
         self._refusals = float(REFUSAL_BURST)
         self.held: set[GatewayChannel] = set()  # connections whose 503 or next read waits
         front.admission.watch(self.sync_accepting)
-        front.admission.watch(self._release_held_if_draining)
+        front.admission.on_drain(self._release_held)
         front.admission.lag.watch(self._new_period)
 
     @property
@@ -520,12 +520,11 @@ class GatewaySite(CappedSite):
         """A request was answered: the refusal budget grows."""
         self._refusals = min(REFUSAL_BURST, self._refusals + REFUSALS_PER_ANSWER)
 
-    def _release_held_if_draining(self) -> None:
+    def _release_held(self) -> None:
         # Draining: no hold outlasts the daemon; the client gets its 503 now
         # and, coming back, one that closes the connection.
-        if self.front.admission.draining:
-            for channel in list(self.held):
-                channel.release_hold()
+        for channel in list(self.held):
+            channel.release_hold()
 
     def _new_period(self, lag: ReactorLag) -> None:
         # Connections that have not spoken by now stop holding the door shut.
