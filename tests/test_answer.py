@@ -106,6 +106,8 @@ def test_a_json_answer_is_embedded_as_a_value(content_type: bytes) -> None:
     (b'{"bid": 0.9}', b"text/plain"),           # the type does not say JSON
     ('{"bid": 0.9}'.encode("utf-16"), b"application/json"),  # JSON, but not UTF-8
     (b"[" * 5000 + b"]" * 5000, b"application/json"),  # nested past what parses
+    (b'{"a": ' * 513 + b"1" + b"}" * 513, b"application/json"),  # past MAX_DEPTH (512)
+    (b"[" * 300 + b"{\"a\": [" * 107 + b"]}" * 107 + b"]" * 300, b"application/json"),
     (b'{"bid": 0.9}', None),                    # no type at all
     (b'{"bid": NaN}', b"application/json"),     # not strict JSON
     (b'{"bid": 1e999}', b"application/json"),   # overflows to Infinity
@@ -118,6 +120,13 @@ def test_anything_else_stays_text(payload: bytes, content_type: bytes | None) ->
     body, _ = build([answered(payload, content_type)])
     (entry,) = json.loads(body)["results"]
     assert entry["body"] == payload.decode("utf-8", "replace") and "json" not in entry
+
+
+def test_json_nested_max_depth_deep_is_embedded() -> None:
+    # 512 levels, on either runtime (PyPy's decoder alone would read 5,000).
+    came = b"[" * 256 + b'{"a": ' * 256 + b"1" + b"}" * 256 + b"]" * 256
+    body, _ = build([answered(came)])
+    assert b'"json": ' + came + b"}" in body
 
 
 def test_json_stands_as_it_came() -> None:

@@ -139,6 +139,8 @@ ANSWERED = {
     "json-deep-open": (request(body=b"[" * 60000), 400),
     "json-deep-balanced": (request(body=b"[" * 30000 + b"]" * 30000), 400),
     "json-deep-objects": (request(body=b'{"a":' * 10000 + b"1" + b"}" * 10000), 400),
+    "json-nested-512": (request(body=b'{"a":' * 512 + b"1" + b"}" * 512), 200),
+    "json-nested-513": (request(body=b'{"a":' * 513 + b"1" + b"}" * 513), 400),
     "json-huge-integer": (request(body=b"1" * 60000), 400),
     "json-huge-integer-in-field": (request(body=b'{"device": {"os": ' + b"7" * 5000 + b"}}"),
                                    400),

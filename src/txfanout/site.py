@@ -225,6 +225,15 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         super().connectionMade()
         self._unheard = self.site.unheard_connection()
 
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        """The local address: asked of the socket once per connection
+        (Twisted asks it anew for each request, a ``getsockname`` call)."""
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
+
     def _heard(self) -> None:
         if self._unheard is not None:
             self.site.connection_heard(self._unheard)
