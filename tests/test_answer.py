@@ -4,6 +4,8 @@ blow-up of bodies that are not UTF-8."""
 from __future__ import annotations
 
 import json
+import random
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -14,6 +16,7 @@ from txfanout.budget import Budget
 from txfanout.config import ServerConfig
 from txfanout.inbound import Inbound
 from txfanout.outcomes import CallResult
+from txfanout.answer import _encode as answer_encode
 
 from .configs import route_config
 
@@ -139,10 +142,11 @@ def test_json_stands_as_it_came() -> None:
     assert entry["json"] == {"price": 1.1, "big": 1e15, "s": "\ud800\u00e9"}
 
 
-def test_a_text_body_that_looks_like_the_mark_changes_nothing() -> None:
-    calls = [ok("mark", answer._MARK), answered(b"[1]", name="one"), ok("mark2", answer._MARK)]
+def test_a_text_body_that_looks_like_a_json_member_stays_text() -> None:
+    mark = '", "json": [2]}'
+    calls = [ok("mark", mark), answered(b"[1]", name="one"), ok("mark2", mark)]
     results = json.loads(build(calls)[0])["results"]
-    assert [r.get("body", r.get("json")) for r in results] == [answer._MARK, [1], answer._MARK]
+    assert [r.get("body", r.get("json")) for r in results] == [mark, [1], mark]
 
 
 def test_embedded_json_counts_in_the_cap_and_is_left_out_like_a_body() -> None:
@@ -182,3 +186,39 @@ async def test_a_partner_json_answer_reaches_the_client_as_json(partner, make_ga
     by_name = {r["partner"]: r for r in doc["results"]}
     assert by_name["json"]["json"] == {"device": {"os": "android"}}
     assert by_name["text"]["body"] == '{"device": {"os": "android"}}'
+
+
+_AWKWARD = ["", "dsp-a", "ü", "\u00e9t\u00e9", "\u2028", "a\"b", "back\\slash",
+            "\x00\x1f\x7f", "tab\there", "\U0001f600", "</script>", "1e999"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_answers_are_the_bytes_json_dumps_would_write(seed: int) -> None:
+    # answer._encode writes this one shape by hand: byte for byte what
+    # json.dumps(ensure_ascii=False) writes, JSON answers spliced in last.
+    rng = random.Random(seed)
+
+    def text() -> str:
+        return "".join(rng.choice(_AWKWARD) for _ in range(rng.randrange(3)))
+
+    def number() -> float | int | None:
+        return rng.choice([None, 0, -1, 200, 2**70, 0.0, -0.0, 0.1, 1e16, 1.5e-7, 12.3])
+
+    head = {"request_id": text(), "route": text(), "country": rng.choice([None, text()]),
+            "os": rng.choice([None, text()]), "complete": rng.choice([True, False]),
+            "elapsed_ms": number()}
+    entries, calls, expected = [], [], []
+    for _ in range(rng.randrange(4)):
+        entry: dict[str, Any] = {"partner": text(), "outcome": text(), "status": number(),
+                                 "latency_ms": number()}
+        answer = rng.choice([None, {"bid": number(), "ad": text(), "n": [1, {"x": None}]}])
+        if answer is None:
+            entry["body"] = rng.choice([None, text()])
+        if rng.random() < 0.5:
+            entry["error"] = text()
+        raw = None if answer is None else json.dumps(answer, ensure_ascii=False).encode()
+        calls.append(CallResult("p", outcomes.OK, json=raw))
+        entries.append(dict(entry))
+        expected.append(entry if answer is None else {**entry, "json": answer})
+    reference = json.dumps({**head, "results": expected}, ensure_ascii=False).encode()
+    assert answer_encode(head, entries, calls) == reference

@@ -26,7 +26,7 @@ from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, Reque
 from twisted.web.client import URI, Agent, HTTPConnectionPool
 from twisted.web.http import HTTPChannel, Request
 from twisted.web.http import _ChunkedTransferDecoder as ChunkedTransferDecoder
-from twisted.web.http_headers import Headers
+from twisted.web.http_headers import Headers, _nameEncoder
 from twisted.web.iweb import IBodyProducer, IResponse
 
 __all__ = [
@@ -153,6 +153,13 @@ REGISTER: tuple[Private, ...] = (
             "every call fails; or connections of different TLS settings are shared",
             "a connection made with one partner's TLS settings (CA, client certificate) "
             "must never carry another's calls"),
+    Private("twisted.web.http_headers.Headers._rawHeaders", "attribute", "24.7",
+            "a call's headers are the partner's prepared ones plus two, copied as a dict "
+            "(headers_with): Headers.copy() checks and encodes every name and value again",
+            "AttributeError on every call"),
+    Private("twisted.web.http_headers._nameEncoder", "object", "24.7",
+            "the canonical form of a header name, the key _rawHeaders is kept under "
+            "(canonical_name)", "ImportError at start"),
     # -- chunked bodies: chunked.py --
     Private("twisted.web.http._ChunkedTransferDecoder", "object", "21.7",
             "subclassed by CountedChunkedDecoder on both faces (21.7: its bytearray buffer "
@@ -295,6 +302,22 @@ def request_with_endpoint(agent: Agent, key: Any, endpoint: IStreamClientEndpoin
     """``agent.request`` with the URL's parse (``key``, ``endpoint``,
     ``uri``, ``path``) done beforehand."""
     return agent._requestWithEndpoint(key, endpoint, method, uri, headers, producer, path)
+
+
+def canonical_name(name: bytes) -> bytes:
+    """A header name as ``Headers`` keys it (``x-request-id``: ``X-Request-Id``);
+    InvalidHeaderName when it is not a token."""
+    canonical: bytes = _nameEncoder.encode(name)
+    return canonical
+
+
+def headers_with(prepared: Headers, extra: dict[bytes, list[bytes]]) -> Headers:
+    """A copy of ``prepared`` with ``extra`` set. Nothing is checked again:
+    ``extra``'s names are canonical (canonical_name) and its values hold no
+    line break."""
+    headers = Headers()
+    headers._rawHeaders = {**prepared._rawHeaders, **extra}
+    return headers
 
 
 # -- client connections (channel.py, site.py, chunked.py) --

@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
-from . import outcomes
+from . import _twisted, outcomes
 from .budget import Budget
 from .completion import Completion, Rule
 from .config import ServerConfig
@@ -38,13 +38,11 @@ from .snapshot import PartnerState
 from .upstream import Upstream
 
 
-def call_headers(prepared: Headers,
-                 extra: Iterable[tuple[bytes | str, bytes | str]]) -> Headers:
-    """A copy of ``prepared`` (a partner's headers) with ``extra`` set."""
-    headers = prepared.copy()
-    for name, value in extra:
-        headers.setRawHeaders(name, [value])
-    return headers
+def call_headers(prepared: Headers, extra: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """A copy of ``prepared`` (a partner's headers) with ``extra`` set: each
+    value one that Twisted would not rewrite (no line break)."""
+    return _twisted.headers_with(prepared, {
+        _twisted.canonical_name(name): [value] for name, value in extra})
 
 
 class SlotWait:
@@ -91,8 +89,9 @@ class Fanout:
                  request_id: str, route: str, budget: Budget) -> None:
         self._clock = clock
         self._upstream = upstream
-        self._deadline_header = server.deadline_header
+        self._deadline_header = _twisted.canonical_name(server.deadline_header.encode("ascii"))
         self.request_id = request_id
+        self._request_id = request_id.encode("ascii")  # inbound.RequestIds: ASCII
         self.route = route
         self.budget = budget
         self.started = budget.started
@@ -165,7 +164,7 @@ class Fanout:
             budget_ms = min(budget_ms, timeout_ms)
         epoch = breaker.epoch if breaker is not None else 0
         headers = call_headers(partner.headers, (
-            (self._deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self.request_id)))
+            (self._deadline_header, b"%d" % budget_ms), (b"X-Request-Id", self._request_id)))
         partner.slots.inflight += 1
         phase = self.phases[index] = CallPhase(now, budget_ms)
         # A timeout at a shortened (adaptive) timeout is "cut" for the breaker
