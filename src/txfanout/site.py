@@ -193,6 +193,7 @@ class GatewayRequest(Request):
         self._release()
         super().finish()
         self.front.request_ended(self, self.code)
+        self._let_go()
 
     def connectionLost(self, reason: Failure) -> None:
         self._release()
@@ -200,6 +201,15 @@ class GatewayRequest(Request):
         super().connectionLost(reason)
         if abandoned:
             self.front.request_ended(self, CLIENT_CLOSED)
+        self._let_go()
+
+    def _let_go(self) -> None:
+        # Klein's render keeps the request in a reference cycle (a closure
+        # that names itself) until the cyclic collector runs: what the
+        # request holds of its own (the fan-out and its results, the body)
+        # is let go now, so that it is freed at once instead.
+        self.exchange = None
+        self.content = None
 
     def processingFailed(self, reason: Failure) -> None:
         log.failure("unhandled error serving {path}", failure=reason,

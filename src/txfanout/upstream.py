@@ -356,14 +356,22 @@ class Upstream:
         d.addCallback(_read_capped, partner.max_response_bytes, producer, phase)
         timer: IDelayedCall
 
-        def on_timeout(read_first: bool = True) -> None:
-            nonlocal timer, sample
+        # Neither timer function names itself, nor is named by the other it
+        # calls: a closure that reaches itself is a reference cycle, and
+        # everything the call holds would wait for the cyclic collector.
+        def on_timeout() -> None:
+            nonlocal timer
             connection = producer.connection
-            if read_first and connection is not None and unread_bytes(connection):
+            if connection is not None and unread_bytes(connection):
                 # Bytes wait that the reactor has not read yet (it was busy):
                 # judge the call after the next poll has read them, not before.
-                timer = clock.callLater(0, on_timeout, False)
+                timer = clock.callLater(0, time_out)
                 return
+            time_out()
+
+        def time_out() -> None:
+            nonlocal sample
+            connection = producer.connection
             why_stopped.append(outcomes.TIMEOUT)
             if tail is not None and connection is not None:
                 sample = self.tails.sample(partner.name, partner.tail_sample, tail, d,
