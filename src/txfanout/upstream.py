@@ -354,13 +354,14 @@ class Upstream:
         producer = BytesProducer(body, phase, partner.max_response_bytes)
         d = self._post(partner, url, headers, producer)
         d.addCallback(_read_capped, partner.max_response_bytes, producer, phase)
-        timer: IDelayedCall
+        timer: IDelayedCall | None
 
-        # Neither timer function names itself, nor is named by the other it
-        # calls: a closure that reaches itself is a reference cycle, and
-        # everything the call holds would wait for the cyclic collector.
+        # No timer function reaches itself (by its name, or by the timer that
+        # holds it once it ran): that is a reference cycle, and everything
+        # the call holds would wait for the cyclic collector.
         def on_timeout() -> None:
             nonlocal timer
+            timer = None
             connection = producer.connection
             if connection is not None and unread_bytes(connection):
                 # Bytes wait that the reactor has not read yet (it was busy):
@@ -391,7 +392,7 @@ class Upstream:
                               f"{what} in {round(timeout_s * 1000)} ms")
 
         def done(result: tuple[int, bytes, bytes | None] | Failure) -> CallResult | None:
-            if timer.active():
+            if timer is not None and timer.active():
                 timer.cancel()
             if sample is not None:  # its request had its timeout already
                 sample.ended(not isinstance(result, Failure), clock.seconds())

@@ -1,0 +1,47 @@
+"""A finished request is freed by reference counting, not left to the
+cyclic collector (CPython).
+
+Cyclic garbage ages into the oldest generation, whose collections walk
+everything alive: with every request's fan-out in it, they took a fifth of
+the CPU at 2,500 clients. Klein and werkzeug keep a few objects of each
+request in cycles of their own (closures that name themselves); nothing of
+the fan-out may hang from them, nor be in a cycle of ours. PyPy frees
+nothing by reference counting: there, this is not a property to have.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+
+import pytest
+
+from txfanout.fanout import Fanout
+from txfanout.outcomes import CallResult
+from txfanout.phases import CallPhase
+from txfanout.site import Exchange
+from txfanout.upstream import BytesProducer
+
+from .configs import route_config
+
+OURS = (Fanout, CallResult, CallPhase, Exchange, BytesProducer)
+
+pytestmark = pytest.mark.skipif(platform.python_implementation() != "CPython",
+                                reason="PyPy frees nothing by reference counting")
+
+
+def test_answered_and_timed_out_calls_leave_nothing_to_the_cyclic_collector(net):
+    partner = net.partner()
+    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")},
+                                   "hangs": {"url": partner.url("/hang"), "timeout_ms": 50}}))
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        outcomes = [sorted(r["outcome"] for r in gw.post().json["results"]) for _ in range(5)]
+        gc.collect()
+        left = sorted({type(o).__name__ for o in gc.garbage if isinstance(o, OURS)})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert outcomes == [["ok", "timeout"]] * 5
+    assert left == []
