@@ -57,3 +57,11 @@ def test_the_middle_generation_is_collected_less_often_once_ready():
         assert gc.get_threshold() == (young, MIDDLE_EVERY, old) and MIDDLE_EVERY > 10
     finally:
         gc.set_threshold(young, MIDDLE_EVERY, old)
+
+
+def test_the_collectors_time_is_a_metric(net):
+    gw = net.gateway(route_config({"ok": {"url": net.partner().url("/ok")}}))
+    before = gw.value("txfanout_gc_seconds_total", generation="2")
+    gc.collect()
+    after = gw.value("txfanout_gc_seconds_total", generation="2")
+    assert before is not None and after is not None and after > before

@@ -16,6 +16,7 @@ import os
 import resource
 import sys
 from collections import Counter
+from time import perf_counter
 from typing import Any
 
 try:
@@ -125,6 +126,31 @@ def memory_view(types: int, sites: AllocationSites | None) -> dict[str, Any]:
         {"enabled": False, "hint": "start the daemon with --tracemalloc N" if TRACEMALLOC
          else "tracemalloc is not available on this interpreter"},
     }
+
+
+_collector_seconds = [0.0, 0.0, 0.0]  # by generation, since _timed went in
+_collection_started = 0.0
+
+
+def _timed(phase: str, info: dict[str, Any]) -> None:
+    global _collection_started
+    if phase == "start":
+        _collection_started = perf_counter()
+    else:
+        _collector_seconds[info["generation"]] += perf_counter() - _collection_started
+
+
+def collector_seconds() -> list[float] | None:
+    """Seconds CPython's cyclic collector has spent in each generation
+    since this was first asked (a ``gc.callbacks`` hook, one per process);
+    None on PyPy, which has no such hook (its major collections are paced
+    by gcpacer.py)."""
+    callbacks = getattr(gc, "callbacks", None)
+    if callbacks is None:
+        return None
+    if _timed not in callbacks:
+        callbacks.append(_timed)
+    return list(_collector_seconds)
 
 
 MIDDLE_EVERY = 100

@@ -33,6 +33,7 @@ from .breaker import STATES
 from .config import Config
 from .inflight import OverdueWatch
 from .lag import ReactorLag
+from .memory import collector_seconds
 from .poolstats import upstream_key, upstream_label
 from .snapshot import PartnerState, Snapshot
 from .upstream import Upstream
@@ -141,6 +142,8 @@ class GatewayMetrics:
         GCCollector(registry=registry)
         PlatformCollector(registry=registry)
         registry.register(LiveCollector(gateway))
+        if collector_seconds() is not None:
+            registry.register(CollectorTime())
         self._request_children: dict[tuple[str, int], Any] = {}
         self._answer_children: dict[str, tuple[Any, Any]] = {}
         self._duration_children: dict[str, Any] = {}
@@ -294,6 +297,26 @@ class _Levels(NamedTuple):
                                 "Connections to an upstream that were closed.",
                                 labels=["upstream"]),
         )
+
+
+class CollectorTime:
+    """The cyclic collector's time (CPython), by generation."""
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families([0.0, 0.0, 0.0]))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(collector_seconds() or [0.0, 0.0, 0.0]))
+
+    @staticmethod
+    def _families(seconds: list[float]) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "txfanout_gc_seconds", "Time CPython's cyclic collector took, by generation "
+            "(2: full collections, which walk every live object); absent on PyPy.",
+            labels=["generation"])
+        for generation, spent in enumerate(seconds):
+            family.add_metric([str(generation)], spent)
+        yield family
 
 
 class LiveCollector:
