@@ -346,87 +346,10 @@ class Upstream:
         ``phase``, when given, follows the call (see :mod:`txfanout.phases`).
         ``tail``, when given (the partner's slots; the call has its whole
         timeout_ms), lets a timeout be tail-sampled (see :mod:`txfanout.tail`)."""
-        clock = self.clock
-        started = clock.seconds()
-        why_stopped: list[str] = []
-        sample: Sample | None = None
-
         producer = BytesProducer(body, phase, partner.max_response_bytes)
-        d = self._post(partner, url, headers, producer)
-        d.addCallback(_read_capped, partner.max_response_bytes, producer, phase)
-        timer: IDelayedCall | None
-
-        # No timer function reaches itself (by its name, or by the timer that
-        # holds it once it ran): that is a reference cycle, and everything
-        # the call holds would wait for the cyclic collector.
-        def on_timeout() -> None:
-            nonlocal timer
-            timer = None
-            connection = producer.connection
-            if connection is not None and unread_bytes(connection):
-                # Bytes wait that the reactor has not read yet (it was busy):
-                # judge the call after the next poll has read them, not before.
-                timer = clock.callLater(0, time_out)
-                return
-            time_out()
-
-        def time_out() -> None:
-            nonlocal sample
-            connection = producer.connection
-            why_stopped.append(outcomes.TIMEOUT)
-            if tail is not None and connection is not None:
-                sample = self.tails.sample(partner.name, partner.tail_sample, tail, d,
-                                           started, timeout_s, clock)
-                if sample is not None:  # the request has its timeout; the call runs on
-                    deliver(timed_out(None))
-                    return
-            d.cancel()
-
-        timer = clock.callLater(timeout_s, on_timeout)
-
-        def timed_out(result: Failure | None) -> CallResult:
-            latency = round((clock.seconds() - started) * 1000.0, 1)
-            what = ("TLS handshake not finished"
-                    if result is not None and result.check(HandshakeCancelled) else "no answer")
-            return CallResult(partner.name, outcomes.TIMEOUT, None, latency, None,
-                              f"{what} in {round(timeout_s * 1000)} ms")
-
-        def done(result: tuple[int, bytes, bytes | None] | Failure) -> CallResult | None:
-            if timer is not None and timer.active():
-                timer.cancel()
-            if sample is not None:  # its request had its timeout already
-                sample.ended(not isinstance(result, Failure), clock.seconds())
-                return None
-            latency = round((clock.seconds() - started) * 1000.0, 1)
-            name = partner.name
-            if not isinstance(result, Failure):
-                code, payload, content_type = result
-                return outcomes.answered(name, code, latency, payload, content_type)
-            if why_stopped:
-                if why_stopped[0] != outcomes.TIMEOUT:
-                    return CallResult(name, why_stopped[0], None, latency, None, "cancelled")
-                return timed_out(result)
-            overflow = too_large(result)
-            if overflow is not None:
-                return CallResult(name, outcomes.TOO_LARGE, None, latency, None, str(overflow))
-            if result.check(CancelledError):
-                return CallResult(name, outcomes.CANCELLED, None, latency, None, "cancelled")
-            return CallResult(name, outcomes.ERROR, None, latency, None, describe_failure(result))
-
-        def deliver(result: CallResult | None) -> None:
-            if result is not None and not out.called:
-                out.callback(result)
-
-        def cancel(_: Deferred[CallResult]) -> None:
-            if not why_stopped:
-                why_stopped.append(outcomes.CANCELLED)
-            d.cancel()  # fires d, hence out, at once in every path we know
-            if not out.called:
-                out.callback(CallResult(partner.name, outcomes.CANCELLED, error="cancelled"))
-
-        out: Deferred[CallResult] = Deferred(cancel)
-        d.addBoth(done).addCallback(deliver)
-        return out
+        posted = self._post(partner, url, headers, producer)
+        posted.addCallback(_read_capped, partner.max_response_bytes, producer, phase)
+        return _Call(self, partner, producer, posted, timeout_s, tail).result
 
     def close(self) -> Deferred[None]:
         """Abort the tail samples running; close every pooled connection."""
@@ -434,3 +357,104 @@ class Upstream:
         closed: Deferred[None] = self.pool.closeCachedConnections()
         return closed
 
+
+class _Call:
+    """One call under way (Upstream.call): its timeout, and its result.
+
+    An object rather than closures: a call's closures took some 25 objects
+    for the collector to track, and one that names itself is a reference
+    cycle. Nothing here is in a cycle once the call has ended: Twisted drops
+    a cancelled timer's function and a fired Deferred's canceller, and the
+    timer that ran is dropped first."""
+
+    __slots__ = ("_upstream", "_partner", "_producer", "_posted", "_tail", "_timeout_s",
+                 "_started", "_stopped", "_sample", "_timer", "result")
+
+    def __init__(self, upstream: Upstream, partner: PartnerConfig, producer: BytesProducer,
+                 posted: Deferred[Any], timeout_s: float, tail: Slots | None) -> None:
+        self._upstream = upstream
+        self._partner = partner
+        self._producer = producer
+        self._posted = posted
+        self._tail = tail
+        self._timeout_s = timeout_s
+        clock = upstream.clock
+        self._started = clock.seconds()
+        self._stopped: str | None = None  # why the call was stopped, if it was
+        self._sample: Sample | None = None
+        self.result: Deferred[CallResult] = Deferred(self._cancel)
+        self._timer: IDelayedCall | None = clock.callLater(timeout_s, self._on_timeout)
+        posted.addBoth(self._done)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        connection = self._producer.connection
+        if connection is not None and unread_bytes(connection):
+            # Bytes wait that the reactor has not read yet (it was busy):
+            # judge the call after the next poll has read them, not before.
+            self._timer = self._upstream.clock.callLater(0, self._time_out)
+            return
+        self._time_out()
+
+    def _time_out(self) -> None:
+        self._timer = None
+        upstream, partner = self._upstream, self._partner
+        if self._stopped is None:
+            self._stopped = outcomes.TIMEOUT
+        if self._tail is not None and self._producer.connection is not None:
+            self._sample = upstream.tails.sample(partner.name, partner.tail_sample, self._tail,
+                                                 self._posted, self._started, self._timeout_s,
+                                                 upstream.clock)
+            if self._sample is not None:  # the request has its timeout; the call runs on
+                self._deliver(self._timed_out(None))
+                return
+        self._posted.cancel()
+
+    def _latency_ms(self) -> float:
+        return round((self._upstream.clock.seconds() - self._started) * 1000.0, 1)
+
+    def _timed_out(self, result: Failure | None) -> CallResult:
+        what = ("TLS handshake not finished"
+                if result is not None and result.check(HandshakeCancelled) else "no answer")
+        return CallResult(self._partner.name, outcomes.TIMEOUT, None, self._latency_ms(), None,
+                          f"{what} in {round(self._timeout_s * 1000)} ms")
+
+    def _done(self, result: tuple[int, bytes, bytes | None] | Failure) -> None:
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+        if self._sample is not None:  # its request had its timeout already
+            self._sample.ended(not isinstance(result, Failure), self._upstream.clock.seconds())
+            return
+        self._deliver(self._judge(result))
+
+    def _judge(self, result: tuple[int, bytes, bytes | None] | Failure) -> CallResult:
+        latency = self._latency_ms()
+        name = self._partner.name
+        if not isinstance(result, Failure):
+            code, payload, content_type = result
+            return outcomes.answered(name, code, latency, payload, content_type)
+        if self._stopped is not None:
+            if self._stopped != outcomes.TIMEOUT:
+                return CallResult(name, self._stopped, None, latency, None, "cancelled")
+            return self._timed_out(result)
+        overflow = too_large(result)
+        if overflow is not None:
+            return CallResult(name, outcomes.TOO_LARGE, None, latency, None, str(overflow))
+        if result.check(CancelledError):
+            return CallResult(name, outcomes.CANCELLED, None, latency, None, "cancelled")
+        return CallResult(name, outcomes.ERROR, None, latency, None, describe_failure(result))
+
+    def _deliver(self, result: CallResult) -> None:
+        if not self.result.called:
+            self.result.callback(result)
+
+    def _cancel(self, result: Deferred[CallResult]) -> None:
+        if self._stopped is None:
+            self._stopped = outcomes.CANCELLED
+        self._posted.cancel()  # fires posted, hence result, at once in every path we know
+        if not result.called:
+            result.callback(CallResult(self._partner.name, outcomes.CANCELLED,
+                                       error="cancelled"))
