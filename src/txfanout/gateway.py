@@ -160,8 +160,8 @@ class Gateway:
             return answer.json_error(request, 503, SHED_MESSAGES[SHED_PARTNERS_UNAVAILABLE])
         elapsed = self.clock.seconds() - inbound.budget.started
         body, complete = answer.results(request, inbound, results, elapsed, max_bytes)
-        assert request.exchange is not None  # see site.py
-        request.exchange.complete = complete
+        if request.exchange is not None:  # None: the request is over (site.py: _let_go)
+            request.exchange.complete = complete
         return body
 
     def start(self) -> None:
