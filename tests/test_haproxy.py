@@ -39,7 +39,7 @@ HAPROXY = shutil.which("haproxy") or next(
 FRONTEND, A_PORT, B_PORT, A_ADMIN, B_ADMIN, STATS = 8080, 8081, 8082, 9091, 9092, 8404
 
 CLIENTS = 12  # closed-loop clients, each on its own kept-alive connection
-WARM_S = 1.5  # load before the drain, and again once A is back
+SERVED_EACH = 50  # 2xx through each server before the drain, and again once A is back
 
 
 def render(text: str, ports: dict[int, int], root: bool) -> str:
@@ -176,6 +176,20 @@ class HAProxy:
                                      + self.log())
             time.sleep(0.02)
 
+    def wait_served(self, since: dict[str, int], count: int,
+                    timeout: float = 10.0) -> dict[str, int]:
+        """Poll until each server has relayed ``count`` more 2xx than in
+        ``since``; the counts then."""
+        end = time.monotonic() + timeout
+        while True:
+            now = served(self)
+            if all(now[name] - since.get(name, 0) >= count for name in now):
+                return now
+            if time.monotonic() > end:
+                raise AssertionError(f"2xx by server {now}, {count} more than {since} wanted "
+                                     f"in {timeout} s\n" + self.log())
+            time.sleep(0.02)
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-20000:]
@@ -297,8 +311,8 @@ def test_restarting_one_instance_under_load_fails_no_request(
 
         load = Load(ports[FRONTEND])
         load.start()
-        time.sleep(WARM_S)
-        before = served(proxy)
+        load_started = time.monotonic()
+        before = proxy.wait_served({}, SERVED_EACH)
 
         # Drain A: SIGTERM; HAProxy must take it out of rotation (its
         # /readyz answers 503 at once) and A must finish and exit 0.
@@ -327,7 +341,7 @@ def test_restarting_one_instance_under_load_fails_no_request(
         ready_at = time.monotonic()
         up_at = proxy.wait_status("a", "UP", timeout=5)
         at_up = served(proxy)
-        time.sleep(WARM_S)
+        proxy.wait_served(at_up, SERVED_EACH)
         load.finish()
         after = served(proxy)
         backend = proxy.servers(backend=True)["BACKEND"]
@@ -341,7 +355,7 @@ def test_restarting_one_instance_under_load_fails_no_request(
                    f"({drained.strip().split('] ', 1)[-1]}), "
                    f"start->ready {1000 * (ready_at - restart_at):.0f} ms, "
                    f"ready->UP {1000 * (up_at - ready_at):.0f} ms, "
-                   f"load {ended_at - (term_at - WARM_S):.1f} s, "
+                   f"load {ended_at - load_started:.1f} s, "
                    f"p99 {1000 * sorted(load.latencies)[int(0.99 * len(load.latencies))]:.0f} ms; "
                    f"HAProxy retries {retried['wretr']}, redispatches {retried['wredis']}; "
                    f"2xx by server: before SIGTERM {before}, after A's exit {at_drain}, "
