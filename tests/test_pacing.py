@@ -12,13 +12,14 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from txfanout.gateway import Gateway
 from txfanout.config import ServerConfig
-from txfanout.site import REFUSAL_BURST
+from txfanout.site import REFUSAL_BURST, GatewayChannel
 
 from .configs import route_config
 from .fakes import FakePort, Network, answer, connect, full_gateway
 from .loopback import keep_alive_client, within
 
 PACE_S = ServerConfig().pace_ms / 1000.0
+FIRST_HOLD_S = GatewayChannel.HOLD_FIRST_PACES * PACE_S
 
 POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -53,16 +54,16 @@ def test_a_refusal_of_a_client_that_did_not_wait_is_held_back_longer_each_time()
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport)
     held = []
-    for paces in (1, 2, 4, 8, 8):  # up to HOLD_MAX_PACES
+    for paces in (4, 8, 8):  # from HOLD_FIRST_PACES up to HOLD_MAX_PACES
         channel.dataReceived(POST)  # at once, ignoring Retry-After
         assert not answer(transport) and transport.producerState == "paused"
         clock.advance(paces * PACE_S - 0.001)
         assert not answer(transport)
-        clock.advance(0.001)
+        clock.advance(0.002)
         held.append(answer(transport))
         assert transport.producerState == "producing"
     assert all(b"in-flight limit" in a for a in held)
-    assert shed(gateway, "max_inflight") == 6
+    assert shed(gateway, "max_inflight") == 4
     clock.advance(1.0)  # it waited its Retry-After this time: refused at once
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport)
@@ -100,7 +101,9 @@ def test_a_request_parsed_the_long_way_is_answered_at_once_and_the_next_read_lat
     channel.dataReceived(POST[10:])
     assert b"in-flight limit" in answer(transport)
     assert transport.producerState == "paused"
-    clock.advance(PACE_S)
+    clock.advance(FIRST_HOLD_S - 0.001)
+    assert transport.producerState == "paused"
+    clock.advance(0.002)
     assert transport.producerState == "producing"
 
 
@@ -111,7 +114,7 @@ def test_a_connection_lost_while_its_refusal_is_held_gets_nothing_more():
     answer(transport)
     channel.dataReceived(POST)
     channel.connectionLost(Failure(ConnectionDone()))
-    clock.advance(PACE_S)
+    clock.advance(FIRST_HOLD_S)
     assert not answer(transport)
 
 
@@ -190,7 +193,7 @@ def test_a_free_slot_admits_as_many_connections_as_there_is_room_for():
     assert port.reading and port.numberAccepts == 1
 
 
-def test_a_retry_sent_at_once_gets_its_503_a_pace_later(net: Network):
+def test_a_retry_sent_at_once_gets_its_503_a_first_hold_later(net: Network):
     partner = net.partner()
     gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
     assert gw.gateway.admission.admit() is None  # the one slot is taken
@@ -200,7 +203,7 @@ def test_a_retry_sent_at_once_gets_its_503_a_pace_later(net: Network):
     sent = net.clock.seconds()
     client.send(POST)  # at once, ignoring Retry-After
     net.until(lambda: client.received)
-    assert net.clock.seconds() - sent == pytest.approx(PACE_S)
+    assert net.clock.seconds() - sent == pytest.approx(FIRST_HOLD_S)
     assert b"in-flight limit" in client.take()
     gw.gateway.admission.release()
     client.send(POST)  # at once again, but now there is room: served at once
@@ -208,19 +211,21 @@ def test_a_retry_sent_at_once_gets_its_503_a_pace_later(net: Network):
     assert client.received.startswith(b"HTTP/1.1 200 ")
 
 
-@pytest.mark.slow  # waits a real PACE_S
+@pytest.mark.slow  # waits a real first hold (0.8 s at a pace of 200 ms)
 @pytest_twisted.ensureDeferred
-async def test_a_client_retrying_at_once_gets_its_503_a_pace_later(partner, make_gateway):
-    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
+async def test_a_client_retrying_at_once_gets_its_503_a_first_hold_later(partner, make_gateway):
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1,
+                                   pace_ms=200))
+    hold_s = GatewayChannel.HOLD_FIRST_PACES * 0.2
     assert gw.gateway.admission.admit() is None  # the one slot is taken
     impolite = await keep_alive_client(gw.address)
     first = await within(impolite.request(POST))
     assert b"in-flight limit" in first
     sent = time.monotonic()
     again = await within(impolite.request(POST))  # at once, ignoring Retry-After
-    assert time.monotonic() - sent >= PACE_S - 0.05
+    assert time.monotonic() - sent >= hold_s - 0.05
     assert b"in-flight limit" in again
     gw.gateway.admission.release()
     sent = time.monotonic()
     served = await within(impolite.request(POST))  # at once again, with room
-    assert served.startswith(b"HTTP/1.1 200 ") and time.monotonic() - sent < PACE_S
+    assert served.startswith(b"HTTP/1.1 200 ") and time.monotonic() - sent < hold_s
