@@ -14,7 +14,7 @@ from twisted.internet.task import Clock, LoopingCall
 from txfanout.admission import Admission
 from txfanout.config import ServerConfig
 from txfanout.lag import ReactorLag
-from txfanout.limit import CUT_EVERY, FLOOR, START, InflightLimit
+from txfanout.limit import BUSY, CUT_EVERY, FLOOR, START, InflightLimit
 
 from .configs import route_config
 from .fakes import Network
@@ -96,6 +96,48 @@ def test_fixed_when_not_adaptive_and_clamped_by_a_reload():
     assert limit.current == 4  # a max_inflight below the floor is not cut
     limit.configure(50, adaptive=False, target=0.1)
     assert limit.current == 50
+
+
+def test_it_does_not_grow_while_the_core_is_busy():
+    # A core with nothing to spare serves no more for more in flight.
+    clock = Clock()
+    limit = InflightLimit(clock, 2000, target=0.1)
+    limit.observe(0.001, START, busy=BUSY)
+    assert limit.current == START
+    limit.observe(0.001, START, busy=BUSY - 0.01)
+    assert limit.current == int(START * 1.1 + 1)
+    limit.observe(0.15, 10**6, busy=0.2)  # a late loop is cut, busy or not
+    assert limit.current < START
+
+
+def test_busy_is_the_share_of_the_interval_the_process_spent_on_a_cpu():
+    clock = Clock()
+    used = [0.0]
+    lag = ReactorLag(clock, cpu=lambda: used[0])
+    lag.start()
+    used[0] += 0.097
+    clock.advance(0.1)
+    assert lag.busy == pytest.approx(0.97)
+    used[0] += 0.02
+    clock.advance(0.1)
+    assert lag.busy == pytest.approx(0.2)
+
+
+def test_a_gateway_whose_core_is_busy_holds_its_limit_where_it_is():
+    clock = Clock()
+    used = [0.0]
+    lag = ReactorLag(clock, cpu=lambda: used[0])
+    lag.start()
+    admission = Admission(clock, lag, ServerConfig(max_inflight=1000))
+    for _ in range(START):
+        assert admission.admit() is None
+    for _ in range(20):  # on time, every slot taken, the core all in use
+        used[0] += 0.1
+        clock.advance(0.1)
+    assert admission.limit.current == START
+    used[0] += 0.05  # half of it: room to grow
+    clock.advance(0.1)
+    assert admission.limit.current > START
 
 
 def test_a_busy_event_loop_cuts_it():

@@ -87,7 +87,7 @@ class Admission:
 
 
     def _follow(self, lag: ReactorLag) -> None:
-        self.limit.observe(lag.recent, self._peak)
+        self.limit.observe(lag.recent, self._peak, lag.busy)
         self._peak = self.admitted
         self._changed()
 

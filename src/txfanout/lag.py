@@ -8,11 +8,14 @@ metrics, from admission control, or from anything else that wants to know;
 
 It is the gateway's own evidence of being behind: a timer it set itself,
 run late by the work it had to do first. No client or partner can make it
-late but by the work it makes the gateway do.
+late but by the work it makes the gateway do. ``busy``, the share of the
+last interval the process spent on a CPU (its own CPU time), says whether
+the core had anything to spare.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from typing import Callable
 
@@ -29,12 +32,16 @@ class ReactorLag:
     it ran: ``lag = now - when it was due`` (timers.Chain).
     """
 
-    def __init__(self, clock: IReactorTime, interval: float = 0.1, window: int = 5) -> None:
+    def __init__(self, clock: IReactorTime, interval: float = 0.1, window: int = 5,
+                 cpu: Callable[[], float] = time.process_time) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._clock = clock
         self.interval = interval
         self.lag = 0.0
+        self.busy = 0.0
+        self._cpu = cpu
+        self._cpu_at = (clock.seconds(), cpu())
         # The worst of the last ``window`` measurements: a loop that is
         # saturated runs some turns short and some long, and one sample may
         # catch a short one.
@@ -60,7 +67,12 @@ class ReactorLag:
         self._chain.stop()
 
     def _tick(self) -> None:
-        self.lag = max(0.0, self._clock.seconds() - self._chain.due)
+        now, cpu = self._clock.seconds(), self._cpu()
+        then, cpu_then = self._cpu_at
+        if now > then:
+            self.busy = (cpu - cpu_then) / (now - then)
+        self._cpu_at = (now, cpu)
+        self.lag = max(0.0, now - self._chain.due)
         self._recent.append(self.lag)
         self.recent = max(self._recent)
         self._chain.next(self.interval)
