@@ -24,13 +24,13 @@ from .rawpartners import RawPartner
 
 def test_lag_above_the_target_cuts_it_at_most_once_per_period_down_to_a_floor():
     clock = Clock()
-    limit = InflightLimit(clock, 100, target=0.1)
+    limit = InflightLimit(clock, 50, target=0.1)
     limit.observe(0.125, 10**6)
     limit.observe(0.125, 10**6)  # the same period: the first cut has not shown yet
-    assert limit.current == 80  # in proportion: 0.1 / 0.125
+    assert limit.current == 40  # in proportion: 0.1 / 0.125
     clock.advance(CUT_EVERY)
     limit.observe(1.0, 10**6)
-    assert limit.current == 40  # at most by half
+    assert limit.current == 20  # at most by half
     for _ in range(30):
         clock.advance(CUT_EVERY)
         limit.observe(0.15, 10**6)

@@ -37,7 +37,7 @@ MAX_CUT = 0.5
 CUT_EVERY = 0.5  # seconds: the lag window (ReactorLag: 5 samples of 0.1 s)
 GROW = 1.1
 FLOOR = 8
-START = 128  # where an adaptive limit starts: see the module's docstring
+START = 64  # where an adaptive limit starts: see the module's docstring
 BUSY = 0.95  # the share of a core in use from which the limit no longer grows
 
 
