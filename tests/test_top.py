@@ -369,8 +369,12 @@ def test_top_on_a_terminal_quits_on_q_and_ctrl_c(guarded_admin, how):
     top = subprocess.Popen([sys.executable, "-m", "txfanout", "top", "--admin", guarded_admin,
                             "--interval", "0.1"], stdin=terminal, stdout=terminal,
                            stderr=terminal, env={**os.environ, "TXFANOUT_ADMIN_TOKEN": TOKEN})
+    reading = threading.Event()
+    screen = threading.Thread(target=_show, args=(controller, reading))
     try:
         _read_until(controller, b"dsp-a")  # a first view is on the screen
+        reading.set()
+        screen.start()  # and the terminal goes on showing the next ones
         if how == "q":
             os.write(controller, b"q")
         else:
@@ -378,8 +382,23 @@ def test_top_on_a_terminal_quits_on_q_and_ctrl_c(guarded_admin, how):
         assert top.wait(10) == 0
         assert termios.tcgetattr(terminal) == before  # echo and line mode are back
     finally:
+        reading.clear()
+        if screen.is_alive():
+            screen.join(10)
         if top.poll() is None:
             top.kill()
             top.wait(10)
         os.close(controller)
         os.close(terminal)
+
+
+def _show(fd: int, reading: threading.Event) -> None:
+    """Read what a program writes to the terminal while ``reading`` is set,
+    as a terminal does (one that stops reading blocks the program's next
+    write once its buffer is full)."""
+    while reading.is_set():
+        if select.select([fd], [], [], 0.05)[0]:
+            try:
+                os.read(fd, 65536)
+            except OSError:
+                return

@@ -295,7 +295,9 @@ class Keys:
     def close(self) -> None:
         import termios
 
-        termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+        # At once, not after the output drains: a terminal that stopped
+        # reading (Ctrl-S) would keep the quit waiting.
+        termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
 
 
 def run(admin: str, interval: float, once: bool, out: TextIO,
