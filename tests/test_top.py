@@ -366,9 +366,12 @@ def _read_until(fd: int, text: bytes, timeout: float = 20.0) -> bytes:
 def test_top_on_a_terminal_quits_on_q_and_ctrl_c(guarded_admin, how):
     controller, terminal = pty.openpty()
     before = termios.tcgetattr(terminal)
+    # Ctrl-C as on an operator's terminal: a suite run as a background job
+    # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
     top = subprocess.Popen([sys.executable, "-m", "txfanout", "top", "--admin", guarded_admin,
                             "--interval", "0.1"], stdin=terminal, stdout=terminal,
-                           stderr=terminal, env={**os.environ, "TXFANOUT_ADMIN_TOKEN": TOKEN})
+                           stderr=terminal, env={**os.environ, "TXFANOUT_ADMIN_TOKEN": TOKEN},
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     reading = threading.Event()
     screen = threading.Thread(target=_show, args=(controller, reading))
     try:
