@@ -140,6 +140,16 @@ def test_a_gateway_whose_core_is_busy_holds_its_limit_where_it_is():
     assert admission.limit.current > START
 
 
+def test_a_limit_cut_below_its_start_grows_back_to_it_while_the_core_is_busy():
+    clock = Clock()
+    limit = InflightLimit(clock, 2000, target=0.1)
+    limit.observe(0.3, START, busy=1.0)  # a passing stall
+    assert limit.current == START // 2
+    for _ in range(20):  # the work that follows keeps the core busy
+        limit.observe(0.001, limit.current, busy=1.0)
+    assert limit.current == START  # back, and no further while it stays busy
+
+
 def test_a_busy_event_loop_cuts_it():
     clock = Clock()
     lag = ReactorLag(clock)

@@ -20,13 +20,15 @@ but only while it is used: while at least half of it was taken at some
 moment since the last measurement. A limit that is not used has shown
 nothing (as TCP's window grows only while it is full): grown while the
 loop idled between bursts, it would let in the next burst whole, and the
-burst would run every turn long. Nor does it grow while the process keeps
-its core busy (``BUSY``: its CPU time over the last lag interval): more in
-flight would not be served any sooner, only wait, in the loop's turns and
-in memory (at 2,500 clients on CPython, some 240 in flight where 35 keep
-the core busy, and a tenth more CPU per request, most of it the
-collector's). Between the two it holds: under overload it settles where
-the core is busy and the loop's turns take less than the target.
+burst would run every turn long. Nor does it grow past ``START`` while the
+process keeps its core busy (``BUSY``: its CPU time over the last lag
+interval): more in flight would not be served any sooner, only wait, in
+the loop's turns and in memory (at 2,500 clients on CPython, some 240 in
+flight where 35 keep the core busy, and a tenth more CPU per request, most
+of it the collector's). Below ``START`` it grows back busy or not: a limit
+cut by a passing stall is not kept low by the work that follows. Between
+the two it holds: under overload it settles where the core is busy and the
+loop's turns take less than the target.
 """
 
 from __future__ import annotations
@@ -79,5 +81,5 @@ class InflightLimit:
                 self.value = max(float(min(FLOOR, self.ceiling)), base * cut)
                 self._next_cut = now + CUT_EVERY
         elif (lag < self.target / 2 and self.value < self.ceiling and 2 * inflight >= self.value
-              and busy < BUSY):
+              and (busy < BUSY or self.value < START)):
             self.value = min(float(self.ceiling), self.value * GROW + 1.0)
