@@ -17,7 +17,7 @@ import platform
 import pytest
 
 from txfanout.fanout import Fanout
-from txfanout.memory import MIDDLE_EVERY, freeze_startup
+from txfanout.memory import MIDDLE_EVERY, collector_pauses, freeze_startup
 from txfanout.outcomes import CallResult
 from txfanout.phases import CallPhase
 from txfanout.site import Exchange
@@ -65,3 +65,15 @@ def test_the_collectors_time_is_a_metric(net):
     gc.collect()
     after = gw.value("txfanout_gc_seconds_total", generation="2")
     assert before is not None and after is not None and after > before
+
+
+def test_the_gateways_lag_leaves_the_collectors_pauses_out_of_what_admission_sees(net):
+    gw = net.gateway(route_config({"ok": {"url": net.partner().url("/ok")}}))
+    lag = gw.gateway.lag
+    lag.start()  # (idempotent) its next probe is due one interval from now
+    before = collector_pauses()
+    gc.collect()
+    pause = collector_pauses() - before
+    assert pause > 0
+    net.clock.advance(lag.interval + pause)  # the probe ran late by the pause
+    assert lag.recent == pytest.approx(pause) and lag.behind == 0.0

@@ -261,3 +261,26 @@ async def test_slow_uploads_tiny_deadlines_and_dripping_partners_leave_it_alone(
         lag.stop()
         await drip.stop()
     assert gw.gateway.admission.limit.current == 50
+
+
+def test_a_collector_pause_neither_cuts_the_limit_nor_sheds():
+    # A collection stalls the loop once, whatever is in flight: a cut would
+    # not shorten the next. Lateness beyond the pause is still the work's.
+    clock = Clock()
+    paused = [0.0]
+    lag = ReactorLag(clock, paused=lambda: paused[0])
+    lag.start()
+    admission = Admission(clock, lag, ServerConfig(max_inflight=40, max_lag_ms=200))
+    for _ in range(40):
+        assert admission.admit() is None
+    paused[0] += 0.25
+    clock.advance(0.35)  # the probe ran 250 ms late, all of it the collector's
+    assert (lag.recent, lag.behind) == (pytest.approx(0.25), 0.0)
+    assert admission.limit.current == 40
+    assert admission.shed_reason() == "max_inflight"  # full, but not for lag
+    admission.release()
+    assert admission.shed_reason() is None
+    paused[0] += 0.05
+    clock.advance(0.35)  # 250 ms late again, 50 ms of it the collector's
+    assert lag.behind == pytest.approx(0.2)
+    assert admission.limit.current == 20

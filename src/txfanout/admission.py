@@ -5,7 +5,7 @@ before anything is spent on it) and gives it back when it is answered or
 abandoned. It is refused while the gateway drains, while every slot is
 taken (``limit``: ``max_inflight``, lowered while the event loop runs late,
 see limit.py), or while the event loop runs late by more than
-``max_lag_ms`` (lag.py). The reasons below are the ``reason`` label of
+``max_lag_ms`` (lag.py; the collector's pauses aside: ``ReactorLag.behind``). The reasons below are the ``reason`` label of
 ``txfanout_shed_total`` and pick the 503's prepared text (wire.py).
 """
 
@@ -87,7 +87,7 @@ class Admission:
 
 
     def _follow(self, lag: ReactorLag) -> None:
-        self.limit.observe(lag.recent, self._peak, lag.busy)
+        self.limit.observe(lag.behind, self._peak, lag.busy)
         self._peak = self.admitted
         self._changed()
 
@@ -97,7 +97,7 @@ class Admission:
             return SHED_DRAINING
         if self.admitted >= self.limit.current:
             return SHED_MAX_INFLIGHT
-        if self._max_lag_s and self.lag.recent > self._max_lag_s:
+        if self._max_lag_s and self.lag.behind > self._max_lag_s:
             return SHED_REACTOR_LAG
         return None
 

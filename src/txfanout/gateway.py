@@ -24,6 +24,7 @@ from .fanout import Fanout
 from .inbound import Inbound, Refused, RequestIds, parse
 from .inflight import OverdueWatch
 from .lag import ReactorLag
+from .memory import collector_pauses
 from .metrics import UNKNOWN_ROUTE, GatewayMetrics
 from .outcomes import CallResult
 from . import sendnow
@@ -42,7 +43,7 @@ class Gateway:
 
     def __init__(self, reactor: Any, config: Config, workers: int = 1) -> None:
         self.clock = reactor
-        self.lag = ReactorLag(reactor)
+        self.lag = ReactorLag(reactor, paused=collector_pauses)
         self.workers = workers  # processes sharing each partner's max_rps
         self.snapshot = compile_snapshot(config, reactor, lag=self.lag,
                                          breaker_changed=self._breaker_changed,

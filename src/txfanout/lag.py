@@ -11,6 +11,14 @@ run late by the work it had to do first. No client or partner can make it
 late but by the work it makes the gateway do. ``busy``, the share of the
 last interval the process spent on a CPU (its own CPU time), says whether
 the core had anything to spare.
+
+``behind`` is the lag less the time the process was paused by its own
+cyclic collector (CPython): how far behind the work itself ran. A
+collection stalls the loop once, whatever is in flight, and is over when
+the next turn runs: admission steers by ``behind`` (limit.py), so that a
+collection of 50 ms (a slow core, many connections alive) neither cuts the
+in-flight limit nor holds it low. The breaker keeps ``recent``: a call that
+timed out while the collector paused the loop is not the partner's doing.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ class ReactorLag:
     """
 
     def __init__(self, clock: IReactorTime, interval: float = 0.1, window: int = 5,
-                 cpu: Callable[[], float] = time.process_time) -> None:
+                 cpu: Callable[[], float] = time.process_time,
+                 paused: Callable[[], float] = lambda: 0.0) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self._clock = clock
@@ -47,6 +56,11 @@ class ReactorLag:
         # catch a short one.
         self.recent = 0.0
         self._recent: deque[float] = deque(maxlen=window)
+        # ``paused()``: seconds the collector has paused the process in all
+        self._paused = paused
+        self._paused_at = paused()
+        self.behind = 0.0  # the worst of the window, less the collector's pauses
+        self._behind: deque[float] = deque(maxlen=window)
         self._chain = Chain(clock, self._tick)
         self._watchers: list[Callable[["ReactorLag"], None]] = []
 
@@ -75,6 +89,10 @@ class ReactorLag:
         self.lag = max(0.0, now - self._chain.due)
         self._recent.append(self.lag)
         self.recent = max(self._recent)
+        paused = self._paused()
+        self._behind.append(max(0.0, self.lag - (paused - self._paused_at)))
+        self._paused_at = paused
+        self.behind = max(self._behind)
         self._chain.next(self.interval)
         for watcher in self._watchers:
             watcher(self)

@@ -10,7 +10,9 @@ slow or dripping answer do not make it late; only work does, and that is
 what the limit is for.
 
 So the limit follows the lag, as TCP's window follows loss: when the worst
-lag of the last half second (``ReactorLag.recent``) is above ``target``, the
+lag of the last half second, less the collector's pauses
+(``ReactorLag.behind``: a collection stalls the loop once, whatever is in
+flight, and a cut would not shorten the next), is above ``target``, the
 limit is cut in proportion (to ``target / lag`` of the requests in flight,
 or of the limit if fewer are in flight, at most by half, at most once per
 ``CUT_EVERY``, the time a cut takes to show, and not below ``FLOOR``);

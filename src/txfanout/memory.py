@@ -153,6 +153,13 @@ def collector_seconds() -> list[float] | None:
     return list(_collector_seconds)
 
 
+def collector_pauses() -> float:
+    """Seconds CPython's cyclic collector has paused the process (see
+    ``collector_seconds``); 0.0 on PyPy."""
+    seconds = collector_seconds()
+    return sum(seconds) if seconds is not None else 0.0
+
+
 MIDDLE_EVERY = 100
 """Young collections per collection of CPython's middle generation (its
 default is 10)."""
