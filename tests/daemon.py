@@ -78,8 +78,9 @@ class Daemon:
                          "--admin", f"tcp:{self.admin_port}:interface=127.0.0.1"]
         self.cmd = [*prefix, *TWISTD, *twistd_args, "fanout", *endpoints, *args]
         self.started = time.monotonic()
+        # A group of its own: stop() ends what it leaves behind (see there).
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
         self.log: list[str] = []
         self._partial = b""
         self._eof = False
@@ -153,6 +154,12 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # What it started and left running (a failed test's socket-activated
+        # instances, say) would hold its output open: the drain would hang.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self._drain_output()
         return self.proc.returncode
 
