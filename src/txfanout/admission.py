@@ -2,10 +2,12 @@
 
 A request takes a slot once it has arrived whole (or is refused with 503
 before anything is spent on it) and gives it back when it is answered or
-abandoned. It is refused while the gateway drains, while every slot is
-taken (``limit``: ``max_inflight``, lowered while the event loop runs late,
-see limit.py), or while the event loop runs late by more than
-``max_lag_ms`` (lag.py; the collector's pauses aside: ``ReactorLag.behind``).
+abandoned. It is refused while the gateway drains, when it waited in the
+listening socket's backlog until no partner call could start within its
+deadline (backlog.py), while every slot is taken (``limit``:
+``max_inflight``, lowered while the event loop runs late, see limit.py), or
+while the event loop runs late by more than ``max_lag_ms`` (lag.py; the
+collector's pauses aside: ``ReactorLag.behind``).
 The reasons below are the ``reason`` label of ``txfanout_shed_total`` and
 pick the 503's prepared text (wire.py).
 """
@@ -24,11 +26,20 @@ from .limit import InflightLimit
 SHED_MAX_INFLIGHT = "max_inflight"
 SHED_REACTOR_LAG = "reactor_lag"
 SHED_DRAINING = "draining"
+SHED_BACKLOG = "backlog"
 SHED_PARTNERS_UNAVAILABLE = "partners_unavailable"  # admitted, no partner callable (gateway.py)
-SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING, SHED_PARTNERS_UNAVAILABLE)
+SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING, SHED_BACKLOG,
+                SHED_PARTNERS_UNAVAILABLE)
 
 RETRY_AFTER_S = 1  # what every 503 says in Retry-After
 DEFAULT_MAX_LAG_MS = 200  # the lag the limit steers by when max_lag_ms is 0 (off)
+
+
+def max_wait(server: ServerConfig) -> float:
+    """The longest (seconds) a request may wait before it is read and still
+    have time to call a partner: ``deadline_ms`` less ``reserve_ms`` and
+    ``min_call_ms`` (budget.py)."""
+    return (server.deadline_ms - server.reserve_ms - server.min_call_ms) / 1000.0
 
 
 def lag_target(server: ServerConfig) -> float:
@@ -48,6 +59,7 @@ class Admission:
         lag.watch(self._follow)
         self._refused = refused
         self._max_lag_s = server.max_lag_ms / 1000.0
+        self._max_wait_s = max_wait(server)
         self.admitted = 0
         self.admitted_total = 0
         self._peak = 0  # the most admitted at once since the limit last followed the lag
@@ -68,6 +80,7 @@ class Admission:
         """Apply a reloaded ``[server]`` section."""
         self.limit.configure(server.max_inflight, server.adaptive_inflight, lag_target(server))
         self._max_lag_s = server.max_lag_ms / 1000.0
+        self._max_wait_s = max_wait(server)
         self._changed()
 
     def drain(self) -> None:
@@ -92,19 +105,22 @@ class Admission:
         self._peak = self.admitted
         self._changed()
 
-    def shed_reason(self) -> str | None:
-        """Why a request arriving now would be refused; None: it would not."""
+    def shed_reason(self, waited: float = 0.0) -> str | None:
+        """Why a request arriving now would be refused; None: it would not.
+        ``waited``: seconds it waited in the backlog before it was read."""
         if self.draining:
             return SHED_DRAINING
+        if waited > self._max_wait_s:
+            return SHED_BACKLOG
         if self.admitted >= self.limit.current:
             return SHED_MAX_INFLIGHT
         if self._max_lag_s and self.lag.behind > self._max_lag_s:
             return SHED_REACTOR_LAG
         return None
 
-    def admit(self) -> str | None:
+    def admit(self, waited: float = 0.0) -> str | None:
         """Take a slot; or count the refusal and say why not."""
-        reason = self.shed_reason()
+        reason = self.shed_reason(waited)
         if reason is None:
             self.admitted += 1
             self.admitted_total += 1

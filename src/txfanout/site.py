@@ -24,7 +24,7 @@ from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
-from . import _twisted
+from . import _twisted, backlog
 from ._compat import SLOTS
 from ._twisted import ChunkedTransferDecoder
 from .admission import SHED_DRAINING, Admission
@@ -99,7 +99,8 @@ class GatewayRequest(Request):
     _admitted = False
     _refused = False
     _body_size = 0
-    arrived: float | None = None  # when its first byte was read (set by the channel)
+    arrived: float | None = None  # when its first byte came (set by the channel)
+    waited = 0.0  # seconds it waited in the listening socket's backlog (backlog.py)
     exchange: Exchange | None = None  # set when it is complete (process)
 
     def __init__(self, channel: "GatewayChannel", *args: Any, **kwargs: Any) -> None:
@@ -152,7 +153,7 @@ class GatewayRequest(Request):
         elif len(hosts) > 1 or not _HOST.match(hosts[0]):
             write_error(self, 400, "bad Host header")
             return
-        refused = front.admission.admit()
+        refused = front.admission.admit(self.waited)
         if refused is not None:
             self._shed(refused)
             return
@@ -228,12 +229,17 @@ class GatewayChannel(CappedChannel, BoundedChannel):
 
     site: GatewaySite
     _arrived: float | None = None
+    _waited = 0.0
+    _received: float | None = None  # when the kernel received its first bytes, if known
     _unheard: int | None = None  # the site's period it was accepted in, until it speaks
     _pace_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._unheard = self.site.unheard_connection()
+        waited = backlog.waited(self.transport)
+        if waited is not None:  # no earlier than the gateway listened (socket activation)
+            self._received = max(self.site.front.clock.seconds() - waited, self.site.listened)
 
     _host: Any = None
 
@@ -322,10 +328,13 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     def request_begins(self, data: bytes) -> bool:
         front = self.site.front
         now = front.clock.seconds()
-        reason = front.admission.shed_reason()
+        received, self._received = self._received, None  # the first request's only
+        waited = 0.0 if received is None else now - received
+        reason = front.admission.shed_reason(waited)
         if reason is not None and self._shed_unparsed(front, reason, data):
             return False
-        self._arrived = now
+        self._arrived = now - waited
+        self._waited = waited
         return True
 
     def _shed_unparsed(self, front: Front, reason: str, data: bytes) -> bool:
@@ -428,7 +437,9 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     def allContentReceived(self) -> None:
         if self.requests:  # the deadline counts from the request's first byte
             self.requests[-1].arrived = self._arrived
+            self.requests[-1].waited = self._waited
         self._arrived = None
+        self._waited = 0.0
         super().allContentReceived()
 
     def refused(self, code: int) -> None:
@@ -515,6 +526,15 @@ class GatewaySite(CappedSite):
     @property
     def max_connections(self) -> int:
         return self.front.server.max_connections
+
+    listened = 0.0  # when its last port began to listen (``listening``)
+
+    def listening(self, port: Any) -> None:
+        # A socket handed over by systemd (or a restarted instance's) may
+        # hold requests that arrived before the gateway ran: they did not
+        # wait for the gateway's room, and count their deadline from here.
+        self.listened = self.front.clock.seconds()
+        super().listening(port)
 
     def _slots(self) -> int:
         return self.front.admission.room - self._unheard

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from .admission import (
     RETRY_AFTER_S,
+    SHED_BACKLOG,
     SHED_DRAINING,
     SHED_MAX_INFLIGHT,
     SHED_PARTNERS_UNAVAILABLE,
@@ -31,6 +32,8 @@ SHED_MESSAGES = {
     SHED_MAX_INFLIGHT: "gateway at its in-flight limit; retry later",
     SHED_REACTOR_LAG: "gateway overloaded (event loop behind); retry later",
     SHED_DRAINING: "gateway is shutting down; retry",
+    SHED_BACKLOG: "request waited out its deadline before the gateway could read it; "
+                  "retry later",
     SHED_PARTNERS_UNAVAILABLE: "no partner of this request can be called now (each at "
                                "its max_concurrency or its circuit open); retry later",
 }

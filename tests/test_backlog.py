@@ -1,0 +1,109 @@
+"""A connection's first request, waiting in the listening socket's backlog:
+its deadline counts from when the kernel received it (backlog.py), and one
+that waited its deadline out there gets a quick 503, not a late 200.
+
+The wait is the kernel's own (``TCP_INFO``), so these run over real
+loopback sockets, the gateway's port held shut while time passes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+
+from txfanout import backlog
+from txfanout.admission import SHED_BACKLOG, Admission
+from txfanout.config import ServerConfig
+from txfanout.lag import ReactorLag
+
+from .configs import route_config
+from .loopback import raw_client, within
+
+linux_only = pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="TCP_INFO is Linux's")
+
+
+def test_a_request_that_waited_past_its_last_call_start_is_refused_backlog():
+    # deadline 100 ms, less reserve_ms and min_call_ms (5 each): 90 ms.
+    server = ServerConfig(deadline_ms=100, reserve_ms=5, min_call_ms=5)
+    admission = Admission(Clock(), ReactorLag(Clock()), server)
+    assert admission.shed_reason(0.089) is None
+    assert admission.shed_reason(0.091) == SHED_BACKLOG
+    assert admission.admit(0.091) == SHED_BACKLOG and admission.admitted == 0
+    admission.configure(ServerConfig(deadline_ms=200, reserve_ms=5, min_call_ms=5))
+    assert admission.admit(0.091) is None and admission.admitted == 1
+
+
+@linux_only
+def test_waited_is_the_kernels_age_of_the_bytes_received_before_accept():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        silent = socket.create_connection(listener.getsockname())
+        speaking = socket.create_connection(listener.getsockname())
+        sent = time.monotonic()
+        speaking.sendall(b"POST / HTTP/1.1\r\n\r\n")
+        accepted = [listener.accept()[0] for _ in range(2)]
+        elapsed = time.monotonic() - sent
+        try:
+            got = [backlog.waited(_Handle(s)) for s in accepted]
+            assert got[0] is None  # connected, nothing sent: no request is waiting
+            assert got[1] is not None and 0.0 <= got[1] <= elapsed + 0.01
+        finally:
+            for s in accepted + [silent, speaking]:
+                s.close()
+
+
+def test_waited_is_unknown_without_a_tcp_socket_of_its_own():
+    assert backlog.waited(StringTransport()) is None  # no getHandle: a fake, or TLS
+    left, right = socket.socketpair()  # a Unix socket: no TCP_INFO
+    with left, right:
+        right.sendall(b"x")
+        assert backlog.waited(_Handle(left)) is None
+
+
+class _Handle:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+
+def request(*extra: bytes, chunked: bool = False) -> bytes:
+    head = b"POST /bid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(extra)
+    if chunked:  # not a plainly framed request: admitted the long way (site.py)
+        return head + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    return head + b"Content-Length: 2\r\n\r\n{}"
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_a_first_request_counts_its_deadline_from_the_kernels_receipt(
+        partner, make_gateway):
+    gw = make_gateway(route_config({"hang": {"url": partner.url("/hang"), "timeout_ms": 1000}},
+                                   deadline_ms=300))
+    gw.port.stopReading()  # the gateway takes no new connection: they wait in the backlog
+    stale = [raw_client(gw.address, request()), raw_client(gw.address, request(chunked=True))]
+    await deferLater(reactor, 0.2, lambda: None)
+    late = raw_client(gw.address, request())
+    await deferLater(reactor, 0.15, lambda: None)
+    gw.port.startReading()
+    answers = [await within(c.closed) for c in stale + [late]]
+    # 350 ms in the backlog, past the 290 its deadline leaves for a call:
+    # refused at once, both the quick way and the long way.
+    for raw in answers[:2]:
+        assert raw.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in raw, raw
+        assert b"waited out its deadline" in raw
+    assert gw.gateway.metrics.registry.get_sample_value(
+        "txfanout_shed_total", {"reason": SHED_BACKLOG}) == 2
+    # 150 ms in the backlog: served, its call given what the deadline
+    # left (at most 300 - 150 - 5 ms), not a whole 295 ms.
+    assert answers[2].startswith(b"HTTP/1.1 200 "), answers[2]
+    [result] = json.loads(answers[2].split(b"\r\n\r\n", 1)[1])["results"]
+    assert result["outcome"] == "timeout" and result["latency_ms"] <= 145
