@@ -4,7 +4,7 @@ A request takes a slot once it has arrived whole (or is refused with 503
 before anything is spent on it) and gives it back when it is answered or
 abandoned. It is refused while the gateway drains, when it waited in the
 listening socket's backlog until no partner call could start within its
-deadline (backlog.py), while every slot is taken (``limit``:
+deadline (a connection's first request that keeps it: backlog.py), while every slot is taken (``limit``:
 ``max_inflight``, lowered while the event loop runs late, see limit.py), or
 while the event loop runs late by more than ``max_lag_ms`` (lag.py; the
 collector's pauses aside: ``ReactorLag.behind``).

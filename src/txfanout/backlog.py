@@ -4,10 +4,13 @@ the gateway accepted it.
 With every in-flight slot taken, the public face stops accepting
 (conncap.py): new connections wait in the listening socket's backlog, their
 first requests already received by the kernel. A request's deadline counts
-from its first byte, and for a connection's first request that is when the
-kernel received it, not when the gateway first read it: one that waited out
-its deadline in the backlog is refused at once (503, ``backlog``), not
-answered with a 200 seconds after its client's deadline.
+from its first byte, and for a connection's first request that keeps its
+connection, that is when the kernel received it, not when the gateway first
+read it (or began to listen, if later): one that waited out its deadline in
+the backlog is refused at once (503, ``backlog``), not answered with a 200
+seconds after its client's deadline, and asks again on the connection it
+keeps. A request that closes its connection is served, its deadline
+counted from its reading (site.py: ``_backlog_wait`` says why).
 
 Linux tells the wait at accept: ``TCP_INFO``'s ``tcpi_last_data_recv``, the
 milliseconds since data last arrived (one ``getsockopt`` per connection,

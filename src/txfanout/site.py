@@ -328,14 +328,27 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     def request_begins(self, data: bytes) -> bool:
         front = self.site.front
         now = front.clock.seconds()
-        received, self._received = self._received, None  # the first request's only
-        waited = 0.0 if received is None else now - received
+        waited = self._backlog_wait(now, data)
         reason = front.admission.shed_reason(waited)
         if reason is not None and self._shed_unparsed(front, reason, data):
             return False
         self._arrived = now - waited
         self._waited = waited
         return True
+
+    def _backlog_wait(self, now: float, data: bytes) -> float:
+        """How long the request beginning with ``data`` waited in the
+        listening socket's backlog, counted for a connection's first request
+        when it keeps its connection: refused, it asks again on that
+        connection, read at once. One that closes its connection would ask
+        again through the same backlog, no fresher; under a storm of those
+        (a new connection per request) every request would be refused: it
+        is served, its deadline counted from now."""
+        received, self._received = self._received, None
+        if received is None:
+            return 0.0
+        request = sole_request(data)
+        return now - received if request is not None and request.keep_alive else 0.0
 
     def _shed_unparsed(self, front: Front, reason: str, data: bytes) -> bool:
         """Refuse a request that came whole in ``data`` without building a
