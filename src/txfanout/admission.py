@@ -118,9 +118,9 @@ class Admission:
             return SHED_REACTOR_LAG
         return None
 
-    def admit(self, waited: float = 0.0) -> str | None:
+    def admit(self) -> str | None:
         """Take a slot; or count the refusal and say why not."""
-        reason = self.shed_reason(waited)
+        reason = self.shed_reason()
         if reason is None:
             self.admitted += 1
             self.admitted_total += 1

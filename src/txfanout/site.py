@@ -100,7 +100,6 @@ class GatewayRequest(Request):
     _refused = False
     _body_size = 0
     arrived: float | None = None  # when its first byte came (set by the channel)
-    waited = 0.0  # seconds it waited in the listening socket's backlog (backlog.py)
     exchange: Exchange | None = None  # set when it is complete (process)
 
     def __init__(self, channel: "GatewayChannel", *args: Any, **kwargs: Any) -> None:
@@ -153,7 +152,7 @@ class GatewayRequest(Request):
         elif len(hosts) > 1 or not _HOST.match(hosts[0]):
             write_error(self, 400, "bad Host header")
             return
-        refused = front.admission.admit(self.waited)
+        refused = front.admission.admit()
         if refused is not None:
             self._shed(refused)
             return
@@ -229,7 +228,6 @@ class GatewayChannel(CappedChannel, BoundedChannel):
 
     site: GatewaySite
     _arrived: float | None = None
-    _waited = 0.0
     _received: float | None = None  # when the kernel received its first bytes, if known
     _unheard: int | None = None  # the site's period it was accepted in, until it speaks
     _pace_timer: IDelayedCall | None = None
@@ -333,7 +331,6 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         if reason is not None and self._shed_unparsed(front, reason, data):
             return False
         self._arrived = now - waited
-        self._waited = waited
         return True
 
     def _backlog_wait(self, now: float, data: bytes) -> float:
@@ -450,9 +447,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     def allContentReceived(self) -> None:
         if self.requests:  # the deadline counts from the request's first byte
             self.requests[-1].arrived = self._arrived
-            self.requests[-1].waited = self._waited
         self._arrived = None
-        self._waited = 0.0
         super().allContentReceived()
 
     def refused(self, code: int) -> None:
