@@ -3,7 +3,8 @@ its deadline counts from when the kernel received it (backlog.py), and one
 that waited its deadline out there gets a quick 503, not a late 200.
 
 The wait is the kernel's own (``TCP_INFO``), so these run over real
-loopback sockets, the gateway's port held shut while time passes."""
+loopback sockets, the gateway's port held shut while real time passes: the
+time waited is what is under test, not a way to wait for something."""
 
 from __future__ import annotations
 
