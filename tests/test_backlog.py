@@ -91,7 +91,17 @@ def call_latency_ms(raw: bytes) -> float:
 async def test_a_first_request_counts_its_deadline_from_the_kernels_receipt(
         partner, make_gateway):
     gw = make_gateway(route_config({"hang": {"url": partner.url("/hang"), "timeout_ms": 1000}},
-                                   deadline_ms=300))
+                                   deadline_ms=300, max_inflight=50))
+    gw.gateway.lag.start()  # the limit follows the loop's lag, as in the daemon
+    try:
+        await backlogged_clients(gw)
+    finally:
+        gw.gateway.lag.stop()
+    # What the waiting clients chose moved nothing every request shares.
+    assert gw.gateway.admission.limit.current == 50
+
+
+async def backlogged_clients(gw) -> None:
     gw.port.stopReading()  # the gateway takes no new connection: they wait in the backlog
     stale = await keep_alive_client(gw.address)
     stale_answer = stale.request(KEEP_ALIVE)
