@@ -4,12 +4,12 @@ A request takes a slot once it has arrived whole (or is refused with 503
 before anything is spent on it) and gives it back when it is answered or
 abandoned. It is refused while the gateway drains, when it waited in the
 listening socket's backlog until no partner call could start within its
-deadline (a connection's first request that keeps it: backlog.py), while every slot is taken (``limit``:
-``max_inflight``, lowered while the event loop runs late, see limit.py), or
-while the event loop runs late by more than ``max_lag_ms`` (lag.py; the
-collector's pauses aside: ``ReactorLag.behind``).
-The reasons below are the ``reason`` label of ``txfanout_shed_total`` and
-pick the 503's prepared text (wire.py).
+deadline (a connection's first request that keeps it: backlog.py), while
+every slot is taken (``limit``: ``max_inflight``, lowered while the event
+loop runs late, see limit.py), or while the event loop runs late by more
+than ``max_lag_ms`` (lag.py; the collector's pauses aside:
+``ReactorLag.behind``). The reasons below are the ``reason`` label of
+``txfanout_shed_total`` and pick the 503's prepared text (wire.py).
 """
 
 from __future__ import annotations
