@@ -19,6 +19,7 @@ from typing import Callable
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from .budget import max_wait
 from .config import ServerConfig
 from .lag import ReactorLag
 from .limit import InflightLimit
@@ -33,13 +34,6 @@ SHED_REASONS = (SHED_MAX_INFLIGHT, SHED_REACTOR_LAG, SHED_DRAINING, SHED_BACKLOG
 
 RETRY_AFTER_S = 1  # what every 503 says in Retry-After
 DEFAULT_MAX_LAG_MS = 200  # the lag the limit steers by when max_lag_ms is 0 (off)
-
-
-def max_wait(server: ServerConfig) -> float:
-    """The longest (seconds) a request may wait before it is read and still
-    have time to call a partner: ``deadline_ms`` less ``reserve_ms`` and
-    ``min_call_ms`` (budget.py)."""
-    return (server.deadline_ms - server.reserve_ms - server.min_call_ms) / 1000.0
 
 
 def lag_target(server: ServerConfig) -> float:

@@ -31,6 +31,13 @@ def deadline_ms(asked: bytes | None, server: ServerConfig) -> int:
     return min(server.deadline_ms, int(asked))
 
 
+def max_wait(server: ServerConfig) -> float:
+    """The longest (seconds) a request may wait before it is read and still
+    have a call started: ``deadline_ms`` less ``reserve_ms`` and
+    ``min_call_ms`` (see ``Budget.last_start``)."""
+    return (server.deadline_ms - server.reserve_ms - server.min_call_ms) / 1000.0
+
+
 @dataclass(**SLOTS)
 class Budget:
     """When a request started (its first byte) and when its answer is due."""
