@@ -242,8 +242,13 @@ def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
     rows = {r["label"]: r for r in data["rows"]}
     assert set(rows) == {"capacity", "c200"}, data["output"]
     assert rows["capacity"]["tool"] == "wrk" and rows["c200"]["tool"] == "h2load"
-    assert rows["c200"]["capacity_rps"] == rows["capacity"]["complete_rps"] > 0
-    assert rows["c200"]["goodput_vs_capacity"] is not None
+    capacity = rows["capacity"]["complete_rps"]
+    assert rows["c200"]["capacity_rps"] == capacity
+    if capacity or platform.python_implementation() != "PyPy":
+        assert capacity > 0 and rows["c200"]["goodput_vs_capacity"] is not None
+    else:  # a cold JIT on a slow core shed a whole 1 s capacity row for its
+        # lag once in CI (64 503s, 0 complete): then there is no share of it
+        assert rows["c200"]["goodput_vs_capacity"] is None
     [q] = data["summaries"]["overload"]
     assert q["complete_vs_capacity"] == rows["c200"]["complete_vs_capacity"]
     assert "÷ capacity" in data["table"]
