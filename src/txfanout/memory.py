@@ -154,10 +154,14 @@ def collector_seconds() -> list[float] | None:
 
 
 def collector_pauses() -> float:
-    """Seconds CPython's cyclic collector has paused the process (see
-    ``collector_seconds``); 0.0 on PyPy."""
+    """Seconds the collector has paused the process: CPython's cyclic
+    collector (see ``collector_seconds``), or PyPy's, minor and major (its
+    own count, ``total_gc_time``, in milliseconds)."""
     seconds = collector_seconds()
-    return sum(seconds) if seconds is not None else 0.0
+    if seconds is not None:
+        return sum(seconds)
+    stats = getattr(gc, "_get_stats", None)
+    return stats(False).total_gc_time / 1000.0 if stats is not None else 0.0
 
 
 MIDDLE_EVERY = 100
