@@ -21,23 +21,23 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from .memory import pypy_gc_stats
 from .timers import Chain
 
 BUDGET = 96 * 1024 * 1024  # bytes of garbage let into the old generation
 INTERVAL_S = 0.1
 
 _collect_step: Any = getattr(gc, "collect_step", None)
-_get_stats: Any = getattr(gc, "_get_stats", None)
 
 
 def needed() -> bool:
     """Does this interpreter's collector need pacing (PyPy's does)?"""
-    return _collect_step is not None and _get_stats is not None
+    return _collect_step is not None and pypy_gc_stats is not None
 
 
 def old_generation() -> int:
     """Bytes in PyPy's old generation (arenas and large objects)."""
-    stats = _get_stats(False)
+    stats = pypy_gc_stats(False)
     return int(stats.total_arena_memory + stats.total_rawmalloced_memory)
 
 

@@ -27,6 +27,8 @@ else:
     TRACEMALLOC = True
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+# PyPy's collector statistics (``gc._get_stats``); None on CPython.
+pypy_gc_stats: Any = getattr(gc, "_get_stats", None)
 
 
 def rss_bytes() -> int:
@@ -160,8 +162,7 @@ def collector_pauses() -> float:
     seconds = collector_seconds()
     if seconds is not None:
         return sum(seconds)
-    stats = getattr(gc, "_get_stats", None)
-    return stats(False).total_gc_time / 1000.0 if stats is not None else 0.0
+    return pypy_gc_stats(False).total_gc_time / 1000.0 if pypy_gc_stats is not None else 0.0
 
 
 MIDDLE_EVERY = 100
