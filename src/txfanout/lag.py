@@ -13,11 +13,11 @@ last interval the process spent on a CPU (its own CPU time), says whether
 the core had anything to spare.
 
 ``behind`` is the lag less the time the process was paused by its own
-collector (CPython's cyclic one, or PyPy's): how far behind the work itself ran. A
-collection stalls the loop once, whatever is in flight, and is over when
-the next turn runs: admission steers by ``behind`` (limit.py), so that a
-collection of 50 ms (a slow core, many connections alive) neither cuts the
-in-flight limit nor holds it low. The breaker keeps ``recent``: a call that
+collector (CPython's cyclic one, or PyPy's): how far behind the work
+itself ran. A collection stalls the loop once, whatever is in flight, and
+is over when the next turn runs: admission steers by ``behind``
+(limit.py), so that a collection of 50 ms (a slow core, many connections
+alive) neither cuts the in-flight limit nor holds it low. The breaker keeps ``recent``: a call that
 timed out while the collector paused the loop is not the partner's doing.
 """
 
