@@ -65,6 +65,8 @@ class CappedSite(Site):
     def listening(self, port: Any) -> None:
         """Accept on ``port`` (a listening port of this site) as room allows."""
         self.ports.append(port)
+        if self._paused:  # paused before this port listened: it joins the pause
+            port.stopReading()
         self.sync_accepting()
 
     def room(self) -> int:
