@@ -45,6 +45,19 @@ def test_help_documents_every_option_and_the_operations() -> None:
         assert term in text, term
 
 
+def test_the_warmup_option_is_bounded_and_reaches_the_workers(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG)
+    assert options("--config", str(path))["warmup"] == 0
+    parent = options("--config", str(path), "--workers", "2", "--warmup", "1000")
+    assert parent.worker_args(0)[-2:] == ["--warmup", "1000"]
+    assert "--warmup" not in options("--config", str(path), "--workers", "2").worker_args(0)
+    with pytest.raises(UsageError, match="--warmup must be at least 0"):
+        options("--config", str(path), "--warmup", "-1")
+    with pytest.raises(UsageError, match=f"--warmup must be at most {tap.MAX_WARMUP}"):
+        options("--config", str(path), "--warmup", str(tap.MAX_WARMUP + 1))
+
+
 def test_workers_options(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(CONFIG)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from twisted.application import service
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -40,6 +40,7 @@ from .words import plural
 log = Logger()
 
 DRAIN_MARGIN_S = 1.0
+WARMUP_TIMEOUT_S = 120.0  # a warm-up that takes longer is given up: the daemon serves cold
 STATUS_INTERVAL_S = 5.0
 RESTART_KEYS = ("listen", "admin")
 
@@ -71,8 +72,10 @@ class Lifecycle(service.Service):
 
     def __init__(self, reactor: Any, gateway: Gateway, public: Listener, admin: Listener,
                  reload_config: Callable[[], Config] | None, notifier: Notifier,
-                 environ: dict[str, str] | None = None) -> None:
+                 environ: dict[str, str] | None = None,
+                 warm_up: Callable[[], Deferred[Any]] | None = None) -> None:
         self._reactor = reactor
+        self._warm_up_with = warm_up
         self.gateway = gateway
         self.public = public
         self.admin = admin
@@ -96,7 +99,32 @@ class Lifecycle(service.Service):
 
     def _running(self) -> None:
         take_signals(self._reactor, self.handle_signal)
-        gatherResults([self.public.ready, self.admin.ready]).addCallback(self._ready)
+        self._start()
+
+    def _start(self) -> Deferred[None]:
+        """Ready once both listeners are up and the warm-up (``--warmup``,
+        warmup.py) is over; the public port accepts nothing before that."""
+        started: list[Deferred[Any]] = [self.public.ready, self.admin.ready, self._warm_up()]
+        return gatherResults(started).addCallback(self._ready)
+
+    def _warm_up(self) -> Deferred[Any]:
+        if self._warm_up_with is None:
+            return succeed(None)
+        # The loop's lag meanwhile is the warm-up's: the gateway's own, which
+        # steers its in-flight limit, is measured from when it serves.
+        lag = self.gateway.lag
+        lag.stop()
+        warmed = self._warm_up_with()
+        warmed.addTimeout(WARMUP_TIMEOUT_S, self._reactor)
+
+        def failed(failure: Failure) -> None:
+            log.warn("warm-up failed, serving without it: {error}",
+                     error=failure.getErrorMessage())
+
+        warmed.addErrback(failed)
+        warmed.addCallback(lambda _: lag.start())
+        self.public.factory.accept_after(warmed)
+        return warmed
 
     def _ready(self, _: Any) -> None:
         server = self.gateway.snapshot.config.server

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -547,7 +548,24 @@ class GatewaySite(CappedSite):
     def _slots(self) -> int:
         return self.front.admission.room - self._unheard
 
+    shut = False  # accepting nothing (``accept_after``)
+
+    def accept_after(self, ready: Deferred[Any]) -> None:
+        """Accept no connection until ``ready`` fires (the daemon warms up:
+        warmup.py); connections wait in the listening socket's backlog."""
+        self.shut = True
+        self.sync_accepting()
+
+        def open_(result: Any) -> Any:
+            self.shut = False
+            self.sync_accepting()
+            return result
+
+        ready.addBoth(open_)
+
     def room(self) -> int:
+        if self.shut:
+            return 0
         slots = self._slots()
         return min(super().room(), slots if slots > 0 else int(self._refusals))
 

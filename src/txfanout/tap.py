@@ -33,9 +33,12 @@ from .listeners import (
     shift_port,
 )
 from .sdnotify import Notifier
+from .warmup import warm_up
 from .workers import LISTEN_FD, WorkerPool, worker_count
 
 log = Logger()
+
+MAX_WARMUP = 10_000  # requests (1,000 took 10-12 s on a slow core; see docs/pypy.rst)
 
 MANUAL = """
 SIGNALS
@@ -173,6 +176,11 @@ class Options(usage.Options):
         ["inherit-fd", None, None, "Serve the listening socket at this file descriptor "
                                    "instead of --listen (set by --workers).",
          _whole_number("inherit-fd", 3, low=0)],
+        ["warmup", None, 0, "Before the public port accepts and the daemon reports ready, "
+                            "send N requests through a throwaway gateway on loopback, so "
+                            "that PyPy's JIT has compiled the request path (0: off; on "
+                            "PyPy, 1000).",
+         _whole_number("warmup", 1000, low=0)],
         ["tracemalloc", None, 0, "Trace allocations (slower) and show the top N allocation "
                                  "sites in the admin face's /debug/memory; 0: off.",
          _whole_number("tracemalloc", 25)],
@@ -201,6 +209,8 @@ class Options(usage.Options):
                           "deadline_ms": self["deadline-ms"], "max_inflight": self["max-inflight"]}
         if not 0 < self["demo-port"] < 65536:
             raise usage.UsageError("--demo-port must be from 1 to 65535")
+        if self["warmup"] > MAX_WARMUP:
+            raise usage.UsageError(f"--warmup must be at most {MAX_WARMUP} (not {self['warmup']})")
         if not 0 <= self["tracemalloc"] <= 1000:
             raise usage.UsageError("--tracemalloc must be from 0 to 1000")
         if self["tracemalloc"] and not TRACEMALLOC:
@@ -256,6 +266,8 @@ class Options(usage.Options):
         for name in ("listen", "admin", "deadline-ms", "max-inflight"):
             if self[name] is not None:
                 args += [f"--{name}", str(self[name])]
+        if self["warmup"]:
+            args += ["--warmup", str(self["warmup"])]
         return args
 
 
@@ -305,7 +317,9 @@ def makeService(options: Options) -> service.IService:
                      options.admin_endpoint, "--admin (or server.admin)")
     admin.setServiceParent(top)
     Lifecycle(reactor, gateway, public, admin, options.reload_config(),
-              Notifier.from_environment()).setServiceParent(top)
+              Notifier.from_environment(),
+              warm_up=(lambda: warm_up(reactor, options["warmup"])) if options["warmup"] else None,
+              ).setServiceParent(top)
     return top
 
 
