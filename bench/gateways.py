@@ -193,7 +193,7 @@ def start(registry: Registry, name: str, setup: Setup, workdir: str, logdir: str
             f.write("$ " + " ".join(cmd) + "\n")
         child = registry.start(name, cmd, log_path=log_path, env=_env(), cwd=REPO)
         base = f"http://127.0.0.1:{port}"
-        ready = (f"http://127.0.0.1:{admin_port}/healthz" if name == TXFANOUT
+        ready = (f"http://127.0.0.1:{admin_port}/readyz" if name == TXFANOUT
                  else f"{base}/healthz")
         try:
             wait_http(ready, 30.0, child)

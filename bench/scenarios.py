@@ -178,7 +178,7 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         _, settled, _ = sampler.sample()
         scraped = name == gateways.TXFANOUT and setup.workers == 1
         metrics_file = os.path.join(ctx.logdir, f"{tag}.metrics") if scraped else None
-        outcomes = (scrape_outcomes(g.ready_url.replace("/healthz", "/metrics"), metrics_file)
+        outcomes = (scrape_outcomes(g.ready_url.replace("/readyz", "/metrics"), metrics_file)
                     if metrics_file else {})
     finally:
         sampler.stop()
