@@ -65,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
                      help="smoke-test sizes: 2 s rows, 1 s warm-up (PyPy 3 s), 1 s settle, "
                           "small ab/h2load")
     run.add_argument("--warmup", type=float, default=None, help="warm-up seconds (default 2; on PyPy 10)")
+    run.add_argument("--txfanout-warmup", type=int, default=None,
+                     help="requests txfanout sends through itself before it is ready "
+                          "(its --warmup; default on PyPy 1000, as the systemd drop-in, "
+                          "0 with --quick and on CPython)")
     run.add_argument("--settle", type=float, default=None,
                      help="seconds after the load before 'settled RSS' (default 5)")
     run.add_argument("--wait-idle", type=float, default=None,
@@ -128,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
         (3.0 if quick else 10.0) if platform.python_implementation() == "PyPy"
         else (1.0 if quick else 2.0))
     settle = args.settle if args.settle is not None else (1.0 if quick else 5.0)
+    gateways.txfanout_warmup = args.txfanout_warmup if args.txfanout_warmup is not None else (
+        1000 if platform.python_implementation() == "PyPy" and not quick else 0)
     wait_idle = args.wait_idle if args.wait_idle is not None else (0.0 if quick else 30.0)
     ncpu = os.cpu_count() or 1
     pin = not args.no_pin and ncpu >= 2
@@ -185,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "scenario": scenario, "duration_s": duration, "warmup_s": warmup, "settle_s": settle,
+        "txfanout_warmup": gateways.txfanout_warmup,
         "wait_idle_s": wait_idle,
         "quick": quick, "fanouts": args.fanouts, "gateways": gws,
         "connections": args.connections, "repeat": max(1, args.repeat),

@@ -31,6 +31,8 @@ REFERENCES = (BARE_TWISTED, AIOHTTP, AIOHTTP_UVLOOP, GO_NETHTTP)
 GO_SOURCE = os.path.join(BENCH_DIR, "ref_go")
 # go-nethttp's binary, once build_go() has built it in this run
 _go_binary: str | None = None
+# txfanout's --warmup (requests before it is ready); set once per run
+txfanout_warmup = 0
 
 
 @dataclass
@@ -161,6 +163,8 @@ def command(name: str, setup: Setup, port: int, admin_port: int, workdir: str) -
                "--max-inflight", str(setup.max_inflight)]
         if setup.workers > 1:
             cmd += ["--workers", str(setup.workers)]
+        if txfanout_warmup:
+            cmd += ["--warmup", str(txfanout_warmup)]
         return cmd + setup.extra_args
     common = ["--port", str(port), "--fanout", str(setup.fanout),
               "--partner-url", setup.partner_url, "--timeout-ms", str(setup.timeout_ms),
