@@ -21,13 +21,15 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
+from twisted.web import http
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from .config import parse
 from .gateway import Gateway
+from .pool import PartnerPool
 from .site import GatewaySite
 from .upstream import BytesProducer
 
@@ -46,6 +48,15 @@ class _Partner(Resource):
     def render_POST(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"application/json")
         return ANSWER
+
+
+class _QuietSite(Site):
+    """The partners' site: no start-up or access line in the daemon's log."""
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        pass
 
 
 class _Drain(Protocol):
@@ -71,13 +82,13 @@ def warm_up(reactor: Any, requests: int) -> Any:
     with the number answered 200, once its ports and connections are
     closed."""
     started = reactor.seconds()
-    partners = Site(_Partner())
+    partners = _QuietSite(_Partner())
     partner = reactor.listenTCP(0, partners, interface="127.0.0.1")
     gateway = Gateway(reactor, _config(f"http://127.0.0.1:{partner.getHost().port}"))
     site = GatewaySite(gateway, reactor=reactor)
-    partners.noisy = site.noisy = False  # no "Starting factory" lines in the daemon's log
+    site.noisy = False  # no "Starting factory" lines in the daemon's log
     public = reactor.listenTCP(0, site, interface="127.0.0.1")
-    pool = HTTPConnectionPool(reactor)
+    pool = PartnerPool(reactor)  # quiet: no line per connection
     pool.maxPersistentPerHost = CLIENTS
     agent = Agent(reactor, pool=pool)
     base = f"http://127.0.0.1:{public.getHost().port}/"
