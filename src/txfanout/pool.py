@@ -37,6 +37,7 @@ from twisted.web.client import HTTPConnectionPool
 from . import _twisted
 from ._twisted import ChunkedTransferDecoder, HTTP11ClientProtocol, HTTPClientParser
 from .chunked import BodyTooLarge, CountedChunkedDecoder
+from .readsize import read_at_most
 from .sendnow import write_soon
 from .tls import HandshakeAwareProtocol
 
@@ -227,6 +228,7 @@ class PartnerProtocol(GuardedClientProtocol, HandshakeAwareProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        read_at_most(self.transport)
         if self.upstream is not None:
             self._counted = True
             self.upstream.opened += 1

@@ -35,6 +35,7 @@ from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .config import ServerConfig
 from .conncap import CappedChannel, CappedSite
 from .lag import ReactorLag
+from .readsize import read_at_most
 from .sendnow import write_now, write_soon
 from .timers import cancel
 from .wire import SHED_ANSWERS, SHED_HEADS, sole_request
@@ -235,6 +236,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        read_at_most(self.transport)
         self._unheard = self.site.unheard_connection()
         waited = backlog.waited(self.transport)
         if waited is not None:  # no earlier than the gateway listened (socket activation)
@@ -409,7 +411,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         super().requestDone(request)
 
     # Back-pressure. The transport pauses its producer (this channel) when
-    # more than its bufferSize (64 KiB) waits unsent, and resumes it once all
+    # more than its bufferSize (16 KiB: readsize.py) waits unsent, and resumes it once all
     # of it is sent. While paused, the next request is neither parsed nor
     # read (see requestDone), and unsent bytes that do not drain within
     # request_timeout get the connection aborted: a client that does not
