@@ -82,7 +82,7 @@ def warm_up(reactor: Any, requests: int) -> Any:
     with the number answered 200, once its ports and connections are
     closed."""
     started = reactor.seconds()
-    partners = _QuietSite(_Partner())
+    partners = _QuietSite(_Partner(), parsePOSTFormSubmission=False)
     partner = reactor.listenTCP(0, partners, interface="127.0.0.1")
     gateway = Gateway(reactor, _config(f"http://127.0.0.1:{partner.getHost().port}"))
     site = GatewaySite(gateway, reactor=reactor)
