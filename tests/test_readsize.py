@@ -3,6 +3,8 @@ read 16 KiB at a time (readsize.py): on PyPy a read allocates its whole size."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest_twisted
 from twisted.internet import reactor, tcp
 
@@ -15,7 +17,8 @@ from .loopback import keep_alive_client, within
 KEEP = b"POST /bid HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}"
 
 
-def idle_partner_transports(gw):
+def idle_partner_transports(gw: Any) -> list[Any]:
+    """The transports of the connections the gateway's pool keeps idle."""
     return [c.transport for idle in gw.gateway.upstream.pool.idle_connections().values()
             for c in idle]
 

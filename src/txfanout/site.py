@@ -411,11 +411,11 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         super().requestDone(request)
 
     # Back-pressure. The transport pauses its producer (this channel) when
-    # more than its bufferSize (16 KiB: readsize.py) waits unsent, and resumes it once all
-    # of it is sent. While paused, the next request is neither parsed nor
-    # read (see requestDone), and unsent bytes that do not drain within
-    # request_timeout get the connection aborted: a client that does not
-    # read costs one answer and a bounded time.
+    # more than its bufferSize (16 KiB: readsize.py) waits unsent, and
+    # resumes it once all of it is sent. While paused, the next request is
+    # neither parsed nor read (see requestDone), and unsent bytes that do not
+    # drain within request_timeout get the connection aborted: a client that
+    # does not read costs one answer and a bounded time.
     _held: Request | None = None  # answered; the next request waits for the client
     _drain_timer: IDelayedCall | None = None
 
