@@ -262,6 +262,12 @@ async def test_process_and_gc_collectors_and_separate_registries(partner, make_g
     gc_total = value(a, "python_gc_collections_total", generation="0")
     # prometheus-client's GCCollector only reports on CPython (PyPy has no generations).
     assert (gc_total is not None) == (platform.python_implementation() == "CPython")
+    # PyPy's collector time is the gateway's own family there, and only there.
+    pypy_gc = value(a, "txfanout_pypy_gc_seconds_total")
+    if platform.python_implementation() == "PyPy":
+        assert pypy_gc is not None and pypy_gc > 0
+    else:
+        assert pypy_gc is None
     info = {"implementation": platform.python_implementation(),
             "major": str(sys.version_info.major), "minor": str(sys.version_info.minor),
             "patchlevel": str(sys.version_info.micro), "version": platform.python_version()}

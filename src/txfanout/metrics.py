@@ -33,7 +33,7 @@ from .breaker import STATES
 from .config import Config
 from .inflight import OverdueWatch
 from .lag import ReactorLag
-from .memory import collector_seconds
+from .memory import collector_pauses, collector_seconds, pypy_gc_stats
 from .poolstats import upstream_key, upstream_label
 from .snapshot import PartnerState, Snapshot
 from .upstream import Upstream
@@ -144,6 +144,8 @@ class GatewayMetrics:
         registry.register(LiveCollector(gateway))
         if collector_seconds() is not None:
             registry.register(CollectorTime())
+        elif pypy_gc_stats is not None:
+            registry.register(PyPyCollectorTime())
         self._request_children: dict[tuple[str, int], Any] = {}
         self._answer_children: dict[str, tuple[Any, Any]] = {}
         self._duration_children: dict[str, Any] = {}
@@ -317,6 +319,22 @@ class CollectorTime:
         for generation, spent in enumerate(seconds):
             family.add_metric([str(generation)], spent)
         yield family
+
+
+class PyPyCollectorTime:
+    """PyPy's collector time, minor and major collections together."""
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family(0.0)]
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._family(collector_pauses())]
+
+    @staticmethod
+    def _family(seconds: float) -> Metric:
+        return CounterMetricFamily(
+            "txfanout_pypy_gc_seconds", "Time PyPy's collector took, minor and major "
+            "collections (its own count); absent on CPython.", value=seconds)
 
 
 class LiveCollector:
