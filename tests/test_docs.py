@@ -246,6 +246,7 @@ def test_the_curl_examples_answer_as_shown(doc: Path, demo: Daemon) -> None:
 
 
 def test_the_metrics_the_docs_name_are_exported(demo: Daemon) -> None:
+    assert demo.post("/bid")[0] == 200  # the per-request families, whatever ran before
     _, text = _get(demo.admin_port, "/metrics")
     exported = set()
     for family in text_string_to_metric_families(text):
