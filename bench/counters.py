@@ -11,7 +11,8 @@ takes their difference over the load window:
   200 answers: ``answers_total`` also counts, as incomplete, fan-outs whose
   client hung up and got no answer, ``code="499"``),
   ``txfanout_shed_total{reason}`` and the ``txfanout_request_duration_seconds``
-  histogram of the route (time from a request's first byte to its answer).
+  histogram of the route (time from a request's first byte to its answer);
+  on PyPy ``txfanout_pypy_gc_seconds_total``, its collector's time.
   With ``--workers N``, worker I's admin face is on the admin port + I; the
   workers' counters are summed.
 - the references (``bench/ref_*.py``, ``bench/ref_go``): ``GET /stats`` on their
@@ -69,6 +70,7 @@ class Counters:
     codes: dict[str, int] = field(default_factory=dict)  # txfanout: answers by HTTP code
     shed: dict[str, int] = field(default_factory=dict)  # txfanout: refusals by reason
     buckets: list[tuple[float, float]] = field(default_factory=list)  # (le, cumulative)
+    gc_s: float | None = None  # txfanout on PyPy: its collector's seconds
 
 
 def from_metrics(texts: list[str], t: float) -> Counters:
@@ -93,6 +95,8 @@ def from_metrics(texts: list[str], t: float) -> Counters:
                   and labels.get("route") == ROUTE):
                 le = math.inf if labels.get("le") in ("+Inf", "Inf") else float(labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + value
+            elif name == "txfanout_pypy_gc_seconds_total":
+                c.gc_s = (c.gc_s or 0.0) + value
     c.buckets = sorted(buckets.items())
     return c
 
@@ -159,6 +163,8 @@ def delta(before: Counters | None, after: Counters | None) -> dict[str, Any] | N
                      if v - before.shed.get(k, 0)}
         old = dict(before.buckets)
         d["buckets"] = [(le, cum - old.get(le, 0.0)) for le, cum in after.buckets]
+        if before.gc_s is not None and after.gc_s is not None:
+            d["gc_s"] = round(after.gc_s - before.gc_s, 4)
     return d
 
 

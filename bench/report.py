@@ -84,6 +84,8 @@ def _extra(row: dict[str, Any]) -> str:
             out.append(f"p99(503) {_f(row.get('p99_503_ms'))} ms")
         out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"
                    else "no admission cap")
+    if row.get("gc_s_per_1k") is not None:
+        out.append(f"of the CPU s/1k req, PyPy's collector {row['gc_s_per_1k']:.3f}")
     calls = row.get("outcomes") or {}
     if s == "polite":
         out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"

@@ -223,7 +223,10 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         "gateway_log_errors": _log_errors(g.child.log_path),
         "gateway_exit": code, "gateway_log": g.child.log_path,
     }
-    completeness(row, result, counters.delta(c0, c1), setup, window)
+    d = counters.delta(c0, c1)
+    completeness(row, result, d, setup, window)
+    if d is not None and "gc_s" in d:  # the CPU s/1k req of PyPy's collector
+        row["gc_s_per_1k"] = round(d["gc_s"] / answered * 1000.0, 3)
     if result.partner_timeouts is not None:
         row["cancellations_per_s"] = round(result.partner_timeouts / result.duration_s, 1) \
             if result.duration_s else 0.0

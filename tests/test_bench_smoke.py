@@ -115,13 +115,15 @@ txfanout_request_duration_seconds_bucket{route="bid",le="0.001"} 900.0
 txfanout_request_duration_seconds_bucket{route="bid",le="0.1"} 950.0
 txfanout_request_duration_seconds_bucket{route="bid",le="0.5"} 996.0
 txfanout_request_duration_seconds_bucket{route="bid",le="+Inf"} 997.0
+txfanout_pypy_gc_seconds_total 2.5
 """
 
 
 def test_bench_counters_from_metrics() -> None:
     """The harness reads txfanout's counters: 200s from requests_total,
-    complete ones from answers_total, and the p99 of the 200s from the
-    top of the duration histogram (refusals at arrival sit at 0 s)."""
+    complete ones from answers_total, the p99 of the 200s from the top of
+    the duration histogram (refusals at arrival sit at 0 s), and on PyPy
+    its collector's seconds."""
     sys.path.insert(0, str(REPO))
     from bench import counters
 
@@ -131,6 +133,9 @@ def test_bench_counters_from_metrics() -> None:
     assert c.shed == {"max_inflight": 900}
     d = counters.delta(zero, c)
     assert d is not None and d["codes"] == {"200": 95, "499": 2, "503": 900}
+    assert "gc_s" not in d  # CPython exports no PyPy collector time
+    gc_before = counters.from_metrics(["txfanout_pypy_gc_seconds_total 1.25\n"], 0.0)
+    assert counters.delta(gc_before, c)["gc_s"] == 1.25
     lat = counters.gateway_latency(d, 0.5)
     # all answers: rank 987 of 997 falls in (0.1, 0.5]
     assert 100 < lat["gw_p99_ms"] < 500
