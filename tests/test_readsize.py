@@ -1,14 +1,17 @@
 """The gateway's connections, to clients and to partners, plain and TLS,
-read 16 KiB at a time (readsize.py): on PyPy a read allocates its whole size."""
+read 16 KiB at a time into one shared buffer (readsize.py): on PyPy a
+``recv`` allocates its whole size."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import reactor, tcp
+from twisted.internet import main, reactor, tcp
+from twisted.internet.protocol import Protocol
 
-from txfanout.readsize import READ_SIZE
+from txfanout.readsize import READ_SIZE, read_at_most, read_into_buffer
 from txfanout.site import GatewayChannel
 
 from .configs import route_config
@@ -33,6 +36,7 @@ async def test_client_and_partner_connections_read_16_kib_at_a_time(partner, mak
               and isinstance(r.protocol, GatewayChannel) and r.protocol.site is gw.site]
     assert [t.bufferSize for t in served] == [READ_SIZE]
     assert [t.bufferSize for t in idle_partner_transports(gw)] == [READ_SIZE]
+    assert {t.doRead.func for t in served + idle_partner_transports(gw)} == {read_into_buffer}
     client.transport.loseConnection()
     await within(client.closed)
 
@@ -46,3 +50,33 @@ async def test_under_tls_the_tcp_connection_reads_16_kib_at_a_time(pki, tls_part
     [tls] = idle_partner_transports(gw)
     assert not isinstance(tls, tcp.Connection)  # TLS wraps the TCP connection
     assert tls.transport.bufferSize == READ_SIZE
+    assert tls.transport.doRead.func is read_into_buffer
+
+
+class Collect(Protocol):
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+
+def test_a_read_passes_on_bytes_of_its_own_and_at_most_16_kib():
+    """What a read passes on is a copy: the next read into the shared
+    buffer leaves it as it was. A larger message takes more reads."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    protocol = Collect()
+    connection = tcp.Connection(ours, protocol, reactor)
+    read_at_most(connection)
+    theirs.sendall(b"a" * (READ_SIZE + 10))
+    assert connection.doRead() is None
+    assert connection.doRead() is None
+    theirs.sendall(b"b" * 5)
+    assert connection.doRead() is None
+    assert protocol.received == [b"a" * READ_SIZE, b"a" * 10, b"b" * 5]
+    assert {type(d) for d in protocol.received} == {bytes}
+    assert connection.doRead() is None  # nothing there: EWOULDBLOCK
+    theirs.close()
+    assert connection.doRead() is main.CONNECTION_DONE
+    ours.close()

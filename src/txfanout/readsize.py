@@ -1,14 +1,16 @@
-"""How much a connection reads from its socket at a time.
+"""How a connection reads from its socket: 16 KiB at most, into one buffer.
 
 Twisted's TCP transport reads up to its ``bufferSize``, 64 KiB, each time
-its socket is readable. On PyPy, ``socket.recv(n)`` allocates ``n`` bytes
-whatever arrives (then shrinks them to what came), and each counts against
-the nursery: at fan-out 8, nine 64 KiB reads a request were about half of
-what the request path allocated, and minor collections came that much more
-often (bench/RESULTS.md). A request, a partner's answer or a TLS record is
-rarely over a few KiB, so the gateway's connections, to clients and to
-partners, read :data:`READ_SIZE` at a time; a larger message takes a few
-more reads.
+its socket is readable, with ``socket.recv(n)``. On PyPy that allocates
+``n`` bytes whatever arrives (then shrinks them to what came), and each
+counts against the nursery: at fan-out 8, nine 64 KiB reads a request were
+about half of what the request path allocated, and minor collections came
+that much more often (bench/RESULTS.md). So the gateway's connections, to
+clients and to partners, read with ``recv_into`` into one buffer the whole
+process shares (the reactor reads one socket at a time) and pass on a copy
+of only what arrived. They read :data:`READ_SIZE` at a time: a request, a
+partner's answer or a TLS record is rarely over a few KiB; a larger message
+takes a few more reads.
 
 Twisted uses the same ``bufferSize`` as the most a transport holds unsent
 before it pauses its producer, so a connection pauses past 16 KiB unsent
@@ -17,17 +19,37 @@ before it pauses its producer, so a connection pauses past 16 KiB unsent
 
 from __future__ import annotations
 
+from errno import EWOULDBLOCK
+from functools import partial
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 
 READ_SIZE = 16 * 1024
 
+_BUFFER = bytearray(READ_SIZE)
+_RECEIVED = memoryview(_BUFFER)
 
-def read_at_most(transport: Any, size: int = READ_SIZE) -> None:
-    """Make the TCP transport under ``transport`` (TLS wraps one) read at
-    most ``size`` bytes at a time; any other transport is left as it is."""
+
+def read_into_buffer(connection: tcp.Connection) -> Any:
+    """``tcp.Connection.doRead``, reading into the shared buffer: what
+    arrived goes to the protocol as ``bytes`` of its own."""
+    try:
+        count = connection.socket.recv_into(_BUFFER, READ_SIZE)
+    except OSError as error:
+        if error.args[0] == EWOULDBLOCK:
+            return None
+        return main.CONNECTION_LOST
+    return connection._dataReceived(bytes(_RECEIVED[:count]))
+
+
+def read_at_most(transport: Any) -> None:
+    """Make the TCP transport under ``transport`` (TLS wraps one) read
+    :data:`READ_SIZE` at a time into the shared buffer; any other transport
+    is left as it is."""
     while transport is not None and not isinstance(transport, tcp.Connection):
         transport = getattr(transport, "transport", None)
     if transport is not None:
-        transport.bufferSize = size
+        transport.bufferSize = READ_SIZE
+        # per connection: Twisted makes the client and server classes
+        transport.doRead = partial(read_into_buffer, transport)  # type: ignore[method-assign]
