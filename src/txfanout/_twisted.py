@@ -222,7 +222,7 @@ REGISTER: tuple[Private, ...] = (
     Private("twisted.web.http.Request._disconnected", "attribute", "9.0",
             "no 500 is written to a client that is gone (client_gone)",
             "AttributeError in processingFailed"),
-    # -- sockets: sendnow.py, conncap.py, adminauth.py --
+    # -- sockets: sendnow.py, conncap.py, adminauth.py, readsize.py --
     Private(_FD + "_tempDataBuffer", "attribute", "8.0",
             "empty (with offset == len(dataBuffer)) when nothing waits unsent "
             "(nothing_queued)", "write_now cannot tell it is safe: never sends at once",
@@ -241,6 +241,14 @@ REGISTER: tuple[Private, ...] = (
             "(accept_one_per_wake); Twisted reads it at each wake-up and adapts it after",
             "a flood of connections is accepted in one long turn, past the cap",
             "bounds the connections taken per turn under a connection flood"),
+    Private("twisted.internet.tcp.Connection.doRead", "method", "14.0",
+            "replaced on each client and partner connection by readsize.read_into_buffer, "
+            "which reads into one shared buffer (on PyPy recv(n) allocates n bytes)",
+            "every read allocates its whole size: minor collections 10-17% more "
+            "often at fan-out 2 (bench/RESULTS.md, eighth sitting)"),
+    Private("twisted.internet.tcp.Connection._dataReceived", "method", "14.0",
+            "what doRead does with the bytes read: EOF, or the protocol's dataReceived "
+            "(deliver_read)", "AttributeError at the first read of every connection"),
     Private("twisted.internet.endpoints._parse", "object", "10.2",
             "splits an endpoint string as serverFromString does, to tell whether the admin "
             "face listens on loopback only (parse_endpoint)",
@@ -373,11 +381,17 @@ def buffered(decoder: ChunkedTransferDecoder) -> int:
     return len(decoder._buffer)
 
 
-# -- sockets (sendnow.py, conncap.py) --
+# -- sockets (sendnow.py, conncap.py, readsize.py) --
 
 def nothing_queued(transport: Any) -> bool:
     """Whether a plain TCP ``transport`` has no bytes waiting unsent."""
     return not transport._tempDataBuffer and transport.offset == len(transport.dataBuffer)
+
+
+def deliver_read(connection: Any, data: bytes) -> Any:
+    """Hand what a TCP ``connection``'s read returned to it as its own
+    ``doRead`` would (empty: the peer closed)."""
+    return connection._dataReceived(data)
 
 
 def write_some(transport: Any, data: bytes) -> int | BaseException:

@@ -25,6 +25,8 @@ from typing import Any
 
 from twisted.internet import main, tcp
 
+from ._twisted import deliver_read
+
 READ_SIZE = 16 * 1024
 
 _BUFFER = bytearray(READ_SIZE)
@@ -40,7 +42,7 @@ def read_into_buffer(connection: tcp.Connection) -> Any:
         if error.args[0] == EWOULDBLOCK:
             return None
         return main.CONNECTION_LOST
-    return connection._dataReceived(bytes(_RECEIVED[:count]))
+    return deliver_read(connection, bytes(_RECEIVED[:count]))
 
 
 def read_at_most(transport: Any) -> None:
