@@ -251,6 +251,16 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             self._host = self.transport.getHost()
         return self._host
 
+    _secure: bool | None = None
+
+    def isSecure(self) -> bool:
+        """Is the connection TLS: worked out once per connection (Twisted
+        adapts the transport to ``ISSLTransport`` each time, and Klein asks
+        twice per request)."""
+        if self._secure is None:
+            self._secure = super().isSecure()
+        return self._secure
+
     def _heard(self) -> None:
         if self._unheard is not None:
             self.site.connection_heard(self._unheard)
