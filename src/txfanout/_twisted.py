@@ -242,7 +242,7 @@ REGISTER: tuple[Private, ...] = (
             "a flood of connections is accepted in one long turn, past the cap",
             "bounds the connections taken per turn under a connection flood"),
     Private("twisted.internet.tcp.Connection.doRead", "method", "14.0",
-            "replaced on each client and partner connection by readsize.read_into_buffer, "
+            "replaced on each client and partner connection on PyPy by readsize.read_into_buffer, "
             "which reads into one shared buffer (on PyPy recv(n) allocates n bytes)",
             "every read allocates its whole size: minor collections 10-17% more "
             "often at fan-out 2 (bench/RESULTS.md, eighth sitting)"),
