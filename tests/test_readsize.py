@@ -1,6 +1,6 @@
 """The gateway's connections, to clients and to partners, plain and TLS,
-read 16 KiB at a time into one shared buffer (readsize.py): on PyPy a
-``recv`` allocates its whole size."""
+read 16 KiB at a time, on PyPy into one shared buffer (readsize.py): there
+a ``recv`` allocates its whole size."""
 
 from __future__ import annotations
 

@@ -58,6 +58,6 @@ def read_at_most(transport: Any) -> None:
     if transport is not None:
         transport.bufferSize = READ_SIZE
         if INTO_SHARED_BUFFER:
-            # per connection: Twisted makes the client and server classes
+            # on the instance: Twisted, not we, picks the transport's class
             transport.doRead = partial(  # type: ignore[method-assign]
                 read_into_buffer, transport)
