@@ -176,13 +176,32 @@ def _p99_200(row: dict[str, Any]) -> tuple[float | None, str]:
     return None, ""
 
 
+def _pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(many clients, few clients) rows of one gateway, fan-out and shape,
+    paired in the order they ran: each many-client row with the few-client
+    row run right after it (``--repeat`` runs the pair again)."""
+    pairs = []
+    many: dict[str, Any] | None = None
+    low = min(r.get("clients") or 0 for r in rows)
+    for r in rows:
+        if (r.get("clients") or 0) > low:
+            many = r
+        elif many is not None:
+            pairs.append((many, r))
+            many = None
+    return pairs
+
+
 def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The answers the seed and overload scenarios exist for, per gateway:
 
     - seed, per shape (new connection per request, keep-alive): the share
       of the 200s that were complete at many clients, complete/s at many
       clients as a share of complete/s at 64, and the p99 of the 200s
-      against the deadline;
+      against the deadline. With ``--repeat``, each many-client row is
+      compared with the 64-client row run right after it: the ratio is the
+      pairs' median (the lower one of an even count), every pair's ratio is
+      listed, and the share and p99 are the worst row's;
     - overload: goodput (200/s) and complete/s as shares of the capacity
       measured just before (wrk c=64)."""
     seed: list[dict[str, Any]] = []
@@ -191,15 +210,24 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         if r["scenario"] == "seed" and r.get("shape"):
             groups.setdefault((r["gateway"], r["fanout"], r["shape"]), []).append(r)
     for (gw, fo, shape), rs in groups.items():
-        ordered = sorted(rs, key=lambda r: r.get("clients") or 0)
-        few, many = ordered[0], ordered[-1]
-        if few is many:
+        pairs = _pairs(rs)
+        if not pairs:
             continue
-        share = many.get("complete_share")
-        ratio = (round(many["complete_rps"] / few["complete_rps"], 3)
-                 if few.get("complete_rps") else None)
-        p99, p99_src = _p99_200(many)
+        ratios = [round(m["complete_rps"] / f["complete_rps"], 3) if f.get("complete_rps")
+                  else None for m, f in pairs]
+        known = sorted((r, i) for i, r in enumerate(ratios) if r is not None)
+        ratio, (many, few) = None, pairs[0]
+        if known:
+            ratio, at = known[(len(known) - 1) // 2]
+            many, few = pairs[at]
+        shares = [m.get("complete_share") for m, _ in pairs]
+        share = None if None in shares else min(shares)
+        worst = max((_p99_200(m) for m, _ in pairs),
+                    key=lambda p: -1.0 if p[0] is None else p[0])
+        p99, p99_src = worst
         deadline = many.get("deadline_ms") or 500
+        settled = [m.get("p99_200_settled_ms") for m, _ in pairs]
+        within = [m.get("gw_200_within_deadline") for m, _ in pairs]
         seed.append({
             "gateway": gw, "fanout": fo, "shape": shape,
             "clients": many.get("clients"), "clients_ref": few.get("clients"),
@@ -207,11 +235,12 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             "complete_source": many.get("complete_rps_source"),
             "complete_share": share, "share_ok": None if share is None else share >= SHARE_OK,
             "complete_ratio": ratio, "ratio_ok": None if ratio is None else ratio >= RATIO_OK,
+            "complete_ratios": ratios,
             "p99_200_ms": None if p99 is not None and math.isinf(p99) else p99,
             "p99_200_source": p99_src, "deadline_ms": deadline,
             "p99_ok": None if p99 is None else p99 <= deadline,
-            "gw_200_within_deadline": many.get("gw_200_within_deadline"),
-            "p99_200_settled_ms": many.get("p99_200_settled_ms"),
+            "gw_200_within_deadline": None if None in within else min(within),
+            "p99_200_settled_ms": None if None in settled else max(settled),
         })
     overload = []
     for r in rows:
@@ -283,6 +312,9 @@ def _seed_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) ->
             ratio = ("–" if q["complete_ratio"] is None else
                      f"{q['complete_ratio']:.2f} ({_f(q['complete_rps'], 0)} / "
                      f"{_f(q['complete_rps_ref'], 0)}/s) {_yes(q['ratio_ok'])}")
+            if len(q.get("complete_ratios", [])) > 1:
+                ratio += " (median; pairs: " + ", ".join(
+                    "–" if r is None else f"{r:.2f}" for r in q["complete_ratios"]) + ")"
             if q["p99_200_source"]:
                 p99 = ("> 5000 ms" if q["p99_200_ms"] is None else f"{q['p99_200_ms']:.0f} ms")
                 p99 += f" ({q['p99_200_source']}) vs {q['deadline_ms']} ms {_yes(q['p99_ok'])}"

@@ -168,6 +168,38 @@ def test_bench_tail_histogram_readout(tmp_path: Path) -> None:
     assert "| le | all p4 |" in table and "| 1.5 | 10 |" in table and "| +Inf | 20 |" in table
 
 
+def test_bench_seed_summary_pairs_each_many_client_row_with_the_next_few_client_row() -> None:
+    """With --repeat, each 2,500-client row is compared with the 64-client
+    row run right after it: the ratio is the pairs' median (the lower of an
+    even count), every pair's ratio is listed, and the share of complete
+    200s and their p99 are the worst row's."""
+    sys.path.insert(0, str(REPO))
+    from bench import report
+
+    def row(clients: int, complete: float, share: float = 1.0, p99: float = 300.0) -> dict:
+        return {"scenario": "seed", "shape": "keep-alive", "gateway": "txfanout", "fanout": 2,
+                "clients": clients, "complete_rps": complete, "complete_share": share,
+                "p99_200_ms": p99, "deadline_ms": 500, "complete_rps_source": "counters",
+                "label": f"h2load c{clients}", "rps": complete, "goodput_rps": complete,
+                "p99_ms": p99}
+
+    rows = [row(2500, 450, share=0.95, p99=480), row(64, 500),   # 0.90
+            row(2500, 400), row(64, 500),                        # 0.80
+            row(2500, 600), row(64, 500)]                        # 1.20
+    [q] = report.summaries(rows)["seed"]
+    assert q["complete_ratios"] == [0.9, 0.8, 1.2]
+    assert (q["complete_ratio"], q["complete_rps"], q["complete_rps_ref"]) == (0.9, 450, 500)
+    assert q["ratio_ok"] is True
+    assert (q["complete_share"], q["p99_200_ms"], q["p99_ok"]) == (0.95, 480, True)
+    table = "\n".join(report._seed_markdown(rows, [q]))
+    assert "0.90 (450 / 500/s) yes (median; pairs: 0.90, 0.80, 1.20)" in table
+
+    [q] = report.summaries(rows[:4])["seed"]  # an even count: the lower median
+    assert (q["complete_ratio"], q["ratio_ok"]) == (0.8, False)
+    [q] = report.summaries(rows[2:4])["seed"]  # one pair, as without --repeat
+    assert (q["complete_ratio"], q["complete_ratios"]) == (0.8, [0.8])
+
+
 @pytest.mark.slow
 def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
     """The Go reference: built with the distribution's go at run time,
