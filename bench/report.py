@@ -10,6 +10,13 @@ from typing import Any
 REFERENCE_ORDER = ("bare-twisted", "aiohttp", "aiohttp-uvloop", "go-nethttp")
 
 
+REPEAT_KEYS = ("rps", "goodput_rps", "complete_rps", "p50_ms", "p99_ms", "cpu_s_per_1k",
+               "peak_rss_mb", "other_cpu_util",
+               # what the seed's questions read of each run (summaries)
+               "complete_share", "p99_200_ms", "gw_p99_200_ms", "gw_p99_200_over_ms",
+               "gw_200_within_deadline", "p99_200_settled_ms")
+
+
 def collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Repeated rows (same scenario, gateway, fan-out, label) become the run
     with the median req/s; every run's figures are kept under ``repeats``."""
@@ -24,10 +31,7 @@ def collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         ordered = sorted(runs, key=lambda r: r["rps"])
         chosen = dict(ordered[(len(ordered) - 1) // 2])
-        chosen["repeats"] = [{k: r.get(k) for k in ("rps", "goodput_rps", "complete_rps",
-                                                    "p50_ms", "p99_ms",
-                                                    "cpu_s_per_1k", "peak_rss_mb",
-                                                    "other_cpu_util")} for r in runs]
+        chosen["repeats"] = [{k: r.get(k) for k in REPEAT_KEYS} for r in runs]
         out.append(chosen)
     return out
 
@@ -176,20 +180,16 @@ def _p99_200(row: dict[str, Any]) -> tuple[float | None, str]:
     return None, ""
 
 
-def _pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(many clients, few clients) rows of one gateway, fan-out and shape,
-    paired in the order they ran: each many-client row with the few-client
-    row run right after it (``--repeat`` runs the pair again)."""
-    pairs = []
-    many: dict[str, Any] | None = None
-    low = min(r.get("clients") or 0 for r in rows)
-    for r in rows:
-        if (r.get("clients") or 0) > low:
-            many = r
-        elif many is not None:
-            pairs.append((many, r))
-            many = None
-    return pairs
+def _pairs(few: dict[str, Any], many: dict[str, Any]
+           ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(many clients, few clients) runs of one gateway, fan-out and shape in
+    the order they ran: with ``--repeat`` each many-client run is paired
+    with the few-client run right after it (``collapse`` keeps every run
+    under ``repeats``)."""
+    runs_many, runs_few = many.get("repeats"), few.get("repeats")
+    if runs_many and runs_few and len(runs_many) == len(runs_few):
+        return list(zip(runs_many, runs_few))
+    return [(many, few)]
 
 
 def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -201,7 +201,7 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
       against the deadline. With ``--repeat``, each many-client row is
       compared with the 64-client row run right after it: the ratio is the
       pairs' median (the lower one of an even count), every pair's ratio is
-      listed, and the share and p99 are the worst row's;
+      listed, and the share and p99 are the worst run's;
     - overload: goodput (200/s) and complete/s as shares of the capacity
       measured just before (wrk c=64)."""
     seed: list[dict[str, Any]] = []
@@ -210,9 +210,10 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         if r["scenario"] == "seed" and r.get("shape"):
             groups.setdefault((r["gateway"], r["fanout"], r["shape"]), []).append(r)
     for (gw, fo, shape), rs in groups.items():
-        pairs = _pairs(rs)
-        if not pairs:
+        ordered = sorted(rs, key=lambda r: r.get("clients") or 0)
+        if ordered[0] is ordered[-1]:
             continue
+        pairs = _pairs(ordered[0], ordered[-1])
         ratios = [round(m["complete_rps"] / f["complete_rps"], 3) if f.get("complete_rps")
                   else None for m, f in pairs]
         known = sorted((r, i) for i, r in enumerate(ratios) if r is not None)
@@ -220,19 +221,20 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         if known:
             ratio, at = known[(len(known) - 1) // 2]
             many, few = pairs[at]
+        few_row, many_row = ordered[0], ordered[-1]
         shares = [m.get("complete_share") for m, _ in pairs]
         share = None if None in shares else min(shares)
         worst = max((_p99_200(m) for m, _ in pairs),
                     key=lambda p: -1.0 if p[0] is None else p[0])
         p99, p99_src = worst
-        deadline = many.get("deadline_ms") or 500
+        deadline = many_row.get("deadline_ms") or 500
         settled = [m.get("p99_200_settled_ms") for m, _ in pairs]
         within = [m.get("gw_200_within_deadline") for m, _ in pairs]
         seed.append({
             "gateway": gw, "fanout": fo, "shape": shape,
-            "clients": many.get("clients"), "clients_ref": few.get("clients"),
+            "clients": many_row.get("clients"), "clients_ref": few_row.get("clients"),
             "complete_rps": many.get("complete_rps"), "complete_rps_ref": few.get("complete_rps"),
-            "complete_source": many.get("complete_rps_source"),
+            "complete_source": many_row.get("complete_rps_source"),
             "complete_share": share, "share_ok": None if share is None else share >= SHARE_OK,
             "complete_ratio": ratio, "ratio_ok": None if ratio is None else ratio >= RATIO_OK,
             "complete_ratios": ratios,

@@ -183,9 +183,11 @@ def test_bench_seed_summary_pairs_each_many_client_row_with_the_next_few_client_
                 "label": f"h2load c{clients}", "rps": complete, "goodput_rps": complete,
                 "p99_ms": p99}
 
-    rows = [row(2500, 450, share=0.95, p99=480), row(64, 500),   # 0.90
+    runs = [row(2500, 450, share=0.95, p99=480), row(64, 500),   # 0.90
             row(2500, 400), row(64, 500),                        # 0.80
             row(2500, 600), row(64, 500)]                        # 1.20
+    rows = report.collapse(runs)  # as the harness does: one row per label, runs kept
+    assert len(rows) == 2
     [q] = report.summaries(rows)["seed"]
     assert q["complete_ratios"] == [0.9, 0.8, 1.2]
     assert (q["complete_ratio"], q["complete_rps"], q["complete_rps_ref"]) == (0.9, 450, 500)
@@ -194,9 +196,9 @@ def test_bench_seed_summary_pairs_each_many_client_row_with_the_next_few_client_
     table = "\n".join(report._seed_markdown(rows, [q]))
     assert "0.90 (450 / 500/s) yes (median; pairs: 0.90, 0.80, 1.20)" in table
 
-    [q] = report.summaries(rows[:4])["seed"]  # an even count: the lower median
+    [q] = report.summaries(report.collapse(runs[:4]))["seed"]  # even: the lower median
     assert (q["complete_ratio"], q["ratio_ok"]) == (0.8, False)
-    [q] = report.summaries(rows[2:4])["seed"]  # one pair, as without --repeat
+    [q] = report.summaries(report.collapse(runs[2:4]))["seed"]  # one pair, no --repeat
     assert (q["complete_ratio"], q["complete_ratios"]) == (0.8, [0.8])
 
 
