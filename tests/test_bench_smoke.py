@@ -172,7 +172,7 @@ def test_bench_seed_summary_pairs_each_many_client_row_with_the_next_few_client_
     """With --repeat, each 2,500-client row is compared with the 64-client
     row run right after it: the ratio is the pairs' median (the lower of an
     even count), every pair's ratio is listed, and the share of complete
-    200s and their p99 are the worst row's."""
+    200s and their p99 are the worst run's."""
     sys.path.insert(0, str(REPO))
     from bench import report
 
