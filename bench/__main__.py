@@ -85,6 +85,9 @@ def parser() -> argparse.ArgumentParser:
                           "seed: the many clients (default 2500; 200 with --quick)")
     run.add_argument("--max-inflight", type=int, default=None,
                      help="txfanout's max_inflight (default: overload 64, others 2000)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="soak: run txfanout with --workers N (not pinned) and report each "
+                          "process's RSS (default 1)")
     run.add_argument("--no-plots", action="store_true")
     sub.add_parser("check", help="check preconditions and exit")
     return p
@@ -219,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             duration=duration, warmup=warmup, settle=settle, connections=args.connections,
             gw_cpu=gw_cpu, load_cpu=load_cpu, quick=quick, wait_idle=wait_idle,
             repeat=max(1, args.repeat), clients=args.clients, max_inflight=args.max_inflight,
+            workers=max(1, args.workers),
             progress=lambda m: print(m, flush=True))
         started = time.monotonic()
         scenarios.RUNNERS[scenario](ctx)

@@ -201,6 +201,9 @@ def start(registry: Registry, name: str, setup: Setup, workdir: str, logdir: str
                  else f"{base}/healthz")
         try:
             wait_http(ready, 30.0, child)
+            for i in range(1, setup.workers if name == TXFANOUT else 1):
+                # every worker, each warming up on its own (its admin port is the next one)
+                wait_http(f"http://127.0.0.1:{admin_port + i}/readyz", 30.0, child)
         except RuntimeError:
             registry.stop(child)
             with open(log_path, encoding="utf-8", errors="replace") as f:

@@ -236,29 +236,31 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLK_TCK
 
 
-def rss_kb(pids: Sequence[int]) -> int:
-    """Sum of VmRSS of ``pids`` in KiB."""
-    total = 0
+def rss_by_pid(pids: Sequence[int]) -> dict[int, int]:
+    """VmRSS of each of ``pids`` that is alive, in KiB."""
+    out = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status", "rb") as f:
                 for line in f:
                     if line.startswith(b"VmRSS:"):
-                        total += int(line.split()[1])
+                        out[pid] = int(line.split()[1])
                         break
         except OSError:
             continue
-    return total
+    return out
 
 
 class Sampler:
     """Samples RSS (KiB) and CPU seconds of a process tree every ``interval``
-    seconds in a thread; ``samples`` is [(t since start, rss_kb, cpu_s)]."""
+    seconds in a thread; ``samples`` is [(t since start, rss_kb, cpu_s)],
+    ``by_pid`` the same times' RSS of each process [(t, {pid: rss_kb})]."""
 
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         self.pid = pid
         self.interval = interval
         self.samples: list[tuple[float, int, float]] = []
+        self.by_pid: list[tuple[float, dict[int, int]]] = []
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -270,8 +272,10 @@ class Sampler:
     def sample(self) -> tuple[float, int, float]:
         """Take one sample now (also recorded)."""
         pids = process_tree(self.pid)
-        s = (time.monotonic() - self._t0, rss_kb(pids), cpu_seconds(pids))
+        rss = rss_by_pid(pids)
+        s = (time.monotonic() - self._t0, sum(rss.values()), cpu_seconds(pids))
         self.samples.append(s)
+        self.by_pid.append((s[0], rss))
         return s
 
     def _loop(self) -> None:

@@ -105,6 +105,10 @@ def _extra(row: dict[str, Any]) -> str:
     if s == "soak":
         out.append(f"rate {_f(row.get('target_rps'), 0)}/s of cap {_f(row.get('capacity_rps'), 0)}")
         out.append(f"RSS slope {_f(row.get('rss_slope_kib_per_min'))} KiB/min")
+        for pid, p in (row.get("process_rss_mb") or {}).items():
+            out.append(f"pid {pid} RSS MB ready {_f(p['ready'])}, load {_f(p['load_start'])}"
+                       f" -> {_f(p['end'])}, last half {_f(p['last_half'][0])}-"
+                       f"{_f(p['last_half'][1])}")
     if s == "workers":
         out.append(f"{row['workers']} process(es)")
     if row.get("repeats"):

@@ -56,6 +56,7 @@ class Context:
     repeat: int = 1
     clients: int | None = None  # overload: h2load clients
     max_inflight: int | None = None  # txfanout's cap, when not the scenario's own
+    workers: int = 1  # soak: txfanout's --workers
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     progress: Callable[[str], None] = print
@@ -116,6 +117,28 @@ def tail_histograms(path: str | None) -> dict[str, dict[str, list[tuple[str, int
             lab = dict(re.findall(r'(\w+)="([^"]*)"', labels))
             out.setdefault(family, {}).setdefault(lab.get("partner", "?"), []).append(
                 (lab.get("le", "?"), int(float(value))))
+    return out
+
+
+def process_rss(by_pid: list[tuple[float, dict[int, int]]], t0: float,
+                t1: float) -> dict[str, dict[str, Any]]:
+    """Each process's RSS (MB) from ``Sampler.by_pid``: once sampled first
+    (the gateway ready), at the load's start ``t0`` and end ``t1``, its
+    peak, and its range over the second half of the load (a process that
+    levels off keeps that range narrow)."""
+    def mb(kb: int) -> float:
+        return round(kb / 1024, 1)
+
+    out: dict[str, dict[str, Any]] = {}
+    for pid in sorted({pid for _, rss in by_pid for pid in rss}):
+        seen = [(t, rss[pid]) for t, rss in by_pid if pid in rss]
+        load = [(t, kb) for t, kb in seen if t0 <= t <= t1]
+        half = [kb for t, kb in load if t >= (t0 + t1) / 2]
+        if not half:  # gone before the load's second half
+            continue
+        out[str(pid)] = {"ready": mb(seen[0][1]), "load_start": mb(load[0][1]),
+                         "end": mb(load[-1][1]), "peak": mb(max(kb for _, kb in seen)),
+                         "last_half": [mb(min(half)), mb(max(half))]}
     return out
 
 
@@ -212,6 +235,8 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         "settled_rss_mb": round(settled / 1024, 1),
         "rss_slope_kib_per_min": rss_slope_kib_per_min(sampler.samples, t0, t1),
         "rss_timeline": [(round(t, 2), round(r / 1024, 1)) for t, r, _ in sampler.samples],
+        # with --workers, each process (the parent and every worker) on its own
+        "process_rss_mb": process_rss(sampler.by_pid, t0, t1) if setup.workers > 1 else None,
         "load_window": [round(t0, 2), round(t1, 2)],
         # the second stub_status poll's own connection/request is in ``after``
         "upstream_conns_new": after["accepts"] - before["accepts"] - 1,
@@ -520,7 +545,8 @@ def soak(ctx: Context) -> None:
     clients = 64
     for fo in fanouts:
         for name in ctx.order():
-            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}")
+            setup = Setup(fanout=fo, partner_url=ctx.nginx.base_url + "/bid{i}",
+                          workers=ctx.workers if name == gateways.TXFANOUT else 1)
             cap: dict[str, float] = {}
 
             def probe_capacity(g: Running) -> None:
@@ -540,8 +566,16 @@ def soak(ctx: Context) -> None:
                                       rps_per_client=cap["target_rps"] / clients,
                                       log_path=os.path.join(ctx.logdir, f"{tag}.load.log"),
                                       name=tag)
-            row = measure(ctx, "soak", name, setup, run, prepare=probe_capacity)
+            # txfanout's workers share every core, as in the workers scenario
+            row = measure(ctx, "soak", name, setup, run, prepare=probe_capacity,
+                          gw_cpu=_all_cpus(ctx) if setup.workers > 1 else "default")
             row.update(cap)
+
+
+def _all_cpus(ctx: Context) -> str | None:
+    """Where a gateway of several processes runs: not pinned to one CPU (the
+    harness runs on the load CPU, so it says "all" rather than nothing)."""
+    return f"0-{(os.cpu_count() or 1) - 1}" if ctx.load_cpu is not None else None
 
 
 def workers(ctx: Context) -> None:
@@ -549,8 +583,7 @@ def workers(ctx: Context) -> None:
     pinned so that both processes can use both cores)."""
     fanouts = _fanouts(ctx)
     has_workers = gateways.supports_workers()
-    # not pinned to one CPU: the harness runs on the load CPU, so say "all"
-    all_cpus = f"0-{(os.cpu_count() or 1) - 1}" if ctx.load_cpu is not None else None
+    all_cpus = _all_cpus(ctx)
     if not has_workers:
         ctx.notes.append("workers: txfanout has no --workers option yet "
                          "(`twistd fanout --help`); the 2-process row is skipped")

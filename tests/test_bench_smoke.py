@@ -202,6 +202,32 @@ def test_bench_seed_summary_pairs_each_many_client_row_with_the_next_few_client_
     assert (q["complete_ratio"], q["complete_ratios"]) == (0.8, [0.8])
 
 
+def test_bench_soak_gives_each_worker_its_own_rss() -> None:
+    """With --workers, a soak row gives each process's RSS: once ready, at
+    the load's start and end, its peak, and its range over the second half
+    of the load; the process tree's samples give them, a process that ended
+    early keeps what it had."""
+    sys.path.insert(0, str(REPO))
+    from bench import report, scenarios
+
+    mb = 1024
+    by_pid = [(0.0, {10: 100 * mb, 11: 200 * mb, 12: 210 * mb}),   # ready
+              (5.0, {10: 100 * mb, 11: 250 * mb, 12: 260 * mb}),   # load starts
+              (35.0, {10: 100 * mb, 11: 280 * mb, 12: 300 * mb}),  # second half
+              (65.0, {10: 100 * mb, 11: 281 * mb}),                # load ends; 12 gone
+              (70.0, {10: 100 * mb, 11: 270 * mb})]                # settled, not in the load
+    rss = scenarios.process_rss(by_pid, 5.0, 65.0)
+    assert rss["11"] == {"ready": 200.0, "load_start": 250.0, "end": 281.0, "peak": 281.0,
+                         "last_half": [280.0, 281.0]}
+    assert rss["12"] == {"ready": 210.0, "load_start": 260.0, "end": 300.0, "peak": 300.0,
+                         "last_half": [300.0, 300.0]}
+    assert rss["10"]["last_half"] == [100.0, 100.0]
+    row = {"scenario": "soak", "gateway": "txfanout", "target_rps": 100.0,
+           "capacity_rps": 143.0, "rss_slope_kib_per_min": 1.0, "process_rss_mb": rss}
+    assert "pid 11 RSS MB ready 200.0, load 250.0 -> 281.0, last half 280.0-281.0" \
+        in report._extra(row)
+
+
 @pytest.mark.slow
 def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
     """The Go reference: built with the distribution's go at run time,
