@@ -215,9 +215,10 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             groups.setdefault((r["gateway"], r["fanout"], r["shape"]), []).append(r)
     for (gw, fo, shape), rs in groups.items():
         ordered = sorted(rs, key=lambda r: r.get("clients") or 0)
-        if ordered[0] is ordered[-1]:
+        few_row, many_row = ordered[0], ordered[-1]
+        if few_row is many_row:
             continue
-        pairs = _pairs(ordered[0], ordered[-1])
+        pairs = _pairs(few_row, many_row)
         ratios = [round(m["complete_rps"] / f["complete_rps"], 3) if f.get("complete_rps")
                   else None for m, f in pairs]
         known = sorted((r, i) for i, r in enumerate(ratios) if r is not None)
@@ -225,7 +226,6 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         if known:
             ratio, at = known[(len(known) - 1) // 2]
             many, few = pairs[at]
-        few_row, many_row = ordered[0], ordered[-1]
         shares = [m.get("complete_share") for m, _ in pairs]
         share = None if None in shares else min(shares)
         worst = max((_p99_200(m) for m, _ in pairs),
