@@ -8,7 +8,7 @@ from typing import Any
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import ClientFactory, Protocol
 
 from txfanout.config import parse
@@ -114,14 +114,31 @@ class Answer:
 
 
 class GatewayUnderTest:
-    """A Gateway on 127.0.0.1:<free port> in the test's reactor."""
+    """A Gateway on 127.0.0.1:<free port> in the test's reactor; ``stop()``
+    closes what the test left connected, so no later test meets it."""
 
     def __init__(self, raw_config: dict[str, Any]) -> None:
         self.config = parse(raw_config)
         self.gateway = Gateway(reactor, self.config)
         self.site = GatewaySite(self.gateway)
+        self.site.buildProtocol = self._build_channel  # type: ignore[method-assign]
+        self.channels: dict[Any, Deferred[None]] = {}  # open ones, with their loss
         self.port = reactor.listenTCP(0, self.site, backlog=1024, interface="127.0.0.1")
         self.site.listening(self.port)
+
+    def _build_channel(self, addr: Any) -> Any:
+        channel = GatewaySite.buildProtocol(self.site, addr)
+        lost: Deferred[None] = Deferred()
+        self.channels[channel] = lost
+        connection_lost = channel.connectionLost
+
+        def lose(reason: Any) -> None:
+            connection_lost(reason)
+            del self.channels[channel]
+            lost.callback(None)
+
+        channel.connectionLost = lose
+        return channel
 
     @property
     def address(self) -> tuple[str, int]:
@@ -139,4 +156,8 @@ class GatewayUnderTest:
 
     async def stop(self) -> None:
         await self.port.stopListening()
+        lost = list(self.channels.values())
+        for channel in list(self.channels):
+            channel.transport.abortConnection()
+        await gatherResults(lost)
         await self.gateway.close()
