@@ -80,6 +80,28 @@ def test_a_client_that_did_not_wait_is_served_at_once_when_there_is_room():
     assert transport.producerState == "producing"
 
 
+def test_holds_end_early_one_per_slot_left_unused_for_a_whole_lag_period():
+    clock, gateway, site = full_gateway(max_inflight=2)
+    gateway.lag.start()
+    clients = [connect(site) for _ in range(3)]
+    for channel, transport in clients:
+        channel.dataReceived(POST)
+        assert b"in-flight limit" in answer(transport)
+        channel.dataReceived(POST)  # at once, ignoring Retry-After: held
+    clock.pump([0.1] * 10)  # every slot taken all along: the holds stand
+    assert not any(answer(t) for _, t in clients) and len(site.held) == 3
+    gateway.admission.release()
+    clock.advance(0.1)  # the slot was taken for part of this period
+    assert not any(answer(t) for _, t in clients)
+    clock.advance(0.1)  # and free through the whole of this one: the longest hold ends
+    (first, first_transport), *others = clients
+    assert b"in-flight limit" in answer(first_transport)
+    assert first_transport.producerState == "producing"
+    assert not any(answer(t) for _, t in others) and len(site.held) == 2
+    first.dataReceived(POST)  # back at once: the slot is its own
+    assert gateway.admission.admitted == 2 and not answer(first_transport)
+
+
 def test_a_hold_is_cut_short_by_a_short_idle_timeout():
     clock, gateway, site = full_gateway(idle_timeout_ms=400)
     channel, transport = connect(site)

@@ -57,6 +57,7 @@ class Admission:
         self.admitted = 0
         self.admitted_total = 0
         self._peak = 0  # the most admitted at once since the limit last followed the lag
+        self.unused = 0  # slots no request took over the last lag period (``_follow``)
         self.draining = False
         self._idle_waiters: list[Deferred[None]] = []
         self._watchers: list[Callable[[], None]] = []
@@ -96,6 +97,7 @@ class Admission:
 
     def _follow(self, lag: ReactorLag) -> None:
         self.limit.observe(lag.behind, self._peak, lag.busy)
+        self.unused = max(0, self.limit.current - self._peak)
         self._peak = self.admitted
         self._changed()
 
