@@ -128,6 +128,8 @@ class GatewayUnderTest:
 
     def _build_channel(self, addr: Any) -> Any:
         channel = GatewaySite.buildProtocol(self.site, addr)
+        if channel is None:  # past max_connections: Twisted closes it at once
+            return None
         lost: Deferred[None] = Deferred()
         self.channels[channel] = lost
         connection_lost = channel.connectionLost

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import io
 import re
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
