@@ -305,12 +305,12 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self._release = release
         self.site.held[self] = None
 
-    def release_into_room(self, period: int) -> None:
+    def release_into_room(self) -> None:
         """End this connection's hold early for a slot that sat unused:
-        until it speaks again in ``period``, it counts as a connection
-        accepted for that slot."""
+        until it speaks again, it counts as a connection accepted for that
+        slot."""
         self.release_hold()
-        self._unheard = period
+        self._unheard = self.site.unheard_connection()
 
     def release_hold(self) -> None:
         """End this connection's hold now: its time came, or the gateway
@@ -640,8 +640,7 @@ class GatewaySite(CappedSite):
         if spare <= 0:
             return
         for channel in list(islice(self.held, spare)):
-            channel.release_into_room(self._period)
-            self._unheard += 1
+            channel.release_into_room()
 
     def log(self, request: http.Request) -> None:
         """No per-request line in the daemon's log (see the access log)."""
