@@ -65,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
                      help="smoke-test sizes: 2 s rows, 1 s warm-up (PyPy 3 s), 1 s settle, "
                           "small ab/h2load")
     run.add_argument("--warmup", type=float, default=None, help="warm-up seconds (default 2; on PyPy 10)")
+    run.add_argument("--lead-in", type=float, default=None,
+                     help="seconds of a many-clients row's own load (seed's 2,500 clients, "
+                          "overload's and polite's 1,000) before its measured window, on the "
+                          "same gateway (default 0; on PyPy 15, 0 with --quick): PyPy's JIT "
+                          "compiles for a new shape of load for its first 10-15 s")
     run.add_argument("--txfanout-warmup", type=int, default=None,
                      help="requests txfanout sends through itself before it is ready "
                           "(its --warmup; default on PyPy 1000, as the systemd drop-in, "
@@ -135,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         (3.0 if quick else 10.0) if platform.python_implementation() == "PyPy"
         else (1.0 if quick else 2.0))
     settle = args.settle if args.settle is not None else (1.0 if quick else 5.0)
+    lead_in = args.lead_in if args.lead_in is not None else (
+        15.0 if platform.python_implementation() == "PyPy" and not quick else 0.0)
     # txfanout's own warm-up (its --warmup) on PyPy, shorter in a quick run:
     # without it a cold JIT on a slow core can lag past max_lag_ms, refuse
     # every client of a 2 s row, and hold each one past the row's end.
@@ -169,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     body_path, lua_path = loadgen.write_inputs(workdir)
 
     n_rows = scenarios.rows_expected(scenario, gws, args.fanouts) * max(1, args.repeat)
-    per_row = (warmup + duration + settle + wait_idle + 20 + (60 if scenario == "seed" else 0)
+    per_row = (warmup + lead_in + duration + settle + wait_idle + 20 + (60 if scenario == "seed" else 0)
                + (5 if scenario == "soak" else 0))
     bound = 120 + 2 * n_rows * per_row
     install_signal_handlers()
@@ -196,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
     meta: dict[str, Any] = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": "python -m bench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "scenario": scenario, "duration_s": duration, "warmup_s": warmup, "settle_s": settle,
+        "scenario": scenario, "duration_s": duration, "warmup_s": warmup, "lead_in_s": lead_in,
+        "settle_s": settle,
         "txfanout_warmup": gateways.txfanout_warmup,
         "wait_idle_s": wait_idle,
         "quick": quick, "fanouts": args.fanouts, "gateways": gws,
@@ -222,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         ctx = scenarios.Context(
             registry=registry, nginx=partner, workdir=workdir, logdir=logdir,
             body_path=body_path, lua_path=lua_path, gateways=gws, fanouts=args.fanouts,
-            duration=duration, warmup=warmup, settle=settle, connections=args.connections,
+            duration=duration, warmup=warmup, lead_in=lead_in, settle=settle, connections=args.connections,
             gw_cpu=gw_cpu, load_cpu=load_cpu, quick=quick, wait_idle=wait_idle,
             repeat=max(1, args.repeat), clients=args.clients, max_inflight=args.max_inflight,
             workers=max(1, args.workers),

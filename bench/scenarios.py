@@ -53,6 +53,7 @@ class Context:
     load_cpu: int | None
     quick: bool
     wait_idle: float = 30.0
+    lead_in: float = 0.0  # seconds of a many-clients row's own load before it is measured
     repeat: int = 1
     clients: int | None = None  # overload: h2load clients
     max_inflight: int | None = None  # txfanout's cap, when not the scenario's own
@@ -386,6 +387,9 @@ def seed(ctx: Context) -> None:
       it, then ``ab -c 64`` for as long as that took (``-t``);
     - keep-alive: ``h2load --h1`` with 2,500 clients for ``--duration``
       (default 15 s), then with 64.
+
+    A 2,500-client row comes after ``--lead-in`` seconds of its own load
+    on its gateway (the 64-client row after the warm-up, wrk at 64).
     """
     z = seed_sizes(ctx)
     many, few = z["many"], z["few"]
@@ -413,17 +417,29 @@ def seed(ctx: Context) -> None:
                         limit = min(z["ab_few_max_s"], max(2.0, took.get("s", ctx.duration)))
                         return loadgen.ab(ctx.registry, g.url, ctx.body_path, 1_000_000,
                                           clients, ctx.load_cpu, log_path, time_limit_s=limit)
-                    row = measure(ctx, "seed", name, setup, run, label=label)
+                    def lead_in(g: Running, clients: int = clients, log_path: str = log_path,
+                                shape: str = shape) -> None:
+                        path = log_path.replace(".load.log", ".lead-in.load.log")
+                        if shape == SHAPE_KEEPALIVE:
+                            loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients,
+                                           ctx.lead_in, ctx.load_cpu, ctx.workdir,
+                                           log_path=path, name=os.path.basename(path)[:-9])
+                        else:
+                            loadgen.ab(ctx.registry, g.url, ctx.body_path, 1_000_000, clients,
+                                       ctx.load_cpu, path, time_limit_s=ctx.lead_in)
+                    row = measure(ctx, "seed", name, setup, run, label=label,
+                                  prepare=lead_in if clients == many and ctx.lead_in else None)
                     row.update(shape=shape, clients=clients)
                     if clients == many:
                         took["s"] = row["load"]["duration_s"]
 
 
 def _many_clients(ctx: Context, scenario: str,
-                  load: Callable[[Running, int, str], LoadResult],
+                  load: Callable[[Running, int, float, str], LoadResult],
                   capacity_s: float | None = None) -> list[dict[str, Any]]:
-    """Rows of ``load(gateway, clients, log_path)``: 1,000 clients (or
-    --clients) against txfanout at max_inflight 64 (or --max-inflight).
+    """Rows of ``load(gateway, clients, seconds, log_path)``: 1,000 clients
+    (or --clients) against txfanout at max_inflight 64 (or --max-inflight),
+    after --lead-in seconds of the same load on the same gateway.
     With ``capacity_s``, each gateway's row comes after a row of wrk at
     --connections (64) for that long on the same set-up (label
     "capacity"), and the many-clients row keeps its complete answers/s
@@ -443,8 +459,12 @@ def _many_clients(ctx: Context, scenario: str,
             log_path = os.path.join(ctx.logdir, f"{scenario}-{name}-fo{fo}.load.log")
 
             def run(g: Running, log_path: str = log_path) -> LoadResult:
-                return load(g, clients, log_path)
-            row = measure(ctx, scenario, name, setup, run, label=f"c{clients}")
+                return load(g, clients, ctx.duration, log_path)
+
+            def lead_in(g: Running, log_path: str = log_path) -> None:
+                load(g, clients, ctx.lead_in, log_path.replace(".load.log", ".lead-in.load.log"))
+            row = measure(ctx, scenario, name, setup, run, label=f"c{clients}",
+                          prepare=lead_in if ctx.lead_in else None)
             row["clients"] = clients
             if capacity is not None:
                 cap = capacity["complete_rps"] or 0
@@ -463,8 +483,8 @@ def overload(ctx: Context) -> None:
     and complete answers/s as shares of the gateway's capacity measured just
     before on the same set-up (wrk c=64, 5 s; --quick 2 s); per-status p99."""
 
-    def load(g: Running, clients: int, log_path: str) -> LoadResult:
-        return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, ctx.duration,
+    def load(g: Running, clients: int, seconds: float, log_path: str) -> LoadResult:
+        return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, seconds,
                               ctx.load_cpu, ctx.workdir, log_path=log_path,
                               name=os.path.basename(log_path)[:-len(".load.log")])
     _many_clients(ctx, "overload", load, capacity_s=2.0 if ctx.quick else 5.0)
@@ -476,9 +496,8 @@ def polite(ctx: Context) -> None:
     connection waits 1 s before its next request (wrk, ``polite_script``)."""
     script = loadgen.polite_script(ctx.workdir)
 
-    def load(g: Running, clients: int, log_path: str) -> LoadResult:
-        return loadgen.wrk(ctx.registry, g.url, script, clients, ctx.duration,
-                           ctx.load_cpu, log_path)
+    def load(g: Running, clients: int, seconds: float, log_path: str) -> LoadResult:
+        return loadgen.wrk(ctx.registry, g.url, script, clients, seconds, ctx.load_cpu, log_path)
     _many_clients(ctx, "polite", load)
 
 

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -281,7 +282,8 @@ def _run_quick(tmp_path: Path, scenario: str, *extra: str) -> dict:
 def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
     """seed: both shapes at many and few clients, complete answers from
     the counters, the three questions answered; overload: a capacity row
-    before the many-clients row, goodput as a share of it."""
+    before the many-clients row, goodput as a share of it, and a lead-in
+    outside it."""
     reason = _skip_reason()
     for tool, pkg in (("ab", "apache2-utils"), ("h2load", "nghttp2-client")):
         if reason is None and shutil.which(tool) is None:
@@ -304,9 +306,15 @@ def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
         assert q["p99_200_source"] in ("client", "gateway-side"), q
     assert "the three questions" in data["table"]
 
-    data = _run_quick(tmp_path, "overload", "--gateways", "txfanout")
+    data = _run_quick(tmp_path, "overload", "--gateways", "txfanout", "--lead-in", "1")
     rows = {r["label"]: r for r in data["rows"]}
     assert set(rows) == {"capacity", "c200"}, data["output"]
+    # The lead-in ran the row's load on its gateway, and is not in the row.
+    assert data["meta"]["lead_in_s"] == 1
+    lead_in = (tmp_path / "overload" / "logs" / "overload-txfanout-fo2.lead-in.load.log")
+    assert int(re.search(r"requests: (\d+) total", lead_in.read_text())[1]) > 0
+    # (its answers would be counted on top: 879 in a run here, 200 clients)
+    assert 0 < rows["c200"]["answers_counted"] <= rows["c200"]["requests"] + 200
     assert rows["capacity"]["tool"] == "wrk" and rows["c200"]["tool"] == "h2load"
     capacity = rows["capacity"]["complete_rps"]
     assert rows["c200"]["capacity_rps"] == capacity
