@@ -14,7 +14,9 @@ REPEAT_KEYS = ("rps", "goodput_rps", "complete_rps", "p50_ms", "p99_ms", "cpu_s_
                "peak_rss_mb", "other_cpu_util",
                # what the seed's questions read of each run (summaries)
                "complete_share", "p99_200_ms", "gw_p99_200_ms", "gw_p99_200_over_ms",
-               "gw_200_within_deadline", "p99_200_settled_ms")
+               "gw_200_within_deadline", "p99_200_settled_ms",
+               # each overload run against the capacity measured right before it
+               "complete_vs_capacity")
 
 
 def collapse(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -207,7 +209,9 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
       pairs' median (the lower one of an even count), every pair's ratio is
       listed, and the share and p99 are the worst run's;
     - overload: goodput (200/s) and complete/s as shares of the capacity
-      measured just before (wrk c=64)."""
+      measured just before (wrk c=64). With ``--repeat``, complete/s ÷
+      capacity is the runs' median (the lower one of an even count), each
+      run against its own capacity row, and every run's share is listed."""
     seed: list[dict[str, Any]] = []
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for r in rows:
@@ -251,10 +255,15 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     overload = []
     for r in rows:
         if r["scenario"] == "overload" and r.get("label") != "capacity":
-            overload.append({k: r.get(k) for k in (
+            q = {k: r.get(k) for k in (
                 "gateway", "fanout", "clients", "capacity_rps", "capacity_source", "rps",
                 "goodput_rps", "complete_rps", "complete_share", "rps_503", "p99_200_ms",
-                "p99_503_ms", "goodput_vs_capacity", "complete_vs_capacity")})
+                "p99_503_ms", "goodput_vs_capacity", "complete_vs_capacity")}
+            shares = [run.get("complete_vs_capacity") for run in r.get("repeats") or [r]]
+            known = sorted(v for v in shares if v is not None)
+            q["complete_vs_capacity_runs"] = shares
+            q["complete_vs_capacity"] = known[(len(known) - 1) // 2] if known else None
+            overload.append(q)
     return {"seed": seed, "overload": overload}
 
 
@@ -349,12 +358,15 @@ def _overload_markdown(summary: list[dict[str, Any]]) -> list[str]:
              "| complete/s ÷ capacity |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for q in summary:
+        share = _f(q["complete_vs_capacity"], 2)
+        if len(q.get("complete_vs_capacity_runs") or []) > 1:
+            share += " (median; runs: " + ", ".join(
+                _f(v, 2) for v in q["complete_vs_capacity_runs"]) + ")"
         lines.append(" | ".join([
             f"| {q['gateway']}", str(q["fanout"]), str(q["clients"]), _f(q["capacity_rps"], 0),
             _f(q["rps"], 0), _f(q["goodput_rps"], 0), _f(q["complete_rps"], 0),
             _pct(q["complete_share"]), _f(q["rps_503"], 0), _f(q["p99_200_ms"], 1),
-            _f(q["p99_503_ms"], 1), _f(q["goodput_vs_capacity"], 2),
-            _f(q["complete_vs_capacity"], 2)]) + " |")
+            _f(q["p99_503_ms"], 1), _f(q["goodput_vs_capacity"], 2), share]) + " |")
     return lines
 
 

@@ -204,6 +204,33 @@ def test_bench_seed_summary_pairs_each_many_client_row_with_the_next_few_client_
     assert (q["complete_ratio"], q["complete_ratios"]) == (0.8, [0.8])
 
 
+def test_bench_overload_summary_takes_the_median_of_each_run_against_its_capacity() -> None:
+    """With --repeat, each overload run's complete/s is a share of the
+    capacity row run right before it; the summary gives the runs' median
+    (the lower of an even count) and lists every run's, not the share of
+    the run with the median req/s."""
+    sys.path.insert(0, str(REPO))
+    from bench import report
+
+    def row(rps: float, share: float) -> dict:
+        return {"scenario": "overload", "gateway": "txfanout", "fanout": 2, "clients": 1000,
+                "label": "c1000", "rps": rps, "goodput_rps": rps, "complete_rps": rps,
+                "complete_share": 1.0, "capacity_rps": rps / share, "rps_503": 200.0,
+                "p99_200_ms": 90.0, "p99_503_ms": 7200.0, "p50_ms": 20.0, "p99_ms": 7200.0,
+                "goodput_vs_capacity": share, "complete_vs_capacity": share}
+
+    runs = [row(4000, 1.21), row(3200, 0.92), row(3600, 0.81)]
+    [q] = report.summaries(report.collapse(runs))["overload"]
+    assert q["complete_vs_capacity_runs"] == [1.21, 0.92, 0.81]
+    assert q["complete_vs_capacity"] == 0.92  # the run with the median req/s had 0.81
+    assert "| 0.92 (median; runs: 1.21, 0.92, 0.81) |" in \
+        "\n".join(report._overload_markdown([q]))
+    [q] = report.summaries(report.collapse(runs[:2]))["overload"]  # even: the lower median
+    assert q["complete_vs_capacity"] == 0.92
+    [q] = report.summaries(runs[1:2])["overload"]  # one run, no --repeat
+    assert (q["complete_vs_capacity"], q["complete_vs_capacity_runs"]) == (0.92, [0.92])
+
+
 def test_bench_soak_gives_each_worker_its_own_rss() -> None:
     """With --workers, a soak row gives each process's RSS: once ready, at
     the load's start and end, its peak, and its range over the second half
