@@ -176,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
     body_path, lua_path = loadgen.write_inputs(workdir)
 
     n_rows = scenarios.rows_expected(scenario, gws, args.fanouts) * max(1, args.repeat)
-    per_row = (warmup + lead_in + duration + settle + wait_idle + 20 + (60 if scenario == "seed" else 0)
-               + (5 if scenario == "soak" else 0))
+    per_row = (warmup + lead_in + duration + settle + wait_idle + 20
+               + (60 if scenario == "seed" else 0) + (5 if scenario == "soak" else 0))
     bound = 120 + 2 * n_rows * per_row
     install_signal_handlers()
     build_dir = None
@@ -230,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
         ctx = scenarios.Context(
             registry=registry, nginx=partner, workdir=workdir, logdir=logdir,
             body_path=body_path, lua_path=lua_path, gateways=gws, fanouts=args.fanouts,
-            duration=duration, warmup=warmup, lead_in=lead_in, settle=settle, connections=args.connections,
+            duration=duration, warmup=warmup, lead_in=lead_in, settle=settle,
+            connections=args.connections,
             gw_cpu=gw_cpu, load_cpu=load_cpu, quick=quick, wait_idle=wait_idle,
             repeat=max(1, args.repeat), clients=args.clients, max_inflight=args.max_inflight,
             workers=max(1, args.workers),

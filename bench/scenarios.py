@@ -417,6 +417,7 @@ def seed(ctx: Context) -> None:
                         limit = min(z["ab_few_max_s"], max(2.0, took.get("s", ctx.duration)))
                         return loadgen.ab(ctx.registry, g.url, ctx.body_path, 1_000_000,
                                           clients, ctx.load_cpu, log_path, time_limit_s=limit)
+
                     def lead_in(g: Running, clients: int = clients, log_path: str = log_path,
                                 shape: str = shape) -> None:
                         path = log_path.replace(".load.log", ".lead-in.load.log")
