@@ -11,7 +11,7 @@ REFERENCE_ORDER = ("bare-twisted", "aiohttp", "aiohttp-uvloop", "go-nethttp")
 
 
 REPEAT_KEYS = ("rps", "goodput_rps", "complete_rps", "p50_ms", "p99_ms", "cpu_s_per_1k",
-               "peak_rss_mb", "other_cpu_util",
+               "peak_rss_mb", "other_cpu_util", "cpu_ms_per_complete",
                # what the seed's questions read of each run (summaries)
                "complete_share", "p99_200_ms", "gw_p99_200_ms", "gw_p99_200_over_ms",
                "gw_200_within_deadline", "p99_200_settled_ms",
@@ -295,6 +295,12 @@ def _gw_p99(row: dict[str, Any]) -> str:
     return f"{one('gw_p99_ms')} / {one('gw_p99_200_ms')}"
 
 
+def _cpu_per_complete(row: dict[str, Any]) -> str:
+    """The gateway's CPU ms per complete answer; with --repeat, every run's."""
+    runs = [r.get("cpu_ms_per_complete") for r in row.get("repeats") or [row]]
+    return ", ".join(_f(v, 3) for v in runs)
+
+
 def _seed_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> list[str]:
     seed_rows = [r for r in rows if r["scenario"] == "seed" and r.get("shape")]
     if not seed_rows:
@@ -304,17 +310,21 @@ def _seed_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) ->
              "counters; p99 of the 200s and of the 503s from h2load's per-request log, from "
              "ab only when every answer was a 2xx (ab gives no per-status latency); gw p99 = "
              "txfanout's histogram over the window (first byte to answer: the accept queue "
-             "is not in it), all answers / the 200s:", "",
+             "is not in it), all answers / the 200s; gw CPU ms per complete = the "
+             "gateway's CPU over the window per complete answer (with --repeat, each run's):",
+             "",
              "| gateway | fo | shape | load | req/s | 200/s | complete/s | complete % of 200s "
-             "| 503/s | p99 200s ms | p99 503s ms | p99 all ms (client) | gw p99 ms (all / 200s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| 503/s | p99 200s ms | p99 503s ms | p99 all ms (client) | gw p99 ms (all / 200s) "
+             "| gw CPU ms per complete |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in seed_rows:
         bound = "≤ " if r.get("complete_rps_source") == "nginx bound" else ""
         lines.append(" | ".join([
             f"| {r['gateway']}", str(r["fanout"]), r["shape"], r.get("label") or "",
             _f(r["rps"], 0), _f(r["goodput_rps"], 0), f"{bound}{_f(r['complete_rps'], 0)}",
             _pct(r.get("complete_share")), _rate_503(r), _f(r.get("p99_200_ms"), 1),
-            _f(r.get("p99_503_ms"), 1), _f(r["p99_ms"], 1), _gw_p99(r)]) + " |")
+            _f(r.get("p99_503_ms"), 1), _f(r["p99_ms"], 1), _gw_p99(r),
+            _cpu_per_complete(r)]) + " |")
     if summary:
         lines += ["", f"Seed, the three questions (at {summary[0]['clients']} clients; "
                   f"reference {summary[0]['clients_ref']} clients, same gateway, same shape):",

@@ -284,6 +284,10 @@ def completeness(row: dict[str, Any], result: LoadResult, d: dict[str, Any] | No
         row["complete_rps_source"] = "counters"
         row["answers_counted"] = d["answers"]
         row["complete_counted"] = d["complete"]
+        # the gateway's CPU per complete answer: what a storm's refusals,
+        # holds and connections add to each answer that counts
+        row["cpu_ms_per_complete"] = (round(1000 * row["cpu_s"] / d["complete"], 3)
+                                      if d["complete"] else None)
         # (txfanout: a complete answer whose client hung up as it was sent
         # counts as complete and as a 499, hence the cap)
         share = min(1.0, d["complete"] / d["answers"]) if d["answers"] else None

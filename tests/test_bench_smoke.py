@@ -325,6 +325,9 @@ def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
         assert row["complete_share"] is not None and row["complete_rps"] > 0, label
         assert row["tool"] == label.split()[0] and row["clients"] == int(label[label.index("c") + 1:])
         assert row["gw_p99_ms"] is not None and row["rps_503"] is not None, label
+        assert row["cpu_ms_per_complete"] == round(
+            1000 * row["cpu_s"] / row["complete_counted"], 3), label
+        assert f"| {row['cpu_ms_per_complete']:.3f} |" in data["table"], label
     assert rows["h2load c200"]["p99_200_ms"] is not None
     [ab, ka] = data["summaries"]["seed"]
     assert (ab["shape"], ka["shape"]) == ("new connection per request", "keep-alive")
