@@ -198,6 +198,13 @@ def _pairs(few: dict[str, Any], many: dict[str, Any]
     return [(many, few)]
 
 
+def _median_at(values: list[float | None]) -> int | None:
+    """Where the median of the known ``values`` is (the lower one of an
+    even count); None when none is known."""
+    known = sorted((v, i) for i, v in enumerate(values) if v is not None)
+    return known[(len(known) - 1) // 2][1] if known else None
+
+
 def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """The answers the seed and overload scenarios exist for, per gateway:
 
@@ -225,11 +232,8 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         pairs = _pairs(few_row, many_row)
         ratios = [round(m["complete_rps"] / f["complete_rps"], 3) if f.get("complete_rps")
                   else None for m, f in pairs]
-        known = sorted((r, i) for i, r in enumerate(ratios) if r is not None)
-        ratio, (many, few) = None, pairs[0]
-        if known:
-            ratio, at = known[(len(known) - 1) // 2]
-            many, few = pairs[at]
+        at = _median_at(ratios)
+        ratio, (many, few) = (None, pairs[0]) if at is None else (ratios[at], pairs[at])
         shares = [m.get("complete_share") for m, _ in pairs]
         share = None if None in shares else min(shares)
         worst = max((_p99_200(m) for m, _ in pairs),
@@ -260,9 +264,9 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 "goodput_rps", "complete_rps", "complete_share", "rps_503", "p99_200_ms",
                 "p99_503_ms", "goodput_vs_capacity", "complete_vs_capacity")}
             shares = [run.get("complete_vs_capacity") for run in r.get("repeats") or [r]]
-            known = sorted(v for v in shares if v is not None)
+            at = _median_at(shares)
             q["complete_vs_capacity_runs"] = shares
-            q["complete_vs_capacity"] = known[(len(known) - 1) // 2] if known else None
+            q["complete_vs_capacity"] = None if at is None else shares[at]
             overload.append(q)
     return {"seed": seed, "overload": overload}
 

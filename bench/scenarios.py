@@ -397,6 +397,17 @@ def seed(ctx: Context) -> None:
     """
     z = seed_sizes(ctx)
     many, few = z["many"], z["few"]
+
+    def timed(g: Running, clients: int, seconds: float, log_path: str,
+              shape: str) -> LoadResult:
+        """``clients`` of ``shape`` for ``seconds``."""
+        if shape == SHAPE_KEEPALIVE:
+            return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, seconds,
+                                  ctx.load_cpu, ctx.workdir, log_path=log_path,
+                                  name=os.path.basename(log_path)[:-9])
+        return loadgen.ab(ctx.registry, g.url, ctx.body_path, 1_000_000, clients,
+                          ctx.load_cpu, log_path, time_limit_s=seconds)
+
     for fo in _fanouts(ctx):
         for shape in (SHAPE_NEW_CONN, SHAPE_KEEPALIVE):
             for name in ctx.order():
@@ -409,29 +420,18 @@ def seed(ctx: Context) -> None:
 
                     def run(g: Running, clients: int = clients, log_path: str = log_path,
                             shape: str = shape) -> LoadResult:
-                        if shape == SHAPE_KEEPALIVE:
-                            return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients,
-                                                  ctx.duration, ctx.load_cpu, ctx.workdir,
-                                                  log_path=log_path,
-                                                  name=os.path.basename(log_path)[:-9])
-                        if clients == many:
+                        if shape == SHAPE_NEW_CONN and clients == many:
                             return loadgen.ab(ctx.registry, g.url, ctx.body_path, z["n"],
                                               clients, ctx.load_cpu, log_path)
-                        # as long as the many-clients row took (it is sized by -n)
-                        limit = min(z["ab_few_max_s"], max(2.0, took.get("s", ctx.duration)))
-                        return loadgen.ab(ctx.registry, g.url, ctx.body_path, 1_000_000,
-                                          clients, ctx.load_cpu, log_path, time_limit_s=limit)
+                        # ab: as long as the many-clients row took (it is sized by -n)
+                        seconds = ctx.duration if shape == SHAPE_KEEPALIVE else min(
+                            z["ab_few_max_s"], max(2.0, took.get("s", ctx.duration)))
+                        return timed(g, clients, seconds, log_path, shape)
 
                     def lead_in(g: Running, clients: int = clients, log_path: str = log_path,
                                 shape: str = shape) -> None:
-                        path = log_path.replace(".load.log", ".lead-in.load.log")
-                        if shape == SHAPE_KEEPALIVE:
-                            loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients,
-                                           ctx.lead_in, ctx.load_cpu, ctx.workdir,
-                                           log_path=path, name=os.path.basename(path)[:-9])
-                        else:
-                            loadgen.ab(ctx.registry, g.url, ctx.body_path, 1_000_000, clients,
-                                       ctx.load_cpu, path, time_limit_s=ctx.lead_in)
+                        timed(g, clients, ctx.lead_in,
+                              log_path.replace(".load.log", ".lead-in.load.log"), shape)
                     row = measure(ctx, "seed", name, setup, run, label=label,
                                   prepare=lead_in if clients == many and ctx.lead_in else None)
                     row.update(shape=shape, clients=clients)
