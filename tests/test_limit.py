@@ -152,6 +152,22 @@ def test_a_limit_cut_below_its_start_grows_back_to_it_while_the_core_is_busy():
     assert limit.current == START  # back, and no further while it stays busy
 
 
+def test_a_limit_grown_past_its_start_comes_back_to_it_while_the_core_is_busy():
+    # Grown while the core had room (slow partners held requests in flight),
+    # the slots past START only let in requests that wait once it is busy.
+    clock = Clock()
+    limit = InflightLimit(clock, 2000, target=0.1)
+    for _ in range(10):
+        limit.observe(0.001, 10**6, busy=0.5)
+    grown = limit.current
+    assert grown > 2 * START
+    limit.observe(0.001, 10**6, busy=BUSY)
+    assert START < limit.current < grown  # a tenth at a time
+    for _ in range(20):
+        limit.observe(0.001, 10**6, busy=1.0)
+    assert limit.current == START  # and no lower: that is the lag's to cut
+
+
 def test_a_busy_event_loop_cuts_it():
     clock = Clock()
     lag = ReactorLag(clock)

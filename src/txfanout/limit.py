@@ -27,10 +27,12 @@ process keeps its core busy (``BUSY``: its CPU time over the last lag
 interval): more in flight would not be served any sooner, only wait, in
 the loop's turns and in memory (at 2,500 clients on CPython, some 240 in
 flight where 35 keep the core busy, and a tenth more CPU per request, most
-of it the collector's). Below ``START`` it grows back busy or not: a limit
-cut by a passing stall is not kept low by the work that follows. Between
-the two it holds: under overload it settles where the core is busy and the
-loop's turns take less than the target.
+of it the collector's), and a limit grown past ``START`` while the core had
+room (partners slow to answer, or a light tick) comes back to it, a tenth
+at a time, while the core is busy. Below ``START`` it grows back busy or
+not: a limit cut by a passing stall is not kept low by the work that
+follows. Under overload it settles at ``START``, or lower where the loop's
+turns would take more than the target.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class InflightLimit:
                 cut = max(MAX_CUT, self.target / lag)
                 self.value = max(float(min(FLOOR, self.ceiling)), base * cut)
                 self._next_cut = now + CUT_EVERY
+        elif busy >= BUSY and self.value > START:
+            self.value = max(float(START), (self.value - 1.0) / GROW)
         elif (lag < self.target / 2 and self.value < self.ceiling and 2 * inflight >= self.value
               and (busy < BUSY or self.value < START)):
             self.value = min(float(self.ceiling), self.value * GROW + 1.0)
