@@ -263,10 +263,16 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                 "gateway", "fanout", "clients", "capacity_rps", "capacity_source", "rps",
                 "goodput_rps", "complete_rps", "complete_share", "rps_503", "p99_200_ms",
                 "p99_503_ms", "goodput_vs_capacity", "complete_vs_capacity")}
-            shares = [run.get("complete_vs_capacity") for run in r.get("repeats") or [r]]
+            shares = _runs(r, "complete_vs_capacity")
             at = _median_at(shares)
             q["complete_vs_capacity_runs"] = shares
             q["complete_vs_capacity"] = None if at is None else shares[at]
+            capacity = [c for c in rows if c["scenario"] == "overload"
+                        and c.get("label") == "capacity"
+                        and (c["gateway"], c["fanout"]) == (r["gateway"], r["fanout"])]
+            q["cpu_ms_per_complete_runs"] = _runs(r, "cpu_ms_per_complete")
+            q["capacity_cpu_ms_per_complete_runs"] = (_runs(capacity[0], "cpu_ms_per_complete")
+                                                      if capacity else [])
             overload.append(q)
     return {"seed": seed, "overload": overload}
 
@@ -299,10 +305,14 @@ def _gw_p99(row: dict[str, Any]) -> str:
     return f"{one('gw_p99_ms')} / {one('gw_p99_200_ms')}"
 
 
-def _cpu_per_complete(row: dict[str, Any]) -> str:
-    """The gateway's CPU ms per complete answer; with --repeat, every run's."""
-    runs = [r.get("cpu_ms_per_complete") for r in row.get("repeats") or [row]]
-    return ", ".join(_f(v, 3) for v in runs)
+def _runs(row: dict[str, Any], key: str) -> list[Any]:
+    """``row[key]``; with --repeat, every run's."""
+    return [r.get(key) for r in row.get("repeats") or [row]]
+
+
+def _cpu_per_complete(runs: list[float | None]) -> str:
+    """The gateway's CPU ms per complete answer, of each run."""
+    return ", ".join(_f(v, 3) for v in runs) or "–"
 
 
 def _seed_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> list[str]:
@@ -328,7 +338,7 @@ def _seed_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) ->
             _f(r["rps"], 0), _f(r["goodput_rps"], 0), f"{bound}{_f(r['complete_rps'], 0)}",
             _pct(r.get("complete_share")), _rate_503(r), _f(r.get("p99_200_ms"), 1),
             _f(r.get("p99_503_ms"), 1), _f(r["p99_ms"], 1), _gw_p99(r),
-            _cpu_per_complete(r)]) + " |")
+            _cpu_per_complete(_runs(r, "cpu_ms_per_complete"))]) + " |")
     if summary:
         lines += ["", f"Seed, the three questions (at {summary[0]['clients']} clients; "
                   f"reference {summary[0]['clients_ref']} clients, same gateway, same shape):",
@@ -366,11 +376,12 @@ def _overload_markdown(summary: list[dict[str, Any]]) -> list[str]:
     if not summary:
         return []
     lines = ["", "Overload: goodput as a share of each gateway's capacity, measured just before "
-             "on the same set-up (wrk c=64, complete answers/s):", "",
+             "on the same set-up (wrk c=64, complete answers/s); gw CPU ms per complete = the "
+             "gateway's CPU over the window per complete answer, each run's:", "",
              "| gateway | fo | clients | capacity complete/s | req/s | 200/s | complete/s "
              "| complete % of 200s | 503/s | p99 200s ms | p99 503s ms | 200/s ÷ capacity "
-             "| complete/s ÷ capacity |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| complete/s ÷ capacity | gw CPU ms per complete, this row / capacity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for q in summary:
         share = _f(q["complete_vs_capacity"], 2)
         if len(q.get("complete_vs_capacity_runs") or []) > 1:
@@ -380,7 +391,9 @@ def _overload_markdown(summary: list[dict[str, Any]]) -> list[str]:
             f"| {q['gateway']}", str(q["fanout"]), str(q["clients"]), _f(q["capacity_rps"], 0),
             _f(q["rps"], 0), _f(q["goodput_rps"], 0), _f(q["complete_rps"], 0),
             _pct(q["complete_share"]), _f(q["rps_503"], 0), _f(q["p99_200_ms"], 1),
-            _f(q["p99_503_ms"], 1), _f(q["goodput_vs_capacity"], 2), share]) + " |")
+            _f(q["p99_503_ms"], 1), _f(q["goodput_vs_capacity"], 2), share,
+            _cpu_per_complete(q["cpu_ms_per_complete_runs"]) + " / "
+            + _cpu_per_complete(q["capacity_cpu_ms_per_complete_runs"])]) + " |")
     return lines
 
 

@@ -212,23 +212,32 @@ def test_bench_overload_summary_takes_the_median_of_each_run_against_its_capacit
     sys.path.insert(0, str(REPO))
     from bench import report
 
-    def row(rps: float, share: float) -> dict:
+    def row(rps: float, share: float, cpu: float = 0.3) -> dict:
         return {"scenario": "overload", "gateway": "txfanout", "fanout": 2, "clients": 1000,
                 "label": "c1000", "rps": rps, "goodput_rps": rps, "complete_rps": rps,
                 "complete_share": 1.0, "capacity_rps": rps / share, "rps_503": 200.0,
                 "p99_200_ms": 90.0, "p99_503_ms": 7200.0, "p50_ms": 20.0, "p99_ms": 7200.0,
-                "goodput_vs_capacity": share, "complete_vs_capacity": share}
+                "goodput_vs_capacity": share, "complete_vs_capacity": share,
+                "cpu_ms_per_complete": cpu}
 
-    runs = [row(4000, 1.21), row(3200, 0.92), row(3600, 0.81)]
+    def capacity(cpu: float) -> dict:
+        return {**row(3300, 1.0, cpu), "label": "capacity", "clients": 64}
+
+    runs = [capacity(0.31), row(4000, 1.21, 0.28), capacity(0.33), row(3200, 0.92, 0.36),
+            capacity(0.32), row(3600, 0.81, 0.4)]
     [q] = report.summaries(report.collapse(runs))["overload"]
     assert q["complete_vs_capacity_runs"] == [1.21, 0.92, 0.81]
     assert q["complete_vs_capacity"] == 0.92  # the run with the median req/s had 0.81
-    assert "| 0.92 (median; runs: 1.21, 0.92, 0.81) |" in \
-        "\n".join(report._overload_markdown([q]))
-    [q] = report.summaries(report.collapse(runs[:2]))["overload"]  # even: the lower median
+    # the gateway's CPU per complete answer: each run's, the capacity rows' beside
+    assert q["cpu_ms_per_complete_runs"] == [0.28, 0.36, 0.4]
+    assert q["capacity_cpu_ms_per_complete_runs"] == [0.31, 0.33, 0.32]
+    assert "| 0.92 (median; runs: 1.21, 0.92, 0.81) | 0.280, 0.360, 0.400 / 0.310, 0.330, " \
+        "0.320 |" in "\n".join(report._overload_markdown([q]))
+    [q] = report.summaries(report.collapse(runs[:4]))["overload"]  # even: the lower median
     assert q["complete_vs_capacity"] == 0.92
-    [q] = report.summaries(runs[1:2])["overload"]  # one run, no --repeat
+    [q] = report.summaries(runs[3:4])["overload"]  # one run, no --repeat, no capacity row
     assert (q["complete_vs_capacity"], q["complete_vs_capacity_runs"]) == (0.92, [0.92])
+    assert "| 0.92 | 0.360 / – |" in "\n".join(report._overload_markdown([q]))
 
 
 def test_bench_soak_gives_each_worker_its_own_rss() -> None:
