@@ -28,11 +28,15 @@ interval): more in flight would not be served any sooner, only wait, in
 the loop's turns and in memory (at 2,500 clients on CPython, some 240 in
 flight where 35 keep the core busy, and a tenth more CPU per request, most
 of it the collector's), and a limit grown past ``START`` while the core had
-room (partners slow to answer, or a light tick) comes back to it, a tenth
-at a time, while the core is busy. Below ``START`` it grows back busy or
-not: a limit cut by a passing stall is not kept low by the work that
-follows. Under overload it settles at ``START``, or lower where the loop's
-turns would take more than the target.
+room comes back toward it while the core is busy, a hundredth per sample
+(``SETTLE``): grown by a light sample, it is back in a few seconds; needed
+there (partners slow to answer, so that more must be in flight to keep the
+core busy), it steps below that level only now and then, and the next
+sample with room grows it back. Below ``START`` it grows back busy or not:
+a limit cut by a passing stall is not kept low by the work that follows.
+Under overload it settles at ``START`` or at what keeps the core busy,
+whichever is more, or lower where the loop's turns would take more than the
+target.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from twisted.internet.interfaces import IReactorTime
 MAX_CUT = 0.5
 CUT_EVERY = 0.5  # seconds: the lag window (ReactorLag: 5 samples of 0.1 s)
 GROW = 1.1
+SETTLE = 1.01  # back toward START while busy: slowly, see the module's docstring
 FLOOR = 8
 START = 64  # where an adaptive limit starts: see the module's docstring
 BUSY = 0.95  # the share of a core in use from which the limit no longer grows
@@ -85,7 +90,7 @@ class InflightLimit:
                 self.value = max(float(min(FLOOR, self.ceiling)), base * cut)
                 self._next_cut = now + CUT_EVERY
         elif busy >= BUSY and self.value > START:
-            self.value = max(float(START), (self.value - 1.0) / GROW)
+            self.value = max(float(START), self.value / SETTLE)
         elif (lag < self.target / 2 and self.value < self.ceiling and 2 * inflight >= self.value
               and (busy < BUSY or self.value < START)):
             self.value = min(float(self.ceiling), self.value * GROW + 1.0)
