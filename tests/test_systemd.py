@@ -61,6 +61,8 @@ def test_the_pypy_drop_in_runs_the_same_daemon_from_the_pypy_venv_warmed_up() ->
                        if line.startswith("ExecStart=")]
     assert start == service_start.replace("/opt/txfanout/", "/opt/txfanout-pypy/") \
         + " --warmup 1000"
+    # PyPy's nursery, whatever cache the CPU reports (docs/pypy.rst, "Memory")
+    assert "Environment=PYPY_GC_NURSERY=32MB" in lines
 
 
 def test_units_say_what_the_daemon_needs() -> None:
