@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -65,8 +66,26 @@ class Running:
     counters: tuple[list[str], str] = field(default_factory=lambda: ([], "stats"))
 
 
+PYPY_DROP_IN = os.path.join(REPO, "systemd", "txfanout.service.d", "pypy.conf")
+
+
+def pypy_environment(drop_in: str = PYPY_DROP_IN) -> dict[str, str]:
+    """The ``Environment=`` of the PyPy drop-in: on PyPy every gateway runs
+    with it (PyPy's nursery, docs/pypy.rst), unless this shell sets the
+    same variable."""
+    env = {}
+    with open(drop_in, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("Environment="):
+                name, _, value = line.strip()[len("Environment="):].partition("=")
+                env[name] = value
+    return env
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    if platform.python_implementation() == "PyPy":
+        env = {**pypy_environment(), **env}
     paths = [os.path.join(REPO, "src"), REPO]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])

@@ -121,6 +121,25 @@ txfanout_pypy_gc_seconds_total 2.5
 """
 
 
+def test_bench_gateways_on_pypy_take_the_drop_ins_environment(tmp_path: Path) -> None:
+    """On PyPy the harness starts every gateway as the PyPy drop-in starts
+    txfanout: with its Environment= (the nursery); a variable this shell
+    sets wins, for A/B runs."""
+    sys.path.insert(0, str(REPO))
+    from bench import gateways
+
+    assert gateways.pypy_environment() == {"PYPY_GC_NURSERY": "32MB"}
+    drop_in = tmp_path / "pypy.conf"
+    drop_in.write_text("# Environment=NOT=THIS\n[Service]\nEnvironment=A=1\n"
+                       "Environment=B=x=y\nExecStart=/bin/true\n")
+    assert gateways.pypy_environment(str(drop_in)) == {"A": "1", "B": "x=y"}
+    env = gateways._env()
+    if platform.python_implementation() == "PyPy":
+        assert env["PYPY_GC_NURSERY"] == os.environ.get("PYPY_GC_NURSERY", "32MB")
+    else:
+        assert env.get("PYPY_GC_NURSERY") == os.environ.get("PYPY_GC_NURSERY")
+
+
 def test_bench_counters_from_metrics() -> None:
     """The harness reads txfanout's counters: 200s from requests_total,
     complete ones from answers_total, the p99 of the 200s from the top of
