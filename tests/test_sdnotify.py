@@ -7,16 +7,19 @@ from typing import Iterator
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from txfanout.config import parse
 from txfanout.gateway import Gateway
-from txfanout.lifecycle import STATUS_INTERVAL_S, Lifecycle
+from txfanout.lifecycle import STATUS_INTERVAL_S, WARMUP_TIMEOUT_S, Lifecycle
 from txfanout.listeners import Listener
+from txfanout.site import GatewaySite
 from txfanout.sdnotify import Notifier, socket_address, watchdog_interval
 
+from .configs import route_config
 from .daemon import NotifySocket
 
 
@@ -109,6 +112,32 @@ def test_status_and_watchdog_run_on_the_reactor_clock(manager: NotifySocket) -> 
     assert status == {"STATUS": "serving: 3 in flight, 10.0 req/s"}
     life.stopService()
     assert clock.getDelayedCalls() == []  # both loops stopped
+
+
+def test_a_warm_up_asks_systemd_to_wait_past_timeout_start_sec_and_ends_first(
+        manager: NotifySocket) -> None:
+    # TimeoutStartSec= is 30 s in the units; a warm-up on a slow or busy
+    # host may take longer, and systemd would kill the daemon for it.
+    clock = Clock()
+    config = parse(route_config({"a": {"url": "http://127.0.0.1:1/"}}))
+    gateway = Gateway(reactor, config)
+    idle = serverFromString(reactor, "tcp:0")  # never listened on here
+    life = Lifecycle(clock, gateway, Listener("public", idle, GatewaySite(gateway)),
+                     Listener("admin", idle, None), None, Notifier(manager.name), {},
+                     warm_up=Deferred)  # a warm-up that never ends by itself
+    life.public.ready.callback(None)
+    life.admin.ready.callback(None)
+    gateway.lag.start()  # as GatewayService starts it
+    life._start()
+    extend = manager.wait_for("EXTEND_TIMEOUT_USEC")
+    assert extend["STATUS"] == "warming up before serving"
+    assert int(extend["EXTEND_TIMEOUT_USEC"]) > WARMUP_TIMEOUT_S * 1e6
+    manager.drain()
+    assert not [message for message in manager.messages if "READY" in message]
+    clock.advance(WARMUP_TIMEOUT_S)  # the daemon gives up its warm-up first
+    assert manager.wait_for("READY")["STATUS"].startswith("serving")
+    gateway.lag.stop()
+    life.stopService()
 
 
 def test_no_loops_without_a_manager() -> None:

@@ -41,6 +41,9 @@ log = Logger()
 
 DRAIN_MARGIN_S = 1.0
 WARMUP_TIMEOUT_S = 120.0  # a warm-up that takes longer is given up: the daemon serves cold
+# What systemd is asked to wait for READY beyond TimeoutStartSec= while the
+# daemon warms up: the warm-up's own bound, and a margin to report ready after.
+WARMUP_START_S = WARMUP_TIMEOUT_S + 10.0
 STATUS_INTERVAL_S = 5.0
 RESTART_KEYS = ("listen", "admin")
 
@@ -114,6 +117,9 @@ class Lifecycle(service.Service):
         # steers its in-flight limit, is measured from when it serves.
         lag = self.gateway.lag
         lag.stop()
+        # A warm-up may outlast the unit's TimeoutStartSec= on a slow or
+        # busy host: it is bounded here, not by systemd killing the daemon.
+        self.notifier.starting_slowly(WARMUP_START_S, "warming up before serving")
         warmed = self._warm_up_with()
         warmed.addTimeout(WARMUP_TIMEOUT_S, self._reactor)
 

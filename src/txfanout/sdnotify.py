@@ -3,7 +3,7 @@
 systemd (``Type=notify``) gives the service ``NOTIFY_SOCKET``: a path, or an
 abstract-namespace name written with a leading ``@``. A message is a few
 ``KEY=value`` lines: ``READY=1``, ``RELOADING=1``, ``STOPPING=1``,
-``WATCHDOG=1``, ``STATUS=free text``. Without ``NOTIFY_SOCKET`` every call is
+``WATCHDOG=1``, ``STATUS=free text``, ``EXTEND_TIMEOUT_USEC=N``. Without ``NOTIFY_SOCKET`` every call is
 a no-op, so the daemon runs the same outside systemd.
 """
 
@@ -89,6 +89,11 @@ class Notifier:
 
     def ready(self, status: str) -> bool:
         return self.send("READY=1", f"STATUS={status}")
+
+    def starting_slowly(self, within_s: float, status: str) -> bool:
+        """Ask for up to ``within_s`` more to start than ``TimeoutStartSec=``
+        allows (the warm-up): systemd then waits for READY that long from now."""
+        return self.send(f"EXTEND_TIMEOUT_USEC={round(within_s * 1e6)}", f"STATUS={status}")
 
     def reloading(self) -> bool:
         return self.send("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec()}",
