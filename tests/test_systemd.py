@@ -53,12 +53,12 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path, unit: str) -> None:
         result.stdout + result.stderr
 
 
-def test_the_pypy_drop_in_runs_the_same_daemon_from_the_pypy_venv_warmed_up() -> None:
-    lines = unit_lines("txfanout.service.d/pypy.conf")
+@pytest.mark.parametrize("unit", ["txfanout.service", "txfanout@.service"])
+def test_the_pypy_drop_in_runs_the_same_daemon_from_the_pypy_venv_warmed_up(unit: str) -> None:
+    lines = unit_lines(f"{unit}.d/pypy.conf")
     assert lines.count("ExecStart=") == 1 and lines.count("ExecStartPre=") == 1  # resets
     [start] = [line for line in lines if line.startswith("ExecStart=/")]
-    [service_start] = [line for line in unit_lines("txfanout.service")
-                       if line.startswith("ExecStart=")]
+    [service_start] = [line for line in unit_lines(unit) if line.startswith("ExecStart=")]
     assert start == service_start.replace("/opt/txfanout/", "/opt/txfanout-pypy/") \
         + " --warmup 1000"
     # PyPy's nursery, whatever cache the CPU reports (docs/pypy.rst, "Memory")
