@@ -42,6 +42,15 @@ def _csv_gateways(text: str) -> list[str]:
     return values
 
 
+def _csv_shapes(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in scenarios.SEED_SHAPES]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"unknown shape(s) {bad}; known: "
+                                         f"{', '.join(scenarios.SEED_SHAPES)}")
+    return [scenarios.SEED_SHAPES[v] for v in values]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench",
                                 description="txfanout benchmark harness (loopback only).")
@@ -57,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--gateways", type=_csv_gateways,
                      default=[gateways.TXFANOUT, gateways.BARE_TWISTED, gateways.AIOHTTP],
                      help="comma-separated, from: " + ", ".join(gateways.ALL))
+    run.add_argument("--shapes", type=_csv_shapes, default=list(scenarios.SEED_SHAPES.values()),
+                     help="seed: comma-separated, from: ab (a new connection per request), "
+                          "keep-alive (h2load) (default both)")
     run.add_argument("--connections", type=int, default=64,
                      help="closed-loop connections for wrk, and the few clients of the "
                           "seed's reference rows (default 64; seed --quick: 16)")
@@ -235,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
             gw_cpu=gw_cpu, load_cpu=load_cpu, quick=quick, wait_idle=wait_idle,
             repeat=max(1, args.repeat), clients=args.clients, max_inflight=args.max_inflight,
             workers=max(1, args.workers),
+            shapes=args.shapes,
             progress=lambda m: print(m, flush=True))
         started = time.monotonic()
         scenarios.RUNNERS[scenario](ctx)

@@ -58,6 +58,7 @@ class Context:
     clients: int | None = None  # overload: h2load clients
     max_inflight: int | None = None  # txfanout's cap, when not the scenario's own
     workers: int = 1  # soak: txfanout's --workers
+    shapes: list[str] = field(default_factory=lambda: list(SEED_SHAPES.values()))  # seed
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     progress: Callable[[str], None] = print
@@ -368,6 +369,7 @@ def _fanouts(ctx: Context) -> list[int]:
 
 SHAPE_NEW_CONN = "new connection per request"
 SHAPE_KEEPALIVE = "keep-alive"
+SEED_SHAPES = {"ab": SHAPE_NEW_CONN, "keep-alive": SHAPE_KEEPALIVE}  # --shapes
 
 
 def seed_sizes(ctx: Context) -> dict[str, Any]:
@@ -409,7 +411,7 @@ def seed(ctx: Context) -> None:
                           ctx.load_cpu, log_path, time_limit_s=seconds)
 
     for fo in _fanouts(ctx):
-        for shape in (SHAPE_NEW_CONN, SHAPE_KEEPALIVE):
+        for shape in ctx.shapes:
             for name in ctx.order():
                 setup = _setup(ctx, fo, name, 2000)
                 took: dict[str, float] = {}

@@ -140,6 +140,23 @@ def test_bench_gateways_on_pypy_take_the_drop_ins_environment(tmp_path: Path) ->
         assert env.get("PYPY_GC_NURSERY") == os.environ.get("PYPY_GC_NURSERY")
 
 
+def test_bench_seed_shapes_are_chosen_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--shapes`` runs one of the seed's shapes (an A/B of one costs half
+    the run); both by default; an unknown one is refused by name."""
+    sys.path.insert(0, str(REPO))
+    from bench import scenarios
+    from bench.__main__ import parser
+
+    run = ["run", "--scenario", "seed"]
+    assert parser().parse_args(run + ["--shapes", "keep-alive"]).shapes == \
+        [scenarios.SHAPE_KEEPALIVE]
+    both = [scenarios.SHAPE_NEW_CONN, scenarios.SHAPE_KEEPALIVE]
+    assert parser().parse_args(run).shapes == both
+    with pytest.raises(SystemExit):
+        parser().parse_args(run + ["--shapes", "ab,h2"])
+    assert "unknown shape(s) ['h2']; known: ab, keep-alive" in capsys.readouterr().err
+
+
 def test_bench_counters_from_metrics() -> None:
     """The harness reads txfanout's counters: 200s from requests_total,
     complete ones from answers_total, the p99 of the 200s from the top of
