@@ -9,7 +9,9 @@ time waited is what is under test, not a way to wait for something."""
 from __future__ import annotations
 
 import json
+import re
 import socket
+import struct
 import time
 
 import pytest
@@ -51,7 +53,7 @@ def test_waited_is_the_kernels_age_of_the_bytes_received_before_accept():
         accepted = [listener.accept()[0] for _ in range(2)]
         elapsed = time.monotonic() - sent
         try:
-            got = [backlog.waited(_Handle(s)) for s in accepted]
+            got = [backlog.waited(backlog.tcp_info(_Handle(s))) for s in accepted]
             assert got[0] is None  # connected, nothing sent: no request is waiting
             assert got[1] is not None and 0.0 <= got[1] <= elapsed + 0.01
         finally:
@@ -60,11 +62,34 @@ def test_waited_is_the_kernels_age_of_the_bytes_received_before_accept():
 
 
 def test_waited_is_unknown_without_a_tcp_socket_of_its_own():
-    assert backlog.waited(StringTransport()) is None  # no getHandle: a fake, or TLS
+    assert backlog.tcp_info(StringTransport()) is None  # no getHandle: a fake, or TLS
     left, right = socket.socketpair()  # a Unix socket: no TCP_INFO
     with left, right:
         right.sendall(b"x")
-        assert backlog.waited(_Handle(left)) is None
+        assert backlog.tcp_info(_Handle(left)) is None
+    assert backlog.waited(None) is None and not backlog.abandoned(None)
+
+
+@linux_only
+@pytest.mark.parametrize("how", ["fin", "reset"])
+def test_abandoned_is_a_client_that_closed_before_accept(how: str) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        gone = socket.create_connection(listener.getsockname())
+        gone.sendall(KEEP_ALIVE)
+        if how == "reset":
+            gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()
+        live = socket.create_connection(listener.getsockname())
+        live.sendall(KEEP_ALIVE)
+        accepted = [listener.accept()[0] for _ in range(2)]
+        try:
+            assert [backlog.abandoned(backlog.tcp_info(_Handle(s))) for s in accepted] == \
+                [True, False]
+        finally:
+            for s in accepted + [live]:
+                s.close()
 
 
 class _Handle:
@@ -127,3 +152,24 @@ async def backlogged_clients(gw) -> None:
     assert call_latency_ms(await within(closing.closed)) > 200
     stale.transport.loseConnection()
     late.transport.loseConnection()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_a_connection_its_client_closed_in_the_backlog_is_dropped_unread(
+        partner, make_gateway):
+    gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}))
+    gw.port.stopReading()  # both wait in the backlog
+    with socket.create_connection(gw.address) as gone:  # a client that timed out there
+        gone.sendall(KEEP_ALIVE)
+    live = await keep_alive_client(gw.address)
+    answer = live.request(KEEP_ALIVE)
+    gw.port.startReading()
+    assert (await within(answer)).startswith(b"HTTP/1.1 200 ")
+    live.transport.loseConnection()
+    # Neither served and cancelled (499), nor refused (503): closed unread.
+    answered = re.findall(rb'txfanout_requests_total\{code="(\d+)"', gw.gateway.metrics.exposition())
+    assert answered == [b"200"]  # the live one
+    assert partner.seen == 1
+    metrics = gw.gateway.metrics.registry
+    assert metrics.get_sample_value("txfanout_abandoned_in_backlog_total") == 1

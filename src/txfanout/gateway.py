@@ -119,6 +119,9 @@ class Gateway:
     def idle_closed(self) -> None:
         self.metrics.idle_closed()
 
+    def abandoned_in_backlog(self) -> None:
+        self.metrics.abandoned_in_backlog()
+
     def _breaker_changed(self, partner: str, old: str, new: str, why: str) -> None:
         log.warn("partner {partner}: circuit breaker {old} -> {new} ({why})",
                  partner=partner, old=old, new=new, why=why)

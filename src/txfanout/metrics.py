@@ -126,6 +126,10 @@ class GatewayMetrics:
         self._idle_closed = Counter(
             "txfanout_idle_closed", "Client connections closed for being idle past "
             "server.idle_timeout_ms (not logged one by one).", registry=registry)
+        self._abandoned_in_backlog = Counter(
+            "txfanout_abandoned_in_backlog", "Client connections their client closed while "
+            "they waited in the listening socket's backlog: closed at accept, nothing read.",
+            registry=registry)
         self._call_duration = Histogram(
             "txfanout_partner_call_duration_seconds", "Duration of the partner calls "
             "that were made, whatever their outcome.", ("partner",),
@@ -213,6 +217,10 @@ class GatewayMetrics:
     def idle_closed(self) -> None:
         """One idle client connection closed by its keep-alive timeout."""
         self._idle_closed.inc()
+
+    def abandoned_in_backlog(self) -> None:
+        """One connection its client closed before the gateway accepted it."""
+        self._abandoned_in_backlog.inc()
 
     # -- creation of children (bounded by the config and the code) --
 

@@ -81,6 +81,9 @@ class Front(Protocol):
     def idle_closed(self) -> None:
         """Count a client connection closed for being idle."""
 
+    def abandoned_in_backlog(self) -> None:
+        """Count a connection its client closed before it was accepted."""
+
 
 @dataclass(**SLOTS)
 class Exchange:
@@ -237,9 +240,14 @@ class GatewayChannel(CappedChannel, BoundedChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        info = backlog.tcp_info(self.transport)
+        if backlog.abandoned(info):  # nothing to answer: gone at no cost (backlog.py)
+            self.site.front.abandoned_in_backlog()
+            self.transport.abortConnection()
+            return
         read_at_most(self.transport)
         self._unheard = self.site.unheard_connection()
-        waited = backlog.waited(self.transport)
+        waited = backlog.waited(info)
         if waited is not None:  # no earlier than the gateway listened (socket activation)
             self._received = max(self.site.front.clock.seconds() - waited, self.site.listened)
 
