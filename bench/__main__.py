@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from . import gateways, loadgen, nginx, preflight, report, scenarios
 from .procs import Interrupted, Registry, free_port, install_signal_handlers, set_time_bound
@@ -33,22 +33,21 @@ def _csv_ints(text: str) -> list[int]:
     return values
 
 
-def _csv_gateways(text: str) -> list[str]:
+def _csv_names(text: str, known: Sequence[str], what: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in gateways.ALL]
+    bad = [v for v in values if v not in known]
     if bad or not values:
-        raise argparse.ArgumentTypeError(f"unknown gateway(s) {bad}; known: "
-                                         f"{', '.join(gateways.ALL)}")
+        raise argparse.ArgumentTypeError(f"unknown {what} {bad}; known: {', '.join(known)}")
     return values
 
 
+def _csv_gateways(text: str) -> list[str]:
+    return _csv_names(text, gateways.ALL, "gateway(s)")
+
+
 def _csv_shapes(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in scenarios.SEED_SHAPES]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"unknown shape(s) {bad}; known: "
-                                         f"{', '.join(scenarios.SEED_SHAPES)}")
-    return [scenarios.SEED_SHAPES[v] for v in values]
+    names = _csv_names(text, list(scenarios.SEED_SHAPES), "shape(s)")
+    return [scenarios.SEED_SHAPES[name] for name in names]
 
 
 def parser() -> argparse.ArgumentParser:
