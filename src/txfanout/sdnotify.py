@@ -3,8 +3,9 @@
 systemd (``Type=notify``) gives the service ``NOTIFY_SOCKET``: a path, or an
 abstract-namespace name written with a leading ``@``. A message is a few
 ``KEY=value`` lines: ``READY=1``, ``RELOADING=1``, ``STOPPING=1``,
-``WATCHDOG=1``, ``STATUS=free text``, ``EXTEND_TIMEOUT_USEC=N``. Without ``NOTIFY_SOCKET`` every call is
-a no-op, so the daemon runs the same outside systemd.
+``WATCHDOG=1``, ``STATUS=free text``, ``EXTEND_TIMEOUT_USEC=N``. Without
+``NOTIFY_SOCKET`` every call is a no-op, so the daemon runs the same outside
+systemd.
 """
 
 from __future__ import annotations

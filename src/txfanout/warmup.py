@@ -37,7 +37,7 @@ log = Logger()
 
 CLIENTS = 16  # requests in flight at once
 FANOUTS = (2, 8)  # its routes: a common fan-out and the largest
-# Cold, a call on loopback takes 150-750 ms (PyPy, a slow 2-core VM): past
+# Cold, a call on loopback took up to 750 ms (PyPy, a slow 2-core VM): past
 # the default 300 ms timeout, whose breaker then opened and turned the rest
 # of the warm-up into 503s. Its time bounds are generous and it has no
 # breaker: how slow a cold start is must not decide what path gets warmed.
