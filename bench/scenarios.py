@@ -80,11 +80,13 @@ def _log_errors(path: str | None) -> int:
 
 _SAMPLE = re.compile(r'^txfanout_(partner_calls|shed)_total\{[^}]*?\b(?:outcome|reason)="([a-z_]+)"'
                      r'[^}]*\} ([0-9.e+]+)$', re.M)
+_ABANDONED = re.compile(r'^txfanout_(abandoned_in_backlog)_total ([0-9.e+]+)$', re.M)
 
 
 def scrape_outcomes(url: str, path: str) -> dict[str, int]:
     """Save txfanout's /metrics to ``path``; return its partner calls by
-    outcome (summed over partners) and its refusals as ``shed:<reason>``."""
+    outcome (summed over partners), its refusals as ``shed:<reason>``, and
+    the connections closed at accept as ``abandoned_in_backlog``."""
     try:
         with urllib.request.urlopen(url, timeout=5.0) as r:
             text = r.read().decode("utf-8")
@@ -96,6 +98,8 @@ def scrape_outcomes(url: str, path: str) -> dict[str, int]:
     for family, key, value in _SAMPLE.findall(text):
         key = key if family == "partner_calls" else f"shed:{key}"
         out[key] = out.get(key, 0) + int(float(value))
+    for key, value in _ABANDONED.findall(text):
+        out[key] = int(float(value))
     return {k: v for k, v in out.items() if v}
 
 

@@ -157,6 +157,24 @@ def test_bench_seed_shapes_are_chosen_by_name(capsys: pytest.CaptureFixture[str]
     assert "unknown shape(s) ['h2']; known: ab, keep-alive" in capsys.readouterr().err
 
 
+def test_bench_rows_note_calls_refusals_and_connections_closed_at_accept(
+        tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from bench import scenarios
+
+    metrics = tmp_path / "metrics.txt"
+    metrics.write_text(
+        'txfanout_partner_calls_total{outcome="ok",partner="p1"} 7.0\n'
+        'txfanout_partner_calls_total{outcome="ok",partner="p2"} 5.0\n'
+        'txfanout_partner_calls_total{outcome="timeout",partner="p2"} 0.0\n'
+        'txfanout_shed_total{reason="backlog"} 3.0\n'
+        'txfanout_abandoned_in_backlog_total 4.0\n')
+    saved = tmp_path / "saved.txt"
+    assert scenarios.scrape_outcomes(metrics.as_uri(), str(saved)) == {
+        "ok": 12, "shed:backlog": 3, "abandoned_in_backlog": 4}
+    assert saved.read_text() == metrics.read_text()
+
+
 def test_bench_counters_from_metrics() -> None:
     """The harness reads txfanout's counters: 200s from requests_total,
     complete ones from answers_total, the p99 of the 200s from the top of
