@@ -251,3 +251,14 @@ async def test_a_client_retrying_at_once_gets_its_503_a_first_hold_later(partner
     sent = time.monotonic()
     served = await within(impolite.request(POST))  # at once again, with room
     assert served.startswith(b"HTTP/1.1 200 ") and time.monotonic() - sent < hold_s
+
+
+def test_a_connection_has_every_attribute_of_its_own_from_the_start():
+    # Set later, in the orders a storm's refusals and holds set them, they
+    # gave each connection a PyPy map of its own (site.py, __init__).
+    clock, gateway, site = full_gateway()
+    channel, transport = connect(site)
+    declared = {name for cls in type(channel).__mro__
+                for name in getattr(cls, "__annotations__", {}) if name.startswith("_")}
+    assert declared >= {"_refused_at", "_holds", "_arrival_timer", "_drain_timer"}
+    assert declared <= set(vars(channel))

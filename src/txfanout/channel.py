@@ -36,7 +36,11 @@ class BoundedChannel(HTTPChannel):
     totalHeadersSize = MAX_HEAD_BYTES
     maxHeaders = MAX_HEADERS
     transport: Any  # TCP or TLS: disconnecting, abortConnection, pause/resumeProducing
-    _arrival_timer: IDelayedCall | None = None
+    _arrival_timer: IDelayedCall | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._arrival_timer = None
 
     def arrival_timeout(self) -> float:
         """Seconds a request may take to arrive whole, from its first byte."""

@@ -233,10 +233,30 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     counted, not logged."""
 
     site: GatewaySite
-    _arrived: float | None = None
-    _received: float | None = None  # when the kernel received its first bytes, if known
-    _unheard: int | None = None  # the site's period it was accepted in, until it speaks
-    _pace_timer: IDelayedCall | None = None
+    _arrived: float | None
+    _received: float | None  # when the kernel received its first bytes, if known
+    _unheard: int | None  # the site's period it was accepted in, until it speaks
+    _pace_timer: IDelayedCall | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Every attribute a connection ever sets, set here in one order (as
+        # PyPy advises): instances that gained them later, in the orders a
+        # storm's refusals, holds and first requests set them, each had a
+        # map of its own, which the code compiled for the others guards
+        # against (bench/RESULTS.md, fourteenth sitting).
+        self._arrived = None
+        self._received = None
+        self._unheard = None
+        self._pace_timer = None
+        self._host = None
+        self._secure = None
+        self._refused_at = None
+        self._holds = 0
+        self._release = None
+        self._head = None
+        self._held = None
+        self._drain_timer = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -251,7 +271,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         if waited is not None:  # no earlier than the gateway listened (socket activation)
             self._received = max(self.site.front.clock.seconds() - waited, self.site.listened)
 
-    _host: Any = None
+    _host: Any
 
     def getHost(self) -> Any:
         """The local address: asked of the socket once per connection
@@ -260,7 +280,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             self._host = self.transport.getHost()
         return self._host
 
-    _secure: bool | None = None
+    _secure: bool | None
 
     def isSecure(self) -> bool:
         """Is the connection TLS: worked out once per connection (Twisted
@@ -293,10 +313,10 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # four paces costs one.
     HOLD_FIRST_PACES = 4
     HOLD_MAX_PACES = 8
-    _refused_at: float | None = None  # when its last 503 went out
-    _holds = 0  # 503s held back in a row
+    _refused_at: float | None  # when its last 503 went out
+    _holds: int  # 503s held back in a row
 
-    _release: Callable[[], None] | None = None  # what ends the hold
+    _release: Callable[[], None] | None  # what ends the hold
 
     def refused_kept_alive(self) -> None:
         """A 503 went out on this kept-alive connection (parsed the long
@@ -408,7 +428,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
 
     # An answer's head waits for its first body bytes, so that the two leave
     # in one send (see sendnow); an answer without a body sends it when done.
-    _head: list[bytes] | None = None
+    _head: list[bytes] | None
 
     def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
         head = [version, b" ", code, b" ", reason, b"\r\n"]
@@ -446,8 +466,8 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # neither parsed nor read (see requestDone), and unsent bytes that do not
     # drain within request_timeout get the connection aborted: a client that
     # does not read costs one answer and a bounded time.
-    _held: Request | None = None  # answered; the next request waits for the client
-    _drain_timer: IDelayedCall | None = None
+    _held: Request | None  # answered; the next request waits for the client
+    _drain_timer: IDelayedCall | None
 
     def pauseProducing(self) -> None:
         super().pauseProducing()
