@@ -97,7 +97,7 @@ def _extra(row: dict[str, Any]) -> str:
         out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"
                    else "no admission cap")
     if s in ("overload", "polite", "seed") and calls:
-        out.append("calls " + " ".join(f"{k}:{v}" for k, v in sorted(calls.items())))
+        out.extend(_counted(calls))
     if s == "slow":
         out.append(f"cancels {_f(row.get('cancellations_per_s'))}/s")
         out.append(f"new up conns {_f(row.get('upstream_conns_per_s'))}/s")
@@ -128,6 +128,23 @@ def _extra(row: dict[str, Any]) -> str:
 HEADER = ("| gateway | fo | load | req/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx / errors "
           "| CPU s/1k req | peak RSS MB | settled RSS MB | new up conns | up req/s | notes |")
 RULE = "|" + "---|" * (HEADER.count("|") - 1)
+
+
+def _counted(outcomes: dict[str, int]) -> list[str]:
+    """A row's scraped counters (scenarios.scrape_outcomes), each under what
+    it counts: partner calls by outcome, 503s by reason, client connections
+    closed at accept."""
+    calls = {k: v for k, v in outcomes.items() if not k.startswith("shed:")
+             and k != "abandoned_in_backlog"}
+    shed = {k[len("shed:"):]: v for k, v in outcomes.items() if k.startswith("shed:")}
+    out = []
+    for label, counts in (("calls", calls), ("503s", shed)):
+        if counts:
+            out.append(label + " " + " ".join(f"{k}:{v}" for k, v in sorted(counts.items())))
+    if outcomes.get("abandoned_in_backlog"):
+        out.append(f"connections closed by their clients before accept "
+                   f"{outcomes['abandoned_in_backlog']}")
+    return out
 
 
 def _load_label(row: dict[str, Any]) -> str:

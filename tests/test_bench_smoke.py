@@ -175,6 +175,18 @@ def test_bench_rows_note_calls_refusals_and_connections_closed_at_accept(
     assert saved.read_text() == metrics.read_text()
 
 
+def test_bench_row_notes_say_what_each_counter_counts() -> None:
+    sys.path.insert(0, str(REPO))
+    from bench import report
+
+    row = {"scenario": "seed", "gateway": "txfanout", "outcomes": {
+        "ok": 12, "timeout": 2, "shed:backlog": 3, "shed:max_inflight": 1,
+        "abandoned_in_backlog": 4}}
+    assert report._extra(row).split("; ") == [
+        "calls ok:12 timeout:2", "503s backlog:3 max_inflight:1",
+        "connections closed by their clients before accept 4"]
+
+
 def test_bench_counters_from_metrics() -> None:
     """The harness reads txfanout's counters: 200s from requests_total,
     complete ones from answers_total, the p99 of the 200s from the top of
