@@ -233,8 +233,8 @@ def h2load(registry: Registry, url: str, body_path: str, clients: int, duration_
            cpu: int | None, workdir: str, rps_per_client: float | None = None,
            warmup_s: float = 0, log_path: str | None = None, name: str = "h2load") -> LoadResult:
     """``h2load --h1``: ``clients`` connections for ``duration_s``, closed loop
-    or at ``rps_per_client`` each; per-request log parsed for per-status
-    latency."""
+    or at ``rps_per_client`` each, measured after ``warmup_s`` on the same
+    connections; per-request log parsed for per-status latency."""
     req_log = os.path.join(workdir, f"{name}-requests.tsv")
     if os.path.exists(req_log):
         os.remove(req_log)
@@ -271,6 +271,11 @@ def parse_h2load(out: str, req_log: str, code: int = 0) -> LoadResult:
     if not m:
         raise RuntimeError(f"h2load failed (exit {code}):\n{out[-1500:]}")
     duration = float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+    # with --warm-up-time, "finished in" counts the warm-up too; the counts,
+    # req/s and request log are the main duration's alone
+    warm = re.search(r"with (\d+)s of warm-up time", out)
+    if warm:
+        duration -= int(warm.group(1))
     per_status: dict[str, list[float]] = {}
     everything: list[float] = []
     oks: list[tuple[int, float]] = []  # (start µs, ms) of the 200s

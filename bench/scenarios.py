@@ -12,6 +12,7 @@ import os
 import re
 import time
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -164,12 +165,23 @@ def rss_slope_kib_per_min(samples: list[tuple[float, int, float]], t0: float,
     return round(cov / var * 60.0, 1)
 
 
+def _started(load: Callable[[Running], LoadResult], g: Running) -> Future[LoadResult]:
+    """``load(g)`` started in a thread of its own."""
+    pool = ThreadPoolExecutor(1)
+    running = pool.submit(load, g)
+    pool.shutdown(wait=False)  # its thread ends with the load
+    return running
+
+
 def measure(ctx: Context, scenario: str, name: str, setup: Setup,
             load: Callable[[Running], LoadResult], label: str = "",
             gw_cpu: int | str | None = "default",
-            prepare: Callable[[Running], None] | None = None) -> dict[str, Any]:
+            prepare: Callable[[Running], None] | None = None,
+            lead_s: float = 0.0) -> dict[str, Any]:
     """Run one row: gateway ``name`` under ``load``; return the row.
-    ``prepare`` runs after the warm-up, outside the measured window."""
+    ``prepare`` runs after the warm-up, outside the measured window; so do
+    the first ``lead_s`` seconds of ``load`` itself (one that measures only
+    after as long, such as h2load's ``--warm-up-time``)."""
     cpu = ctx.gw_cpu if gw_cpu == "default" else gw_cpu
     tag = f"{scenario}-{name}-fo{setup.fanout}{('-' + label.replace(' ', '-')) if label else ''}"
     if ctx.repeat > 1:
@@ -189,6 +201,8 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
                         ctx.warmup, ctx.load_cpu, os.path.join(ctx.logdir, f"{tag}.load.log"))
         if prepare is not None:
             prepare(g)
+        running = _started(load, g) if lead_s else None
+        time.sleep(lead_s)
         before = ctx.nginx.status()
         mark = ctx.nginx.access_log_mark() if ctx.nginx.access_log else 0
         ngx_pids = process_tree(ctx.nginx.child.pid)
@@ -196,7 +210,7 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         # the gateway's own counters, right before and right after the load
         c0 = counters.read(*g.counters)
         t0, rss0, cpu0 = sampler.sample()
-        result = load(g)
+        result = running.result() if running is not None else load(g)
         t1, _, cpu1 = sampler.sample()
         c1 = counters.read(*g.counters)
         host1, ngx1, (me1, kids1) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
@@ -374,6 +388,7 @@ def _fanouts(ctx: Context) -> list[int]:
 SHAPE_NEW_CONN = "new connection per request"
 SHAPE_KEEPALIVE = "keep-alive"
 SEED_SHAPES = {"ab": SHAPE_NEW_CONN, "keep-alive": SHAPE_KEEPALIVE}  # --shapes
+KEEPALIVE_OPENED_S = 2.0  # the least a keep-alive row's connections are open first (quick: 1)
 
 
 def seed_sizes(ctx: Context) -> dict[str, Any]:
@@ -396,21 +411,29 @@ def seed(ctx: Context) -> None:
     - new connection per request: ``ab -n 50000 -c 2500`` as the seed ran
       it, then ``ab -c 64`` for as long as that took (``-t``);
     - keep-alive: ``h2load --h1`` with 2,500 clients for ``--duration``
-      (default 15 s), then with 64.
+      (default 15 s), then with 64, each measured on connections its
+      clients opened before the window (h2load's ``--warm-up-time``): 2,500
+      connections opened in the same instant, their first requests queued
+      in the backlog together, are a connection storm, not the steady load
+      of 2,500 keep-alive clients: on PyPy its first 2 s cost a 15 s
+      window up to a tenth of its complete answers (bench/RESULTS.md,
+      fifteenth sitting).
 
     A 2,500-client row comes after ``--lead-in`` seconds of its own load
-    on its gateway (the 64-client row after the warm-up, wrk at 64).
+    on its gateway (keep-alive: on the same connections; the 64-client row
+    after the warm-up, wrk at 64).
     """
     z = seed_sizes(ctx)
     many, few = z["many"], z["few"]
 
     def timed(g: Running, clients: int, seconds: float, log_path: str,
-              shape: str) -> LoadResult:
-        """``clients`` of ``shape`` for ``seconds``."""
+              shape: str, opened_s: float = 0.0) -> LoadResult:
+        """``clients`` of ``shape`` for ``seconds`` (keep-alive: after
+        ``opened_s`` on the same connections)."""
         if shape == SHAPE_KEEPALIVE:
             return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, seconds,
-                                  ctx.load_cpu, ctx.workdir, log_path=log_path,
-                                  name=os.path.basename(log_path)[:-9])
+                                  ctx.load_cpu, ctx.workdir, warmup_s=opened_s,
+                                  log_path=log_path, name=os.path.basename(log_path)[:-9])
         return loadgen.ab(ctx.registry, g.url, ctx.body_path, 1_000_000, clients,
                           ctx.load_cpu, log_path, time_limit_s=seconds)
 
@@ -423,24 +446,31 @@ def seed(ctx: Context) -> None:
                     label = f"{'ab' if shape == SHAPE_NEW_CONN else 'h2load'} c{clients}"
                     log_path = os.path.join(ctx.logdir, f"seed-{name}-fo{fo}-"
                                             f"{label.replace(' ', '-')}.load.log")
+                    # keep-alive: how long the row's connections are open first
+                    least = 1.0 if ctx.quick else KEEPALIVE_OPENED_S
+                    opened_s = 0.0 if shape == SHAPE_NEW_CONN else (
+                        max(ctx.lead_in, least) if clients == many else least)
 
                     def run(g: Running, clients: int = clients, log_path: str = log_path,
-                            shape: str = shape) -> LoadResult:
+                            shape: str = shape, opened_s: float = opened_s) -> LoadResult:
                         if shape == SHAPE_NEW_CONN and clients == many:
                             return loadgen.ab(ctx.registry, g.url, ctx.body_path, z["n"],
                                               clients, ctx.load_cpu, log_path)
                         # ab: as long as the many-clients row took (it is sized by -n)
                         seconds = ctx.duration if shape == SHAPE_KEEPALIVE else min(
                             z["ab_few_max_s"], max(2.0, took.get("s", ctx.duration)))
-                        return timed(g, clients, seconds, log_path, shape)
+                        return timed(g, clients, seconds, log_path, shape, opened_s)
 
                     def lead_in(g: Running, clients: int = clients, log_path: str = log_path,
                                 shape: str = shape) -> None:
                         timed(g, clients, ctx.lead_in,
                               log_path.replace(".load.log", ".lead-in.load.log"), shape)
+                    separate_lead_in = (clients == many and ctx.lead_in
+                                        and shape == SHAPE_NEW_CONN)
                     row = measure(ctx, "seed", name, setup, run, label=label,
-                                  prepare=lead_in if clients == many and ctx.lead_in else None)
-                    row.update(shape=shape, clients=clients)
+                                  prepare=lead_in if separate_lead_in else None,
+                                  lead_s=opened_s)
+                    row.update(shape=shape, clients=clients, opened_s=opened_s)
                     if clients == many:
                         took["s"] = row["load"]["duration_s"]
 

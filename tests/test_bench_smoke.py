@@ -175,6 +175,21 @@ def test_bench_rows_note_calls_refusals_and_connections_closed_at_accept(
     assert saved.read_text() == metrics.read_text()
 
 
+def test_h2load_with_a_warm_up_counts_its_main_duration_alone(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from bench import loadgen
+
+    out = ("spawning thread #0: 2 total client(s). Timing-based test with 2s of warm-up "
+           "time and 3s of main duration for measurements.\n"
+           "finished in 5.02s, 100.00 req/s, 10KB/s\n"
+           "requests: 300 total, 300 started, 300 done, 300 succeeded, 0 failed, "
+           "0 errored, 0 timeout\n")
+    log = tmp_path / "requests.tsv"
+    log.write_text("".join(f"{1_000_000 + i}\t200\t1000\n" for i in range(300)))
+    result = loadgen.parse_h2load(out, str(log))
+    assert (result.duration_s, result.requests, result.rps) == (3.02, 300, 99.3)
+
+
 def test_bench_row_notes_say_what_each_counter_counts() -> None:
     sys.path.insert(0, str(REPO))
     from bench import report
@@ -404,6 +419,11 @@ def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
             1000 * row["cpu_s"] / row["complete_counted"], 3), label
         assert f"| {row['cpu_ms_per_complete']:.3f} |" in data["table"], label
     assert rows["h2load c200"]["p99_200_ms"] is not None
+    for label in ("h2load c200", "h2load c16"):  # measured on connections already open
+        log = (tmp_path / "seed" / "logs" / f"seed-txfanout-fo2-{label.replace(' ', '-')}"
+               ".load.log").read_text()
+        assert rows[label]["opened_s"] == 1 and "1s of warm-up time" in log, label
+        assert rows[label]["load"]["duration_s"] < 1.5, label
     [ab, ka] = data["summaries"]["seed"]
     assert (ab["shape"], ka["shape"]) == ("new connection per request", "keep-alive")
     for q in (ab, ka):
