@@ -93,7 +93,9 @@ def _extra(row: dict[str, Any]) -> str:
     if row.get("gc_s_per_1k") is not None:
         out.append(f"of the CPU s/1k req, PyPy's collector {row['gc_s_per_1k']:.3f}")
     if row.get("opened_s"):
-        out.append(f"its connections open {row['opened_s']:.0f} s before the window")
+        opening = row.get("opening_complete_rps")
+        out.append(f"its connections open {row['opened_s']:.0f} s before the window"
+                   + ("" if opening is None else f" (complete {opening:.0f}/s meanwhile)"))
     calls = row.get("outcomes") or {}
     if s == "polite":
         out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"

@@ -201,6 +201,7 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
                         ctx.warmup, ctx.load_cpu, os.path.join(ctx.logdir, f"{tag}.load.log"))
         if prepare is not None:
             prepare(g)
+        opening = counters.read(*g.counters) if lead_s else None
         running = _started(load, g) if lead_s else None
         time.sleep(lead_s)
         before = ctx.nginx.status()
@@ -270,6 +271,9 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
     }
     d = counters.delta(c0, c1)
     completeness(row, result, d, setup, window)
+    d_opening = counters.delta(opening, c0)
+    if d_opening is not None:  # what its clients got while they connected
+        row["opening_complete_rps"] = round(d_opening["complete"] / d_opening["window_s"], 1)
     if d is not None and "gc_s" in d:  # the CPU s/1k req of PyPy's collector
         row["gc_s_per_1k"] = round(d["gc_s"] / answered * 1000.0, 3)
     if result.partner_timeouts is not None:
@@ -476,11 +480,15 @@ def seed(ctx: Context) -> None:
 
 
 def _many_clients(ctx: Context, scenario: str,
-                  load: Callable[[Running, int, float, str], LoadResult],
-                  capacity_s: float | None = None) -> list[dict[str, Any]]:
-    """Rows of ``load(gateway, clients, seconds, log_path)``: 1,000 clients
-    (or --clients) against txfanout at max_inflight 64 (or --max-inflight),
-    after --lead-in seconds of the same load on the same gateway.
+                  load: Callable[[Running, int, float, str, float], LoadResult],
+                  capacity_s: float | None = None,
+                  kept_open: bool = False) -> list[dict[str, Any]]:
+    """Rows of ``load(gateway, clients, seconds, log_path, opened_s)``:
+    1,000 clients (or --clients) against txfanout at max_inflight 64 (or
+    --max-inflight), after --lead-in seconds of the same load on the same
+    gateway; ``kept_open``: on the same connections, measured after they
+    were open ``opened_s`` (at least 2 s; as the seed's keep-alive rows),
+    else as a load of its own.
     With ``capacity_s``, each gateway's row comes after a row of wrk at
     --connections (64) for that long on the same set-up (label
     "capacity"), and the many-clients row keeps its complete answers/s
@@ -498,15 +506,19 @@ def _many_clients(ctx: Context, scenario: str,
                                    label="capacity")
                 capacity["clients"] = ctx.connections
             log_path = os.path.join(ctx.logdir, f"{scenario}-{name}-fo{fo}.load.log")
+            opened_s = max(ctx.lead_in, 1.0 if ctx.quick else KEEPALIVE_OPENED_S) \
+                if kept_open else 0.0
 
             def run(g: Running, log_path: str = log_path) -> LoadResult:
-                return load(g, clients, ctx.duration, log_path)
+                return load(g, clients, ctx.duration, log_path, opened_s)
 
             def lead_in(g: Running, log_path: str = log_path) -> None:
-                load(g, clients, ctx.lead_in, log_path.replace(".load.log", ".lead-in.load.log"))
+                load(g, clients, ctx.lead_in, log_path.replace(".load.log", ".lead-in.load.log"),
+                     0.0)
             row = measure(ctx, scenario, name, setup, run, label=f"c{clients}",
-                          prepare=lead_in if ctx.lead_in else None)
-            row["clients"] = clients
+                          prepare=lead_in if ctx.lead_in and not kept_open else None,
+                          lead_s=opened_s)
+            row.update(clients=clients, opened_s=opened_s)
             if capacity is not None:
                 cap = capacity["complete_rps"] or 0
                 row["capacity_rps"] = capacity["complete_rps"]
@@ -522,13 +534,15 @@ def overload(ctx: Context) -> None:
     """Offered load far above max_inflight: h2load --h1 closed loop with many
     clients; txfanout capped at max_inflight 64 (or --max-inflight); goodput
     and complete answers/s as shares of the gateway's capacity measured just
-    before on the same set-up (wrk c=64, 5 s; --quick 2 s); per-status p99."""
+    before on the same set-up (wrk c=64, 5 s; --quick 2 s); per-status p99.
+    The clients' connections are open before the window (see seed)."""
 
-    def load(g: Running, clients: int, seconds: float, log_path: str) -> LoadResult:
+    def load(g: Running, clients: int, seconds: float, log_path: str,
+             opened_s: float) -> LoadResult:
         return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, seconds,
-                              ctx.load_cpu, ctx.workdir, log_path=log_path,
+                              ctx.load_cpu, ctx.workdir, warmup_s=opened_s, log_path=log_path,
                               name=os.path.basename(log_path)[:-len(".load.log")])
-    _many_clients(ctx, "overload", load, capacity_s=2.0 if ctx.quick else 5.0)
+    _many_clients(ctx, "overload", load, capacity_s=2.0 if ctx.quick else 5.0, kept_open=True)
 
 
 def polite(ctx: Context) -> None:
@@ -537,7 +551,8 @@ def polite(ctx: Context) -> None:
     connection waits 1 s before its next request (wrk, ``polite_script``)."""
     script = loadgen.polite_script(ctx.workdir)
 
-    def load(g: Running, clients: int, seconds: float, log_path: str) -> LoadResult:
+    def load(g: Running, clients: int, seconds: float, log_path: str,
+             opened_s: float) -> LoadResult:  # (wrk has no warm-up: never asked one)
         return loadgen.wrk(ctx.registry, g.url, script, clients, seconds, ctx.load_cpu, log_path)
     _many_clients(ctx, "polite", load)
 
