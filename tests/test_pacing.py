@@ -54,7 +54,7 @@ def test_a_refusal_of_a_client_that_did_not_wait_is_held_back_longer_each_time()
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport)
     held = []
-    for paces in (4, 8, 8):  # from HOLD_FIRST_PACES up to HOLD_MAX_PACES
+    for paces in (4, 8, 16, 16):  # from HOLD_FIRST_PACES up to HOLD_MAX_PACES
         channel.dataReceived(POST)  # at once, ignoring Retry-After
         assert not answer(transport) and transport.producerState == "paused"
         clock.advance(paces * PACE_S - 0.001)
@@ -63,7 +63,7 @@ def test_a_refusal_of_a_client_that_did_not_wait_is_held_back_longer_each_time()
         held.append(answer(transport))
         assert transport.producerState == "producing"
     assert all(b"in-flight limit" in a for a in held)
-    assert shed(gateway, "max_inflight") == 4
+    assert shed(gateway, "max_inflight") == 5
     clock.advance(1.0)  # it waited its Retry-After this time: refused at once
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport)

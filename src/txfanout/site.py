@@ -310,9 +310,12 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # Each hold ends in a refusal the client sends straight back: a first
     # hold of one pace, then two, cost 2,500 such clients two refusals each
     # in their first 2.7 s, a tenth of the core for those seconds, where
-    # four paces costs one.
+    # four paces costs one. Held 16 paces at most rather than 8, 2,500 of
+    # them cost half the refusals once their connections are open (190/s,
+    # not 370/s: each refusal about half a request's CPU on PyPy;
+    # bench/RESULTS.md, fifteenth sitting).
     HOLD_FIRST_PACES = 4
-    HOLD_MAX_PACES = 8
+    HOLD_MAX_PACES = 16
     _refused_at: float | None  # when its last 503 went out
     _holds: int  # 503s held back in a row
 
