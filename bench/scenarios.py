@@ -392,7 +392,14 @@ def _fanouts(ctx: Context) -> list[int]:
 SHAPE_NEW_CONN = "new connection per request"
 SHAPE_KEEPALIVE = "keep-alive"
 SEED_SHAPES = {"ab": SHAPE_NEW_CONN, "keep-alive": SHAPE_KEEPALIVE}  # --shapes
-KEEPALIVE_OPENED_S = 2.0  # the least a keep-alive row's connections are open first (quick: 1)
+OPENED_LEAST_S = 2.0  # the least a keep-alive row's connections are open first (quick: 1)
+
+
+def _opened_s(ctx: Context, lead_in: bool) -> float:
+    """How long a keep-alive row's connections are open before its window:
+    at least OPENED_LEAST_S, and with ``lead_in`` at least --lead-in."""
+    least = 1.0 if ctx.quick else OPENED_LEAST_S
+    return max(ctx.lead_in, least) if lead_in else least
 
 
 def seed_sizes(ctx: Context) -> dict[str, Any]:
@@ -450,10 +457,7 @@ def seed(ctx: Context) -> None:
                     label = f"{'ab' if shape == SHAPE_NEW_CONN else 'h2load'} c{clients}"
                     log_path = os.path.join(ctx.logdir, f"seed-{name}-fo{fo}-"
                                             f"{label.replace(' ', '-')}.load.log")
-                    # keep-alive: how long the row's connections are open first
-                    least = 1.0 if ctx.quick else KEEPALIVE_OPENED_S
-                    opened_s = 0.0 if shape == SHAPE_NEW_CONN else (
-                        max(ctx.lead_in, least) if clients == many else least)
+                    opened_s = 0.0 if shape == SHAPE_NEW_CONN else _opened_s(ctx, clients == many)
 
                     def run(g: Running, clients: int = clients, log_path: str = log_path,
                             shape: str = shape, opened_s: float = opened_s) -> LoadResult:
@@ -506,8 +510,7 @@ def _many_clients(ctx: Context, scenario: str,
                                    label="capacity")
                 capacity["clients"] = ctx.connections
             log_path = os.path.join(ctx.logdir, f"{scenario}-{name}-fo{fo}.load.log")
-            opened_s = max(ctx.lead_in, 1.0 if ctx.quick else KEEPALIVE_OPENED_S) \
-                if kept_open else 0.0
+            opened_s = _opened_s(ctx, lead_in=True) if kept_open else 0.0
 
             def run(g: Running, log_path: str = log_path) -> LoadResult:
                 return load(g, clients, ctx.duration, log_path, opened_s)
