@@ -403,7 +403,9 @@ def test_restarting_one_instance_under_load_fails_no_request(
         assert down_at < exited_at, summary
         assert retried_by_up == 0 and retried_after_up <= refused, \
             summary + "\n" + retried_lines(proxy.log())
-        assert time.monotonic() - test_started < 25, summary
+        # (two starts of an instance warming up on PyPy took 14-16 s each
+        # on a slow 2-core VM: the test took 25.5 and 26.9 s there)
+        assert time.monotonic() - test_started < 45, summary
     finally:
         if load is not None:
             load.finish()
