@@ -47,6 +47,11 @@ from .partners import PartnerServer, take_message
 from .rawpartners import RawPartner
 
 
+def no_jitter() -> float:
+    """A site's ``draw`` here: every pacing hold its full length, exactly."""
+    return 0.0
+
+
 def full_gateway(max_inflight: int = 1, **server: Any
                  ) -> tuple[MemoryReactorClock, Gateway, GatewaySite]:
     """A gateway on a fake reactor with every in-flight slot taken
@@ -54,7 +59,7 @@ def full_gateway(max_inflight: int = 1, **server: Any
     clock = MemoryReactorClock()
     gateway = Gateway(clock, parse(route_config({"p": {"url": "http://127.0.0.1:9/"}},
                                                 max_inflight=max_inflight, **server)))
-    site = GatewaySite(gateway, reactor=clock)
+    site = GatewaySite(gateway, reactor=clock, draw=no_jitter)
     for _ in range(max_inflight):
         assert gateway.admission.admit() is None
     return clock, gateway, site
@@ -635,7 +640,7 @@ class FakeGateway:
         self.net = net
         self.config = parse(raw_config)
         self.gateway = Gateway(net.clock, self.config)
-        self.site = GatewaySite(self.gateway, reactor=net.clock)
+        self.site = GatewaySite(self.gateway, reactor=net.clock, draw=no_jitter)
         self.port = net.listen(self.site)
         self.site.listening(self.port)
 

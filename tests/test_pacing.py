@@ -4,6 +4,7 @@ and in-memory transports (exact and instant), then once over real sockets."""
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from txfanout.gateway import Gateway
 from txfanout.config import ServerConfig
-from txfanout.site import REFUSAL_BURST, GatewayChannel
+from txfanout.site import REFUSAL_BURST, GatewayChannel, GatewaySite
 
 from .configs import route_config
 from .fakes import FakePort, Network, answer, connect, full_gateway
@@ -67,6 +68,29 @@ def test_a_refusal_of_a_client_that_did_not_wait_is_held_back_longer_each_time()
     clock.advance(1.0)  # it waited its Retry-After this time: refused at once
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport)
+
+
+def test_clients_refused_together_are_held_apart():
+    # Held alike, they would all come back in the same instant, every time.
+    clock, gateway, site = full_gateway()
+    assert GatewaySite(gateway, reactor=clock).draw is random.random
+    draws = iter([0.0, 0.5, 0.999])
+    site.draw = lambda: next(draws)
+    pairs = [connect(site) for _ in range(3)]
+    for channel, transport in pairs:
+        channel.dataReceived(POST)
+        assert b"in-flight limit" in answer(transport)
+    for channel, transport in pairs:
+        channel.dataReceived(POST)  # at once, ignoring Retry-After: held
+    # shortened by up to a quarter (HOLD_JITTER), as drawn
+    holds = [FIRST_HOLD_S * share for share in (1.0, 0.875, 0.75025)]
+    waited = 0.0
+    for hold, (channel, transport) in sorted(zip(holds, pairs), key=lambda h: h[0]):
+        clock.advance(hold - 0.001 - waited)
+        assert not answer(transport)
+        clock.advance(0.002)
+        waited = hold + 0.001
+        assert b"in-flight limit" in answer(transport)
 
 
 def test_a_client_that_did_not_wait_is_served_at_once_when_there_is_room():
@@ -245,7 +269,7 @@ async def test_a_client_retrying_at_once_gets_its_503_a_first_hold_later(partner
     assert b"in-flight limit" in first
     sent = time.monotonic()
     again = await within(impolite.request(POST))  # at once, ignoring Retry-After
-    assert time.monotonic() - sent >= hold_s - 0.05
+    assert time.monotonic() - sent >= (1 - GatewayChannel.HOLD_JITTER) * hold_s - 0.05
     assert b"in-flight limit" in again
     gw.gateway.admission.release()
     sent = time.monotonic()

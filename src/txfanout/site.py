@@ -12,6 +12,7 @@ through :class:`Front`.
 from __future__ import annotations
 
 import io
+import random
 import re
 from dataclasses import dataclass
 from itertools import islice
@@ -312,10 +313,15 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # in their first 2.7 s, a tenth of the core for those seconds, where
     # four paces costs one. Held 16 paces at most rather than 8, 2,500 of
     # them cost half the refusals once their connections are open (190/s,
-    # not 370/s: each refusal about half a request's CPU on PyPy;
-    # bench/RESULTS.md, fifteenth sitting).
+    # not 370/s; bench/RESULTS.md, fifteenth sitting).
+    # Each hold is shortened by up to HOLD_JITTER of itself, drawn at random
+    # (GatewaySite.draw): clients refused in the same second, held alike,
+    # would otherwise all come back in the same second, again and again,
+    # and each such wave is a lag spike that costs the 200s around it
+    # (bench/RESULTS.md, sixteenth sitting).
     HOLD_FIRST_PACES = 4
     HOLD_MAX_PACES = 16
+    HOLD_JITTER = 0.25
     _refused_at: float | None  # when its last 503 went out
     _holds: int  # 503s held back in a row
 
@@ -364,7 +370,8 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             return 0.0
         self._holds += 1
         paces = min(self.HOLD_FIRST_PACES << min(self._holds - 1, 8), self.HOLD_MAX_PACES)
-        return min(paces * pace_s, server.idle_timeout_ms / 2000.0)
+        hold = min(paces * pace_s, server.idle_timeout_ms / 2000.0)
+        return hold * (1.0 - self.HOLD_JITTER * self.site.draw())
 
     def _send_held(self, answer: bytes) -> None:
         write_now(self.transport, answer)
@@ -566,18 +573,22 @@ class GatewaySite(CappedSite):
     in-flight slots less the connections accepted in the current lag
     period that have not sent anything yet (so that a batch of new
     connections is not accepted before the last one's requests are in);
-    with no slot free, as many as its refusal budget allows (see above)."""
+    with no slot free, as many as its refusal budget allows (see above).
+    ``draw`` (a float in [0, 1) per call) takes each pacing hold's share
+    of its jitter: random, unless a test fixes it."""
 
     protocol = GatewayChannel
     requestFactory = GatewayRequest
     displayTracebacks = False
 
-    def __init__(self, front: Front, **kwargs: Any) -> None:
+    def __init__(self, front: Front, draw: Callable[[], float] = random.random,
+                 **kwargs: Any) -> None:
         server = front.server
         kwargs.setdefault("timeout", server.idle_timeout_ms / 1000.0)
         kwargs.setdefault("parsePOSTFormSubmission", False)  # bodies are JSON, not forms
         super().__init__(front.resource(), **kwargs)
         self.front = front
+        self.draw = draw  # in [0, 1): how much of its jitter a hold takes
         self.request_timeout = server.request_timeout_ms / 1000.0
         self._unheard = 0  # accepted for a slot in this period, not heard from yet
         self._period = 0
