@@ -17,7 +17,7 @@ from txfanout.config import ServerConfig
 from txfanout.site import REFUSAL_BURST, GatewayChannel, GatewaySite
 
 from .configs import route_config
-from .fakes import FakePort, Network, answer, connect, full_gateway
+from .fakes import READ_SIZE, FakePort, Network, answer, connect, full_gateway
 from .loopback import keep_alive_client, within
 
 PACE_S = ServerConfig().pace_ms / 1000.0
@@ -58,7 +58,7 @@ def test_a_refusal_of_a_client_that_did_not_wait_is_held_back_longer_each_time()
     held = []
     for paces in (4, 8, 16, 16):  # from HOLD_FIRST_PACES up to HOLD_MAX_PACES
         channel.dataReceived(POST)  # at once, ignoring Retry-After
-        assert not answer(transport) and transport.producerState == "paused"
+        assert not answer(transport) and channel in site.held
         clock.advance(paces * PACE_S - 0.001)
         assert not answer(transport)
         clock.advance(0.002)
@@ -137,9 +137,9 @@ def test_a_hold_is_cut_short_by_a_short_idle_timeout():
     assert b"in-flight limit" in answer(transport) and not transport.disconnecting
 
 
-def test_a_request_parsed_the_long_way_is_answered_at_once_and_the_next_read_later():
+def test_a_request_parsed_the_long_way_is_answered_at_once_and_the_next_served_later():
     # In two reads, it is parsed (wire.py refuses only a whole one unparsed):
-    # its 503 goes out at once, and reading waits for the hold instead.
+    # its 503 goes out at once, and the next request waits for the hold instead.
     clock, gateway, site = full_gateway()
     channel, transport = connect(site)
     channel.dataReceived(POST)
@@ -147,11 +147,31 @@ def test_a_request_parsed_the_long_way_is_answered_at_once_and_the_next_read_lat
     channel.dataReceived(POST[:10])
     channel.dataReceived(POST[10:])
     assert b"in-flight limit" in answer(transport)
-    assert transport.producerState == "paused"
+    assert transport.producerState == "producing"  # to see the client leave
+    channel.dataReceived(POST)  # its next request, at once
+    assert transport.producerState == "paused"  # nothing more is read
     clock.advance(FIRST_HOLD_S - 0.001)
-    assert transport.producerState == "paused"
+    assert not answer(transport) and transport.producerState == "paused"
     clock.advance(0.002)
-    assert transport.producerState == "producing"
+    assert b"in-flight limit" in answer(transport)  # it waited its hold: at once
+    assert transport.producerState == "producing" and not site.held
+
+
+def test_pipelined_requests_behind_a_held_refusal_wait_for_its_end():
+    # Twisted's parser would go on to each of them: a 503 at once and a
+    # hold timer apiece (1,261 of each for one 64 KiB read).
+    clock, gateway, site = full_gateway()
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    answer(transport)
+    channel.dataReceived(POST * 20)  # at once, with 19 more behind it
+    assert answer(transport).count(b"HTTP/1.1 503 ") == 1
+    assert transport.producerState == "paused" and len(site.held) == 1
+    timers = len(clock.getDelayedCalls())
+    clock.advance(FIRST_HOLD_S)
+    # the first that waited is refused at once, and so is the next, held again
+    assert answer(transport).count(b"HTTP/1.1 503 ") == 2
+    assert len(site.held) == 1 and len(clock.getDelayedCalls()) == timers
 
 
 def test_a_connection_lost_while_its_refusal_is_held_gets_nothing_more():
@@ -181,16 +201,19 @@ def test_a_drain_sends_a_held_refusal_at_once_and_closes_on_the_next():
     assert not answer(transport)  # the hold's timer went with it
 
 
-def test_a_drain_resumes_reading_on_a_connection_paused_after_its_refusal():
+def test_a_drain_serves_at_once_what_a_held_connection_sent():
     clock, gateway, site = full_gateway()
     channel, transport = connect(site)
     channel.dataReceived(POST)
     answer(transport)
     channel.dataReceived(POST[:10])
-    channel.dataReceived(POST[10:])  # parsed the long way: reading paused
-    assert b"in-flight limit" in answer(transport) and transport.producerState == "paused"
+    channel.dataReceived(POST[10:])  # parsed the long way: the next request waits
+    assert b"in-flight limit" in answer(transport)
+    channel.dataReceived(POST)
+    assert not answer(transport) and transport.producerState == "paused"
     gateway.admission.drain()
-    assert transport.producerState == "producing" and not site.held
+    assert b"Connection: close" in answer(transport) and transport.disconnecting
+    assert not site.held
 
 
 def test_behind_a_proxy_pacing_is_off():
@@ -256,6 +279,46 @@ def test_a_retry_sent_at_once_gets_its_503_a_first_hold_later(net: Network):
     client.send(POST)  # at once again, but now there is room: served at once
     net.until(lambda: client.received)
     assert client.received.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_client_that_leaves_during_its_hold_is_let_go_at_once(net: Network):
+    # Else its connection stays open until the hold's end, counted against
+    # server.max_connections: up to HOLD_MAX_PACES paces.
+    partner = net.partner()
+    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
+    assert gw.gateway.admission.admit() is None  # the one slot is taken
+    client = gw.client(POST)
+    net.run()
+    assert b"in-flight limit" in client.take()
+    client.send(POST)  # at once, ignoring Retry-After: held
+    net.run()
+    assert gw.site.held and gw.site.open_connections == 1
+    held_at = net.clock.seconds()
+    client.close()
+    net.run()
+    assert not gw.site.held and gw.site.open_connections == 0
+    assert net.clock.seconds() == held_at and not client.received
+
+
+def test_a_held_client_has_one_read_taken_and_the_rest_left_in_the_kernel(net: Network):
+    partner = net.partner()
+    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
+    assert gw.gateway.admission.admit() is None  # the one slot is taken
+    client = gw.client(POST)
+    net.run()
+    assert b"in-flight limit" in client.take()
+    client.send(POST)  # at once, ignoring Retry-After: held
+    net.run()
+    pipelined = POST * (3 * READ_SIZE // len(POST))
+    client.send(pipelined)  # and more behind it, at once
+    net.run()
+    [link] = net.links_to(gw.port)
+    assert not link.server.reading and not client.received
+    assert link.server.unread() >= len(pipelined) - READ_SIZE
+    net.until(lambda: client.received)  # the hold's end: its 503, then what waited,
+    # the first of it refused at once and the rest held again
+    assert client.take().count(b"HTTP/1.1 503 ") == 2 and gw.site.held
+    assert not link.server.reading and link.server.unread() >= len(pipelined) - READ_SIZE
 
 
 @pytest.mark.slow  # waits a real first hold (0.8 s at a pace of 200 ms)

@@ -254,7 +254,8 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self._secure = None
         self._refused_at = None
         self._holds = 0
-        self._release = None
+        self._answer = None
+        self._waiting = b""
         self._head = None
         self._held = None
         self._drain_timer = None
@@ -301,7 +302,11 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # on it sooner than the pace (0.9 s) is from a client that did not wait:
     # with a free slot it is served at once, like any request; refused
     # again, its 503 is held back for HOLD_FIRST_PACES paces, twice that the
-    # next time, up to HOLD_MAX_PACES, nothing more being read meanwhile. A
+    # next time, up to HOLD_MAX_PACES, nothing it sends meanwhile being
+    # served. Reading goes on through a hold, so that a client that leaves
+    # is let go at once rather than at the hold's end; what it sends waits
+    # unparsed for the hold's end, a read's worth at most (then reading
+    # stops), and so do pipelined requests behind the held one. A
     # client that waits is never slowed; one that does not costs a refusal
     # per hold, not one per round trip, and its 200s are as fast as anyone's.
     # A hold ends early when slots sat unused through a whole lag period
@@ -325,39 +330,53 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     _refused_at: float | None  # when its last 503 went out
     _holds: int  # 503s held back in a row
 
-    _release: Callable[[], None] | None  # what ends the hold
+    _answer: bytes | None  # the 503 its hold ends with, if not sent yet
+    _waiting: bytes  # what it sent during its hold
 
     def refused_kept_alive(self) -> None:
         """A 503 went out on this kept-alive connection (parsed the long
-        way): if it came back too soon, read nothing more for the hold."""
+        way): if it came back too soon, serve nothing more for the hold."""
         hold = self._hold_s()
         if hold:
-            self._hold(hold, self.transport.resumeProducing)
+            self._hold(hold)
         self._refused_at = self.site.front.clock.seconds()
 
-    def _hold(self, hold_s: float, release: Callable[[], None]) -> None:
-        """Read nothing for ``hold_s``, then ``release()``."""
-        self.transport.pauseProducing()
+    def _hold(self, hold_s: float, answer: bytes | None = None) -> None:
+        """Serve nothing for ``hold_s``, then send ``answer`` (if any).
+        Pipelined requests the parser has not reached yet wait too."""
         self._pace_timer = self.callLater(hold_s, self.release_hold)
-        self._release = release
+        self._answer = answer
         self.site.held[self] = None
+        self._wait_with(self.clearLineBuffer())
+
+    def _wait_with(self, data: bytes) -> None:
+        """Keep ``data`` for the hold's end, and read nothing more."""
+        if data:
+            self._waiting += data
+            self.transport.pauseProducing()
 
     def release_into_room(self) -> None:
         """End this connection's hold early for a slot that sat unused:
         until it speaks again, it counts as a connection accepted for that
         slot."""
-        self.release_hold()
         self._unheard = self.site.unheard_connection()
+        self.release_hold()
 
     def release_hold(self) -> None:
         """End this connection's hold now: its time came, or the gateway
-        drains (a held 503 goes out, reading resumes)."""
+        drains (a held 503 goes out, what came meanwhile is read)."""
         cancel(self._pace_timer)
         self._pace_timer = None
         self.site.held.pop(self, None)
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+        answer, self._answer = self._answer, None
+        if answer is not None:
+            write_now(self.transport, answer)
+            self._refused_at = self.site.front.clock.seconds()
+            self.resetTimeout()
+        waiting, self._waiting = self._waiting, b""
+        if waiting:
+            self.transport.resumeProducing()
+            self.dataReceived(waiting)
 
     def _hold_s(self) -> float:
         """How long to hold back this refusal: 0 unless the client came back
@@ -373,14 +392,11 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         hold = min(paces * pace_s, server.idle_timeout_ms / 2000.0)
         return hold * (1.0 - self.HOLD_JITTER * self.site.draw())
 
-    def _send_held(self, answer: bytes) -> None:
-        write_now(self.transport, answer)
-        self._refused_at = self.site.front.clock.seconds()
-        self.resetTimeout()
-        self.transport.resumeProducing()
-
     def dataReceived(self, data: bytes) -> None:
         self._heard()
+        if self._pace_timer is not None:  # held
+            self._wait_with(data)
+            return
         super().dataReceived(data)
 
     def arrival_timeout(self) -> float:
@@ -430,7 +446,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             return True
         hold = self._hold_s()
         if hold:  # nothing else came with it: the answer itself waits
-            self._hold(hold, lambda: self._send_held(answer))
+            self._hold(hold, answer)
         else:
             write_now(self.transport, answer)
             self._refused_at = front.clock.seconds()
