@@ -604,7 +604,7 @@ class GatewaySite(CappedSite):
         kwargs.setdefault("parsePOSTFormSubmission", False)  # bodies are JSON, not forms
         super().__init__(front.resource(), **kwargs)
         self.front = front
-        self.draw = draw  # in [0, 1): how much of its jitter a hold takes
+        self.draw = draw
         self.request_timeout = server.request_timeout_ms / 1000.0
         self._unheard = 0  # accepted for a slot in this period, not heard from yet
         self._period = 0
