@@ -17,7 +17,8 @@ from txfanout.config import ServerConfig
 from txfanout.site import REFUSAL_BURST, GatewayChannel, GatewaySite
 
 from .configs import route_config
-from .fakes import READ_SIZE, FakePort, Network, answer, connect, full_gateway
+from .fakes import (READ_SIZE, Client, FakeGateway, FakePort, Network, answer, connect,
+                    full_gateway)
 from .loopback import keep_alive_client, within
 
 PACE_S = ServerConfig().pace_ms / 1000.0
@@ -262,13 +263,20 @@ def test_a_free_slot_admits_as_many_connections_as_there_is_room_for():
     assert port.reading and port.numberAccepts == 1
 
 
-def test_a_retry_sent_at_once_gets_its_503_a_first_hold_later(net: Network):
+def refused_once(net: Network) -> tuple[FakeGateway, Client]:
+    """A gateway on ``net`` with its one slot taken, and a kept-alive
+    client it refused once."""
     partner = net.partner()
     gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
     assert gw.gateway.admission.admit() is None  # the one slot is taken
     client = gw.client(POST)
     net.run()
     assert b"in-flight limit" in client.take()
+    return gw, client
+
+
+def test_a_retry_sent_at_once_gets_its_503_a_first_hold_later(net: Network):
+    gw, client = refused_once(net)
     sent = net.clock.seconds()
     client.send(POST)  # at once, ignoring Retry-After
     net.until(lambda: client.received)
@@ -283,12 +291,7 @@ def test_a_retry_sent_at_once_gets_its_503_a_first_hold_later(net: Network):
 def test_a_client_that_leaves_during_its_hold_is_let_go_at_once(net: Network):
     # Else its connection stays open until the hold's end, counted against
     # server.max_connections: up to HOLD_MAX_PACES paces.
-    partner = net.partner()
-    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
-    assert gw.gateway.admission.admit() is None  # the one slot is taken
-    client = gw.client(POST)
-    net.run()
-    assert b"in-flight limit" in client.take()
+    gw, client = refused_once(net)
     client.send(POST)  # at once, ignoring Retry-After: held
     net.run()
     assert gw.site.held and gw.site.open_connections == 1
@@ -300,12 +303,7 @@ def test_a_client_that_leaves_during_its_hold_is_let_go_at_once(net: Network):
 
 
 def test_a_held_client_has_one_read_taken_and_the_rest_left_in_the_kernel(net: Network):
-    partner = net.partner()
-    gw = net.gateway(route_config({"ok": {"url": partner.url("/ok")}}, max_inflight=1))
-    assert gw.gateway.admission.admit() is None  # the one slot is taken
-    client = gw.client(POST)
-    net.run()
-    assert b"in-flight limit" in client.take()
+    gw, client = refused_once(net)
     client.send(POST)  # at once, ignoring Retry-After: held
     net.run()
     pipelined = POST * (3 * READ_SIZE // len(POST))
