@@ -157,6 +157,22 @@ def test_a_request_parsed_the_long_way_is_answered_at_once_and_the_next_served_l
     assert transport.producerState == "producing" and not site.held
 
 
+def test_a_client_that_waits_after_a_503_sent_at_once_is_not_held():
+    # Parsed the long way, a refusal goes out at once and the hold is for
+    # what comes next: a client that waits its Retry-After is not slowed.
+    clock, gateway, site = full_gateway()
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    answer(transport)
+    channel.dataReceived(POST[:10])
+    channel.dataReceived(POST[10:])  # back at once: held
+    assert b"in-flight limit" in answer(transport) and site.held
+    clock.advance(1.0)  # it waited its Retry-After
+    gateway.admission.release()
+    channel.dataReceived(POST)
+    assert gateway.admission.admitted == 1 and not site.held
+
+
 def test_pipelined_requests_behind_a_held_refusal_wait_for_its_end():
     # Twisted's parser would go on to each of them: a 503 at once and a
     # hold timer apiece (1,261 of each for one 64 KiB read).

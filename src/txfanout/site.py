@@ -363,8 +363,9 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self.release_hold()
 
     def release_hold(self) -> None:
-        """End this connection's hold now: its time came, or the gateway
-        drains (a held 503 goes out, what came meanwhile is read)."""
+        """End this connection's hold now: its time came, the gateway
+        drains (a held 503 goes out, what came meanwhile is read), or the
+        client waited its Retry-After."""
         cancel(self._pace_timer)
         self._pace_timer = None
         self.site.held.pop(self, None)
@@ -378,25 +379,33 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             self.transport.resumeProducing()
             self.dataReceived(waiting)
 
+    def _back_too_soon(self) -> bool:
+        """Whether the client is back within the pace of its last 503."""
+        pace_s = self.site.front.server.pace_ms / 1000.0
+        return (bool(pace_s) and self._refused_at is not None
+                and self.site.front.clock.seconds() - self._refused_at < pace_s)
+
     def _hold_s(self) -> float:
         """How long to hold back this refusal: 0 unless the client came back
         within the pace of its last 503."""
-        server = self.site.front.server
-        pace_s = server.pace_ms / 1000.0
-        now = self.site.front.clock.seconds()
-        if not pace_s or self._refused_at is None or now - self._refused_at >= pace_s:
+        if not self._back_too_soon():
             self._holds = 0
             return 0.0
+        server = self.site.front.server
         self._holds += 1
         paces = min(self.HOLD_FIRST_PACES << min(self._holds - 1, 8), self.HOLD_MAX_PACES)
-        hold = min(paces * pace_s, server.idle_timeout_ms / 2000.0)
+        hold = min(paces * server.pace_ms / 1000.0, server.idle_timeout_ms / 2000.0)
         return hold * (1.0 - self.HOLD_JITTER * self.site.draw())
 
     def dataReceived(self, data: bytes) -> None:
         self._heard()
         if self._pace_timer is not None:  # held
-            self._wait_with(data)
-            return
+            if self._answer is not None or self._waiting or self._back_too_soon():
+                self._wait_with(data)
+                return
+            # Its last 503 went out at once (parsed the long way), and it
+            # waited: a client that honours Retry-After is never slowed.
+            self.release_hold()
         super().dataReceived(data)
 
     def arrival_timeout(self) -> float:
