@@ -11,6 +11,7 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from txfanout.gateway import Gateway
 from txfanout.config import ServerConfig
@@ -137,16 +138,24 @@ def test_a_hold_is_cut_short_by_a_short_idle_timeout():
     assert b"in-flight limit" in answer(transport) and not transport.disconnecting
 
 
-def test_a_request_parsed_the_long_way_is_answered_at_once_and_the_next_served_later():
-    # In two reads, it is parsed (wire.py refuses only a whole one unparsed):
-    # its 503 goes out at once, and the next request waits for the hold instead.
+def held_after_a_503_sent_at_once() -> tuple[MemoryReactorClock, Gateway, GatewaySite,
+                                              GatewayChannel, StringTransport]:
+    """A full gateway, and a connection refused, then back at once with a
+    request in two reads: parsed the long way (wire.py refuses only a whole
+    one unparsed), its 503 went out at once, and the next request waits
+    for the hold instead."""
     clock, gateway, site = full_gateway()
     channel, transport = connect(site)
     channel.dataReceived(POST)
     answer(transport)
     channel.dataReceived(POST[:10])
     channel.dataReceived(POST[10:])
-    assert b"in-flight limit" in answer(transport)
+    assert b"in-flight limit" in answer(transport) and channel in site.held
+    return clock, gateway, site, channel, transport
+
+
+def test_a_request_parsed_the_long_way_is_answered_at_once_and_the_next_served_later():
+    clock, gateway, site, channel, transport = held_after_a_503_sent_at_once()
     assert transport.producerState == "producing"  # to see the client leave
     channel.dataReceived(POST)  # its next request, at once
     assert transport.producerState == "paused"  # nothing more is read
@@ -160,13 +169,7 @@ def test_a_request_parsed_the_long_way_is_answered_at_once_and_the_next_served_l
 def test_a_client_that_waits_after_a_503_sent_at_once_is_not_held():
     # Parsed the long way, a refusal goes out at once and the hold is for
     # what comes next: a client that waits its Retry-After is not slowed.
-    clock, gateway, site = full_gateway()
-    channel, transport = connect(site)
-    channel.dataReceived(POST)
-    answer(transport)
-    channel.dataReceived(POST[:10])
-    channel.dataReceived(POST[10:])  # back at once: held
-    assert b"in-flight limit" in answer(transport) and site.held
+    clock, gateway, site, channel, transport = held_after_a_503_sent_at_once()
     clock.advance(1.0)  # it waited its Retry-After
     gateway.admission.release()
     channel.dataReceived(POST)
@@ -218,13 +221,7 @@ def test_a_drain_sends_a_held_refusal_at_once_and_closes_on_the_next():
 
 
 def test_a_drain_serves_at_once_what_a_held_connection_sent():
-    clock, gateway, site = full_gateway()
-    channel, transport = connect(site)
-    channel.dataReceived(POST)
-    answer(transport)
-    channel.dataReceived(POST[:10])
-    channel.dataReceived(POST[10:])  # parsed the long way: the next request waits
-    assert b"in-flight limit" in answer(transport)
+    clock, gateway, site, channel, transport = held_after_a_503_sent_at_once()
     channel.dataReceived(POST)
     assert not answer(transport) and transport.producerState == "paused"
     gateway.admission.drain()
