@@ -18,6 +18,26 @@ from txfanout.site import GatewaySite
 from .partners import take_message
 
 
+def closed_all(site: Any) -> Deferred[None]:
+    """Fires once ``site`` (a gateway's or a partner's) has seen every
+    connection to it closed: now, or at a later ``connection_closed``. The
+    far end of a close is seen a turn or more after the near end's."""
+    done: Deferred[None] = Deferred()
+    if site.open_connections == 0:
+        done.callback(None)
+        return done
+    closed = site.connection_closed
+
+    def watch() -> None:
+        closed()
+        if site.open_connections == 0:
+            del site.connection_closed  # the class's again
+            done.callback(None)
+
+    site.connection_closed = watch
+    return done
+
+
 def within(d: Any, seconds: float = 5.0) -> Deferred[Any]:
     """``d`` (a Deferred or coroutine), failing with TimeoutError after
     ``seconds`` instead of hanging."""

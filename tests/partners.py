@@ -142,11 +142,14 @@ class PartnerServer(Site):
         lost = proto.connectionLost
 
         def connection_lost(reason: Any) -> None:
-            self.open_connections -= 1
+            self.connection_closed()
             lost(reason)
 
         proto.connectionLost = connection_lost  # type: ignore[method-assign]
         return proto
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
 
     def hang_lost(self) -> None:
         self.lost_count += 1

@@ -22,13 +22,12 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from .configs import route_config
 from .leakcheck import live_objects, our_pending_timers
-from .loopback import raw_client, within
+from .loopback import closed_all, raw_client, within
 
 # Thousands of requests over real sockets, four times over: seconds.
 pytestmark = pytest.mark.slow
@@ -39,16 +38,6 @@ HANG_UP_EVERY = 10
 CYCLES = 4
 NOISE = 60  # objects a type may gain over two cycles of 1,500 requests
 ATOMS = (int, float, str, bytes)  # never tracked by CPython's collector
-
-
-async def settled(condition) -> None:
-    """Wait for closes already under way to reach the other side (a bounded
-    poll: nothing signals the far end of a close)."""
-    for _ in range(500):
-        if condition():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("connections did not close")
 
 
 async def run_cycle(gw, agent) -> Counter[int]:
@@ -103,8 +92,7 @@ async def test_memory_and_state_settle_after_every_cycle(partner, make_gateway):
             # place: how many stay pooled varies from cycle to cycle.
             await pool.closeCachedConnections()
             await gw.gateway.upstream.pool.closeCachedConnections()
-            await within(settled(lambda: gw.site.open_connections == 0
-                                 and partner.open_connections == 0))
+            await within(gatherResults([closed_all(gw.site), closed_all(partner)]))
             snapshots.append(live_objects())
     finally:
         await pool.closeCachedConnections()
