@@ -32,6 +32,7 @@ def _skip_reason() -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_bench_steady_smoke(tmp_path: Path) -> None:
     reason = _skip_reason()
     if reason:
@@ -347,6 +348,7 @@ def test_bench_soak_gives_each_worker_its_own_rss() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
     """The Go reference: built with the distribution's go at run time,
     driven like the others, its /stats read around the load window."""
@@ -394,18 +396,23 @@ def _run_quick(tmp_path: Path, scenario: str, *extra: str) -> dict:
     return data
 
 
-@pytest.mark.slow
-def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
-    """seed: both shapes at many and few clients, complete answers from
-    the counters, the three questions answered; overload: a capacity row
-    before the many-clients row, goodput as a share of it, and a lead-in
-    on its connections, outside it."""
+def _skip_without(*tools: str) -> None:
+    """Skip where wrk, nginx or one of ``tools`` (ab, h2load) is not installed."""
+    packages = {"ab": "apache2-utils", "h2load": "nghttp2-client"}
     reason = _skip_reason()
-    for tool, pkg in (("ab", "apache2-utils"), ("h2load", "nghttp2-client")):
+    for tool in tools:
         if reason is None and shutil.which(tool) is None:
-            reason = f"{tool} not installed (apt-get install {pkg})"
+            reason = f"{tool} not installed (apt-get install {packages[tool]})"
     if reason:
         pytest.skip(reason)
+
+
+@pytest.mark.slow
+@pytest.mark.runtime_neutral
+def test_bench_seed_quick(tmp_path: Path) -> None:
+    """seed: both shapes at many and few clients, complete answers from
+    the counters, the three questions answered."""
+    _skip_without("ab", "h2load")
     data = _run_quick(tmp_path, "seed", "--gateways", "txfanout")
     rows = {r["label"]: r for r in data["rows"]}
     assert set(rows) == {"ab c200", "ab c16", "h2load c200", "h2load c16"}, data["output"]
@@ -431,6 +438,13 @@ def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
         assert q["p99_200_source"] in ("client", "gateway-side"), q
     assert "the three questions" in data["table"]
 
+
+@pytest.mark.slow
+def test_bench_overload_quick(tmp_path: Path) -> None:
+    """overload: a capacity row before the many-clients row, goodput as a
+    share of it, and a lead-in on its connections, outside it (on PyPy
+    also the gateway's own warm-up: this test runs on both runtimes)."""
+    _skip_without("h2load")
     data = _run_quick(tmp_path, "overload", "--gateways", "txfanout", "--lead-in", "1")
     rows = {r["label"]: r for r in data["rows"]}
     assert set(rows) == {"capacity", "c200"}, data["output"]
@@ -455,6 +469,7 @@ def test_bench_seed_and_overload_quick(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_bench_slowpartner_quick(tmp_path: Path) -> None:
     """One slow partner among three fast ones: waiting for all holds 20%
     of the answers to the partner timeout and leaves them incomplete;

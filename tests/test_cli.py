@@ -109,6 +109,7 @@ def twistd(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
+@pytest.mark.runtime_neutral
 def test_the_version_is_txfanouts_and_comes_from_one_place() -> None:
     line = about.version_line()
     assert line.startswith(f"txfanout {txfanout.__version__} (")
@@ -127,6 +128,7 @@ def test_the_version_is_txfanouts_and_comes_from_one_place() -> None:
     (("--demo", "--bogus"), "twistd fanout: option --bogus not recognized"),
     (("--demo", "--demo-port", "70000"), "twistd fanout: --demo-port must be from 1 to 65535"),
 ])
+@pytest.mark.runtime_neutral
 def test_a_bad_option_is_one_line_and_where_help_is(argv: tuple[str, ...], message: str) -> None:
     refused = twistd(*argv)
     assert refused.returncode == 1
@@ -135,6 +137,7 @@ def test_a_bad_option_is_one_line_and_where_help_is(argv: tuple[str, ...], messa
 
 
 @pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
+@pytest.mark.runtime_neutral
 def test_an_option_out_of_its_key_range_names_both() -> None:
     refused = twistd("--demo", "--deadline-ms", "3")
     assert refused.returncode == 1
@@ -153,6 +156,7 @@ def test_an_option_out_of_its_key_range_names_both() -> None:
     ("--demo-port", "cannot listen on 127.0.0.1:{port} (demo partners): Address already in "
                     "use; choose another with --demo-port"),
 ])
+@pytest.mark.runtime_neutral
 def test_a_busy_port_names_the_endpoint_and_the_option(busy: str, message: str) -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
@@ -170,6 +174,7 @@ def test_a_busy_port_names_the_endpoint_and_the_option(busy: str, message: str) 
 
 
 @pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
+@pytest.mark.runtime_neutral
 def test_init_config_writes_a_config_the_demo_runs(tmp_path: Path) -> None:
     path = tmp_path / "mine.toml"
     demo_port = free_port()
@@ -193,6 +198,7 @@ def test_init_config_writes_a_config_the_demo_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # twistd or txfanout as a process, as an operator runs it
+@pytest.mark.runtime_neutral
 def test_check_config_warns_of_placeholder_partners(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(CONFIG.replace("http://127.0.0.1:1/", "https://dsp.example/bid"))

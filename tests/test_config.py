@@ -133,6 +133,7 @@ def test_check_config_says_ok_or_names_every_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_check_config_command(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text(GOOD)

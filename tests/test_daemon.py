@@ -204,6 +204,7 @@ def test_no_watchdog_pings_for_another_process(tmp_path: Path,
     assert not [m for m in notify.messages if "WATCHDOG" in m]
 
 
+@pytest.mark.runtime_neutral
 def test_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     path = tmp_path / "txfanout.toml"
     path.write_text('[partners.a]\nurl = "http://127.0.0.1:1/"\n[routes.bid]\npartners = ["a"]\n')

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from .daemon import Daemon, free_port
 
 # A real daemon, and hundreds of examples over real sockets.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.runtime_neutral]
 
 FUZZ = settings(max_examples=200, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -307,6 +307,7 @@ def partner() -> Iterator[FastPartner]:
 
 
 @pytest.mark.slow  # real processes, real load, seconds of it
+@pytest.mark.runtime_neutral
 def test_restarting_one_instance_under_load_fails_no_request(
         tmp_path: Path, partner: FastPartner) -> None:
     if HAPROXY is None:

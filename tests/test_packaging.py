@@ -99,6 +99,7 @@ def test_pip_install_into_a_fresh_venv(tmp_path: Path) -> None:
     assert "--workers=" in manual and "SIGNALS" in manual and "EXIT STATUS" in manual
 
 
+@pytest.mark.runtime_neutral
 def test_an_editable_install_serves_twistd_fanout_from_the_sources(tmp_path: Path) -> None:
     source, venv, site_dir = fresh_venv(tmp_path)
     python = venv / "bin" / "python"

@@ -157,6 +157,7 @@ def test_demo_daemon_answers_a_real_fanout():
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_daemon_refuses_a_bad_config(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(CONFIG.replace("max_inflight = 10", "max_inflight = 0"))

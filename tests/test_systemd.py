@@ -106,6 +106,7 @@ wait
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_socket_activated_instances_share_one_socket(tmp_path: Path,
                                                      threaded_partner: ThreadedPartner) -> None:
     path = tmp_path / "txfanout.toml"
@@ -148,6 +149,7 @@ def test_socket_activated_instances_share_one_socket(tmp_path: Path,
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_socket_activated_workers(tmp_path: Path, threaded_partner: ThreadedPartner) -> None:
     """``--workers`` takes the socket systemd passed and shares it."""
     path = tmp_path / "txfanout.toml"

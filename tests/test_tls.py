@@ -416,6 +416,7 @@ partners = ["p"]
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_check_config_reports_tls_files(pki, tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(f"""

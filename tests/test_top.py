@@ -204,6 +204,7 @@ def _bid(daemon: Daemon) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_top_once_renders_from_a_live_daemon(live):
     stop = threading.Event()
 
@@ -241,6 +242,7 @@ def test_top_once_renders_from_a_live_daemon(live):
 
 
 @pytest.mark.slow
+@pytest.mark.runtime_neutral
 def test_top_reports_an_unreachable_admin_face():
     top = subprocess.run([sys.executable, "-m", "txfanout", "top", "--admin",
                           f"http://127.0.0.1:{free_port()}", "--once"],
@@ -338,6 +340,7 @@ def _top(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 @pytest.mark.slow  # runs top as a process, as an operator does
+@pytest.mark.runtime_neutral
 def test_top_takes_the_admin_token(guarded_admin):
     refused = _top("--admin", guarded_admin)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
@@ -362,6 +365,7 @@ def _read_until(fd: int, text: bytes, timeout: float = 20.0) -> bytes:
 
 
 @pytest.mark.slow  # a real terminal and process
+@pytest.mark.runtime_neutral
 @pytest.mark.parametrize("how", ["q", "ctrl-c"])
 def test_top_on_a_terminal_quits_on_q_and_ctrl_c(guarded_admin, how):
     controller, terminal = pty.openpty()
