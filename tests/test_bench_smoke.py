@@ -20,23 +20,26 @@ REPO = Path(__file__).resolve().parent.parent
 GATEWAYS = {"txfanout", "bare-twisted", "aiohttp"}
 
 
-def _skip_reason() -> str | None:
+def _skip_without(*tools: str) -> None:
+    """Skip where wrk, nginx or one of ``tools`` (ab, h2load, go) is not
+    installed, or aiohttp is not importable."""
     missing = [f"{tool} (apt-get install {pkg})"
                for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx libnginx-mod-http-echo"))
                if shutil.which(tool) is None]
     if missing:
-        return "benchmark tools not installed: " + ", ".join(missing)
+        pytest.skip("benchmark tools not installed: " + ", ".join(missing))
     if importlib.util.find_spec("aiohttp") is None:
-        return "aiohttp not importable (pip install -e '.[test]')"
-    return None
+        pytest.skip("aiohttp not importable (pip install -e '.[test]')")
+    packages = {"ab": "apache2-utils", "h2load": "nghttp2-client", "go": "golang-go"}
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (apt-get install {packages[tool]})")
 
 
 @pytest.mark.slow
 @pytest.mark.runtime_neutral
 def test_bench_steady_smoke(tmp_path: Path) -> None:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+    _skip_without()
     out = tmp_path / "out"
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
@@ -352,11 +355,7 @@ def test_bench_soak_gives_each_worker_its_own_rss() -> None:
 def test_bench_go_nethttp_smoke(tmp_path: Path) -> None:
     """The Go reference: built with the distribution's go at run time,
     driven like the others, its /stats read around the load window."""
-    reason = _skip_reason()
-    if reason is None and shutil.which("go") is None:
-        reason = "go not installed (apt-get install golang-go)"
-    if reason:
-        pytest.skip(reason)
+    _skip_without("go")
     out = tmp_path / "out"
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
@@ -394,17 +393,6 @@ def _run_quick(tmp_path: Path, scenario: str, *extra: str) -> dict:
     data["output"] = output
     assert data["meta"]["left_running"] == [], output
     return data
-
-
-def _skip_without(*tools: str) -> None:
-    """Skip where wrk, nginx or one of ``tools`` (ab, h2load) is not installed."""
-    packages = {"ab": "apache2-utils", "h2load": "nghttp2-client"}
-    reason = _skip_reason()
-    for tool in tools:
-        if reason is None and shutil.which(tool) is None:
-            reason = f"{tool} not installed (apt-get install {packages[tool]})"
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.mark.slow
@@ -476,9 +464,7 @@ def test_bench_slowpartner_quick(tmp_path: Path) -> None:
     first_ok and primary+grace abandon calls (how much sooner they answer is
     the bench's to measure, not a 1 s run's); the tail histogram is there
     once the gateway takes tail_sample."""
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
+    _skip_without()
     data = _run_quick(tmp_path, "slowpartner", "--gateways", "txfanout,aiohttp")
     rows = {r["label"]: r for r in data["rows"]}
     assert set(rows) == {"all", "first_ok", "primary+grace20"}, data["output"]
