@@ -24,6 +24,16 @@ from .partners import PartnerServer, TLSPartner
 from .rawpartners import RawPartner
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse a ``runtime_neutral`` test that is not ``slow``: .ci/run's
+    PyPy run leaves the former out, and the fast tier runs whole on both
+    runtimes."""
+    stray = [item.nodeid for item in items
+             if item.get_closest_marker("runtime_neutral") and not item.get_closest_marker("slow")]
+    if stray:
+        raise pytest.UsageError("runtime_neutral but not slow: " + ", ".join(stray))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """What collection built (every module, Twisted, hypothesis, the tests'
     tables) lives as long as the run: freeze it out of the collector's way,
