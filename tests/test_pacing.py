@@ -58,7 +58,7 @@ def test_a_refusal_of_a_client_that_did_not_wait_is_held_back_longer_each_time()
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport)
     held = []
-    for paces in (4, 8, 16, 16):  # from HOLD_FIRST_PACES up to HOLD_MAX_PACES
+    for paces in (4, 8, 16, 32, 32):  # from HOLD_FIRST_PACES up to HOLD_MAX_PACES
         channel.dataReceived(POST)  # at once, ignoring Retry-After
         assert not answer(transport) and channel in site.held
         clock.advance(paces * PACE_S - 0.001)
@@ -67,7 +67,7 @@ def test_a_refusal_of_a_client_that_did_not_wait_is_held_back_longer_each_time()
         held.append(answer(transport))
         assert transport.producerState == "producing"
     assert all(b"in-flight limit" in a for a in held)
-    assert shed(gateway, "max_inflight") == 5
+    assert shed(gateway, "max_inflight") == 6
     clock.advance(1.0)  # it waited its Retry-After this time: refused at once
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport)
@@ -135,6 +135,22 @@ def test_a_hold_is_cut_short_by_a_short_idle_timeout():
     answer(transport)
     channel.dataReceived(POST)
     clock.advance(0.2)  # half the idle timeout, not the pace
+    assert b"in-flight limit" in answer(transport) and not transport.disconnecting
+
+
+def test_a_hold_ends_a_pace_before_the_idle_timeout():
+    clock, gateway, site = full_gateway(idle_timeout_ms=20000)
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    answer(transport)
+    for paces in (4, 8, 16):
+        channel.dataReceived(POST)
+        clock.advance(paces * PACE_S)
+        assert b"in-flight limit" in answer(transport)
+    channel.dataReceived(POST)  # 32 paces would outlast the idle timeout
+    clock.advance(20.0 - PACE_S - 0.001)
+    assert not answer(transport)
+    clock.advance(0.002)
     assert b"in-flight limit" in answer(transport) and not transport.disconnecting
 
 

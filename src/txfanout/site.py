@@ -316,16 +316,19 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # Each hold ends in a refusal the client sends straight back: a first
     # hold of one pace, then two, cost 2,500 such clients two refusals each
     # in their first 2.7 s, a tenth of the core for those seconds, where
-    # four paces costs one. Held 16 paces at most rather than 8, 2,500 of
-    # them cost half the refusals once their connections are open (190/s,
-    # not 370/s; bench/RESULTS.md, fifteenth sitting).
+    # four paces costs one. Once their connections are open, 2,500 of them
+    # held 8 paces at most cost 370 refusals/s, 16 paces 250-280/s and 32
+    # paces 140-210/s, and each refusal took about as much of the core as
+    # an answer's share of it (bench/RESULTS.md, fifteenth and twentieth
+    # sittings). A hold ends a pace (or half the idle timeout, if shorter)
+    # before the idle timeout would close the connection.
     # Each hold is shortened by up to HOLD_JITTER of itself, drawn at random
     # (GatewaySite.draw): clients refused in the same second, held alike,
     # would otherwise all come back in the same second, again and again,
     # and each such wave is a lag spike that costs the 200s around it
     # (bench/RESULTS.md, sixteenth sitting).
     HOLD_FIRST_PACES = 4
-    HOLD_MAX_PACES = 16
+    HOLD_MAX_PACES = 32
     HOLD_JITTER = 0.25
     _refused_at: float | None  # when its last 503 went out
     _holds: int  # 503s held back in a row
@@ -394,7 +397,8 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         server = self.site.front.server
         self._holds += 1
         paces = min(self.HOLD_FIRST_PACES << min(self._holds - 1, 8), self.HOLD_MAX_PACES)
-        hold = min(paces * server.pace_ms / 1000.0, server.idle_timeout_ms / 2000.0)
+        pace_s, idle_s = server.pace_ms / 1000.0, server.idle_timeout_ms / 1000.0
+        hold = min(paces * pace_s, idle_s - min(pace_s, idle_s / 2))
         return hold * (1.0 - self.HOLD_JITTER * self.site.draw())
 
     def dataReceived(self, data: bytes) -> None:
