@@ -316,12 +316,12 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # Each hold ends in a refusal the client sends straight back: a first
     # hold of one pace, then two, cost 2,500 such clients two refusals each
     # in their first 2.7 s, a tenth of the core for those seconds, where
-    # four paces costs one. Once their connections are open, 2,500 of them
-    # held 8 paces at most cost 370 refusals/s, 16 paces 250-280/s and 32
-    # paces 140-210/s, and each refusal took about as much of the core as
-    # an answer's share of it (bench/RESULTS.md, fifteenth and twentieth
-    # sittings). A hold ends a pace (or half the idle timeout, if shorter)
-    # before the idle timeout would close the connection.
+    # four paces costs one. A minute into a storm of 2,500 of them on PyPy,
+    # held 16 paces at most they cost 237-304 refusals/s, 32 paces 129-209/s,
+    # and their complete answers/s went from a median of 0.89 of what 64
+    # clients got to 0.965 (bench/RESULTS.md, twentieth sitting). The idle
+    # timeout counts from the held request: a hold ends a pace (or half
+    # the idle timeout, if shorter) before it would close the connection.
     # Each hold is shortened by up to HOLD_JITTER of itself, drawn at random
     # (GatewaySite.draw): clients refused in the same second, held alike,
     # would otherwise all come back in the same second, again and again,
