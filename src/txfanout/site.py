@@ -317,9 +317,9 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # hold of one pace, then two, cost 2,500 such clients two refusals each
     # in their first 2.7 s, a tenth of the core for those seconds, where
     # four paces costs one. A minute into a storm of 2,500 of them on PyPy,
-    # held 16 paces at most they cost 237-304 refusals/s, 32 paces 129-209/s,
-    # and their complete answers/s went from a median of 0.89 of what 64
-    # clients got to 0.965 (bench/RESULTS.md, twentieth sitting). The idle
+    # held 16 paces at most they cost 237-304 refusals/s, 32 paces 129-209/s
+    # (bench/RESULTS.md, twentieth sitting; whether that moves complete
+    # answers/s, this VM does not resolve: twenty-first sitting). The idle
     # timeout counts from the held request: a hold ends a pace (or half
     # the idle timeout, if shorter) before it would close the connection.
     # Each hold is shortened by up to HOLD_JITTER of itself, drawn at random
