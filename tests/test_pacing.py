@@ -331,6 +331,27 @@ def test_a_client_that_leaves_during_its_hold_is_let_go_at_once(net: Network):
     assert net.clock.seconds() == held_at and not client.received
 
 
+def test_open_and_held_client_connections_are_gauged():
+    clock, gateway, site = full_gateway()
+
+    def gauge(name: str) -> float | None:
+        return gateway.metrics.registry.get_sample_value(name)
+
+    held = "txfanout_client_connections_held"
+    assert (gauge("txfanout_client_connections"), gauge(held)) == (0, 0)
+    channel, transport = connect(site)
+    connect(site)
+    channel.dataReceived(POST)
+    assert b"in-flight limit" in answer(transport)
+    assert (gauge("txfanout_client_connections"), gauge(held)) == (2, 0)
+    channel.dataReceived(POST)  # at once, ignoring Retry-After: held
+    assert gauge(held) == 1
+    clock.advance(FIRST_HOLD_S)
+    assert b"in-flight limit" in answer(transport) and gauge(held) == 0
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert (gauge("txfanout_client_connections"), gauge(held)) == (1, 0)
+
+
 def test_a_held_client_has_one_read_taken_and_the_rest_left_in_the_kernel(net: Network):
     gw, client = refused_once(net)
     client.send(POST)  # at once, ignoring Retry-After: held

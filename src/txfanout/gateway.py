@@ -25,7 +25,7 @@ from .inbound import Inbound, Refused, RequestIds, parse
 from .inflight import OverdueWatch
 from .lag import ReactorLag
 from .memory import collector_pauses
-from .metrics import UNKNOWN_ROUTE, GatewayMetrics
+from .metrics import UNKNOWN_ROUTE, ClientFace, GatewayMetrics
 from .outcomes import CallResult
 from . import sendnow
 from .site import GatewayRequest
@@ -54,6 +54,7 @@ class Gateway:
         self.ready = False  # /readyz: False while starting and draining
         self.closing = False  # draining, still serving: answers close their connections
         self.overdue = OverdueWatch(reactor, self.inflight)
+        self.clients: ClientFace | None = None  # the site serving it: it sets this
         self.metrics = GatewayMetrics(self)
         self.upstream.tails.observe = self.metrics.tail_ended
         self.admission = Admission(reactor, self.lag, config.server, self.metrics.shed)

@@ -11,7 +11,7 @@ is read from the live state when scraped, so it costs nothing per request.
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Protocol, Sized
 
 from prometheus_client import (
     CollectorRegistry,
@@ -74,6 +74,17 @@ CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTEN
 disable_created_metrics()
 
 
+class ClientFace(Protocol):
+    """What the metrics read of the site that serves clients when scraped."""
+
+    @property
+    def open_connections(self) -> int: ...
+
+    @property
+    def held(self) -> Sized:
+        """Connections whose 503 or next request is held back (pacing)."""
+
+
 class LiveView(Protocol):
     """What the metrics read of a gateway when scraped."""
 
@@ -82,6 +93,7 @@ class LiveView(Protocol):
     lag: ReactorLag
     snapshot: Snapshot
     upstream: Upstream
+    clients: ClientFace | None  # the site serving it, once there is one
 
 
 def circuit_open(state: PartnerState) -> bool:
@@ -267,6 +279,8 @@ class _Levels(NamedTuple):
     connections: GaugeMetricFamily
     opened: CounterMetricFamily
     closed: CounterMetricFamily
+    client_connections: GaugeMetricFamily
+    held_connections: GaugeMetricFamily
 
     @classmethod
     def empty(cls) -> "_Levels":
@@ -306,6 +320,11 @@ class _Levels(NamedTuple):
             CounterMetricFamily("txfanout_upstream_connections_closed",
                                 "Connections to an upstream that were closed.",
                                 labels=["upstream"]),
+            GaugeMetricFamily("txfanout_client_connections",
+                              "Client connections open (at most server.max_connections)."),
+            GaugeMetricFamily("txfanout_client_connections_held",
+                              "Client connections paced for not waiting their Retry-After: "
+                              "their 503 or next request held back (server.pace_ms)."),
         )
 
 
@@ -375,4 +394,7 @@ class LiveCollector:
             levels.connections.add_metric([row.upstream, "active"], row.active)
             levels.opened.add_metric([row.upstream], row.opened)
             levels.closed.add_metric([row.upstream], row.closed)
+        if g.clients is not None:
+            levels.client_connections.add_metric([], g.clients.open_connections)
+            levels.held_connections.add_metric([], len(g.clients.held))
         return list(levels)

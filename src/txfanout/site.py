@@ -44,6 +44,7 @@ from .wire import SHED_ANSWERS, SHED_HEADS, sole_request
 
 if TYPE_CHECKING:
     from .fanout import Fanout
+    from .metrics import ClientFace
 
 log = Logger()
 
@@ -59,6 +60,7 @@ class Front(Protocol):
     clock: IReactorTime
     admission: Admission
     closing: bool  # draining, still serving: every answer closes its connection
+    clients: ClientFace | None  # the site serving it, whose connections its metrics read
 
     @property
     def server(self) -> ServerConfig: ...
@@ -624,6 +626,7 @@ class GatewaySite(CappedSite):
         self._refusals = float(REFUSAL_BURST)
         # Connections whose 503 or next read waits, the longest held first.
         self.held: dict[GatewayChannel, None] = {}
+        front.clients = self
         front.admission.watch(self.sync_accepting)
         front.admission.on_drain(self._release_held)
         front.admission.lag.watch(self._new_period)
