@@ -198,7 +198,9 @@ def render(window: Window, source: str) -> str:
         f"{100.0 * w.rate('process_cpu_seconds_total'):.0f}%   fds "
         f"{now.total('process_open_fds'):.0f}   reactor lag "
         f"{_ms(now.total('txfanout_reactor_lag_seconds'))} ms   gc "
-        f"{w.rate('python_gc_collections_total'):.1f}/s",
+        f"{w.rate('python_gc_collections_total'):.1f}/s   clients "
+        f"{now.total('txfanout_client_connections'):.0f} "
+        f"({now.total('txfanout_client_connections_held'):.0f} held)",
         "",
         f"{'partner':<20} {'calls/s':>9} {'ok':>7} {'http_err':>8} {'timeout':>7} "
         f"{'error':>7} {'abandon':>7} {'limited':>7} {'other':>7} {'p99 ms':>8} {'t/o ms':>7} "
