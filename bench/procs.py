@@ -236,6 +236,15 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLK_TCK
 
 
+def running_children_cpu(registry: Registry, *others: Child) -> float:
+    """CPU seconds so far of ``registry``'s children that are still running,
+    but ``others``: a load generator started before a row's window (its
+    lead-in) is reaped after it, and the reaped children's CPU
+    (:func:`own_and_children_cpu`) would count its lead-in too."""
+    return cpu_seconds([c.pid for c in registry.children
+                        if all(c is not other for other in others)])
+
+
 def rss_by_pid(pids: Sequence[int]) -> dict[int, int]:
     """VmRSS of each of ``pids`` that is alive, in KiB."""
     out = {}

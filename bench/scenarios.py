@@ -21,7 +21,7 @@ from .gateways import Running, Setup
 from .loadgen import LoadResult
 from .nginx import Nginx
 from .procs import (Registry, Sampler, cpu_seconds, host_busy_seconds, own_and_children_cpu,
-                    process_tree, wait_for_quiet)
+                    process_tree, running_children_cpu, wait_for_quiet)
 
 SCENARIOS = ("steady", "seed", "overload", "polite", "slow", "slowpartner", "soak", "workers")
 DEFAULT_DURATION = {"steady": 15, "seed": 15, "overload": 15, "polite": 15, "slow": 15,
@@ -208,6 +208,7 @@ def measure(ctx: Context, scenario: str, name: str, setup: Setup,
         mark = ctx.nginx.access_log_mark() if ctx.nginx.access_log else 0
         ngx_pids = process_tree(ctx.nginx.child.pid)
         host0, ngx0, (me0, kids0) = host_busy_seconds(), cpu_seconds(ngx_pids), own_and_children_cpu()
+        kids0 += running_children_cpu(ctx.registry, g.child, ctx.nginx.child)  # a load's lead-in
         # the gateway's own counters, right before and right after the load
         c0 = counters.read(*g.counters)
         t0, rss0, cpu0 = sampler.sample()

@@ -193,6 +193,28 @@ def test_h2load_with_a_warm_up_counts_its_main_duration_alone(tmp_path: Path) ->
     assert (result.duration_s, result.requests, result.rps) == (3.02, 300, 99.3)
 
 
+def test_bench_counts_a_running_load_generators_cpu_so_far() -> None:
+    """A load generator already running when a row's window opens (h2load
+    in its lead-in) is read from /proc there, so that its lead-in's CPU is
+    not counted in the window when it is reaped."""
+    from bench.procs import Child, Registry, running_children_cpu
+
+    burn = ("import time\nt = time.process_time()\n"
+            "while time.process_time() - t < 0.2: pass\n"
+            "print('burnt', flush=True)\ninput()\n")
+    p = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)
+    registry, load = Registry(), Child("load", p, None)
+    registry.children.append(load)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == b"burnt\n"
+        assert running_children_cpu(registry) >= 0.18
+        assert running_children_cpu(registry, load) == 0.0
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_bench_row_notes_say_what_each_counter_counts() -> None:
     sys.path.insert(0, str(REPO))
     from bench import report
