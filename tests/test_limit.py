@@ -12,10 +12,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import Clock, LoopingCall
 
-from txfanout.admission import Admission
+from txfanout.admission import SHED_BACKLOG, SHED_MAX_INFLIGHT, Admission
 from txfanout.config import ServerConfig
 from txfanout.lag import ReactorLag
-from txfanout.limit import BUSY, CUT_EVERY, FLOOR, START, InflightLimit
+from txfanout.limit import BUSY, CUT_EVERY, FLOOR, REFUSING, SHRINK, START, InflightLimit
 from txfanout.memory import collector_pauses
 
 from .configs import route_config
@@ -166,6 +166,66 @@ def test_a_limit_grown_past_its_start_comes_back_to_it_while_the_core_is_busy():
     for _ in range(120):  # 12 s
         limit.observe(0.001, 10**6, busy=1.0)
     assert limit.current == START  # and no lower: that is the lag's to cut
+
+
+def test_a_busy_core_that_still_refuses_brings_it_down_to_the_refusing_level():
+    # Those refused are refused whatever the limit; slots past what keeps
+    # the core busy only add requests that wait, alive at each collection.
+    clock = Clock()
+    limit = InflightLimit(clock, 2000, target=0.1)
+    limit.observe(0.001, START, busy=1.0, refusing=True)
+    assert limit.value == pytest.approx(START / SHRINK)  # a twentieth at a time
+    for _ in range(30):
+        limit.observe(0.001, limit.current, busy=1.0, refusing=True)
+    assert limit.current == REFUSING  # and no lower: that is the lag's to cut
+    limit.observe(0.001, REFUSING, busy=0.5, refusing=True)  # room on the core: it grows
+    assert limit.current > REFUSING
+    for _ in range(30):  # busy, refusing no one: back to START, as before
+        limit.observe(0.001, limit.current, busy=1.0)
+    assert limit.current == START
+
+
+def test_a_limit_cut_below_the_refusing_level_grows_back_to_it_while_refusing():
+    clock = Clock()
+    limit = InflightLimit(clock, 2000, target=0.1)
+    limit.observe(0.3, START, busy=1.0)  # a passing stall
+    limit.observe(0.3, START // 2, busy=1.0)
+    clock.advance(CUT_EVERY)
+    limit.observe(0.3, START // 2, busy=1.0)
+    assert limit.current < REFUSING
+    for _ in range(20):  # a storm that keeps the core busy
+        limit.observe(0.001, limit.current, busy=1.0, refusing=True)
+    assert limit.current == REFUSING
+
+
+def test_the_gateways_own_refusals_for_want_of_a_slot_bring_it_down_on_a_busy_core():
+    clock = Clock()
+    used = [0.0]
+    lag = ReactorLag(clock, cpu=lambda: used[0])
+    lag.start()
+    admission = Admission(clock, lag, ServerConfig(max_inflight=1000))
+    for _ in range(START):
+        assert admission.admit() is None
+    for _ in range(10):  # busy, refusing only for another reason: it holds
+        admission.refused(SHED_BACKLOG)
+        used[0] += 0.1
+        clock.advance(0.1)
+    assert admission.limit.current == START
+    for _ in range(20):  # busy, every slot taken, a request refused each sample
+        assert admission.admit() == SHED_MAX_INFLIGHT
+        used[0] += 0.1
+        clock.advance(0.1)
+    assert admission.limit.current == REFUSING
+    for _ in range(START):
+        admission.release()
+    for _ in range(20):  # the storm is over: back to START, busy or not
+        used[0] += 0.1
+        clock.advance(0.1)
+        for _ in range(admission.limit.current):  # every slot in use at some moment
+            admission.admit()
+        for _ in range(admission.admitted):
+            admission.release()
+    assert admission.limit.current == START
 
 
 @pytest.mark.parametrize("needed", [100, 150, 400])

@@ -56,6 +56,7 @@ class Admission:
         self._max_wait_s = max_wait(server)
         self.admitted = 0
         self.admitted_total = 0
+        self._refusing = False  # refused a request for want of a slot since ``_follow``
         self._peak = 0  # the most admitted at once since the limit last followed the lag
         self.unused = 0  # slots no request took over the last lag period (``_follow``)
         self.draining = False
@@ -96,7 +97,8 @@ class Admission:
 
 
     def _follow(self, lag: ReactorLag) -> None:
-        self.limit.observe(lag.behind, self._peak, lag.busy)
+        self.limit.observe(lag.behind, self._peak, lag.busy, self._refusing)
+        self._refusing = False
         self.unused = max(0, self.limit.current - self._peak)
         self._peak = self.admitted
         self._changed()
@@ -130,6 +132,8 @@ class Admission:
     def refused(self, reason: str) -> None:
         """Count a request refused (by ``admit``, or by the site before it
         was parsed)."""
+        if reason == SHED_MAX_INFLIGHT:
+            self._refusing = True
         self._refused(reason)
 
     def release(self) -> None:

@@ -37,6 +37,17 @@ a limit cut by a passing stall is not kept low by the work that follows.
 Under overload it settles at ``START`` or at what keeps the core busy,
 whichever is more, or lower where the loop's turns would take more than the
 target.
+
+While the core is busy and requests are still refused for want of a slot,
+it comes down further, a twentieth per sample (``SHRINK``), to
+``REFUSING``: those requests are refused whatever the limit, and each slot
+more only adds a request that waits in the loop and is alive at each of
+PyPy's minor collections (at 2,500 keep-alive clients on PyPy, 41-47 in
+flight against 28-34 at 64 clients, and a third more surviving each
+collection: bench/RESULTS.md, twenty-second sitting). The core's time is
+its own evidence, and so is what the gateway refused; neither a client nor
+a partner can make the core busy. If fewer in flight leave the core room
+(partners slow to answer), it grows again as above.
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ SETTLE = 1.01  # back toward START while busy: slowly, see the module's docstrin
 FLOOR = 8
 START = 64  # where an adaptive limit starts: see the module's docstring
 BUSY = 0.95  # the share of a core in use from which the limit no longer grows
+REFUSING = 32  # where a busy core that still refuses requests brings it: see the docstring
+SHRINK = 1.05
 
 
 class InflightLimit:
@@ -76,10 +89,13 @@ class InflightLimit:
     def current(self) -> int:
         return int(self.value)
 
-    def observe(self, lag: float, inflight: int, busy: float = 0.0) -> None:
+    def observe(self, lag: float, inflight: int, busy: float = 0.0,
+                refusing: bool = False) -> None:
         """Follow one measurement of the recent lag (seconds); ``inflight``:
         the most requests in flight at once since the last one; ``busy``:
-        the share of a core the process used since the last one."""
+        the share of a core the process used since the last one;
+        ``refusing``: whether a request was refused for want of a slot since
+        the last one."""
         if not self._adaptive:
             return
         if lag > self.target:
@@ -89,8 +105,10 @@ class InflightLimit:
                 cut = max(MAX_CUT, self.target / lag)
                 self.value = max(float(min(FLOOR, self.ceiling)), base * cut)
                 self._next_cut = now + CUT_EVERY
-        elif busy >= BUSY and self.value > START:
-            self.value = max(float(START), self.value / SETTLE)
+            return
+        anchor = float(REFUSING if refusing and busy >= BUSY else START)
+        if busy >= BUSY and self.value > anchor:
+            self.value = max(anchor, self.value / (SHRINK if refusing else SETTLE))
         elif (lag < self.target / 2 and self.value < self.ceiling and 2 * inflight >= self.value
-              and (busy < BUSY or self.value < START)):
+              and (busy < BUSY or self.value < anchor)):
             self.value = min(float(self.ceiling), self.value * GROW + 1.0)
