@@ -125,7 +125,9 @@ def test_busy_is_the_share_of_the_interval_the_process_spent_on_a_cpu():
     assert lag.busy == pytest.approx(0.2)
 
 
-def test_a_gateway_whose_core_is_busy_holds_its_limit_where_it_is():
+def every_slot_taken() -> tuple[Clock, list[float], Admission]:
+    """An adaptive limit's START slots all taken, its lag monitor running on
+    a fake clock and on a CPU time the test adds to (``used[0]``)."""
     clock = Clock()
     used = [0.0]
     lag = ReactorLag(clock, cpu=lambda: used[0])
@@ -133,6 +135,11 @@ def test_a_gateway_whose_core_is_busy_holds_its_limit_where_it_is():
     admission = Admission(clock, lag, ServerConfig(max_inflight=1000))
     for _ in range(START):
         assert admission.admit() is None
+    return clock, used, admission
+
+
+def test_a_gateway_whose_core_is_busy_holds_its_limit_where_it_is():
+    clock, used, admission = every_slot_taken()
     for _ in range(20):  # on time, every slot taken, the core all in use
         used[0] += 0.1
         clock.advance(0.1)
@@ -199,13 +206,7 @@ def test_a_limit_cut_below_the_refusing_level_grows_back_to_it_while_refusing():
 
 
 def test_the_gateways_own_refusals_for_want_of_a_slot_bring_it_down_on_a_busy_core():
-    clock = Clock()
-    used = [0.0]
-    lag = ReactorLag(clock, cpu=lambda: used[0])
-    lag.start()
-    admission = Admission(clock, lag, ServerConfig(max_inflight=1000))
-    for _ in range(START):
-        assert admission.admit() is None
+    clock, used, admission = every_slot_taken()
     for _ in range(10):  # busy, refusing only for another reason: it holds
         admission.refused(SHED_BACKLOG)
         used[0] += 0.1
