@@ -44,9 +44,10 @@ it comes down further, a twentieth per sample (``SHRINK``), to
 more only adds a request that waits in the loop and is alive at each of
 PyPy's minor collections (at 2,500 keep-alive clients on PyPy, 41-47 in
 flight against 28-34 at 64 clients, and a third more surviving each
-collection: bench/RESULTS.md, twenty-second sitting). The core's time is
-its own evidence, and so is what the gateway refused; neither a client nor
-a partner can make the core busy. If fewer in flight leave the core room
+collection: bench/RESULTS.md, twenty-second sitting). Both are the
+gateway's own evidence: its CPU time, which only work it does fills (slots
+held by slow or dripping partners leave the core idle, and the limit is
+not lowered), and what it refused. If fewer in flight leave the core room
 (partners slow to answer), it grows again as above.
 """
 
