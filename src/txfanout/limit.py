@@ -107,9 +107,9 @@ class InflightLimit:
                 self.value = max(float(min(FLOOR, self.ceiling)), base * cut)
                 self._next_cut = now + CUT_EVERY
             return
-        anchor = float(REFUSING if refusing and busy >= BUSY else START)
+        anchor, step = (REFUSING, SHRINK) if refusing and busy >= BUSY else (START, SETTLE)
         if busy >= BUSY and self.value > anchor:
-            self.value = max(anchor, self.value / (SHRINK if refusing else SETTLE))
+            self.value = max(float(anchor), self.value / step)
         elif (lag < self.target / 2 and self.value < self.ceiling and 2 * inflight >= self.value
               and (busy < BUSY or self.value < anchor)):
             self.value = min(float(self.ceiling), self.value * GROW + 1.0)
