@@ -97,10 +97,10 @@ def parser() -> argparse.ArgumentParser:
                      help="do not pin (default on >= 2 CPUs: gateway on CPU 0, "
                           "load generator and nginx on CPU 1)")
     run.add_argument("--clients", type=int, default=None,
-                     help="overload, polite: clients (default 1000; 200 with --quick); "
+                     help="overload, polite, burst: clients (default 1000; 200 with --quick); "
                           "seed: the many clients (default 2500; 200 with --quick)")
     run.add_argument("--max-inflight", type=int, default=None,
-                     help="txfanout's max_inflight (default: overload 64, others 2000)")
+                     help="txfanout's max_inflight (default: overload and polite 64, others 2000)")
     run.add_argument("--workers", type=int, default=1,
                      help="soak: run txfanout with --workers N (not pinned) and report each "
                           "process's RSS (default 1)")

@@ -73,9 +73,9 @@ def _extra(row: dict[str, Any]) -> str:
     s = row["scenario"]
     out: list[str] = []
     complete = row.get("complete_rps")
-    if s in ("overload", "polite"):
+    if s in ("overload", "polite", "burst"):
         out.append(f"goodput {row['goodput_rps']:.0f}/s")
-    if complete is not None and (s in ("overload", "polite", "seed")
+    if complete is not None and (s in ("overload", "polite", "burst", "seed")
                                  or complete < 0.9 * row["goodput_rps"]):
         out.append(f"complete {_complete(row)}")
     if row.get("answers_vs_client") is not None and abs(row["answers_vs_client"] - 1) > 0.05:
@@ -84,7 +84,10 @@ def _extra(row: dict[str, Any]) -> str:
         out.append(f"of capacity {_f(row.get('capacity_rps'), 0)}/s: 200s "
                    f"{row['goodput_vs_capacity']:.2f}, complete "
                    f"{_f(row.get('complete_vs_capacity'), 2)}")
-    if s == "overload":
+    if row.get("offered_rps"):
+        out.append(f"offered {row['offered_rps']:.0f}/s in step: complete "
+                   f"{_f(row.get('complete_vs_offered'), 2)} of it")
+    if s in ("overload", "burst"):
         out.append(f"p99(200) {_f(row.get('p99_200_ms'))} ms")
         if row.get("p99_503_ms") is not None:
             out.append(f"p99(503) {_f(row.get('p99_503_ms'))} ms")
@@ -100,7 +103,7 @@ def _extra(row: dict[str, Any]) -> str:
     if s == "polite":
         out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"
                    else "no admission cap")
-    if s in ("overload", "polite", "seed") and calls:
+    if s in ("overload", "polite", "burst", "seed") and calls:
         out.extend(_counted(calls))
     if s == "slow":
         out.append(f"cancels {_f(row.get('cancellations_per_s'))}/s")
@@ -137,9 +140,9 @@ RULE = "|" + "---|" * (HEADER.count("|") - 1)
 def _counted(outcomes: dict[str, int]) -> list[str]:
     """A row's scraped counters (scenarios.scrape_outcomes), each under what
     it counts: partner calls by outcome, 503s by reason, client connections
-    closed at accept."""
+    closed at accept, requests that waited for a slot."""
     calls = {k: v for k, v in outcomes.items() if not k.startswith("shed:")
-             and k != "abandoned_in_backlog"}
+             and k not in ("abandoned_in_backlog", "queued")}
     shed = {k[len("shed:"):]: v for k, v in outcomes.items() if k.startswith("shed:")}
     out = []
     for label, counts in (("calls", calls), ("503s", shed)):
@@ -148,6 +151,8 @@ def _counted(outcomes: dict[str, int]) -> list[str]:
     if outcomes.get("abandoned_in_backlog"):
         out.append(f"connections closed by their clients before accept "
                    f"{outcomes['abandoned_in_backlog']}")
+    if outcomes.get("queued"):
+        out.append(f"requests that waited for a slot {outcomes['queued']}")
     return out
 
 

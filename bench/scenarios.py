@@ -23,14 +23,15 @@ from .nginx import Nginx
 from .procs import (Registry, Sampler, cpu_seconds, host_busy_seconds, own_and_children_cpu,
                     process_tree, running_children_cpu, wait_for_quiet)
 
-SCENARIOS = ("steady", "seed", "overload", "polite", "slow", "slowpartner", "soak", "workers")
-DEFAULT_DURATION = {"steady": 15, "seed": 15, "overload": 15, "polite": 15, "slow": 15,
+SCENARIOS = ("steady", "seed", "overload", "polite", "burst", "slow", "slowpartner", "soak",
+             "workers")
+DEFAULT_DURATION = {"steady": 15, "seed": 15, "overload": 15, "polite": 15, "burst": 15, "slow": 15,
                     "slowpartner": 15, "soak": 120, "workers": 15}
 # scenarios whose settings only txfanout has
 TXFANOUT_ONLY = ("slowpartner", "workers")
 # load generators each scenario uses (wrk is always used to warm up)
 TOOLS = {"steady": {"wrk"}, "seed": {"wrk", "ab", "h2load"}, "overload": {"wrk", "h2load"},
-         "polite": {"wrk"},
+         "polite": {"wrk"}, "burst": {"wrk", "h2load"},
          "slow": {"wrk"}, "slowpartner": {"wrk"}, "soak": {"wrk", "h2load"}, "workers": {"wrk"}}
 
 
@@ -81,13 +82,14 @@ def _log_errors(path: str | None) -> int:
 
 _SAMPLE = re.compile(r'^txfanout_(partner_calls|shed)_total\{[^}]*?\b(?:outcome|reason)="([a-z_]+)"'
                      r'[^}]*\} ([0-9.e+]+)$', re.M)
-_ABANDONED = re.compile(r'^txfanout_(abandoned_in_backlog)_total ([0-9.e+]+)$', re.M)
+_ABANDONED = re.compile(r'^txfanout_(abandoned_in_backlog|queued)_total ([0-9.e+]+)$', re.M)
 
 
 def scrape_outcomes(url: str, path: str) -> dict[str, int]:
     """Save txfanout's /metrics to ``path``; return its partner calls by
-    outcome (summed over partners), its refusals as ``shed:<reason>``, and
-    the connections closed at accept as ``abandoned_in_backlog``."""
+    outcome (summed over partners), its refusals as ``shed:<reason>``, the
+    connections closed at accept as ``abandoned_in_backlog`` and the
+    requests that waited for a slot as ``queued``."""
     try:
         with urllib.request.urlopen(url, timeout=5.0) as r:
             text = r.read().decode("utf-8")
@@ -487,10 +489,10 @@ def seed(ctx: Context) -> None:
 def _many_clients(ctx: Context, scenario: str,
                   load: Callable[[Running, int, float, str, float], LoadResult],
                   capacity_s: float | None = None,
-                  kept_open: bool = False) -> list[dict[str, Any]]:
+                  kept_open: bool = False, default_cap: int = 64) -> list[dict[str, Any]]:
     """Rows of ``load(gateway, clients, seconds, log_path, opened_s)``:
-    1,000 clients (or --clients) against txfanout at max_inflight 64 (or
-    --max-inflight), after --lead-in seconds of the same load on the same
+    1,000 clients (or --clients) against txfanout at max_inflight
+    ``default_cap`` (or --max-inflight), after --lead-in seconds of the same load on the same
     gateway; ``kept_open``: on the same connections, measured after they
     were open ``opened_s`` (at least 2 s; as the seed's keep-alive rows),
     else as a load of its own.
@@ -502,7 +504,7 @@ def _many_clients(ctx: Context, scenario: str,
     rows = []
     for fo in _fanouts(ctx):
         for name in ctx.order():
-            setup = _setup(ctx, fo, name, 64)
+            setup = _setup(ctx, fo, name, default_cap)
             capacity = None
             if capacity_s:
                 capacity = measure(ctx, scenario, name, setup,
@@ -559,6 +561,31 @@ def polite(ctx: Context) -> None:
              opened_s: float) -> LoadResult:  # (wrk has no warm-up: never asked one)
         return loadgen.wrk(ctx.registry, g.url, script, clients, seconds, ctx.load_cpu, log_path)
     _many_clients(ctx, "polite", load)
+
+
+BURST_RPS = 1.0  # each burst client's requests a second
+
+
+def burst(ctx: Context) -> None:
+    """Clients in step: 1,000 (or --clients) kept-alive clients each send
+    BURST_RPS requests a second (h2load --rps), all in the same instant (h2load
+    starts every client's timer at once), offering less than the gateway
+    serves but as one burst a second; txfanout at its default max_inflight
+    (or --max-inflight). After a capacity row (wrk c=64, 5 s) on the same
+    set-up; the clients' connections are open before the window."""
+
+    def load(g: Running, clients: int, seconds: float, log_path: str,
+             opened_s: float) -> LoadResult:
+        return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, seconds,
+                              ctx.load_cpu, ctx.workdir, rps_per_client=BURST_RPS,
+                              warmup_s=opened_s, log_path=log_path,
+                              name=os.path.basename(log_path)[:-len(".load.log")])
+    for row in _many_clients(ctx, "burst", load, capacity_s=2.0 if ctx.quick else 5.0,
+                             kept_open=True, default_cap=2000):
+        offered = row["clients"] * BURST_RPS
+        row["offered_rps"] = offered
+        row["complete_vs_offered"] = (round(row["complete_rps"] / offered, 3)
+                                      if row.get("complete_rps") is not None else None)
 
 
 def slow(ctx: Context) -> None:
@@ -675,9 +702,8 @@ def workers(ctx: Context) -> None:
 
 
 RUNNERS: dict[str, Callable[[Context], None]] = {
-    "steady": steady, "seed": seed, "overload": overload, "polite": polite, "slow": slow,
-    "slowpartner": slowpartner, "soak": soak,
-    "workers": workers,
+    "steady": steady, "seed": seed, "overload": overload, "polite": polite, "burst": burst,
+    "slow": slow, "slowpartner": slowpartner, "soak": soak, "workers": workers,
 }
 
 
@@ -686,5 +712,5 @@ def rows_expected(scenario: str, gateways_: list[str], fanouts: list[int]) -> in
     fos = len(fanouts) if scenario == "steady" or fanouts != [1, 2, 8] else 1
     if scenario == "workers":
         return 2 * fos
-    per_gateway = {"seed": 4, "overload": 2, "slowpartner": 3}.get(scenario, 1)
+    per_gateway = {"seed": 4, "overload": 2, "burst": 2, "slowpartner": 3}.get(scenario, 1)
     return fos * len(gateways_) * per_gateway

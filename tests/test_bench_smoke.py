@@ -171,10 +171,11 @@ def test_bench_rows_note_calls_refusals_and_connections_closed_at_accept(
         'txfanout_partner_calls_total{outcome="ok",partner="p2"} 5.0\n'
         'txfanout_partner_calls_total{outcome="timeout",partner="p2"} 0.0\n'
         'txfanout_shed_total{reason="backlog"} 3.0\n'
-        'txfanout_abandoned_in_backlog_total 4.0\n')
+        'txfanout_abandoned_in_backlog_total 4.0\n'
+        'txfanout_queued_total 6.0\n')
     saved = tmp_path / "saved.txt"
     assert scenarios.scrape_outcomes(metrics.as_uri(), str(saved)) == {
-        "ok": 12, "shed:backlog": 3, "abandoned_in_backlog": 4}
+        "ok": 12, "shed:backlog": 3, "abandoned_in_backlog": 4, "queued": 6}
     assert saved.read_text() == metrics.read_text()
 
 
@@ -221,10 +222,11 @@ def test_bench_row_notes_say_what_each_counter_counts() -> None:
 
     row = {"scenario": "seed", "gateway": "txfanout", "outcomes": {
         "ok": 12, "timeout": 2, "shed:backlog": 3, "shed:max_inflight": 1,
-        "abandoned_in_backlog": 4}}
+        "abandoned_in_backlog": 4, "queued": 6}}
     assert report._extra(row).split("; ") == [
         "calls ok:12 timeout:2", "503s backlog:3 max_inflight:1",
-        "connections closed by their clients before accept 4"]
+        "connections closed by their clients before accept 4",
+        "requests that waited for a slot 6"]
 
 
 def test_bench_counters_from_metrics() -> None:
@@ -507,3 +509,15 @@ def test_bench_slowpartner_quick(tmp_path: Path) -> None:
     if not everything["tail_sample"]:
         assert any("tail_sample" in n for n in data["notes"])
     assert "Slow partner:" in data["table"] and "`answer_when = \"first_ok\"`" in data["table"]
+
+
+def test_a_burst_row_says_what_share_of_the_offered_load_completed() -> None:
+    sys.path.insert(0, str(REPO))
+    from bench import report
+
+    row = {"scenario": "burst", "gateway": "txfanout", "goodput_rps": 410.0,
+           "complete_rps": 410.0, "offered_rps": 1000.0, "complete_vs_offered": 0.41,
+           "p99_200_ms": 320.0, "max_inflight": 2000, "outcomes": {"queued": 9}}
+    notes = report._extra(row).split("; ")
+    assert "offered 1000/s in step: complete 0.41 of it" in notes
+    assert "requests that waited for a slot 9" in notes
