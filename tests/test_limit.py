@@ -205,6 +205,28 @@ def test_a_limit_cut_below_the_refusing_level_grows_back_to_it_while_refusing():
     assert limit.current == REFUSING
 
 
+def test_a_burst_whose_excess_waited_for_slots_does_not_grow_it_past_its_start():
+    # The queue serves the burst; grown, the limit would let the next one in
+    # whole (slotqueue.py).
+    clock = Clock()
+    limit = InflightLimit(clock, 2000, target=0.1)
+    for _ in range(20):
+        limit.observe(0.001, limit.current, busy=0.2, waited=True)
+    assert limit.current == START
+    limit.observe(0.001, START, busy=0.2)  # full, and nothing waited: it grows
+    assert limit.current > START
+
+
+def test_a_limit_cut_below_its_start_grows_back_while_bursts_wait():
+    clock = Clock()
+    limit = InflightLimit(clock, 2000, target=0.1)
+    limit.observe(0.3, START, busy=1.0)  # a passing stall
+    assert limit.current < START
+    for _ in range(20):
+        limit.observe(0.001, limit.current, busy=0.2, waited=True)
+    assert limit.current == START
+
+
 def test_the_gateways_own_refusals_for_want_of_a_slot_bring_it_down_on_a_busy_core():
     clock, used, admission = every_slot_taken()
     for _ in range(10):  # busy, refusing only for another reason: it holds

@@ -10,16 +10,22 @@ loop runs late, see limit.py), or while the event loop runs late by more
 than ``max_lag_ms`` (lag.py; the collector's pauses aside:
 ``ReactorLag.behind``). The reasons below are the ``reason`` label of
 ``txfanout_shed_total`` and pick the 503's prepared text (wire.py).
+
+A request that finds every slot taken may wait for one instead, when the
+slots are full for a moment only (``may_queue``: a slot went unused in the
+last lag period), for ``slot_wait``: as long as its calls still get their
+partners' whole ``timeout_ms`` within the deadline (budget.py). The queue
+is the site's (slotqueue.py).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from .budget import max_wait
+from .budget import max_wait, slot_wait
 from .config import ServerConfig
 from .lag import ReactorLag
 from .limit import InflightLimit
@@ -46,7 +52,8 @@ class Admission:
     """The in-flight slots of one gateway process."""
 
     def __init__(self, clock: IReactorTime, lag: ReactorLag, server: ServerConfig,
-                 refused: Callable[[str], None] = lambda reason: None) -> None:
+                 refused: Callable[[str], None] = lambda reason: None,
+                 timeouts_ms: Iterable[int] = ()) -> None:
         self.lag = lag
         self.limit = InflightLimit(clock, server.max_inflight, server.adaptive_inflight,
                                    lag_target(server))
@@ -54,9 +61,11 @@ class Admission:
         self._refused = refused
         self._max_lag_s = server.max_lag_ms / 1000.0
         self._max_wait_s = max_wait(server)
+        self.slot_wait = slot_wait(server, timeouts_ms)  # see the module's docstring
         self.admitted = 0
         self.admitted_total = 0
         self._refusing = False  # refused a request for want of a slot since ``_follow``
+        self._waited = False  # a request waited for a slot since ``_follow``
         self._peak = 0  # the most admitted at once since the limit last followed the lag
         self.unused = 0  # slots no request took over the last lag period (``_follow``)
         self.draining = False
@@ -72,11 +81,13 @@ class Admission:
         for watcher in self._watchers:
             watcher()
 
-    def configure(self, server: ServerConfig) -> None:
-        """Apply a reloaded ``[server]`` section."""
+    def configure(self, server: ServerConfig, timeouts_ms: Iterable[int] = ()) -> None:
+        """Apply a reloaded ``[server]`` section, and its partners'
+        ``timeouts_ms``."""
         self.limit.configure(server.max_inflight, server.adaptive_inflight, lag_target(server))
         self._max_lag_s = server.max_lag_ms / 1000.0
         self._max_wait_s = max_wait(server)
+        self.slot_wait = slot_wait(server, timeouts_ms)
         self._changed()
 
     def drain(self) -> None:
@@ -97,11 +108,23 @@ class Admission:
 
 
     def _follow(self, lag: ReactorLag) -> None:
-        self.limit.observe(lag.behind, self._peak, lag.busy, self._refusing)
-        self._refusing = False
+        self.limit.observe(lag.behind, self._peak, lag.busy, self._refusing, self._waited)
+        self._refusing = self._waited = False
         self.unused = max(0, self.limit.current - self._peak)
         self._peak = self.admitted
         self._changed()
+
+    def may_queue(self, waiting: int) -> bool:
+        """Whether a request that found no slot may wait for one, with
+        ``waiting`` requests waiting already (slotqueue.py): only when a slot
+        went unused in the last lag period (the slots are full for a moment,
+        not standing full), and up to ``max_inflight`` waiting."""
+        return (self.slot_wait > 0 and self.unused > 0 and not self.draining
+                and waiting < self.limit.ceiling)
+
+    def waits(self) -> None:
+        """A request waits for a slot (slotqueue.py)."""
+        self._waited = True
 
     def shed_reason(self, waited: float = 0.0) -> str | None:
         """Why a request arriving now would be refused; None: it would not.

@@ -11,6 +11,7 @@ get less than ``min_call_ms`` is not started (outcome ``skipped``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from ._compat import SLOTS
 from .config import ServerConfig
@@ -36,6 +37,14 @@ def max_wait(server: ServerConfig) -> float:
     have a call started: ``deadline_ms`` less ``reserve_ms`` and
     ``min_call_ms`` (see ``Budget.last_start``)."""
     return (server.deadline_ms - server.reserve_ms - server.min_call_ms) / 1000.0
+
+
+def slot_wait(server: ServerConfig, timeouts_ms: Iterable[int]) -> float:
+    """The longest (seconds) a request may wait for an in-flight slot: as
+    long as its calls would still get their partners' whole ``timeout_ms``
+    (the longest of ``timeouts_ms``) within ``deadline_ms`` less
+    ``reserve_ms``; 0: it may not wait."""
+    return max(0, server.deadline_ms - server.reserve_ms - max(timeouts_ms, default=0)) / 1000.0
 
 
 @dataclass(**SLOTS)

@@ -36,6 +36,10 @@ from .wire import RETRY_AFTER, SHED_MESSAGES
 log = Logger()
 
 
+def _timeouts_ms(config: Config) -> list[int]:
+    return [partner.timeout_ms for partner in config.partners.values()]
+
+
 class Gateway:
     """The fan-out gateway: live state and its Klein app."""
 
@@ -57,7 +61,8 @@ class Gateway:
         self.clients: ClientFace | None = None  # the site serving it: it sets this
         self.metrics = GatewayMetrics(self)
         self.upstream.tails.observe = self.metrics.tail_ended
-        self.admission = Admission(reactor, self.lag, config.server, self.metrics.shed)
+        self.admission = Admission(reactor, self.lag, config.server, self.metrics.shed,
+                                   _timeouts_ms(config))
         self.access_log: AccessLog | None = None
         self._ids = RequestIds()
 
@@ -81,7 +86,7 @@ class Gateway:
         self.upstream.resize(config.upstream.idle_timeout_ms / 1000.0,
                              idle_caps(config.partners.values()))
         self.metrics.compile(config)
-        self.admission.configure(config.server)
+        self.admission.configure(config.server, _timeouts_ms(config))
         if config.log != old.log:
             if self.access_log is not None:
                 self.access_log.close()

@@ -22,7 +22,14 @@ but only while it is used: while at least half of it was taken at some
 moment since the last measurement. A limit that is not used has shown
 nothing (as TCP's window grows only while it is full): grown while the
 loop idled between bursts, it would let in the next burst whole, and the
-burst would run every turn long. Nor does it grow past ``START`` while the
+burst would run every turn long. Nor, past ``START``, has a limit filled by
+a burst whose excess waited for slots (slotqueue.py): the queue serves the
+burst at the pace slots free up, and grown, the limit would let the next
+burst in whole
+(1,000 clients sending in the same instant once a second grew it from 66
+to 815 in 18 s on PyPy, a tenth a burst, until each burst's calls overran
+the partners' ``max_concurrency``: bench/RESULTS.md, twenty-fourth
+sitting). Nor does it grow past ``START`` while the
 process keeps its core busy (``BUSY``: its CPU time over the last lag
 interval): more in flight would not be served any sooner, only wait, in
 the loop's turns and in memory (at 2,500 clients on CPython, some 240 in
@@ -91,11 +98,12 @@ class InflightLimit:
         return int(self.value)
 
     def observe(self, lag: float, inflight: int, busy: float = 0.0,
-                refusing: bool = False) -> None:
+                refusing: bool = False, waited: bool = False) -> None:
         """Follow one measurement of the recent lag (seconds); ``inflight``:
         the most requests in flight at once since the last one; ``busy``:
         the share of a core the process used since the last one;
         ``refusing``: whether a request was refused for want of a slot since
+        the last one; ``waited``: whether a request waited for a slot since
         the last one."""
         if not self._adaptive:
             return
@@ -111,5 +119,5 @@ class InflightLimit:
         if busy >= BUSY and self.value > anchor:
             self.value = max(float(anchor), self.value / step)
         elif (lag < self.target / 2 and self.value < self.ceiling and 2 * inflight >= self.value
-              and (busy < BUSY or self.value < anchor)):
+              and (self.value < anchor or busy < BUSY and not waited)):
             self.value = min(float(self.ceiling), self.value * GROW + 1.0)

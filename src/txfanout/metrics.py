@@ -84,6 +84,18 @@ class ClientFace(Protocol):
     def held(self) -> Sized:
         """Connections whose 503 or next request is held back (pacing)."""
 
+    @property
+    def queue(self) -> "QueueFace":
+        """Requests waiting for an in-flight slot."""
+
+
+class QueueFace(Protocol):
+    """What the metrics read of the requests waiting for a slot."""
+
+    total: int  # requests that ever waited
+
+    def __len__(self) -> int: ...
+
 
 class LiveView(Protocol):
     """What the metrics read of a gateway when scraped."""
@@ -281,6 +293,8 @@ class _Levels(NamedTuple):
     closed: CounterMetricFamily
     client_connections: GaugeMetricFamily
     held_connections: GaugeMetricFamily
+    queued: GaugeMetricFamily
+    queued_total: CounterMetricFamily
 
     @classmethod
     def empty(cls) -> "_Levels":
@@ -325,6 +339,12 @@ class _Levels(NamedTuple):
             GaugeMetricFamily("txfanout_client_connections_held",
                               "Client connections paced for not waiting their Retry-After: "
                               "their 503 or next request held back (server.pace_ms)."),
+            GaugeMetricFamily("txfanout_queued_requests",
+                              "Requests waiting for an in-flight slot (a burst's, while "
+                              "slots went unused in the last lag period)."),
+            CounterMetricFamily("txfanout_queued",
+                                "Requests that waited for an in-flight slot (each then "
+                                "admitted or refused, as any request)."),
         )
 
 
@@ -397,4 +417,6 @@ class LiveCollector:
         if g.clients is not None:
             levels.client_connections.add_metric([], g.clients.open_connections)
             levels.held_connections.add_metric([], len(g.clients.held))
+            levels.queued.add_metric([], len(g.clients.queue))
+            levels.queued_total.add_metric([], g.clients.queue.total)
         return list(levels)

@@ -30,7 +30,7 @@ from twisted.web.server import Request
 from . import _twisted, backlog
 from ._compat import SLOTS
 from ._twisted import ChunkedTransferDecoder
-from .admission import SHED_DRAINING, Admission
+from .admission import SHED_DRAINING, SHED_MAX_INFLIGHT, Admission
 from .answer import write_error
 from .channel import BoundedChannel
 from .chunked import BodyTooLarge, CountedChunkedDecoder
@@ -39,6 +39,7 @@ from .conncap import CappedChannel, CappedSite
 from .lag import ReactorLag
 from .readsize import read_at_most
 from .sendnow import write_now, write_soon
+from .slotqueue import SlotQueue
 from .timers import cancel
 from .wire import SHED_ANSWERS, SHED_HEADS, sole_request
 
@@ -261,6 +262,8 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self._head = None
         self._held = None
         self._drain_timer = None
+        self._queued_at = None
+        self._requeued_at = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -336,7 +339,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     _holds: int  # 503s held back in a row
 
     _answer: bytes | None  # the 503 its hold ends with, if not sent yet
-    _waiting: bytes  # what it sent during its hold
+    _waiting: bytes  # what it sent during its hold, or its request waiting for a slot
 
     def refused_kept_alive(self) -> None:
         """A 503 went out on this kept-alive connection (parsed the long
@@ -405,6 +408,9 @@ class GatewayChannel(CappedChannel, BoundedChannel):
 
     def dataReceived(self, data: bytes) -> None:
         self._heard()
+        if self._queued_at is not None:  # its request waits for a slot
+            self._wait_with(data)
+            return
         if self._pace_timer is not None:  # held
             if self._answer is not None or self._waiting or self._back_too_soon():
                 self._wait_with(data)
@@ -420,12 +426,49 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     def request_begins(self, data: bytes) -> bool:
         front = self.site.front
         now = front.clock.seconds()
-        waited = self._backlog_wait(now, data)
-        reason = front.admission.shed_reason(waited)
-        if reason is not None and self._shed_unparsed(front, reason, data):
+        requeued, self._requeued_at = self._requeued_at, None
+        if requeued is None:  # new, not back from the queue
+            arrived, pace_from = now - self._backlog_wait(now, data), now
+            reason = front.admission.shed_reason(now - arrived)
+            if ((reason == SHED_MAX_INFLIGHT or reason is None and self.site.queue.ahead())
+                    and self._queue(arrived, data)):
+                return False
+        else:
+            arrived = pace_from = requeued
+            reason = front.admission.shed_reason(now - arrived)
+        if reason is not None and self._shed_unparsed(front, reason, data, pace_from):
             return False
-        self._arrived = now - waited
+        self._arrived = arrived
         return True
+
+    # Waiting for a slot (slotqueue.py): a whole request that finds none
+    # free, from a client not being paced, waits unparsed in the site's
+    # queue; reading goes on (a client that leaves is let go at once) until
+    # it sends more, which waits with it.
+    _queued_at: float | None  # its waiting request's first byte, while it waits
+    _requeued_at: float | None  # the same, as its request begins again
+
+    def _queue(self, arrived: float, data: bytes) -> bool:
+        """Queue the request ``data`` that arrived at ``arrived`` for a slot;
+        False: it may not wait (a client being paced, not a sole whole
+        request, the queue does not take it)."""
+        if (self._back_too_soon() or self.transport.disconnecting
+                or sole_request(data) is None or not self.site.queue.join(self, arrived)):
+            return False
+        self._queued_at = arrived
+        self._waiting = data
+        self.resetTimeout()
+        self.site.sync_accepting()
+        return True
+
+    def leave_queue(self) -> None:
+        """Its wait ended (a slot is free, its time is up, or the gateway
+        drains): its request begins again, its deadline counted from its
+        first byte."""
+        self._requeued_at, self._queued_at = self._queued_at, None
+        waiting, self._waiting = self._waiting, b""
+        self.transport.resumeProducing()
+        self.dataReceived(waiting)
 
     def _backlog_wait(self, now: float, data: bytes) -> float:
         """How long the request beginning with ``data`` waited in the
@@ -441,11 +484,14 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         request = sole_request(data)
         return now - received if request is not None and request.keep_alive else 0.0
 
-    def _shed_unparsed(self, front: Front, reason: str, data: bytes) -> bool:
+    def _shed_unparsed(self, front: Front, reason: str, data: bytes, pace_from: float) -> bool:
         """Refuse a request that came whole in ``data`` without building a
         Request for it: under overload, clients that retry at once send
         these by the thousand, and a refusal must cost far less than an
-        answer. False: not a sole whole request; parse it the long way."""
+        answer. False: not a sole whole request; parse it the long way.
+        The pace counts from ``pace_from``: now, or the first byte of a
+        request that waited for a slot (the gateway kept it waiting, not its
+        client, whose next request a second after it is not too soon)."""
         request = sole_request(data)
         if request is None or self.transport.disconnecting:
             return False
@@ -464,7 +510,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             self._hold(hold, answer)
         else:
             write_now(self.transport, answer)
-            self._refused_at = front.clock.seconds()
+            self._refused_at = pace_from
         return True
 
     # An answer's head waits for its first body bytes, so that the two leave
@@ -580,6 +626,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         cancel(self._pace_timer)
         self.site.held.pop(self, None)
+        self.site.queue.leave(self)
         self._stop_drain_timer()
         super().connectionLost(reason)
         self._heard()
@@ -626,6 +673,7 @@ class GatewaySite(CappedSite):
         self._refusals = float(REFUSAL_BURST)
         # Connections whose 503 or next read waits, the longest held first.
         self.held: dict[GatewayChannel, None] = {}
+        self.queue = SlotQueue(front.clock, front.admission)
         front.clients = self
         front.admission.watch(self.sync_accepting)
         front.admission.on_drain(self._release_held)
@@ -645,7 +693,7 @@ class GatewaySite(CappedSite):
         super().listening(port)
 
     def _slots(self) -> int:
-        return self.front.admission.room - self._unheard
+        return self.front.admission.room - self._unheard - len(self.queue)
 
     shut = False  # accepting nothing (``accept_after``)
 
@@ -690,10 +738,11 @@ class GatewaySite(CappedSite):
         self._refusals = min(REFUSAL_BURST, self._refusals + REFUSALS_PER_ANSWER)
 
     def _release_held(self) -> None:
-        # Draining: no hold outlasts the daemon; the client gets its 503 now
-        # and, coming back, one that closes the connection.
+        # Draining: no hold or wait outlasts the daemon; the client gets its
+        # 503 now and, coming back, one that closes the connection.
         for channel in list(self.held):
             channel.release_hold()
+        self.queue.release_all()
 
     def _new_period(self, lag: ReactorLag) -> None:
         # Connections that have not spoken by now stop holding the door shut.

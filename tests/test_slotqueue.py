@@ -1,0 +1,270 @@
+"""Requests that wait for an in-flight slot (slotqueue.py): a burst that
+finds the slots full for a moment waits its turn, a standing overload is
+refused at once; on a fake reactor and in-memory transports, then a burst
+through the fake network to a partner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from txfanout.budget import slot_wait
+from txfanout.config import ServerConfig, parse
+from txfanout.gateway import Gateway
+from txfanout.limit import BUSY, START
+from txfanout.site import GatewaySite
+
+from .configs import route_config
+from .fakes import Network, answer, connect, full_gateway, no_jitter
+
+POST = b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+PERIOD_S = 0.1  # the lag period (lag.py)
+# the defaults: deadline_ms 500, reserve_ms 5, the partner's timeout_ms 300
+WAIT_S = 0.195
+PACE_S = ServerConfig().pace_ms / 1000.0
+
+
+def burst_gateway(max_inflight: int = 2, **server: object
+                  ) -> tuple[MemoryReactorClock, Gateway, GatewaySite]:
+    """A gateway whose slots went unused through a lag period, then all
+    taken at once: the start of a burst."""
+    clock = MemoryReactorClock()
+    gateway = Gateway(clock, parse(route_config({"p": {"url": "http://127.0.0.1:9/"}},
+                                                max_inflight=max_inflight, **server)))
+    site = GatewaySite(gateway, reactor=clock, draw=no_jitter)
+    gateway.lag.start()
+    clock.advance(PERIOD_S)
+    for _ in range(gateway.admission.limit.current):
+        assert gateway.admission.admit() is None
+    return clock, gateway, site
+
+
+def shed(gateway: Gateway) -> float:
+    return gateway.metrics.registry.get_sample_value("txfanout_shed_total",
+                                                     {"reason": "max_inflight"})
+
+
+def test_a_request_may_wait_as_long_as_its_calls_keep_their_whole_timeout():
+    server = ServerConfig()  # deadline_ms 500, reserve_ms 5
+    assert slot_wait(server, [300, 100]) == pytest.approx(WAIT_S)
+    assert slot_wait(server, [495]) == 0.0  # nothing to spare: no wait
+    assert slot_wait(server, [600]) == 0.0
+    assert slot_wait(server, []) == pytest.approx(0.495)
+
+
+def test_a_burst_waits_for_slots_and_is_served_first_come_first_served():
+    clock, gateway, site = burst_gateway(max_inflight=3)
+    clients = [connect(site) for _ in range(3)]
+    for channel, _ in clients:
+        channel.dataReceived(POST)
+    assert len(site.queue) == 3 and not any(answer(t) for _, t in clients)
+    assert shed(gateway) == 0
+    gateway.admission.release()
+    assert len(site.queue) == 3  # not inside the answer that freed the slot
+    clock.advance(0)
+    assert len(site.queue) == 2 and gateway.admission.admitted == 3
+    assert clients[0][0].requests and not clients[1][0].requests  # the oldest first
+    gateway.admission.release()
+    clock.advance(0)
+    assert len(site.queue) == 1 and clients[1][0].requests and not clients[2][0].requests
+    assert not any(answer(t) for _, t in clients)  # being served
+
+
+def test_a_wait_ends_in_a_503_once_a_call_would_lose_some_of_its_timeout():
+    clock, gateway, site = burst_gateway()
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    clock.advance(WAIT_S - 0.001)
+    assert not answer(transport) and len(site.queue) == 1
+    clock.advance(0.002)
+    assert b"in-flight limit" in answer(transport) and not site.queue
+    assert shed(gateway) == 1
+    assert transport.producerState == "producing"  # kept alive, read on
+
+
+def test_a_waited_request_counts_its_deadline_from_its_first_byte():
+    clock, gateway, site = burst_gateway()
+    channel, transport = connect(site)
+    sent = clock.seconds()
+    channel.dataReceived(POST)
+    clock.advance(0.05)
+    gateway.admission.release()
+    clock.advance(0)
+    [request] = channel.requests
+    assert request.arrived == sent and request.exchange.started == sent
+
+
+def test_under_a_standing_overload_a_request_is_refused_at_once():
+    # Every slot taken through the whole last lag period: no burst to smooth,
+    # and a queue that never empties would only add its wait to each answer.
+    clock, gateway, site = full_gateway(max_inflight=2)
+    gateway.lag.start()
+    clock.advance(PERIOD_S)
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    assert b"in-flight limit" in answer(transport) and not site.queue
+
+
+def test_no_wait_when_the_partners_timeouts_leave_none():
+    clock, gateway, site = burst_gateway(deadline_ms=305)  # 305 - 5 - 300 = 0
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    assert b"in-flight limit" in answer(transport) and not site.queue
+
+
+def test_at_most_max_inflight_wait():
+    clock, gateway, site = burst_gateway(max_inflight=2)
+    clients = [connect(site) for _ in range(3)]
+    for channel, _ in clients:
+        channel.dataReceived(POST)
+    assert len(site.queue) == 2
+    assert [bool(answer(t)) for _, t in clients] == [False, False, True]
+    assert shed(gateway) == 1
+
+
+def test_a_newcomer_goes_behind_those_waiting():
+    clock, gateway, site = burst_gateway(max_inflight=2)
+    first, _ = connect(site)
+    first.dataReceived(POST)
+    gateway.admission.release()  # a slot is free, the first not served yet
+    late, _ = connect(site)
+    late.dataReceived(POST)
+    assert len(site.queue) == 2 and not late.requests
+    clock.advance(0)
+    assert first.requests and not late.requests
+
+
+def test_a_client_being_paced_does_not_wait():
+    clock, gateway, site = burst_gateway(max_inflight=1)
+    waiting, _ = connect(site)
+    waiting.dataReceived(POST)  # the queue is full (max_inflight 1)
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    assert b"in-flight limit" in answer(transport)
+    waiting.connectionLost(Failure(ConnectionDone()))  # room in the queue again
+    channel.dataReceived(POST)  # at once, ignoring Retry-After: held, not queued
+    assert not site.queue and channel in site.held
+
+
+def test_what_a_waiting_client_sends_waits_with_it_and_reading_stops():
+    clock, gateway, site = burst_gateway(max_inflight=1)
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    assert transport.producerState == "producing"  # a client that leaves is seen
+    channel.dataReceived(POST)  # pipelined behind it
+    assert transport.producerState == "paused" and len(site.queue) == 1
+    gateway.admission.release()
+    clock.advance(0)
+    assert transport.producerState == "producing" and len(channel.requests) == 1
+
+
+def test_a_client_that_leaves_while_waiting_leaves_the_queue():
+    clock, gateway, site = burst_gateway(max_inflight=1)
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert not site.queue
+    gateway.admission.release()
+    clock.advance(WAIT_S)
+    assert not channel.requests and gateway.admission.admitted == 0
+
+
+def test_a_drain_ends_every_wait_with_a_503_that_closes():
+    clock, gateway, site = burst_gateway(max_inflight=1)
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    gateway.admission.drain()
+    assert not site.queue
+    assert b"shutting down" in answer(transport) and transport.disconnecting
+
+
+def test_new_connections_wait_in_the_backlog_while_requests_wait():
+    clock, gateway, site = burst_gateway(max_inflight=2)
+    gateway.admission.release()
+    assert site.room() > 0
+    channel, _ = connect(site)  # (took the free slot for its first request)
+    channel.dataReceived(POST)
+    waiting, _ = connect(site)
+    waiting.dataReceived(POST)
+    assert len(site.queue) == 1 and site._slots() <= 0
+
+
+def test_waiting_requests_are_gauged_and_counted():
+    clock, gateway, site = burst_gateway(max_inflight=2)
+
+    def value(name: str) -> float | None:
+        return gateway.metrics.registry.get_sample_value(name)
+
+    assert (value("txfanout_queued_requests"), value("txfanout_queued_total")) == (0, 0)
+    for channel, _ in [connect(site) for _ in range(2)]:
+        channel.dataReceived(POST)
+    assert (value("txfanout_queued_requests"), value("txfanout_queued_total")) == (2, 2)
+    clock.advance(WAIT_S)
+    assert (value("txfanout_queued_requests"), value("txfanout_queued_total")) == (0, 2)
+
+
+def test_a_burst_through_the_network_is_served_whole_at_the_pace_of_its_slots(net: Network):
+    partner = net.partner()
+    gw = net.gateway(route_config({"p": {"url": partner.url("/delay/20")}}, max_inflight=4))
+    gw.gateway.lag.start()
+    net.advance(PERIOD_S)
+    clients = [gw.client(POST) for _ in range(8)]  # 8 at once, 4 slots, 20 ms each
+    net.until(lambda: all(c.received for c in clients))
+    answers = [c.take() for c in clients]
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers)
+    assert gw.value("txfanout_queued_total") == 4
+    assert gw.value("txfanout_shed_total", reason="max_inflight") == 0
+
+
+def refused_after_a_wait() -> tuple[MemoryReactorClock, GatewaySite, Any, StringTransport]:
+    """A kept-alive client whose request waited its whole wait, then got
+    its 503."""
+    clock, gateway, site = burst_gateway()
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    clock.advance(WAIT_S)
+    assert b"in-flight limit" in answer(transport)
+    return clock, site, channel, transport
+
+
+def test_a_client_refused_after_a_wait_is_paced_from_its_request_not_its_503():
+    # Its wait was the gateway's doing: a client sending once a second sent
+    # its next request a second after the last, not too soon.
+    clock, site, channel, transport = refused_after_a_wait()
+    clock.advance(PACE_S - WAIT_S)  # a pace after its request, less after its 503
+    channel.dataReceived(POST)
+    assert b"in-flight limit" in answer(transport) and channel not in site.held
+
+
+def test_a_client_that_resends_at_once_after_a_wait_is_paced():
+    clock, site, channel, transport = refused_after_a_wait()
+    channel.dataReceived(POST)  # at once, ignoring Retry-After
+    assert not answer(transport) and channel in site.held and not site.queue
+
+
+@pytest.mark.parametrize("waiting", [0, 1])
+def test_a_burst_that_waited_does_not_grow_the_limit_past_its_start(waiting):
+    clock, gateway, site = burst_gateway(max_inflight=1000)  # START (64) taken
+    assert gateway.admission.limit.current == START
+    for channel, _ in [connect(site) for _ in range(waiting)]:
+        channel.dataReceived(POST)
+    assert len(site.queue) == waiting
+    clock.advance(PERIOD_S)  # full, the core idle: grown, unless the excess waited
+    assert gateway.lag.busy < BUSY
+    assert (gateway.admission.limit.current > START) == (not waiting)
+
+
+def test_a_reload_moves_the_wait_with_the_partners_timeouts():
+    clock, gateway, site = burst_gateway()
+    assert gateway.admission.slot_wait == pytest.approx(WAIT_S)
+    gateway.reconfigure(parse(route_config({"p": {"url": "http://127.0.0.1:9/",
+                                                  "timeout_ms": 100}}, max_inflight=2)))
+    assert gateway.admission.slot_wait == pytest.approx(0.395)
+    gateway.reconfigure(parse(route_config({"p": {"url": "http://127.0.0.1:9/",
+                                                  "timeout_ms": 495}}, max_inflight=2)))
+    channel, transport = connect(site)
+    channel.dataReceived(POST)
+    assert b"in-flight limit" in answer(transport) and not site.queue
