@@ -81,6 +81,7 @@ txfanout_requests_total{{route="bid",code="200"}} {requests}
 txfanout_request_duration_seconds_bucket{{route="bid",le="0.01"}} {le_01}
 txfanout_request_duration_seconds_bucket{{route="bid",le="+Inf"}} {requests}
 txfanout_inflight_requests 3
+txfanout_queued_requests 4
 txfanout_client_connections 2500
 txfanout_client_connections_held 2436
 txfanout_shed_total{{reason="max_inflight"}} 0
@@ -101,7 +102,7 @@ def test_render_shows_what_moved_between_two_reads():
     before = Scrape.parse(_exposition(100, 90, 10, 100, abandoned=5), 1000.0)
     after = Scrape.parse(_exposition(300, 240, 60, 250, abandoned=55), 1002.0)
     text = render(Window(before, after), "http://127.0.0.1:9090")
-    assert "requests      100.0/s   in flight 3" in text
+    assert "requests      100.0/s   in flight 3   waiting 4   overdue 0" in text
     assert "codes     200 100.0/s" in text
     assert "clients 2500 (2436 held)" in text
     assert "p50 6.7 ms" in text  # 150 of the window's 200 requests under 10 ms

@@ -184,7 +184,8 @@ def render(window: Window, source: str) -> str:
         f"txfanout top  {source}  {time.strftime('%H:%M:%S', time.localtime(now.at))}"
         f"  (last {w.seconds:.1f} s)",
         f"requests  {w.rate('txfanout_requests_total'):9.1f}/s   in flight "
-        f"{now.total('txfanout_inflight_requests'):.0f}   overdue "
+        f"{now.total('txfanout_inflight_requests'):.0f}   waiting "
+        f"{now.total('txfanout_queued_requests'):.0f}   overdue "
         f"{now.total('txfanout_overdue_inflight'):.0f}   shed "
         f"{w.rate('txfanout_shed_total'):.1f}/s "
         + " ".join(f"({r} {v:.1f}/s)"
