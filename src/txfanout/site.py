@@ -452,8 +452,9 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         """Queue the request ``data`` that arrived at ``arrived`` for a slot;
         False: it may not wait (a client being paced, not a sole whole
         request, the queue does not take it)."""
-        if (self._back_too_soon() or self.transport.disconnecting
-                or sole_request(data) is None or not self.site.queue.join(self, arrived)):
+        queue = self.site.queue
+        if (not queue.open() or self._back_too_soon() or self.transport.disconnecting
+                or sole_request(data) is None or not queue.join(self, arrived)):
             return False
         self._queued_at = arrived
         self._waiting = data

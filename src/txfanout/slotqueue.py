@@ -53,11 +53,16 @@ class SlotQueue:
         a newcomer goes behind them."""
         return bool(self._ends) and len(self._ends) >= self._admission.room
 
+    def open(self) -> bool:
+        """Whether a request may join now (``Admission.may_queue``): asked
+        first, so that a refusal under a standing overload costs no more."""
+        return self._admission.may_queue(len(self._ends))
+
     def join(self, waiter: Waiter, arrived: float) -> bool:
         """Queue ``waiter``, whose request's first byte came at ``arrived``;
         False: it may not wait (refuse it)."""
         ends = arrived + self._admission.slot_wait
-        if not self._admission.may_queue(len(self._ends)) or ends <= self._clock.seconds():
+        if not self.open() or ends <= self._clock.seconds():
             return False
         self._ends[waiter] = ends
         self.total += 1
