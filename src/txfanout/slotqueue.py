@@ -29,6 +29,8 @@ from .timers import cancel
 
 
 class Waiter(Protocol):
+    """A connection whose one whole request waits (``GatewayChannel``)."""
+
     def leave_queue(self) -> None:
         """Its wait ended: begin its request again."""
 
