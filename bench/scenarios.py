@@ -542,13 +542,22 @@ def overload(ctx: Context) -> None:
     and complete answers/s as shares of the gateway's capacity measured just
     before on the same set-up (wrk c=64, 5 s; --quick 2 s); per-status p99.
     The clients' connections are open before the window (see seed)."""
+    _many_clients(ctx, "overload", _h2load_many(ctx), capacity_s=2.0 if ctx.quick else 5.0,
+                  kept_open=True)
+
+
+def _h2load_many(ctx: Context, rps_per_client: float | None = None
+                 ) -> Callable[[Running, int, float, str, float], LoadResult]:
+    """A many-clients row's load (``_many_clients``): h2load --h1, closed
+    loop or at ``rps_per_client``, on connections open ``opened_s`` first."""
 
     def load(g: Running, clients: int, seconds: float, log_path: str,
              opened_s: float) -> LoadResult:
         return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, seconds,
-                              ctx.load_cpu, ctx.workdir, warmup_s=opened_s, log_path=log_path,
+                              ctx.load_cpu, ctx.workdir, rps_per_client=rps_per_client,
+                              warmup_s=opened_s, log_path=log_path,
                               name=os.path.basename(log_path)[:-len(".load.log")])
-    _many_clients(ctx, "overload", load, capacity_s=2.0 if ctx.quick else 5.0, kept_open=True)
+    return load
 
 
 def polite(ctx: Context) -> None:
@@ -573,15 +582,9 @@ def burst(ctx: Context) -> None:
     serves but as one burst a second; txfanout at its default max_inflight
     (or --max-inflight). After a capacity row (wrk c=64, 5 s) on the same
     set-up; the clients' connections are open before the window."""
-
-    def load(g: Running, clients: int, seconds: float, log_path: str,
-             opened_s: float) -> LoadResult:
-        return loadgen.h2load(ctx.registry, g.url, ctx.body_path, clients, seconds,
-                              ctx.load_cpu, ctx.workdir, rps_per_client=BURST_RPS,
-                              warmup_s=opened_s, log_path=log_path,
-                              name=os.path.basename(log_path)[:-len(".load.log")])
-    for row in _many_clients(ctx, "burst", load, capacity_s=2.0 if ctx.quick else 5.0,
-                             kept_open=True, default_cap=2000):
+    for row in _many_clients(ctx, "burst", _h2load_many(ctx, BURST_RPS),
+                             capacity_s=2.0 if ctx.quick else 5.0, kept_open=True,
+                             default_cap=2000):
         offered = row["clients"] * BURST_RPS
         row["offered_rps"] = offered
         row["complete_vs_offered"] = (round(row["complete_rps"] / offered, 3)

@@ -382,6 +382,11 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             write_now(self.transport, answer)
             self._refused_at = self.site.front.clock.seconds()
             self.resetTimeout()
+        self._read_waiting()
+
+    def _read_waiting(self) -> None:
+        """Read on, beginning with what waited (a hold's, or a request's
+        that waited for a slot)."""
         waiting, self._waiting = self._waiting, b""
         if waiting:
             self.transport.resumeProducing()
@@ -467,9 +472,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         drains): its request begins again, its deadline counted from its
         first byte."""
         self._requeued_at, self._queued_at = self._queued_at, None
-        waiting, self._waiting = self._waiting, b""
-        self.transport.resumeProducing()
-        self.dataReceived(waiting)
+        self._read_waiting()
 
     def _backlog_wait(self, now: float, data: bytes) -> float:
         """How long the request beginning with ``data`` waited in the

@@ -64,13 +64,14 @@ class SlotQueue:
         """Queue ``waiter``, whose request's first byte came at ``arrived``;
         False: it may not wait (refuse it)."""
         ends = arrived + self._admission.slot_wait
-        if not self.open() or ends <= self._clock.seconds():
+        wait = ends - self._clock.seconds()
+        if not self.open() or wait <= 0:
             return False
         self._ends[waiter] = ends
         self.total += 1
         self._admission.waits()
         if self._timer is None:
-            self._timer = self._clock.callLater(ends - self._clock.seconds(), self._expire)
+            self._timer = self._clock.callLater(wait, self._expire)
         return True
 
     def leave(self, waiter: Waiter) -> None:
@@ -95,12 +96,8 @@ class SlotQueue:
         # (it had waited in the listening socket's backlog) goes with it.
         self._timer = None
         now = self._clock.seconds()
-        due = 0
-        for ends in self._ends.values():
-            if ends > now:
-                break
-            due += 1
-        self._let_go(due)
+        while self._ends and next(iter(self._ends.values())) <= now:
+            self._let_go(1)
         if self._ends and self._timer is None:
             first = next(iter(self._ends.values()))
             self._timer = self._clock.callLater(max(0.0, first - now), self._expire)
