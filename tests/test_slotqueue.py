@@ -268,3 +268,45 @@ def test_a_reload_moves_the_wait_with_the_partners_timeouts():
     channel, transport = connect(site)
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport) and not site.queue
+
+
+def test_a_slow_upload_takes_no_place_in_the_queue():
+    clock, gateway, site = burst_gateway()
+    slow, slow_transport = connect(site)
+    slow.dataReceived(POST[:-2])  # its head, and its body to come
+    assert not site.queue
+    whole, _ = connect(site)
+    whole.dataReceived(POST)
+    assert len(site.queue) == 1  # first in line, whatever the slow one does
+    slow.dataReceived(POST[-2:])
+    assert b"in-flight limit" in answer(slow_transport) and len(site.queue) == 1
+
+
+def test_a_tiny_deadline_header_moves_nothing_the_queue_shares():
+    clock, gateway, site = burst_gateway()
+    tiny, tiny_transport = connect(site)
+    tiny.dataReceived(POST.replace(b"\r\n\r\n", b"\r\nX-Fanout-Deadline-Ms: 1\r\n\r\n"))
+    other, other_transport = connect(site)
+    other.dataReceived(POST)
+    assert len(site.queue) == 2 and gateway.admission.slot_wait == pytest.approx(WAIT_S)
+    clock.advance(WAIT_S - 0.001)  # the tiny deadline passed long ago: the other still waits
+    assert len(site.queue) == 2 and not answer(other_transport)
+    gateway.admission.release()
+    clock.advance(0)  # its turn: its calls skipped (its own deadline); then the other's
+    mine = answer(tiny_transport)
+    assert mine.startswith(b"HTTP/1.1 200 ") and b'"outcome": "skipped"' in mine
+    assert other.requests and not site.queue and not answer(other_transport)
+    assert gateway.admission.limit.current == 2
+    assert gateway.admission.slot_wait == pytest.approx(WAIT_S)
+
+
+def test_a_client_waiting_every_period_cannot_hold_the_limit_down():
+    # It waits only after a period with a slot unused: through a period of
+    # full slots it is refused at once, and the limit grows as before.
+    clock, gateway, site = burst_gateway(max_inflight=1000)  # START (64) taken
+    for _ in range(4):
+        channel, _ = connect(site)
+        channel.dataReceived(POST)
+        clock.advance(PERIOD_S)
+    assert gateway.lag.busy < BUSY
+    assert gateway.admission.limit.current > START
