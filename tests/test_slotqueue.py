@@ -16,6 +16,7 @@ from txfanout.config import ServerConfig, parse
 from txfanout.gateway import Gateway
 from txfanout.limit import BUSY, START
 from txfanout.site import GatewaySite
+from txfanout.slotqueue import PACE_AFTER, PACE_MARGIN
 
 from .configs import route_config
 from .fakes import Network, answer, connect, full_gateway, no_jitter
@@ -27,16 +28,18 @@ WAIT_S = 0.195
 PACE_S = ServerConfig().pace_ms / 1000.0
 
 
-def burst_gateway(max_inflight: int = 2, **server: object
+def burst_gateway(max_inflight: int = 2, filled_after: float = 0.0, **server: object
                   ) -> tuple[MemoryReactorClock, Gateway, GatewaySite]:
     """A gateway whose slots went unused through a lag period, then all
-    taken at once: the start of a burst."""
+    taken at once, ``filled_after`` seconds into the next: the start of a
+    burst."""
     clock = MemoryReactorClock()
     gateway = Gateway(clock, parse(route_config({"p": {"url": "http://127.0.0.1:9/"}},
                                                 max_inflight=max_inflight, **server)))
     site = GatewaySite(gateway, reactor=clock, draw=no_jitter)
     gateway.lag.start()
     clock.advance(PERIOD_S)
+    clock.advance(filled_after)
     for _ in range(gateway.admission.limit.current):
         assert gateway.admission.admit() is None
     return clock, gateway, site
@@ -106,6 +109,87 @@ def test_under_a_standing_overload_a_request_is_refused_at_once():
     channel, transport = connect(site)
     channel.dataReceived(POST)
     assert b"in-flight limit" in answer(transport) and not site.queue
+
+
+def test_a_burst_that_spans_two_lag_periods_waits_whole():
+    # The slots filled late in a period; the burst's rest, read after the
+    # period ends, still waits: a lag period after the fill, no more.
+    clock, gateway, site = burst_gateway(max_inflight=3, filled_after=PERIOD_S - 0.005)
+    clock.advance(0.01)  # past the lag's next measurement: the slots were full in its period
+    assert gateway.admission.unused == 0
+    late, late_transport = connect(site)
+    late.dataReceived(POST)
+    assert len(site.queue) == 1 and not answer(late_transport)
+    clock.advance(PERIOD_S - 0.005)  # a lag period since the slots filled: standing full
+    standing, standing_transport = connect(site)
+    standing.dataReceived(POST)
+    assert b"in-flight limit" in answer(standing_transport) and len(site.queue) == 1
+
+
+def test_each_wait_ends_at_its_own_end_whatever_its_place():
+    # One that waited in the backlog first joins behind an older waiter but
+    # ends sooner: its 503 goes out at its own end, not the older one's.
+    clock, gateway, site = burst_gateway(max_inflight=2)
+    older, older_transport = connect(site)
+    older.dataReceived(POST)
+    clock.advance(0.05)
+    ended = []
+
+    class Waiter:
+        def leave_queue(self) -> None:
+            ended.append(clock.seconds())
+
+    sent = clock.seconds() - 0.1
+    assert site.queue.join(Waiter(), arrived=sent)  # its first byte came 100 ms ago
+    clock.advance(WAIT_S - 0.1)
+    assert ended == [pytest.approx(sent + WAIT_S)]
+    assert len(site.queue) == 1 and not answer(older_transport)
+    clock.advance(0.051)
+    assert b"in-flight limit" in answer(older_transport) and not site.queue
+
+
+def served_one_every(gateway: Gateway, clock: MemoryReactorClock, step: float,
+                     times: int) -> None:
+    """A slot frees every ``step`` seconds and a waiter takes it, ``times``."""
+    for _ in range(times):
+        clock.advance(step)
+        gateway.admission.release()
+        clock.advance(0)
+
+
+def test_waiters_the_queues_pace_would_not_reach_get_their_503_at_once():
+    clock, gateway, site = burst_gateway(max_inflight=40)
+    clients = [connect(site) for _ in range(40)]
+    for channel, _ in clients:
+        channel.dataReceived(POST)
+    assert len(site.queue) == 40
+    served_one_every(gateway, clock, 0.01, PACE_AFTER - 1)
+    assert len(site.queue) == 40 - (PACE_AFTER - 1)  # not judged before PACE_AFTER
+    served_one_every(gateway, clock, 0.01, 1)  # 16 served in 150 ms: 107 a second
+    pace = PACE_AFTER / (0.01 * (PACE_AFTER - 1))
+    left = WAIT_S - 0.01 * PACE_AFTER  # 35 ms of the others' waits
+    assert pace * left < len(site.queue) <= PACE_MARGIN * pace * left  # 5 or 6 of 24
+    kept = [t for _, t in clients[PACE_AFTER:PACE_AFTER + len(site.queue)]]
+    assert not any(answer(t) for t in kept)
+    trimmed = [t for _, t in clients[PACE_AFTER + len(site.queue):]]
+    assert all(b"in-flight limit" in answer(t) for t in trimmed)  # now, the newest
+
+
+def test_a_newcomer_the_queues_pace_would_not_reach_is_refused_at_once():
+    clock, gateway, site = burst_gateway(max_inflight=200)  # START (64) taken
+    clients = [connect(site) for _ in range(40)]
+    for channel, _ in clients:
+        channel.dataReceived(POST)
+    served_one_every(gateway, clock, 0.002, PACE_AFTER)  # 16 in 30 ms: 533 a second
+    pace = PACE_AFTER / (0.002 * (PACE_AFTER - 1))
+    assert len(site.queue) == 40 - PACE_AFTER and site.queue.open()
+    crowd = [connect(site) for _ in range(150)]  # the same burst, read later
+    for channel, _ in crowd:
+        channel.dataReceived(POST)
+    assert pace * WAIT_S < len(site.queue) <= PACE_MARGIN * pace * WAIT_S  # about 130
+    joined = len(site.queue) - (40 - PACE_AFTER)
+    assert not any(answer(t) for _, t in crowd[:joined])
+    assert all(b"in-flight limit" in answer(t) for _, t in crowd[joined:])
 
 
 def test_no_wait_when_the_partners_timeouts_leave_none():
@@ -301,8 +385,9 @@ def test_a_tiny_deadline_header_moves_nothing_the_queue_shares():
 
 
 def test_a_client_waiting_every_period_cannot_hold_the_limit_down():
-    # It waits only after a period with a slot unused: through a period of
-    # full slots it is refused at once, and the limit grows as before.
+    # It waits only within a lag period of the slots filling: through the
+    # periods of full slots after it, it is refused at once, and the limit
+    # grows as before.
     clock, gateway, site = burst_gateway(max_inflight=1000)  # START (64) taken
     for _ in range(4):
         channel, _ = connect(site)

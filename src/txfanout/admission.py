@@ -12,14 +12,15 @@ than ``max_lag_ms`` (lag.py; the collector's pauses aside:
 ``txfanout_shed_total`` and pick the 503's prepared text (wire.py).
 
 A request that finds every slot taken may wait for one instead, when the
-slots are full for a moment only (``may_queue``: a slot went unused in the
-last lag period), for ``slot_wait``: as long as its calls still get their
-partners' whole ``timeout_ms`` within the deadline (budget.py). The queue
-is the site's (slotqueue.py).
+slots are full for a moment only (``may_queue``: they filled less than a lag
+period ago, after a period in which some went unused), for ``slot_wait``: as
+long as its calls still get their partners' whole ``timeout_ms`` within the
+deadline (budget.py). The queue is the site's (slotqueue.py).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable
 
 from twisted.internet.defer import Deferred, succeed
@@ -55,6 +56,7 @@ class Admission:
                  refused: Callable[[str], None] = lambda reason: None,
                  timeouts_ms: Iterable[int] = ()) -> None:
         self.lag = lag
+        self._clock = clock
         self.limit = InflightLimit(clock, server.max_inflight, server.adaptive_inflight,
                                    lag_target(server))
         lag.watch(self._follow)
@@ -68,6 +70,9 @@ class Admission:
         self._waited = False  # a request waited for a slot since ``_follow``
         self._peak = 0  # the most admitted at once since the limit last followed the lag
         self.unused = 0  # slots no request took over the last lag period (``_follow``)
+        # When the slots last filled after a lag period in which some went
+        # unused (None: not since; -inf: no such period yet, as if always full).
+        self._filled_at: float | None = -math.inf
         self.draining = False
         self._idle_waiters: list[Deferred[None]] = []
         self._watchers: list[Callable[[], None]] = []
@@ -108,6 +113,10 @@ class Admission:
 
 
     def _follow(self, lag: ReactorLag) -> None:
+        if self._peak < self.limit.current:  # a slot went unused through the period
+            self._filled_at = None
+        elif self._filled_at is None:  # full through it (the limit came down)
+            self._filled_at = self._clock.seconds() - lag.interval
         self.limit.observe(lag.behind, self._peak, lag.busy, self._refusing, self._waited)
         self._refusing = self._waited = False
         self.unused = max(0, self.limit.current - self._peak)
@@ -116,11 +125,13 @@ class Admission:
 
     def may_queue(self, waiting: int) -> bool:
         """Whether a request that found no slot may wait for one, with
-        ``waiting`` requests waiting already (slotqueue.py): only when a slot
-        went unused in the last lag period (the slots are full for a moment,
-        not standing full), and up to ``max_inflight`` waiting."""
-        return (self.slot_wait > 0 and self.unused > 0 and not self.draining
-                and waiting < self.limit.ceiling)
+        ``waiting`` requests waiting already (slotqueue.py): only while the
+        slots filled less than a lag period ago, after a period in which some
+        went unused (they are full for a moment: a burst arriving, not a
+        standing overload), and up to ``max_inflight`` waiting."""
+        return (self.slot_wait > 0 and not self.draining and waiting < self.limit.ceiling
+                and (self._filled_at is None
+                     or self._clock.seconds() - self._filled_at < self.lag.interval))
 
     def waits(self) -> None:
         """A request waits for a slot (slotqueue.py)."""
@@ -147,6 +158,8 @@ class Admission:
             self.admitted_total += 1
             if self.admitted > self._peak:
                 self._peak = self.admitted
+            if self._filled_at is None and self.admitted >= self.limit.current:
+                self._filled_at = self._clock.seconds()
             self._changed()
             return None
         self.refused(reason)

@@ -340,8 +340,8 @@ class _Levels(NamedTuple):
                               "Client connections paced for not waiting their Retry-After: "
                               "their 503 or next request held back (server.pace_ms)."),
             GaugeMetricFamily("txfanout_queued_requests",
-                              "Requests waiting for an in-flight slot (a burst's, while "
-                              "slots went unused in the last lag period)."),
+                              "Requests waiting for an in-flight slot (a burst's, within "
+                              "a lag period of the slots filling)."),
             CounterMetricFamily("txfanout_queued",
                                 "Requests that waited for an in-flight slot (each then "
                                 "admitted or refused, as any request)."),

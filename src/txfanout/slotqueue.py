@@ -1,15 +1,23 @@
 """Requests that wait for an in-flight slot, first come first served.
 
 A request that finds every slot taken is refused at once (503), unless the
-slots are full for a moment only: when some slot went unused in the last lag
-period (``Admission.may_queue``), the whole request waits here instead, for
-at most ``Admission.slot_wait`` from its first byte (as long as its calls
-would still get their whole ``timeout_ms``), and at most ``max_inflight`` of
-them at once. A burst that comes all at once (clients whose timers fire
-together) is then served at the pace slots free up, rather than refused but
-for the first few. Under a standing overload no slot goes unused, and every
-request without one is refused at once, as before: a queue that never
-empties would only add its wait to every answer.
+slots are full for a moment only: when they filled less than a lag period
+ago, after a period in which some went unused (``Admission.may_queue``), the
+whole request waits here instead, for at most ``Admission.slot_wait`` from
+its first byte (as long as its calls would still get their whole
+``timeout_ms``), and at most ``max_inflight`` of them at once. A burst that
+comes all at once (clients whose timers fire together) is then served at the
+pace slots free up, rather than refused but for the first few. Under a
+standing overload no slot goes unused, and every request without one is
+refused at once, as before: a queue that never empties would only add its
+wait to every answer.
+
+A wait that would end in a 503 ends at once: once the queue has served
+``PACE_AFTER`` waiters, it knows its own pace of service (waiters served a
+second, since its first), and a request that pace would not reach before its
+wait ends, with ``PACE_MARGIN`` to spare, does not join; the newest waiters
+leave the same way as the pace is measured again. A burst larger than the
+core serves in a wait gets its 503s when it comes, not a wait later.
 
 The queue holds connections (``Waiter``): each sent one whole request, kept
 unparsed, and is read no further while it waits. When a slot frees up, the
@@ -20,12 +28,17 @@ drains, it begins again too, and is refused then.
 
 from __future__ import annotations
 
+import heapq
+from itertools import count
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from .admission import Admission
 from .timers import cancel
+
+PACE_AFTER = 16  # waiters served before the queue judges by its pace
+PACE_MARGIN = 1.25  # keep this many times the waiters the pace would reach
 
 
 class Waiter(Protocol):
@@ -42,8 +55,12 @@ class SlotQueue:
         self._clock = clock
         self._admission = admission
         self._ends: dict[Waiter, float] = {}  # each waiter: when its wait ends; oldest first
-        self._timer: IDelayedCall | None = None  # the oldest one's end
+        self._expiries: list[tuple[float, int, Waiter]] = []  # a heap; stale once it left
+        self._joined = count()
+        self._timer: IDelayedCall | None = None  # the soonest end
         self._serving: IDelayedCall | None = None
+        self._first_served: float | None = None  # since the queue was last empty
+        self._served = 0  # waiters served since then
         self.total = 0  # requests that ever waited
         admission.watch(self._room_changed)
 
@@ -63,15 +80,17 @@ class SlotQueue:
     def join(self, waiter: Waiter, arrived: float) -> bool:
         """Queue ``waiter``, whose request's first byte came at ``arrived``;
         False: it may not wait (refuse it)."""
+        now = self._clock.seconds()
         ends = arrived + self._admission.slot_wait
-        wait = ends - self._clock.seconds()
-        if not self.open() or wait <= 0:
+        if not self.open() or ends <= now or self._beyond_pace(len(self._ends) + 1, ends, now):
             return False
+        if not self._ends:
+            self._first_served, self._served = None, 0
         self._ends[waiter] = ends
+        heapq.heappush(self._expiries, (ends, next(self._joined), waiter))
         self.total += 1
         self._admission.waits()
-        if self._timer is None:
-            self._timer = self._clock.callLater(wait, self._expire)
+        self._expire_at(now)
         return True
 
     def leave(self, waiter: Waiter) -> None:
@@ -80,7 +99,16 @@ class SlotQueue:
 
     def release_all(self) -> None:
         """End every wait now (the gateway drains)."""
-        self._let_go(len(self._ends))
+        while self._ends:
+            self._let_go(next(iter(self._ends)))
+
+    def _beyond_pace(self, position: int, ends: float, now: float) -> bool:
+        """Whether the queue's pace of service would not reach its
+        ``position``-th waiter before ``ends``."""
+        if self._first_served is None or self._served < PACE_AFTER:
+            return False
+        pace = self._served / max(now - self._first_served, 1e-3)
+        return position > PACE_MARGIN * pace * (ends - now)
 
     def _room_changed(self) -> None:
         if self._ends and self._serving is None and self._admission.room > 0:
@@ -88,28 +116,39 @@ class SlotQueue:
 
     def _serve(self) -> None:
         self._serving = None
+        now = self._clock.seconds()
         while self._ends and self._admission.room > 0:
-            self._let_go(1)
+            if self._first_served is None:
+                self._first_served = now
+            self._served += 1
+            self._let_go(next(iter(self._ends)))
+        while self._ends:  # the newest, if the pace would not reach them
+            newest = next(reversed(self._ends))
+            if not self._beyond_pace(len(self._ends), self._ends[newest], now):
+                break
+            self._let_go(newest)
 
     def _expire(self) -> None:
-        # The oldest first: one whose wait ends sooner than an older one's
-        # (it had waited in the listening socket's backlog) goes with it.
         self._timer = None
         now = self._clock.seconds()
-        while self._ends and next(iter(self._ends.values())) <= now:
-            self._let_go(1)
-        if self._ends and self._timer is None:
-            first = next(iter(self._ends.values()))
-            self._timer = self._clock.callLater(max(0.0, first - now), self._expire)
+        while self._expiries and self._expiries[0][0] <= now:
+            ends, _, waiter = heapq.heappop(self._expiries)
+            if self._ends.get(waiter) == ends:
+                self._let_go(waiter)
+        self._expire_at(now)
 
-    def _let_go(self, count: int) -> None:
-        """The ``count`` oldest waiters leave the queue."""
-        for _ in range(count):
-            if not self._ends:
-                break
-            waiter = next(iter(self._ends))
-            del self._ends[waiter]
-            waiter.leave_queue()
-        if not self._ends:
+    def _expire_at(self, now: float) -> None:
+        """Time the soonest wait's end, dropping those that left."""
+        expiries = self._expiries
+        while expiries and self._ends.get(expiries[0][2]) != expiries[0][0]:
+            heapq.heappop(expiries)
+        if not expiries:
             cancel(self._timer)
             self._timer = None
+        elif self._timer is None or self._timer.getTime() > expiries[0][0]:
+            cancel(self._timer)
+            self._timer = self._clock.callLater(max(0.0, expiries[0][0] - now), self._expire)
+
+    def _let_go(self, waiter: Waiter) -> None:
+        del self._ends[waiter]
+        waiter.leave_queue()
