@@ -192,6 +192,28 @@ def test_a_newcomer_the_queues_pace_would_not_reach_is_refused_at_once():
     assert all(b"in-flight limit" in answer(t) for _, t in crowd[joined:])
 
 
+def test_the_next_burst_is_judged_by_the_last_ones_pace_until_its_own_is_known():
+    # The core reads a whole burst before it serves any of it.
+    clock, gateway, site = burst_gateway(max_inflight=40)
+    for channel, _ in [connect(site) for _ in range(40)]:
+        channel.dataReceived(POST)
+    served_one_every(gateway, clock, 0.01, PACE_AFTER)  # 107 a second
+    pace = PACE_AFTER / (0.01 * (PACE_AFTER - 1))
+    clock.advance(WAIT_S)  # the rest refused: the queue is empty
+    for _ in range(40 - PACE_AFTER):
+        gateway.admission.release()
+    for _ in range(10):  # the served ones answer (their deadline); slots unused
+        clock.advance(PERIOD_S)
+    assert not site.queue and gateway.admission.admitted == 0
+    for _ in range(gateway.admission.limit.current):
+        assert gateway.admission.admit() is None  # the next burst fills the slots
+    clients = [connect(site) for _ in range(40)]
+    for channel, _ in clients:
+        channel.dataReceived(POST)
+    assert pace * WAIT_S < len(site.queue) <= PACE_MARGIN * pace * WAIT_S  # 21 to 26
+    assert all(b"in-flight limit" in answer(t) for _, t in clients[len(site.queue):])
+
+
 def test_no_wait_when_the_partners_timeouts_leave_none():
     clock, gateway, site = burst_gateway(deadline_ms=305)  # 305 - 5 - 300 = 0
     channel, transport = connect(site)

@@ -12,12 +12,15 @@ standing overload no slot goes unused, and every request without one is
 refused at once, as before: a queue that never empties would only add its
 wait to every answer.
 
-A wait that would end in a 503 ends at once: once the queue has served
-``PACE_AFTER`` waiters, it knows its own pace of service (waiters served a
-second, since its first), and a request that pace would not reach before its
-wait ends, with ``PACE_MARGIN`` to spare, does not join; the newest waiters
-leave the same way as the pace is measured again. A burst larger than the
-core serves in a wait gets its 503s when it comes, not a wait later.
+A wait that would end in a 503 ends at once. The queue knows its own pace
+of service: waiters served a second, since its first, measured once it has
+served ``PACE_AFTER`` since it was last empty (until then, the pace of the
+last time). A request that pace would not reach before its wait ends, with
+``PACE_MARGIN`` to spare, does not join; the newest waiters leave the same
+way as the pace is measured again. A burst larger than the core serves in a
+wait gets its 503s when it comes, not a wait later: the core reads a whole
+burst before it serves any of it, so the pace is the last burst's until
+this one's is known.
 
 The queue holds connections (``Waiter``): each sent one whole request, kept
 unparsed, and is read no further while it waits. When a slot frees up, the
@@ -61,6 +64,7 @@ class SlotQueue:
         self._serving: IDelayedCall | None = None
         self._first_served: float | None = None  # since the queue was last empty
         self._served = 0  # waiters served since then
+        self._pace: float | None = None  # waiters served a second, as last measured
         self.total = 0  # requests that ever waited
         admission.watch(self._room_changed)
 
@@ -105,10 +109,7 @@ class SlotQueue:
     def _beyond_pace(self, position: int, ends: float, now: float) -> bool:
         """Whether the queue's pace of service would not reach its
         ``position``-th waiter before ``ends``."""
-        if self._first_served is None or self._served < PACE_AFTER:
-            return False
-        pace = self._served / max(now - self._first_served, 1e-3)
-        return position > PACE_MARGIN * pace * (ends - now)
+        return self._pace is not None and position > PACE_MARGIN * self._pace * (ends - now)
 
     def _room_changed(self) -> None:
         if self._ends and self._serving is None and self._admission.room > 0:
@@ -122,6 +123,8 @@ class SlotQueue:
                 self._first_served = now
             self._served += 1
             self._let_go(next(iter(self._ends)))
+        if self._first_served is not None and self._served >= PACE_AFTER:
+            self._pace = self._served / max(now - self._first_served, 1e-3)
         while self._ends:  # the newest, if the pace would not reach them
             newest = next(reversed(self._ends))
             if not self._beyond_pace(len(self._ends), self._ends[newest], now):
