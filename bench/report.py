@@ -90,7 +90,8 @@ def _extra(row: dict[str, Any]) -> str:
     if s in ("overload", "burst"):
         out.append(f"p99(200) {_f(row.get('p99_200_ms'))} ms")
         if row.get("p99_503_ms") is not None:
-            out.append(f"p99(503) {_f(row.get('p99_503_ms'))} ms")
+            out.append(f"p50(503) {_f(row.get('p50_503_ms'))} ms, "
+                       f"p99(503) {_f(row.get('p99_503_ms'))} ms")
         out.append(f"max_inflight {row['max_inflight']}" if row["gateway"] == "txfanout"
                    else "no admission cap")
     if row.get("gc_s_per_1k") is not None:

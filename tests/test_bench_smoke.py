@@ -517,7 +517,9 @@ def test_a_burst_row_says_what_share_of_the_offered_load_completed() -> None:
 
     row = {"scenario": "burst", "gateway": "txfanout", "goodput_rps": 410.0,
            "complete_rps": 410.0, "offered_rps": 1000.0, "complete_vs_offered": 0.41,
-           "p99_200_ms": 320.0, "max_inflight": 2000, "outcomes": {"queued": 9}}
+           "p99_200_ms": 320.0, "p50_503_ms": 48.0, "p99_503_ms": 640.0,
+           "max_inflight": 2000, "outcomes": {"queued": 9}}
     notes = report._extra(row).split("; ")
     assert "offered 1000/s in step: complete 0.41 of it" in notes
+    assert "p50(503) 48.0 ms, p99(503) 640.0 ms" in notes  # refused as it came, or late
     assert "requests that waited for a slot 9" in notes
