@@ -273,6 +273,8 @@ def test_a_client_that_leaves_while_waiting_leaves_the_queue():
     channel.dataReceived(POST)
     channel.connectionLost(Failure(ConnectionDone()))
     assert not site.queue
+    assert not [c for c in clock.getDelayedCalls()  # nothing timed for it: let go
+                if getattr(c.func, "__self__", None) is site.queue]
     gateway.admission.release()
     clock.advance(WAIT_S)
     assert not channel.requests and gateway.admission.admitted == 0

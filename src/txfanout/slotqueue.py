@@ -99,7 +99,8 @@ class SlotQueue:
 
     def leave(self, waiter: Waiter) -> None:
         """``waiter`` is gone (its client closed the connection)."""
-        self._ends.pop(waiter, None)
+        if self._ends.pop(waiter, None) is not None:
+            self._forget_if_empty()
 
     def release_all(self) -> None:
         """End every wait now (the gateway drains)."""
@@ -154,4 +155,12 @@ class SlotQueue:
 
     def _let_go(self, waiter: Waiter) -> None:
         del self._ends[waiter]
+        self._forget_if_empty()
         waiter.leave_queue()
+
+    def _forget_if_empty(self) -> None:
+        """No one waits: hold no ends (nor the connections they name)."""
+        if not self._ends:
+            self._expiries.clear()
+            cancel(self._timer)
+            self._timer = None
