@@ -45,6 +45,14 @@ def burst_gateway(max_inflight: int = 2, filled_after: float = 0.0, **server: ob
     return clock, gateway, site
 
 
+def requests(site: GatewaySite, count: int) -> list[tuple[Any, StringTransport]]:
+    """``count`` new connections, each sending one whole request."""
+    clients = [connect(site) for _ in range(count)]
+    for channel, _ in clients:
+        channel.dataReceived(POST)
+    return clients
+
+
 def shed(gateway: Gateway) -> float:
     return gateway.metrics.registry.get_sample_value("txfanout_shed_total",
                                                      {"reason": "max_inflight"})
@@ -60,9 +68,7 @@ def test_a_request_may_wait_as_long_as_its_calls_keep_their_whole_timeout():
 
 def test_a_burst_waits_for_slots_and_is_served_first_come_first_served():
     clock, gateway, site = burst_gateway(max_inflight=3)
-    clients = [connect(site) for _ in range(3)]
-    for channel, _ in clients:
-        channel.dataReceived(POST)
+    clients = requests(site, 3)
     assert len(site.queue) == 3 and not any(answer(t) for _, t in clients)
     assert shed(gateway) == 0
     gateway.admission.release()
@@ -159,9 +165,7 @@ def served_one_every(gateway: Gateway, clock: MemoryReactorClock, step: float,
 
 def test_waiters_the_queues_pace_would_not_reach_get_their_503_at_once():
     clock, gateway, site = burst_gateway(max_inflight=40)
-    clients = [connect(site) for _ in range(40)]
-    for channel, _ in clients:
-        channel.dataReceived(POST)
+    clients = requests(site, 40)
     assert len(site.queue) == 40
     served_one_every(gateway, clock, 0.01, PACE_AFTER - 1)
     assert len(site.queue) == 40 - (PACE_AFTER - 1)  # not judged before PACE_AFTER
@@ -177,15 +181,11 @@ def test_waiters_the_queues_pace_would_not_reach_get_their_503_at_once():
 
 def test_a_newcomer_the_queues_pace_would_not_reach_is_refused_at_once():
     clock, gateway, site = burst_gateway(max_inflight=200)  # START (64) taken
-    clients = [connect(site) for _ in range(40)]
-    for channel, _ in clients:
-        channel.dataReceived(POST)
+    clients = requests(site, 40)
     served_one_every(gateway, clock, 0.002, PACE_AFTER)  # 16 in 30 ms: 533 a second
     pace = PACE_AFTER / (0.002 * (PACE_AFTER - 1))
     assert len(site.queue) == 40 - PACE_AFTER and site.queue.open()
-    crowd = [connect(site) for _ in range(150)]  # the same burst, read later
-    for channel, _ in crowd:
-        channel.dataReceived(POST)
+    crowd = requests(site, 150)  # the same burst, read later
     assert pace * WAIT_S < len(site.queue) <= PACE_MARGIN * pace * WAIT_S  # about 130
     joined = len(site.queue) - (40 - PACE_AFTER)
     assert not any(answer(t) for _, t in crowd[:joined])
@@ -195,8 +195,7 @@ def test_a_newcomer_the_queues_pace_would_not_reach_is_refused_at_once():
 def test_the_next_burst_is_judged_by_the_last_ones_pace_until_its_own_is_known():
     # The core reads a whole burst before it serves any of it.
     clock, gateway, site = burst_gateway(max_inflight=40)
-    for channel, _ in [connect(site) for _ in range(40)]:
-        channel.dataReceived(POST)
+    requests(site, 40)
     served_one_every(gateway, clock, 0.01, PACE_AFTER)  # 107 a second
     pace = PACE_AFTER / (0.01 * (PACE_AFTER - 1))
     clock.advance(WAIT_S)  # the rest refused: the queue is empty
@@ -207,9 +206,7 @@ def test_the_next_burst_is_judged_by_the_last_ones_pace_until_its_own_is_known()
     assert not site.queue and gateway.admission.admitted == 0
     for _ in range(gateway.admission.limit.current):
         assert gateway.admission.admit() is None  # the next burst fills the slots
-    clients = [connect(site) for _ in range(40)]
-    for channel, _ in clients:
-        channel.dataReceived(POST)
+    clients = requests(site, 40)
     assert pace * WAIT_S < len(site.queue) <= PACE_MARGIN * pace * WAIT_S  # 21 to 26
     assert all(b"in-flight limit" in answer(t) for _, t in clients[len(site.queue):])
 
@@ -223,9 +220,7 @@ def test_no_wait_when_the_partners_timeouts_leave_none():
 
 def test_at_most_max_inflight_wait():
     clock, gateway, site = burst_gateway(max_inflight=2)
-    clients = [connect(site) for _ in range(3)]
-    for channel, _ in clients:
-        channel.dataReceived(POST)
+    clients = requests(site, 3)
     assert len(site.queue) == 2
     assert [bool(answer(t)) for _, t in clients] == [False, False, True]
     assert shed(gateway) == 1
@@ -307,8 +302,7 @@ def test_waiting_requests_are_gauged_and_counted():
         return gateway.metrics.registry.get_sample_value(name)
 
     assert (value("txfanout_queued_requests"), value("txfanout_queued_total")) == (0, 0)
-    for channel, _ in [connect(site) for _ in range(2)]:
-        channel.dataReceived(POST)
+    requests(site, 2)
     assert (value("txfanout_queued_requests"), value("txfanout_queued_total")) == (2, 2)
     clock.advance(WAIT_S)
     assert (value("txfanout_queued_requests"), value("txfanout_queued_total")) == (0, 2)
@@ -357,8 +351,7 @@ def test_a_client_that_resends_at_once_after_a_wait_is_paced():
 def test_a_burst_that_waited_does_not_grow_the_limit_past_its_start(waiting):
     clock, gateway, site = burst_gateway(max_inflight=1000)  # START (64) taken
     assert gateway.admission.limit.current == START
-    for channel, _ in [connect(site) for _ in range(waiting)]:
-        channel.dataReceived(POST)
+    requests(site, waiting)
     assert len(site.queue) == waiting
     clock.advance(PERIOD_S)  # full, the core idle: grown, unless the excess waited
     assert gateway.lag.busy < BUSY
