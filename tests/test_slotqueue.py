@@ -37,6 +37,7 @@ def burst_gateway(max_inflight: int = 2, filled_after: float = 0.0, **server: ob
     gateway = Gateway(clock, parse(route_config({"p": {"url": "http://127.0.0.1:9/"}},
                                                 max_inflight=max_inflight, **server)))
     site = GatewaySite(gateway, reactor=clock, draw=no_jitter)
+    site.queue.cpu = clock.seconds  # a core busy throughout: the queue's pace is the clock's
     gateway.lag.start()
     clock.advance(PERIOD_S)
     clock.advance(filled_after)
@@ -209,6 +210,25 @@ def test_the_next_burst_is_judged_by_the_last_ones_pace_until_its_own_is_known()
     clients = requests(site, 40)
     assert pace * WAIT_S < len(site.queue) <= PACE_MARGIN * pace * WAIT_S  # 21 to 26
     assert all(b"in-flight limit" in answer(t) for _, t in clients[len(site.queue):])
+
+
+def test_a_slow_partner_cannot_talk_the_queue_into_refusing_the_next_burst():
+    # Slots held by a slow partner while the core idles: served slowly by
+    # the clock, not per second of the core's time, which is the pace.
+    clock, gateway, site = burst_gateway(max_inflight=40)
+    site.queue.cpu = lambda: 0.0  # the core idle while the partner answers
+    requests(site, 40)
+    served_one_every(gateway, clock, 0.01, PACE_AFTER)  # 107 a second by the clock
+    assert len(site.queue) == 40 - PACE_AFTER  # none refused early
+    clock.advance(WAIT_S)
+    for _ in range(40 - PACE_AFTER):
+        gateway.admission.release()
+    for _ in range(10):
+        clock.advance(PERIOD_S)
+    for _ in range(gateway.admission.limit.current):
+        assert gateway.admission.admit() is None  # the next burst
+    clients = requests(site, 40)
+    assert len(site.queue) == 40 and not any(answer(t) for _, t in clients)
 
 
 def test_no_wait_when_the_partners_timeouts_leave_none():

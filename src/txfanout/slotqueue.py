@@ -13,9 +13,11 @@ refused at once, as before: a queue that never empties would only add its
 wait to every answer.
 
 A wait that would end in a 503 ends at once. The queue knows its own pace
-of service: waiters served a second, since its first, measured once it has
-served ``PACE_AFTER`` since it was last empty (until then, the pace of the
-last time). A request that pace would not reach before its wait ends, with
+of service: waiters served per second of the process's CPU time, since its
+first, measured once it has served ``PACE_AFTER`` since it was last empty
+(until then, the pace of the last time). CPU time, not the clock's: slots
+held by slow partners while the core idles say nothing of what the core
+serves, and a partner must not talk the queue into refusing the next burst. A request that pace would not reach before its wait ends, with
 ``PACE_MARGIN`` to spare, does not join; the newest waiters leave the same
 way as the pace is measured again. A burst larger than the core serves in a
 wait gets its 503s when it comes, not a wait later: the core reads a whole
@@ -32,6 +34,7 @@ drains, it begins again too, and is refused then.
 from __future__ import annotations
 
 import heapq
+import time
 from itertools import count
 from typing import Protocol
 
@@ -62,9 +65,10 @@ class SlotQueue:
         self._joined = count()
         self._timer: IDelayedCall | None = None  # the soonest end
         self._serving: IDelayedCall | None = None
-        self._first_served: float | None = None  # since the queue was last empty
+        self.cpu = time.process_time  # the process's CPU seconds
+        self._first_served: float | None = None  # its CPU time, since the queue was last empty
         self._served = 0  # waiters served since then
-        self._pace: float | None = None  # waiters served a second, as last measured
+        self._pace: float | None = None  # waiters served per CPU second, as last measured
         self.total = 0  # requests that ever waited
         admission.watch(self._room_changed)
 
@@ -121,11 +125,11 @@ class SlotQueue:
         now = self._clock.seconds()
         while self._ends and self._admission.room > 0:
             if self._first_served is None:
-                self._first_served = now
+                self._first_served = self.cpu()
             self._served += 1
             self._let_go(next(iter(self._ends)))
         if self._first_served is not None and self._served >= PACE_AFTER:
-            self._pace = self._served / max(now - self._first_served, 1e-3)
+            self._pace = self._served / max(self.cpu() - self._first_served, 1e-3)
         while self._ends:  # the newest, if the pace would not reach them
             newest = next(reversed(self._ends))
             if not self._beyond_pace(len(self._ends), self._ends[newest], now):
