@@ -25,8 +25,8 @@ from .procs import (Registry, Sampler, cpu_seconds, host_busy_seconds, own_and_c
 
 SCENARIOS = ("steady", "seed", "overload", "polite", "burst", "slow", "slowpartner", "soak",
              "workers")
-DEFAULT_DURATION = {"steady": 15, "seed": 15, "overload": 15, "polite": 15, "burst": 15, "slow": 15,
-                    "slowpartner": 15, "soak": 120, "workers": 15}
+DEFAULT_DURATION = {"steady": 15, "seed": 15, "overload": 15, "polite": 15, "burst": 15,
+                    "slow": 15, "slowpartner": 15, "soak": 120, "workers": 15}
 # scenarios whose settings only txfanout has
 TXFANOUT_ONLY = ("slowpartner", "workers")
 # load generators each scenario uses (wrk is always used to warm up)
@@ -493,10 +493,10 @@ def _many_clients(ctx: Context, scenario: str,
                   kept_open: bool = False, default_cap: int = 64) -> list[dict[str, Any]]:
     """Rows of ``load(gateway, clients, seconds, log_path, opened_s)``:
     1,000 clients (or --clients) against txfanout at max_inflight
-    ``default_cap`` (or --max-inflight), after --lead-in seconds of the same load on the same
-    gateway; ``kept_open``: on the same connections, measured after they
-    were open ``opened_s`` (at least 2 s; as the seed's keep-alive rows),
-    else as a load of its own.
+    ``default_cap`` (or --max-inflight), after --lead-in seconds of the same
+    load on the same gateway; ``kept_open``: on the same connections,
+    measured after they were open ``opened_s`` (at least 2 s; as the seed's
+    keep-alive rows), else as a load of its own.
     With ``capacity_s``, each gateway's row comes after a row of wrk at
     --connections (64) for that long on the same set-up (label
     "capacity"), and the many-clients row keeps its complete answers/s

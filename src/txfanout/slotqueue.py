@@ -17,7 +17,8 @@ of service: waiters served per second of the process's CPU time, since its
 first, measured once it has served ``PACE_AFTER`` since it was last empty
 (until then, the pace of the last time). CPU time, not the clock's: slots
 held by slow partners while the core idles say nothing of what the core
-serves, and a partner must not talk the queue into refusing the next burst. A request that pace would not reach before its wait ends, with
+serves, and a partner must not talk the queue into refusing the next
+burst. A request that pace would not reach before its wait ends, with
 ``PACE_MARGIN`` to spare, does not join; the newest waiters leave the same
 way as the pace is measured again. A burst larger than the core serves in a
 wait gets its 503s when it comes, not a wait later: the core reads a whole
@@ -86,11 +87,12 @@ class SlotQueue:
         return self._admission.may_queue(len(self._ends))
 
     def join(self, waiter: Waiter, arrived: float) -> bool:
-        """Queue ``waiter``, whose request's first byte came at ``arrived``;
-        False: it may not wait (refuse it)."""
+        """Queue ``waiter``, whose request's first byte came at ``arrived``,
+        once ``open()`` said it may; False: it may not wait after all (its
+        time is up, or the pace would not reach it): refuse it."""
         now = self._clock.seconds()
         ends = arrived + self._admission.slot_wait
-        if not self.open() or ends <= now or self._beyond_pace(len(self._ends) + 1, ends, now):
+        if ends <= now or self._beyond_pace(len(self._ends) + 1, ends, now):
             return False
         if not self._ends:
             self._first_served, self._served = None, 0
