@@ -258,21 +258,6 @@ def test_a_newcomer_goes_behind_those_waiting():
     assert first.requests and not late.requests
 
 
-def test_a_newcomer_the_queue_will_not_take_does_not_take_a_slot_freed_for_a_waiter():
-    clock, gateway, site = burst_gateway(max_inflight=1)
-    waiting, _ = connect(site)
-    waiting.dataReceived(POST)  # the queue is full (max_inflight 1)
-    channel, transport = connect(site)
-    channel.dataReceived(POST)
-    assert b"in-flight limit" in answer(transport)
-    transport.clear()
-    gateway.admission.release()  # a slot frees; the waiter is served at the next turn
-    channel.dataReceived(POST)  # at once, ignoring Retry-After: it may not wait
-    assert not channel.requests and channel in site.held and shed(gateway) == 2
-    clock.advance(0)
-    assert waiting.requests and gateway.admission.admitted == 1
-
-
 def test_a_client_being_paced_does_not_wait():
     clock, gateway, site = burst_gateway(max_inflight=1)
     waiting, _ = connect(site)

@@ -435,11 +435,9 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         if requeued is None:  # new, not back from the queue
             arrived, pace_from = now - self._backlog_wait(now, data), now
             reason = front.admission.shed_reason(now - arrived)
-            behind = reason is None and self.site.queue.ahead()
-            if (reason == SHED_MAX_INFLIGHT or behind) and self._queue(arrived, data):
+            if ((reason == SHED_MAX_INFLIGHT or reason is None and self.site.queue.ahead())
+                    and self._queue(arrived, data)):
                 return False
-            if behind:  # the free slots are the waiters': refused, not served first
-                reason = SHED_MAX_INFLIGHT
         else:
             arrived = pace_from = requeued
             reason = front.admission.shed_reason(now - arrived)
@@ -451,9 +449,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # Waiting for a slot (slotqueue.py): a whole request that finds none
     # free, from a client not being paced, waits unparsed in the site's
     # queue; reading goes on (a client that leaves is let go at once) until
-    # it sends more, which waits with it. While requests wait, the free
-    # slots are theirs: a newcomer that may not wait is refused (a
-    # pipelined one, parsed the long way, may still take one).
+    # it sends more, which waits with it.
     _queued_at: float | None  # its waiting request's first byte, while it waits
     _requeued_at: float | None  # the same, as its request begins again
 
