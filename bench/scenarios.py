@@ -357,8 +357,9 @@ def completeness(row: dict[str, Any], result: LoadResult, d: dict[str, Any] | No
     if result.by_status:
         row["p99_200_ms"] = result.by_status.get("200", {}).get("p99_ms")
         row["p99_200_settled_ms"] = result.p99_200_settled_ms
-        row["p99_503_ms"] = result.by_status.get("503", {}).get("p99_ms")
-        row["p50_503_ms"] = result.by_status.get("503", {}).get("p50_ms")
+        refused = result.by_status.get("503", {})
+        row["p99_503_ms"] = refused.get("p99_ms")
+        row["p50_503_ms"] = refused.get("p50_ms")
     else:
         clean = result.non2xx == 0 and not result.socket_errors
         row["p99_200_ms"] = result.p99_ms if clean else None
