@@ -1,6 +1,7 @@
 """``python -m bench run --scenario steady --duration 15 [--out DIR]``.
 
-Also ``python -m bench check`` (preconditions only). See bench/README.md.
+Also ``python -m bench check`` (preconditions only) and ``python -m bench
+count`` (instructions per request, under callgrind). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from . import gateways, loadgen, nginx, preflight, report, scenarios
+from . import gateways, instructions, loadgen, nginx, preflight, report, scenarios
 from .procs import Interrupted, Registry, free_port, install_signal_handlers, set_time_bound
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -106,7 +107,27 @@ def parser() -> argparse.ArgumentParser:
                           "process's RSS (default 1)")
     run.add_argument("--no-plots", action="store_true")
     sub.add_parser("check", help="check preconditions and exit")
+    count = sub.add_parser("count", help="count a request's instructions and cache misses "
+                                         "under callgrind, with and without many connections")
+    count.add_argument("--idle", type=_positive, default=2436,
+                       help="connections open beside the 64 busy ones (default 2436: "
+                            "2,500 in all, as the seed's storm)")
+    count.add_argument("--requests", type=_positive, default=1280,
+                       help=f"requests per phase, a multiple of {instructions.BATCH} "
+                            "(default 1280)")
+    count.add_argument("--out", default=None,
+                       help="output folder (default bench/out/<timestamp>-count)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
 
 
 def _versions() -> dict[str, str]:
@@ -330,10 +351,34 @@ def check(_: argparse.Namespace) -> int:
     return 1 if pre.problems else 0
 
 
+def count(args: argparse.Namespace) -> int:
+    """``python -m bench count``: see bench/instructions.py."""
+    missing = [tool for tool in ("valgrind", "callgrind_control", "nginx", "taskset")
+               if shutil.which(tool) is None]
+    if missing:
+        print("bench count: not installed: " + ", ".join(missing)
+              + " (apt-get install valgrind nginx libnginx-mod-http-echo util-linux)",
+              file=sys.stderr)
+        return 2
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = os.path.abspath(args.out or os.path.join(BENCH_DIR, "out", f"{stamp}-count"))
+    print(f"bench: count, {args.requests} requests per phase, {args.idle} idle connections; "
+          f"output {out}", flush=True)
+    try:
+        phases = instructions.run(out, args.idle, args.requests)
+    except ValueError as e:
+        print(f"bench count: {e}", file=sys.stderr)
+        return 2
+    print(instructions.table(phases), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "check":
         return check(args)
+    if args.command == "count":
+        return count(args)
     return run(args)
 
 

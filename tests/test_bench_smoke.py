@@ -21,7 +21,7 @@ GATEWAYS = {"txfanout", "bare-twisted", "aiohttp"}
 
 
 def _skip_without(*tools: str) -> None:
-    """Skip where wrk, nginx or one of ``tools`` (ab, h2load, go) is not
+    """Skip where wrk, nginx or one of ``tools`` (ab, h2load, go, valgrind) is not
     installed, or aiohttp is not importable."""
     missing = [f"{tool} (apt-get install {pkg})"
                for tool, pkg in (("wrk", "wrk"), ("nginx", "nginx libnginx-mod-http-echo"))
@@ -30,7 +30,8 @@ def _skip_without(*tools: str) -> None:
         pytest.skip("benchmark tools not installed: " + ", ".join(missing))
     if importlib.util.find_spec("aiohttp") is None:
         pytest.skip("aiohttp not importable (pip install -e '.[test]')")
-    packages = {"ab": "apache2-utils", "h2load": "nghttp2-client", "go": "golang-go"}
+    packages = {"ab": "apache2-utils", "h2load": "nghttp2-client", "go": "golang-go",
+                "valgrind": "valgrind"}
     for tool in tools:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed (apt-get install {packages[tool]})")
@@ -523,3 +524,61 @@ def test_a_burst_row_says_what_share_of_the_offered_load_completed() -> None:
     assert "offered 1000/s in step: complete 0.41 of it" in notes
     assert "p50(503) 48.0 ms, p99(503) 640.0 ms" in notes  # refused as it came, or late
     assert "requests that waited for a slot 9" in notes
+
+
+def test_bench_count_reads_callgrinds_totals_per_request(tmp_path: Path) -> None:
+    from bench import instructions
+
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text("version: 1\ncreator: callgrind-3.19.0\n"
+                    "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n"
+                    "fl=(1) x.c\nfn=(1) f\n0 1 2 3 4 5 6 7 8 9\n"
+                    "summary: 2560 1 2 64 128 192 6 10 16\ntotals: 2560 1 2 64 128 192 6 10 16\n")
+    totals = instructions.read_totals(str(dump))
+    assert totals["Ir"] == 2560 and totals["DLmw"] == 16
+    phase = instructions.phase_of("p", 64, {"200": 64}, totals)
+    assert (phase.instructions, phase.first_level_misses, phase.last_level_misses) == (
+        40.0, 6.0, 0.5)
+    again = instructions.phase_of("q", 64, {"200": 64}, {**totals, "Ir": 3840, "DLmr": 42})
+    table = instructions.table([phase, again])
+    assert "| p | 64 | {'200': 64} | 40 | 1.000 | 6 | 0.5 | 1.00 |" in table
+    assert "| q | 64 | {'200': 64} | 60 | 1.500 | 6 | 1.0 | 2.00 |" in table
+    (tmp_path / "empty").write_text("events: Ir\n")
+    with pytest.raises(RuntimeError, match="no totals"):
+        instructions.read_totals(str(tmp_path / "empty"))
+
+
+def test_bench_count_refuses_requests_it_cannot_send_in_groups(tmp_path: Path) -> None:
+    from bench import instructions
+
+    with pytest.raises(ValueError, match="multiple of 64"):
+        instructions.run(str(tmp_path / "out"), 1, 100)
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+@pytest.mark.slow
+@pytest.mark.runtime_neutral
+def test_bench_count_smoke(tmp_path: Path) -> None:
+    """count: the gateway under callgrind, four phases of the same
+    requests, each answered 200, counted per request."""
+    _skip_without("valgrind")
+    out = tmp_path / "count"
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "count", "--idle", "64", "--requests", "128",
+         "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    phases = json.loads((out / "results.json").read_text())
+    assert [p["name"] for p in phases] == [
+        "64 clients", "64 clients, 64 idle beside", "spread over 128", "64 clients again"], output
+    for p in phases:
+        assert p["requests"] == 128 and p["statuses"] == {"200": 128}, p
+        # per request: a fan-out of 2 is millions of instructions on CPython,
+        # the whole phase hundreds of millions
+        assert 200_000 < p["instructions"] < 50_000_000, p
+        assert 0 < p["last_level_misses"] < p["first_level_misses"], p
+    first, last = phases[0]["instructions"], phases[-1]["instructions"]
+    assert abs(last - first) < 0.25 * first, phases  # the same work, counted alike
+    assert "| spread over 128 | 128 |" in (out / "table.md").read_text()
