@@ -115,6 +115,9 @@ def parser() -> argparse.ArgumentParser:
     count.add_argument("--requests", type=_positive, default=1280,
                        help=f"requests per phase, a multiple of {instructions.BATCH} "
                             "(default 1280)")
+    count.add_argument("--last-level-mb", type=_positive, default=None,
+                       help="simulate a last-level cache of this many MB (16-way) rather "
+                            "than the host's: a VM's share of it")
     count.add_argument("--out", default=None,
                        help="output folder (default bench/out/<timestamp>-count)")
     return p
@@ -365,7 +368,7 @@ def count(args: argparse.Namespace) -> int:
     print(f"bench: count, {args.requests} requests per phase, {args.idle} idle connections; "
           f"output {out}", flush=True)
     try:
-        phases = instructions.run(out, args.idle, args.requests)
+        phases = instructions.run(out, args.idle, args.requests, args.last_level_mb)
     except ValueError as e:
         print(f"bench count: {e}", file=sys.stderr)
         return 2

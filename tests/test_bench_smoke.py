@@ -567,7 +567,7 @@ def test_bench_count_smoke(tmp_path: Path) -> None:
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "count", "--idle", "64", "--requests", "128",
-         "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+         "--last-level-mb", "2", "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     output = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 0, output
     phases = json.loads((out / "results.json").read_text())
@@ -582,3 +582,4 @@ def test_bench_count_smoke(tmp_path: Path) -> None:
     first, last = phases[0]["instructions"], phases[-1]["instructions"]
     assert abs(last - first) < 0.25 * first, phases  # the same work, counted alike
     assert "| spread over 128 | 128 |" in (out / "table.md").read_text()
+    assert "LL cache: 2097152 B" in (out / "callgrind.out.1").read_text()  # --last-level-mb
