@@ -165,14 +165,20 @@ def collector_pauses() -> float:
     return pypy_gc_stats(False).total_gc_time / 1000.0 if pypy_gc_stats is not None else 0.0
 
 
-MIDDLE_EVERY = 100
-"""Young collections per collection of CPython's middle generation (its
-default is 10)."""
+YOUNG = 7000
+"""Allocations (less deallocations) of tracked objects between young
+collections of CPython's collector (its default is 700)."""
+
+MIDDLE_EVERY = 10
+"""Young collections per collection of CPython's middle generation: every
+70,000 allocations (CPython's defaults: every 10 young collections of 700,
+7,000 allocations)."""
 
 
 def freeze_startup() -> None:
-    """Put what is alive now out of the collector's way for good, and let
-    requests' cyclic leftovers die young (CPython).
+    """Put what is alive now out of the collector's way for good, let
+    requests' cyclic leftovers die young, and collect the young less often
+    (CPython).
 
     Called once the process is ready: the modules, the app and the config
     live as long as the process, yet every full collection would walk them
@@ -180,17 +186,27 @@ def freeze_startup() -> None:
     without, 33-35 ms with). Garbage is collected first.
 
     Klein and werkzeug leave some 40 objects of each request in reference
-    cycles. With the middle generation collected every 10 young collections
+    cycles. With the middle generation collected every 7,000 allocations
     (a few milliseconds of traffic), a request outlived it, and its
     leftovers aged into the oldest generation, whose collections walk
-    everything alive. Every ``MIDDLE_EVERY`` they die there instead: the
-    collector's share of the CPU at 2,500 ab clients went from 15.6% to
-    11.2%, at 64 from 7.5% to 5.7% (docs/decisions.rst)."""
+    everything alive. Every 70,000 they die there instead: the collector's
+    share of the CPU at 2,500 ab clients went from 15.6% to 11.2%, at 64
+    from 7.5% to 5.7% (docs/decisions.rst).
+
+    A young collection walks every young object still alive, and through
+    each touches what it refers to: its connection, transport and site.
+    Under a storm of 2,500 clients that is memory no other request touched
+    lately, a cache miss each time. Every ``YOUNG`` allocations instead of
+    700, most of a request's objects are freed by reference counting before
+    any young collection sees them (``bench count``, bench/RESULTS.md). The
+    middle generation stays at every 70,000 (``MIDDLE_EVERY``): at every
+    100 young collections of 7,000 its collections paused the process for
+    150-220 ms, and the leftovers waiting for them took 25 MB."""
     if hasattr(gc, "freeze"):
         gc.collect()
         gc.freeze()
-        young, _, old = gc.get_threshold()
-        gc.set_threshold(young, MIDDLE_EVERY, old)
+        old = gc.get_threshold()[2]
+        gc.set_threshold(YOUNG, MIDDLE_EVERY, old)
 
 
 def _generations() -> dict[str, Any]:
