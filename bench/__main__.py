@@ -356,11 +356,11 @@ def check(_: argparse.Namespace) -> int:
 
 def count(args: argparse.Namespace) -> int:
     """``python -m bench count``: see bench/instructions.py."""
-    missing = [tool for tool in ("valgrind", "callgrind_control", "nginx", "taskset")
+    missing = [tool for tool in ("valgrind", "callgrind_control", "nginx")
                if shutil.which(tool) is None]
     if missing:
         print("bench count: not installed: " + ", ".join(missing)
-              + " (apt-get install valgrind nginx libnginx-mod-http-echo util-linux)",
+              + " (apt-get install valgrind nginx libnginx-mod-http-echo)",
               file=sys.stderr)
         return 2
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from . import gateways, nginx
-from .procs import Registry, free_port, pinned, wait_http
+from .procs import Registry, free_port, wait_http
 
 BATCH = 64  # requests in flight at once, as wrk -c64 and the seed's few clients
 BODY = b'{"user": {"country": "DE", "os": "android"}}'
@@ -116,8 +116,10 @@ def _answer(s: socket.socket) -> str:
         data += chunk
     head, rest = data.split(b"\r\n\r\n", 1)
     lines = head.split(b"\r\n")
-    length = next(int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
-                  if k.strip().lower() == b"content-length")
+    length = next((int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
+                   if k.strip().lower() == b"content-length"), None)
+    if length is None:
+        raise RuntimeError(f"an answer without Content-Length: {lines[0]!r}")
     while len(rest) < length:
         chunk = s.recv(65536)
         if not chunk:
@@ -155,7 +157,8 @@ def run(out: str, idle: int, requests: int, last_level_mb: int | None = None,
     phases: list[Phase] = []
     ngx_dir = tempfile.mkdtemp(prefix="bench-nginx-")  # nginx's user reads it
     try:
-        partner = nginx.start(registry, ngx_dir, free_port(), cpu=1, slow_ms=1, slow_percent=1)
+        # not pinned: what callgrind counts does not depend on the CPU
+        partner = nginx.start(registry, ngx_dir, free_port(), slow_ms=1, slow_percent=1)
         conf = os.path.join(out, "txfanout.toml")
         with open(conf, "w", encoding="utf-8") as f:
             f.write(CONFIG.format(base=partner.base_url))
@@ -170,7 +173,7 @@ def run(out: str, idle: int, requests: int, last_level_mb: int | None = None,
         cmd += [sys.executable, "-c", gateways.TWISTD, "-n", "--pidfile=", "fanout",
                "--config", conf, "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
                "--admin", f"tcp:{admin}:interface=127.0.0.1"]
-        child = registry.start("txfanout", pinned(cmd, 0), log_path=os.path.join(out, "txfanout.log"),
+        child = registry.start("txfanout", cmd, log_path=os.path.join(out, "txfanout.log"),
                                env=gateways._env(), cwd=gateways.REPO)
         wait_http(f"http://127.0.0.1:{admin}/readyz", 300, child)
 
