@@ -106,14 +106,19 @@ def phase_of(name: str, requests: int, statuses: dict[str, int],
                  per("ILmr", "DLmr", "DLmw"))
 
 
+def _more(s: socket.socket) -> bytes:
+    """What the gateway sent next on ``s``; it may not close."""
+    chunk = s.recv(65536)
+    if not chunk:
+        raise RuntimeError("the gateway closed a connection")
+    return chunk
+
+
 def _answer(s: socket.socket) -> str:
     """Read one whole answer; its status code."""
     data = b""
     while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise RuntimeError("the gateway closed a connection")
-        data += chunk
+        data += _more(s)
     head, rest = data.split(b"\r\n\r\n", 1)
     lines = head.split(b"\r\n")
     length = next((int(v) for k, _, v in (line.partition(b":") for line in lines[1:])
@@ -121,10 +126,7 @@ def _answer(s: socket.socket) -> str:
     if length is None:
         raise RuntimeError(f"an answer without Content-Length: {lines[0]!r}")
     while len(rest) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise RuntimeError("the gateway closed a connection")
-        rest += chunk
+        rest += _more(s)
     return lines[0].split()[1].decode()
 
 
