@@ -222,13 +222,3 @@ def test_answers_are_the_bytes_json_dumps_would_write(seed: int) -> None:
         expected.append(entry if answer is None else {**entry, "json": answer})
     reference = json.dumps({**head, "results": expected}, ensure_ascii=False).encode()
     assert answer_encode(head, entries, calls) == reference
-
-
-def test_an_answer_for_a_request_that_is_over_is_built_without_error(net):
-    # The request let go of its exchange (its client went, site.py's
-    # _let_go); an answer that comes after that is built, and nothing asserts.
-    gw = net.gateway(route_config({"p": {"url": net.partner().url("/ok")}}))
-    request = DummyRequest([b"bid"])
-    request.exchange = None
-    body = gw.gateway._answer([ok("p", "x")], request, INBOUND, 65536)
-    assert json.loads(body)["results"][0]["body"] == "x"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.web.http import HTTPChannel
 
 from .configs import route_config
 from .fakes import Network, http_request
@@ -254,18 +253,3 @@ def test_over_max_inflight_is_refused_at_once(net):
     answer = gw.answer(held)
     assert answer.outcomes() == {"hang": "timeout"}
     assert gw.gateway.admission.admitted == 0
-
-
-def test_a_connection_asks_twisted_once_whether_it_is_tls(net, monkeypatch):
-    """Klein asks twice per request whether its connection is TLS, and
-    Twisted adapts the transport to ISSLTransport each time: the channel
-    asks once, for every request it carries."""
-    asked = []
-    twisteds = HTTPChannel.isSecure
-    monkeypatch.setattr(HTTPChannel, "isSecure", lambda self: asked.append(self) or twisteds(self))
-    partner = net.partner()
-    gw = net.gateway(route_config({"p": one(partner, "/ok")}))
-    client = gw.client(http_request(close=False) * 3)
-    net.until(lambda: len(client.answers()) == 3)
-    assert [a.code for a in client.answers()] == [200, 200, 200]
-    assert len(asked) == 1

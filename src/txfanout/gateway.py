@@ -20,6 +20,7 @@ from . import answer, outcomes
 from .accesslog import AccessLog
 from .admission import SHED_PARTNERS_UNAVAILABLE, Admission
 from .config import Config, ServerConfig
+from .endpoint import KleinEndpoint
 from .fanout import Fanout
 from .inbound import Inbound, Refused, RequestIds, parse
 from .inflight import OverdueWatch
@@ -34,6 +35,8 @@ from .upstream import Upstream, idle_caps
 from .wire import RETRY_AFTER, SHED_MESSAGES
 
 log = Logger()
+
+ENDPOINT = "handle"  # the Klein endpoint every admitted request runs
 
 
 def _timeouts_ms(config: Config) -> list[int]:
@@ -71,7 +74,7 @@ class Gateway:
         return self.snapshot.config.server
 
     def resource(self) -> IResource:
-        return self.app.resource()
+        return KleinEndpoint(self.app, ENDPOINT)
 
     def route(self, path: bytes) -> str | None:
         return self.snapshot.routes.get(path)
@@ -135,7 +138,9 @@ class Gateway:
 
     # -- the one public route --
 
-    @app.route("/", branch=True)
+    # Every configured route's path: the site has matched it (site.py), and
+    # KleinEndpoint runs this endpoint without Klein's router (endpoint.py).
+    @app.route("/", branch=True, endpoint=ENDPOINT)
     def handle(self, request: GatewayRequest) -> Any:
         snapshot, exchange = self.snapshot, request.exchange
         assert exchange is not None and exchange.route is not None  # see site.py
@@ -170,8 +175,8 @@ class Gateway:
             return answer.json_error(request, 503, SHED_MESSAGES[SHED_PARTNERS_UNAVAILABLE])
         elapsed = self.clock.seconds() - inbound.budget.started
         body, complete = answer.results(request, inbound, results, elapsed, max_bytes)
-        if request.exchange is not None:  # None: the request is over (site.py: _let_go)
-            request.exchange.complete = complete
+        assert request.exchange is not None
+        request.exchange.complete = complete
         return body
 
     def start(self) -> None:

@@ -176,32 +176,26 @@ MIDDLE_EVERY = 10
 
 
 def freeze_startup() -> None:
-    """Put what is alive now out of the collector's way for good, let
-    requests' cyclic leftovers die young, and collect the young less often
-    (CPython).
+    """Put what is alive now out of the collector's way for good, and
+    collect the young and the middle generations less often (CPython).
 
     Called once the process is ready: the modules, the app and the config
     live as long as the process, yet every full collection would walk them
     again (at steady load that was the tail of the latency: p99 59-73 ms
     without, 33-35 ms with). Garbage is collected first.
 
-    Klein and werkzeug leave some 40 objects of each request in reference
-    cycles. With the middle generation collected every 7,000 allocations
-    (a few milliseconds of traffic), a request outlived it, and its
-    leftovers aged into the oldest generation, whose collections walk
-    everything alive. Every 70,000 they die there instead: the collector's
-    share of the CPU at 2,500 ab clients went from 15.6% to 11.2%, at 64
-    from 7.5% to 5.7% (docs/decisions.rst).
-
-    A young collection walks every young object still alive, and through
-    each touches what it refers to: its connection, transport and site.
-    Under a storm of 2,500 clients that is memory no other request touched
-    lately, a cache miss each time. Every ``YOUNG`` allocations instead of
-    700, most of a request's objects are freed by reference counting before
-    any young collection sees them (``bench count``, bench/RESULTS.md). The
-    middle generation stays at every 70,000 (``MIDDLE_EVERY``): at every
-    100 young collections of 7,000 its collections paused the process for
-    150-220 ms, and the leftovers waiting for them took 25 MB."""
+    A request leaves nothing in reference cycles (endpoint.py,
+    tests/test_cycles.py), so young collections come from what is in
+    flight: the count of tracked objects grows with requests that started
+    since the last one and are still running. A young collection walks
+    every young object still alive, and through each touches what it refers
+    to: its connection, transport and site, under a storm of 2,500 clients
+    memory no other request touched lately. Every ``YOUNG`` allocations
+    instead of 700 it walks them less often: 0.609/0.490 CPU ms per 200 at
+    2,500/64 kept-alive clients against 0.629/0.533 (docs/decisions.rst).
+    The middle generation stays at every 70,000 (``MIDDLE_EVERY``): at
+    every 100 young collections of 7,000 its collections paused the
+    process for 150-220 ms."""
     if hasattr(gc, "freeze"):
         gc.collect()
         gc.freeze()

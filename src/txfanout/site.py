@@ -203,7 +203,6 @@ class GatewayRequest(Request):
         self._release()
         super().finish()
         self.front.request_ended(self, self.code)
-        self._let_go()
 
     def connectionLost(self, reason: Failure) -> None:
         self._release()
@@ -211,15 +210,6 @@ class GatewayRequest(Request):
         super().connectionLost(reason)
         if abandoned:
             self.front.request_ended(self, CLIENT_CLOSED)
-        self._let_go()
-
-    def _let_go(self) -> None:
-        # Klein's render keeps the request in a reference cycle (a closure
-        # that names itself) until the cyclic collector runs: what the
-        # request holds of its own (the fan-out and its results, the body)
-        # is let go now, so that it is freed at once instead.
-        self.exchange = None
-        self.content = None
 
     def processingFailed(self, reason: Failure) -> None:
         log.failure("unhandled error serving {path}", failure=reason,
@@ -254,7 +244,6 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self._unheard = None
         self._pace_timer = None
         self._host = None
-        self._secure = None
         self._refused_at = None
         self._holds = 0
         self._answer = None
@@ -286,16 +275,6 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         if self._host is None:
             self._host = self.transport.getHost()
         return self._host
-
-    _secure: bool | None
-
-    def isSecure(self) -> bool:
-        """Is the connection TLS: worked out once per connection (Twisted
-        adapts the transport to ``ISSLTransport`` each time, and Klein asks
-        twice per request)."""
-        if self._secure is None:
-            self._secure = super().isSecure()
-        return self._secure
 
     def _heard(self) -> None:
         if self._unheard is not None:
