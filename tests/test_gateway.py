@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from txfanout.gateway import Gateway
+
 from .configs import route_config
 from .fakes import Network, http_request
 
@@ -122,7 +124,7 @@ def test_oversized_bodies_abort_the_connection(net):
     assert answer.outcomes() == {"announced": "too_large", "chunked": "too_large", "fits": "ok"}
 
 
-def test_client_disconnect_cancels_the_fanout(net):
+def test_client_disconnect_cancels_the_fanout(net, no_logged_errors):
     partner = net.partner()
     gw = net.gateway(route_config({"hang": one(partner, "/hang", timeout_ms=5000)},
                                   deadline_ms=10000))
@@ -253,3 +255,21 @@ def test_over_max_inflight_is_refused_at_once(net):
     answer = gw.answer(held)
     assert answer.outcomes() == {"hang": "timeout"}
     assert gw.gateway.admission.admitted == 0
+
+
+def test_an_error_after_the_client_left_is_logged_not_answered(net, no_logged_errors, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Gateway, "_answer", broken)
+    partner = net.partner()
+    gw = net.gateway(route_config({"hang": one(partner, "/hang", timeout_ms=5000)},
+                                  deadline_ms=10000))
+    client = gw.client(b"POST /bid HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    net.run()
+    client.close()  # its fan-out is cancelled, and the answer fails after the request ended
+    net.run()
+    [logged] = no_logged_errors
+    no_logged_errors.clear()
+    assert "after it ended" in logged["log_format"] and logged["log_failure"].check(RuntimeError)
+    assert client.answers() == [] and not gw.gateway.inflight

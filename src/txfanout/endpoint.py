@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -68,8 +68,8 @@ def _write(body: bytes | None, request: Request) -> None:
 
 
 def _failed(reason: Failure, request: Request) -> None:
-    if not _over(request):
-        request.processingFailed(reason)
-    elif not reason.check(CancelledError):
+    if _over(request):  # (a fan-out cancelled ends with its calls' outcomes, not a failure)
         log.failure("error serving {path} after it ended", failure=reason,
                     path=request.path[:200])
+    else:
+        request.processingFailed(reason)
