@@ -12,8 +12,9 @@ The site has matched the route already (site.py: only a configured route
 reaches a resource), so :class:`KleinEndpoint` calls the one endpoint the
 gateway's Klein app declares, through the app (``execute_endpoint``), and
 writes what it returns as Klein would: bytes are the body, the request is
-finished, a failure is the request's ``processingFailed``. A client that
-leaves cancels what the endpoint returned (its fan-out). Nothing it makes
+finished, a failure is the request's ``processingFailed`` (a 500, or a log
+line once the request is over). A client that leaves cancels what the
+endpoint returned (its fan-out). Nothing it makes
 refers back to itself: the request is freed by reference counting when it
 ends.
 """
@@ -24,14 +25,11 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET
 
-from . import _twisted
-
-log = Logger()
+from .site import GatewayRequest
 
 
 class KleinEndpoint(Resource):
@@ -44,10 +42,10 @@ class KleinEndpoint(Resource):
         self._app = app
         self._endpoint = endpoint
 
-    def render(self, request: Request) -> Any:
+    def render(self, request: GatewayRequest) -> Any:
         answer: Deferred[Any] = maybeDeferred(self._app.execute_endpoint, self._endpoint, request)
         request.notifyFinish().addErrback(_cancel, answer)
-        answer.addCallback(_write, request).addErrback(_failed, request)
+        answer.addCallback(_write, request).addErrback(request.processingFailed)
         return NOT_DONE_YET
 
 
@@ -55,21 +53,9 @@ def _cancel(reason: Failure, answer: Deferred[Any]) -> None:
     answer.cancel()  # the client left before its answer: stop its fan-out
 
 
-def _over(request: Request) -> bool:
-    return bool(request.finished) or _twisted.client_gone(request)
-
-
-def _write(body: bytes | None, request: Request) -> None:
-    if _over(request):
+def _write(body: bytes | None, request: GatewayRequest) -> None:
+    if request.over():
         return
     if body:
         request.write(body)
     request.finish()
-
-
-def _failed(reason: Failure, request: Request) -> None:
-    if _over(request):  # (a fan-out cancelled ends with its calls' outcomes, not a failure)
-        log.failure("error serving {path} after it ended", failure=reason,
-                    path=request.path[:200])
-    else:
-        request.processingFailed(reason)

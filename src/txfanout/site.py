@@ -211,11 +211,18 @@ class GatewayRequest(Request):
         if abandoned:
             self.front.request_ended(self, CLIENT_CLOSED)
 
+    def over(self) -> bool:
+        """Answered, or its client gone: nothing more can be written."""
+        return bool(self.finished) or _twisted.client_gone(self)
+
     def processingFailed(self, reason: Failure) -> None:
+        if self.over():
+            log.failure("error serving {path} after it ended", failure=reason,
+                        path=self.path[:200])
+            return
         log.failure("unhandled error serving {path}", failure=reason,
                     path=self.path[:200])
-        if not self.finished and not _twisted.client_gone(self):
-            write_error(self, 500, "internal error", close=True)
+        write_error(self, 500, "internal error", close=True)
 
 
 class GatewayChannel(CappedChannel, BoundedChannel):
