@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from .configs import route_config
+from txfanout.site import GatewaySite
 from .fakes import Network
 from .loopback import within
 
@@ -64,11 +65,12 @@ class UnreadTransport(StringTransport):
 
 
 def connect(gw: Any) -> tuple[Any, UnreadTransport, Clock]:
-    """A channel of ``gw``'s site serving :class:`BigAnswer`, on a fake clock."""
-    gw.site.resource = BigAnswer()
+    """A channel of a site of ``gw`` serving :class:`BigAnswer`, its
+    timeouts on a fake clock of its own."""
     clock = Clock()
-    channel = gw.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    channel.callLater = clock.callLater
+    site = GatewaySite(gw.gateway, reactor=clock)
+    site.resource = BigAnswer()
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = UnreadTransport()
     channel.makeConnection(transport)
     return channel, transport, clock
@@ -117,9 +119,12 @@ def test_a_client_that_reads_in_time_keeps_its_connection(net):
     transport.read_all()
     clock.advance(0.9)
     assert transport.answers() == 2 and not transport.disconnecting
-    [idle] = clock.getDelayedCalls()  # only the keep-alive timeout is left,
-    assert idle.getTime() == pytest.approx(1.8 + 30.0)  # from the last answer
+    clock.advance(1.8 + 30.0 - 2.7 - 0.01)  # only the keep-alive timeout is left,
+    assert not transport.disconnecting
+    clock.advance(0.01)  # from the last answer
+    assert transport.disconnecting
     channel.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
 
 
 def test_a_close_that_stalls_on_unsent_bytes_is_aborted_after_request_timeout(net):

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
+from txfanout.site import GatewaySite
 
 from .configs import route_config
 from .fakes import Network
@@ -47,8 +48,8 @@ def test_a_stalled_close_is_aborted_after_request_timeout(net: Network):
     gw = net.gateway(route_config({"ok": {"url": "http://127.0.0.1:1/"}},
                                   idle_timeout_ms=200, request_timeout_ms=1000))
     clock = Clock()
-    channel = gw.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    channel.callLater = clock.callLater
+    site = GatewaySite(gw.gateway, reactor=clock)  # its timeouts on a clock of its own
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = StringTransport()
     with capturedLogs() as events:
         channel.makeConnection(transport)
@@ -61,4 +62,24 @@ def test_a_stalled_close_is_aborted_after_request_timeout(net: Network):
         channel.connectionLost(Failure(ConnectionDone()))
     assert timeout_lines(events) == []
     assert idle_closed(gw) == 1
-    assert clock.getDelayedCalls() == [] and gw.site.open_connections == 0
+    assert clock.getDelayedCalls() == [] and site.open_connections == 0
+
+
+def test_idle_connections_wait_on_one_reactor_call_and_each_closes_on_time(net: Network):
+    # A timer each on the reactor's heap made every request's own timers
+    # dearer beside thousands of kept-alive clients (deadlines.py).
+    gw = net.gateway(route_config({"ok": {"url": "http://127.0.0.1:1/"}}, idle_timeout_ms=1000))
+    clock = Clock()
+    site = GatewaySite(gw.gateway, reactor=clock)  # its timeouts on a clock of its own
+    transports = []
+    for i in range(50):
+        channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000 + i))
+        transports.append(StringTransport())
+        channel.makeConnection(transports[-1])
+        clock.advance(0.01)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(1.245 - clock.seconds())  # the first 25 opened up to 0.24 s
+    assert [t.disconnecting for t in transports] == [True] * 25 + [False] * 25
+    clock.advance(0.25)
+    assert all(t.disconnecting for t in transports) and idle_closed(gw) == 50
+

@@ -84,8 +84,10 @@ def test_clients_refused_together_are_held_apart():
         channel.dataReceived(POST)
         assert b"in-flight limit" in answer(transport)
     held_at = clock.seconds()
+    timers = len(clock.getDelayedCalls())
     for channel, transport in pairs:
         channel.dataReceived(POST)  # at once, ignoring Retry-After: held
+    assert len(clock.getDelayedCalls()) == timers + 1  # one for every hold (deadlines.py)
     # shortened by up to a quarter (HOLD_JITTER), as drawn
     ends = [held_at + FIRST_HOLD_S * share for share in (1.0, 0.875, 0.75025)]
     for end, (_, transport) in sorted(zip(ends, pairs), key=lambda e: e[0]):
@@ -395,5 +397,5 @@ def test_a_connection_has_every_attribute_of_its_own_from_the_start():
     channel, transport = connect(site)
     declared = {name for cls in type(channel).__mro__
                 for name in getattr(cls, "__annotations__", {}) if name.startswith("_")}
-    assert declared >= {"_refused_at", "_holds", "_arrival_timer", "_drain_timer"}
+    assert declared >= {"_refused_at", "_holds", "_arrival_timer", "_answer"}
     assert declared <= set(vars(channel))

@@ -30,7 +30,9 @@ class BoundedChannel(HTTPChannel):
     """An HTTP/1.1 channel bounded in time and head size (see the module).
     A subclass says how long a request may take to arrive
     (``arrival_timeout``), and may refuse one by its first bytes
-    (``request_begins``) and count refusals (``refused``)."""
+    (``request_begins``), count refusals (``refused``) and keep the arrival
+    deadline elsewhere than in a timer of its own (``_start_arrival_timer``,
+    ``_stop_arrival_timer``, ``_arriving``)."""
 
     MAX_LENGTH = MAX_LINE_BYTES
     totalHeadersSize = MAX_HEAD_BYTES
@@ -55,10 +57,10 @@ class BoundedChannel(HTTPChannel):
         """A request was refused with ``code`` (called by ``refuse``)."""
 
     def dataReceived(self, data: bytes) -> None:
-        if self._arrival_timer is None and not _twisted.handling_request(self):
+        if not self._arriving() and not _twisted.handling_request(self):
             if not self.request_begins(data):
                 return
-            self._arrival_timer = self.callLater(self.arrival_timeout(), self._too_slow)
+            self._start_arrival_timer()
         super().dataReceived(data)
 
     def allContentReceived(self) -> None:
@@ -66,11 +68,19 @@ class BoundedChannel(HTTPChannel):
         if not self.transport.disconnecting:  # else refused: nothing to serve
             super().allContentReceived()
 
+    def _arriving(self) -> bool:
+        """Whether a request is arriving (its deadline runs)."""
+        return self._arrival_timer is not None
+
+    def _start_arrival_timer(self) -> None:
+        self._arrival_timer = self.callLater(self.arrival_timeout(), self.too_slow)
+
     def _stop_arrival_timer(self) -> None:
         cancel(self._arrival_timer)
         self._arrival_timer = None
 
-    def _too_slow(self) -> None:
+    def too_slow(self) -> None:
+        """The request did not arrive whole in time: 408."""
         self._arrival_timer = None
         self.refuse(408, "request not received in time")
 

@@ -19,7 +19,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,11 +36,11 @@ from .channel import BoundedChannel
 from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .config import ServerConfig
 from .conncap import CappedChannel, CappedSite
+from .deadlines import Deadlines, Timeline
 from .lag import ReactorLag
 from .readsize import read_at_most
 from .sendnow import write_now, write_soon
 from .slotqueue import SlotQueue
-from .timers import cancel
 from .wire import SHED_ANSWERS, SHED_HEADS, sole_request
 
 if TYPE_CHECKING:
@@ -237,7 +237,6 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     _arrived: float | None
     _received: float | None  # when the kernel received its first bytes, if known
     _unheard: int | None  # the site's period it was accepted in, until it speaks
-    _pace_timer: IDelayedCall | None
 
     def __init__(self) -> None:
         super().__init__()
@@ -249,7 +248,6 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self._arrived = None
         self._received = None
         self._unheard = None
-        self._pace_timer = None
         self._host = None
         self._refused_at = None
         self._holds = 0
@@ -257,7 +255,6 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self._waiting = b""
         self._head = None
         self._held = None
-        self._drain_timer = None
         self._queued_at = None
         self._requeued_at = None
 
@@ -282,6 +279,32 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         if self._host is None:
             self._host = self.transport.getHost()
         return self._host
+
+    # Its timeouts are kept by the site (deadlines.py), not on the reactor's
+    # heap: the idle timeout (HTTPChannel's, from TimeoutMixin: its
+    # ``timeOut`` is the site's), the request's arrival, a stalled close's
+    # drain, and a hold.
+
+    def setTimeout(self, period: int | None) -> int | None:
+        previous, self.timeOut = self.timeOut, period
+        if period is None:
+            self.site.idle.clear(self)
+        else:
+            self.site.idle.set(self)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self.timeOut is not None:
+            self.site.idle.set(self)
+
+    def _arriving(self) -> bool:
+        return self in self.site.arrivals
+
+    def _start_arrival_timer(self) -> None:
+        self.site.arrivals.set(self)
+
+    def _stop_arrival_timer(self) -> None:
+        self.site.arrivals.clear(self)
 
     def _heard(self) -> None:
         if self._unheard is not None:
@@ -338,9 +361,8 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     def _hold(self, hold_s: float, answer: bytes | None = None) -> None:
         """Serve nothing for ``hold_s``, then send ``answer`` (if any).
         Pipelined requests the parser has not reached yet wait too."""
-        self._pace_timer = self.callLater(hold_s, self.release_hold)
+        self.site.held.set(self, hold_s)
         self._answer = answer
-        self.site.held[self] = None
         self._wait_with(self.clearLineBuffer())
 
     def _wait_with(self, data: bytes) -> None:
@@ -360,9 +382,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         """End this connection's hold now: its time came, the gateway
         drains (a held 503 goes out, what came meanwhile is read), or the
         client waited its Retry-After."""
-        cancel(self._pace_timer)
-        self._pace_timer = None
-        self.site.held.pop(self, None)
+        self.site.held.clear(self)
         answer, self._answer = self._answer, None
         if answer is not None:
             write_now(self.transport, answer)
@@ -402,7 +422,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         if self._queued_at is not None:  # its request waits for a slot
             self._wait_with(data)
             return
-        if self._pace_timer is not None:  # held
+        if self in self.site.held:
             if self._answer is not None or self._waiting or self._back_too_soon():
                 self._wait_with(data)
                 return
@@ -544,7 +564,6 @@ class GatewayChannel(CappedChannel, BoundedChannel):
     # drain within request_timeout get the connection aborted: a client that
     # does not read costs one answer and a bounded time.
     _held: Request | None  # answered; the next request waits for the client
-    _drain_timer: IDelayedCall | None
 
     def pauseProducing(self) -> None:
         super().pauseProducing()
@@ -563,15 +582,14 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         super().loseConnection()
 
     def _start_drain_timer(self) -> None:
-        if self._drain_timer is None:
-            self._drain_timer = self.callLater(self.site.request_timeout, self._not_drained)
+        if self not in self.site.drains:  # counted from the first pause or close
+            self.site.drains.set(self)
 
     def _stop_drain_timer(self) -> None:
-        cancel(self._drain_timer)
-        self._drain_timer = None
+        self.site.drains.clear(self)
 
-    def _not_drained(self) -> None:
-        self._drain_timer = None
+    def not_drained(self) -> None:
+        """Unsent bytes did not drain in time: abort."""
         self.transport.abortConnection()
 
     def allContentReceived(self) -> None:
@@ -614,8 +632,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        cancel(self._pace_timer)
-        self.site.held.pop(self, None)
+        self.site.held.clear(self)
         self.site.queue.leave(self)
         self._stop_drain_timer()
         super().connectionLost(reason)
@@ -661,8 +678,17 @@ class GatewaySite(CappedSite):
         self._unheard = 0  # accepted for a slot in this period, not heard from yet
         self._period = 0
         self._refusals = float(REFUSAL_BURST)
-        # Connections whose 503 or next read waits, the longest held first.
-        self.held: dict[GatewayChannel, None] = {}
+        # Its connections' timeouts (deadlines.py, GatewayChannel): idle, a
+        # request's arrival, a stalled close's drain; and the connections
+        # whose 503 or next read waits (held), the longest held first.
+        clock = self.reactor
+        self.idle: Deadlines[GatewayChannel] = Deadlines(
+            clock, self.timeOut or 0.0, GatewayChannel.timeoutConnection)
+        self.arrivals: Deadlines[GatewayChannel] = Deadlines(
+            clock, self.request_timeout, GatewayChannel.too_slow)
+        self.drains: Deadlines[GatewayChannel] = Deadlines(
+            clock, self.request_timeout, GatewayChannel.not_drained)
+        self.held: Timeline[GatewayChannel] = Timeline(clock, GatewayChannel.release_hold)
         self.queue = SlotQueue(front.clock, front.admission)
         front.clients = self
         front.admission.watch(self.sync_accepting)
