@@ -64,6 +64,17 @@ def test_a_request_that_arrives_too_slowly_gets_408(admin, logs):
     assert received.endswith(b'{"error": "request not received in time"}')
 
 
+def test_a_request_that_arrived_in_time_is_not_refused_later(admin, logs):
+    # Its deadline ends with its arrival: the connection, kept alive, stays
+    # open and quiet past request_timeout_ms.
+    client = admin.net.client(admin.address,
+                              b"GET /healthz HTTP/1.1\r\nHost: admin\r\n" + AUTHORIZED + b"\r\n")
+    admin.net.until(lambda: client.received.endswith(b"\r\n0\r\n\r\n"))  # its last chunk
+    admin.net.advance(0.5)
+    assert client.received.startswith(b"HTTP/1.1 200 ") and b" 408 " not in client.received
+    assert not client.closed
+
+
 def test_no_body_is_read_before_authorization(admin, logs):
     # The head announces 200 MB, none of which is sent: the 401 comes anyway.
     head, body = admin.exchange(b"POST /healthz HTTP/1.1\r\nHost: admin\r\n"

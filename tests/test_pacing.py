@@ -397,5 +397,5 @@ def test_a_connection_has_every_attribute_of_its_own_from_the_start():
     channel, transport = connect(site)
     declared = {name for cls in type(channel).__mro__
                 for name in getattr(cls, "__annotations__", {}) if name.startswith("_")}
-    assert declared >= {"_refused_at", "_holds", "_arrival_timer", "_answer"}
+    assert declared >= {"_refused_at", "_holds", "_answer", "_waiting"}
     assert declared <= set(vars(channel))

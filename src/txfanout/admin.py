@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -32,6 +33,7 @@ from .channel import BoundedChannel
 from .configview import config_view
 from .gateway import Gateway
 from .memory import AllocationSites, memory_view
+from .timers import cancel
 
 ENDPOINTS = {
     "/metrics": "Prometheus metrics",
@@ -199,13 +201,29 @@ class AdminChannel(BoundedChannel):
     when it waits for a request and when it is answering one."""
 
     site: "AdminSite"
+    _arrival_timer: IDelayedCall | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._arrival_timer = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.opened(self)
 
-    def arrival_timeout(self) -> float:
-        return self.site.request_timeout()
+    def _arriving(self) -> bool:
+        return self._arrival_timer is not None
+
+    def _start_arrival_timer(self) -> None:
+        self._arrival_timer = self.callLater(self.site.request_timeout(), self.too_slow)
+
+    def _stop_arrival_timer(self) -> None:
+        cancel(self._arrival_timer)
+        self._arrival_timer = None
+
+    def too_slow(self) -> None:
+        self._arrival_timer = None
+        super().too_slow()
 
     def allContentReceived(self) -> None:
         if not self.transport.disconnecting:  # else refused: nothing to serve

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
 from . import _twisted
-from .timers import cancel
 from .wire import raw_error
 
 # Limits on what a client may send before its request is routed.
@@ -28,25 +26,15 @@ MAX_HEADERS = 100
 
 class BoundedChannel(HTTPChannel):
     """An HTTP/1.1 channel bounded in time and head size (see the module).
-    A subclass says how long a request may take to arrive
-    (``arrival_timeout``), and may refuse one by its first bytes
-    (``request_begins``), count refusals (``refused``) and keep the arrival
-    deadline elsewhere than in a timer of its own (``_start_arrival_timer``,
-    ``_stop_arrival_timer``, ``_arriving``)."""
+    A subclass keeps the deadline of the request arriving
+    (``_start_arrival_timer``, ``_stop_arrival_timer``, ``_arriving``;
+    ``too_slow`` when it comes), and may refuse a request by its first
+    bytes (``request_begins``) and count refusals (``refused``)."""
 
     MAX_LENGTH = MAX_LINE_BYTES
     totalHeadersSize = MAX_HEAD_BYTES
     maxHeaders = MAX_HEADERS
     transport: Any  # TCP or TLS: disconnecting, abortConnection, pause/resumeProducing
-    _arrival_timer: IDelayedCall | None
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._arrival_timer = None
-
-    def arrival_timeout(self) -> float:
-        """Seconds a request may take to arrive whole, from its first byte."""
-        raise NotImplementedError
 
     def request_begins(self, data: bytes) -> bool:
         """A new request begins with ``data``; False: it was refused, read
@@ -70,18 +58,19 @@ class BoundedChannel(HTTPChannel):
 
     def _arriving(self) -> bool:
         """Whether a request is arriving (its deadline runs)."""
-        return self._arrival_timer is not None
+        raise NotImplementedError
 
     def _start_arrival_timer(self) -> None:
-        self._arrival_timer = self.callLater(self.arrival_timeout(), self.too_slow)
+        """A request begins: its deadline to arrive whole runs."""
+        raise NotImplementedError
 
     def _stop_arrival_timer(self) -> None:
-        cancel(self._arrival_timer)
-        self._arrival_timer = None
+        """The request arrived whole, was refused, or its connection is
+        gone (whether or not its deadline runs)."""
+        raise NotImplementedError
 
     def too_slow(self) -> None:
         """The request did not arrive whole in time: 408."""
-        self._arrival_timer = None
         self.refuse(408, "request not received in time")
 
     def refuse(self, code: int, message: str, extra: bytes = b"") -> None:

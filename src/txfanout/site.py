@@ -431,9 +431,6 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             self.release_hold()
         super().dataReceived(data)
 
-    def arrival_timeout(self) -> float:
-        return self.site.request_timeout
-
     def request_begins(self, data: bytes) -> bool:
         front = self.site.front
         now = front.clock.seconds()
