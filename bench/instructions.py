@@ -41,7 +41,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -213,7 +212,9 @@ def run(out: str, idle: int, requests: int, last_level_mb: int | None = None,
                  for r in range(rounds)])
         for s in quiet:
             s.close()
-        time.sleep(1)  # the gateway sees them close before the last phase
+        open_now = f"\ntxfanout_client_connections {float(BATCH)}\n".encode()
+        wait_http(f"http://127.0.0.1:{admin}/metrics", 120, child,  # the gateway saw them close
+                  lambda body: open_now in body)
         measure("64 clients again", [busy] * rounds)
         for s in busy:
             s.close()

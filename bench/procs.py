@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import IO, Any, Sequence
+from typing import IO, Any, Callable, Sequence
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -170,9 +170,10 @@ def run_bounded(cmd: Sequence[str], timeout_s: float, registry: Registry,
     return code, text
 
 
-def wait_http(url: str, timeout_s: float, child: Child | None = None) -> None:
-    """Poll ``url`` with GET until it answers 200; raise RuntimeError on
-    timeout or when ``child`` exits first."""
+def wait_http(url: str, timeout_s: float, child: Child | None = None,
+              until: Callable[[bytes], bool] = lambda body: True) -> None:
+    """Poll ``url`` with GET until it answers 200 with a body that satisfies
+    ``until``; raise RuntimeError on timeout or when ``child`` exits first."""
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
@@ -180,8 +181,8 @@ def wait_http(url: str, timeout_s: float, child: Child | None = None) -> None:
             raise RuntimeError(f"{child.name} exited with code {child.popen.returncode} "
                                f"before it was ready; see {child.log_path}")
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as r:
-                if r.status == 200:
+            with urllib.request.urlopen(url, timeout=10.0) as r:
+                if r.status == 200 and until(r.read()):
                     return
                 last = f"HTTP {r.status}"
         except urllib.error.HTTPError as e:
