@@ -84,6 +84,8 @@ async def test_memory_and_state_settle_after_every_cycle(partner, make_gateway):
             codes = await run_cycle(gw, agent)
             assert codes == {200: REQUESTS_PER_CYCLE - REQUESTS_PER_CYCLE // HANG_UP_EVERY}
             assert not gw.gateway.inflight and gw.gateway.admission.admitted == 0
+            # Only the open connections' timeouts wait (deadlines.py): no request's.
+            assert [t for t in our_pending_timers() if "_Deadlines._run" not in t] == []
             assert all(p.slots.inflight == 0 for p in gw.gateway.snapshot.partners.values())
             idle = sum(len(c) for c in gw.gateway.upstream.pool._connections.values())
             assert idle <= idle_allowance
@@ -92,8 +94,7 @@ async def test_memory_and_state_settle_after_every_cycle(partner, make_gateway):
             await pool.closeCachedConnections()
             await gw.gateway.upstream.pool.closeCachedConnections()
             await within(gatherResults([closed_all(gw.site), closed_all(partner)]))
-            # Nothing of ours waits on the reactor, the open connections'
-            # timeouts (deadlines.py) gone with them.
+            # Nor theirs, once they are closed.
             assert our_pending_timers() == []
             snapshots.append(live_objects())
     finally:
