@@ -99,11 +99,26 @@ def test_a_timeline_keeps_deadlines_of_any_length_on_one_reactor_call():
     held.set("middle", 2.0)
     assert len(clock.getDelayedCalls()) == 1
     assert list(held) == ["long", "short", "middle"]  # the one set longest ago first
+    assert list(reversed(held)) == ["middle", "short", "long"]
+    assert [held.when(key) for key in held] == [3.0, 1.0, 2.0]
     clock.advance(1.0)
     clock.advance(1.0)
     clock.advance(1.0)
     assert expired == [(1.0, "short"), (2.0, "middle"), (3.0, "long")]
     assert clock.getDelayedCalls() == []
+
+
+def test_a_timeline_deadline_set_at_a_time_comes_exactly_then():
+    clock, held, expired = timeline()
+    clock.advance(0.1)
+    held.set_at("first", 0.3)  # 0.1 + 0.2 is not 0.3 in floating point
+    held.set_at("past", 0.05)
+    assert held.when("first") == 0.3 and len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert expired == [(0.1, "past")]
+    clock.advance(0.2)
+    assert expired == [(0.1, "past"), (clock.seconds(), "first")]
+    assert "first" not in held and clock.getDelayedCalls() == []
 
 
 def test_a_timeline_deadline_moved_sooner_or_later_comes_when_last_set():

@@ -56,6 +56,14 @@ class _Deadlines(Generic[K]):
         """The keys, the one set longest ago first."""
         return iter(self._ends)
 
+    def __reversed__(self) -> Iterator[K]:
+        """The keys, the one set last first."""
+        return reversed(self._ends)
+
+    def when(self, key: K) -> float:
+        """``key``'s deadline."""
+        return self._ends[key]
+
     def clear(self, key: K) -> None:
         """Forget ``key``'s deadline, if it has one."""
         if self._ends.pop(key, None) is not None and not self._ends:
@@ -121,9 +129,13 @@ class Timeline(_Deadlines[K]):
     def set(self, key: K, delay: float) -> None:
         """``key``'s deadline is ``delay`` seconds from now (moved, if it
         had one)."""
+        self.set_at(key, self._clock.seconds() + delay)
+
+    def set_at(self, key: K, when: float) -> None:
+        """``key``'s deadline is ``when`` (moved, if it had one)."""
         ends = self._ends
         ends.pop(key, None)
-        when = ends[key] = self._clock.seconds() + delay
+        ends[key] = when
         heapq.heappush(self._heap, (when, next(self._order), key))
         self._wake_at(when)
 

@@ -34,21 +34,19 @@ drains, it begins again too, and is refused then.
 
 from __future__ import annotations
 
-import heapq
 import time
-from itertools import count
-from typing import Protocol
+from typing import Hashable, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from .admission import Admission
-from .timers import cancel
+from .deadlines import Timeline
 
 PACE_AFTER = 16  # waiters served before the queue judges by its pace
 PACE_MARGIN = 1.25  # keep this many times the waiters the pace would reach
 
 
-class Waiter(Protocol):
+class Waiter(Hashable, Protocol):
     """A connection whose one whole request waits (``GatewayChannel``)."""
 
     def leave_queue(self) -> None:
@@ -61,10 +59,8 @@ class SlotQueue:
     def __init__(self, clock: IReactorTime, admission: Admission) -> None:
         self._clock = clock
         self._admission = admission
-        self._ends: dict[Waiter, float] = {}  # each waiter: when its wait ends; oldest first
-        self._expiries: list[tuple[float, int, Waiter]] = []  # a heap; stale once it left
-        self._joined = count()
-        self._timer: IDelayedCall | None = None  # the soonest end
+        # each waiter, oldest first, with when its wait ends
+        self._waiting: Timeline[Waiter] = Timeline(clock, self._time_up)
         self._serving: IDelayedCall | None = None
         self.cpu = time.process_time  # the process's CPU seconds
         self._first_served: float | None = None  # its CPU time, since the queue was last empty
@@ -74,17 +70,18 @@ class SlotQueue:
         admission.watch(self._room_changed)
 
     def __len__(self) -> int:
-        return len(self._ends)
+        return len(self._waiting)
 
     def ahead(self) -> bool:
         """Whether requests wait that the free slots would not all serve:
         a newcomer goes behind them."""
-        return bool(self._ends) and len(self._ends) >= self._admission.room
+        waiting = len(self._waiting)
+        return waiting > 0 and waiting >= self._admission.room
 
     def open(self) -> bool:
         """Whether a request may join now (``Admission.may_queue``): asked
         first, so that a refusal under a standing overload costs no more."""
-        return self._admission.may_queue(len(self._ends))
+        return self._admission.may_queue(len(self._waiting))
 
     def join(self, waiter: Waiter, arrived: float) -> bool:
         """Queue ``waiter``, whose request's first byte came at ``arrived``,
@@ -92,26 +89,23 @@ class SlotQueue:
         time is up, or the pace would not reach it): refuse it."""
         now = self._clock.seconds()
         ends = arrived + self._admission.slot_wait
-        if ends <= now or self._beyond_pace(len(self._ends) + 1, ends, now):
+        if ends <= now or self._beyond_pace(len(self._waiting) + 1, ends, now):
             return False
-        if not self._ends:
+        if not self._waiting:
             self._first_served, self._served = None, 0
-        self._ends[waiter] = ends
-        heapq.heappush(self._expiries, (ends, next(self._joined), waiter))
+        self._waiting.set_at(waiter, ends)
         self.total += 1
         self._admission.waits()
-        self._expire_at(now)
         return True
 
     def leave(self, waiter: Waiter) -> None:
         """``waiter`` is gone (its client closed the connection)."""
-        if self._ends.pop(waiter, None) is not None:
-            self._forget_if_empty()
+        self._waiting.clear(waiter)
 
     def release_all(self) -> None:
         """End every wait now (the gateway drains)."""
-        while self._ends:
-            self._let_go(next(iter(self._ends)))
+        while self._waiting:
+            self._let_go(next(iter(self._waiting)))
 
     def _beyond_pace(self, position: int, ends: float, now: float) -> bool:
         """Whether the queue's pace of service would not reach its
@@ -119,54 +113,28 @@ class SlotQueue:
         return self._pace is not None and position > PACE_MARGIN * self._pace * (ends - now)
 
     def _room_changed(self) -> None:
-        if self._ends and self._serving is None and self._admission.room > 0:
+        if self._waiting and self._serving is None and self._admission.room > 0:
             self._serving = self._clock.callLater(0, self._serve)
 
     def _serve(self) -> None:
         self._serving = None
         now = self._clock.seconds()
-        while self._ends and self._admission.room > 0:
+        while self._waiting and self._admission.room > 0:
             if self._first_served is None:
                 self._first_served = self.cpu()
             self._served += 1
-            self._let_go(next(iter(self._ends)))
+            self._let_go(next(iter(self._waiting)))
         if self._first_served is not None and self._served >= PACE_AFTER:
             self._pace = self._served / max(self.cpu() - self._first_served, 1e-3)
-        while self._ends:  # the newest, if the pace would not reach them
-            newest = next(reversed(self._ends))
-            if not self._beyond_pace(len(self._ends), self._ends[newest], now):
+        while self._waiting:  # the newest, if the pace would not reach them
+            newest = next(reversed(self._waiting))
+            if not self._beyond_pace(len(self._waiting), self._waiting.when(newest), now):
                 break
             self._let_go(newest)
 
-    def _expire(self) -> None:
-        self._timer = None
-        now = self._clock.seconds()
-        while self._expiries and self._expiries[0][0] <= now:
-            ends, _, waiter = heapq.heappop(self._expiries)
-            if self._ends.get(waiter) == ends:
-                self._let_go(waiter)
-        self._expire_at(now)
-
-    def _expire_at(self, now: float) -> None:
-        """Time the soonest wait's end, dropping those that left."""
-        expiries = self._expiries
-        while expiries and self._ends.get(expiries[0][2]) != expiries[0][0]:
-            heapq.heappop(expiries)
-        if not expiries:
-            cancel(self._timer)
-            self._timer = None
-        elif self._timer is None or self._timer.getTime() > expiries[0][0]:
-            cancel(self._timer)
-            self._timer = self._clock.callLater(max(0.0, expiries[0][0] - now), self._expire)
-
     def _let_go(self, waiter: Waiter) -> None:
-        del self._ends[waiter]
-        self._forget_if_empty()
+        self._waiting.clear(waiter)
         waiter.leave_queue()
 
-    def _forget_if_empty(self) -> None:
-        """No one waits: hold no ends (nor the connections they name)."""
-        if not self._ends:
-            self._expiries.clear()
-            cancel(self._timer)
-            self._timer = None
+    def _time_up(self, waiter: Waiter) -> None:
+        waiter.leave_queue()
