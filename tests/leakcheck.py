@@ -31,6 +31,20 @@ def live_objects() -> Counter[str]:
                    for o in gc.get_objects() if counted(o))
 
 
+def grown(snapshots: list[Counter[str]], noise: int) -> dict[str, list[int]]:
+    """The types that gained more than ``noise`` objects over the snapshots
+    after the first (which warms caches up), and a share of it from each to
+    the next, with what each step gained. A leak grows with every cycle; a
+    one-off gain does not (on PyPy, a trace the JIT compiles can keep a few
+    dozen objects it was compiled with: a closure's cells, say)."""
+    steady = snapshots[1:]
+    steps = len(steady) - 1
+    gains = {t: [after[t] - before[t] for before, after in zip(steady, steady[1:])]
+             for t in steady[-1]}
+    return {t: g for t, g in gains.items()
+            if sum(g) > noise and all(step > noise / steps for step in g)}
+
+
 def drop_cancelled_timers() -> None:
     """Purge cancelled timers from the reactor's heap now. The reactor does it
     lazily, once more than 50 (and half the heap) are cancelled; until then

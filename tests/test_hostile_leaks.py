@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from .configs import route_config
 from .hostile import REFUSED, SECRET, request
-from .leakcheck import live_objects, our_pending_timers
+from .leakcheck import grown, live_objects, our_pending_timers
 from .loopback import raw_client, within
 
 # Forty hostile rounds over real sockets: seconds.
@@ -72,6 +72,4 @@ async def test_hostile_rounds_leave_nothing_behind(raw_partner, make_gateway, lo
         assert sum(len(c) for c in pool._connections.values()) <= pool.maxPersistentPerHost
         assert gw.site.open_connections == 0
         snapshots.append(live_objects())
-    grown = {t: snapshots[-1][t] - snapshots[1][t] for t in snapshots[-1]
-             if snapshots[-1][t] - snapshots[1][t] > NOISE}
-    assert grown == {}, sorted(grown.items())
+    assert grown(snapshots, NOISE) == {}

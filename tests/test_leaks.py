@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from .configs import route_config
-from .leakcheck import live_objects, our_pending_timers
+from .leakcheck import grown, live_objects, our_pending_timers
 from .loopback import closed_all, raw_client, within
 
 # Thousands of requests over real sockets, four times over: seconds.
@@ -100,6 +100,4 @@ async def test_memory_and_state_settle_after_every_cycle(partner, make_gateway):
     finally:
         await pool.closeCachedConnections()
     # The first cycle warms caches up; after it, nothing may keep growing.
-    grown = {t: snapshots[-1][t] - snapshots[1][t] for t in snapshots[-1]
-             if snapshots[-1][t] - snapshots[1][t] > NOISE}
-    assert grown == {}
+    assert grown(snapshots, NOISE) == {}
