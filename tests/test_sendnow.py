@@ -1,44 +1,64 @@
-"""write_now: straight to the socket when nothing is queued, in order always."""
+"""send: a turn's writes to a connection leave together at the turn's end,
+straight to the socket when nothing is queued, in order always."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from txfanout import upstream
+from txfanout import _twisted, upstream
 from txfanout.pool import CallTransport
-from txfanout import sendnow
-from txfanout.sendnow import write_now
+from txfanout.sendnow import flush, send, write_now
 
 from .configs import route_config
 from .loopback import RawClient, raw_client, within
 
 
 class Writer(Protocol):
-    """On connect, runs ``act(transport)``, notes what was left queued, closes."""
+    """On connect, runs ``act(transport)``, notes what was left queued, and
+    closes (unless its client is to)."""
 
-    def __init__(self, act: Callable[[Any], None], queued: list[int]) -> None:
+    def __init__(self, act: Callable[[Any], None], queued: list[int], close: bool) -> None:
         self.act = act
         self.queued = queued
+        self.close = close
 
     def connectionMade(self) -> None:
         self.act(self.transport)
         self.queued.append(self.transport._tempDataLen + len(self.transport.dataBuffer))
-        self.transport.loseConnection()
+        if self.close:
+            self.transport.loseConnection()
 
 
-async def served(act: Callable[[Any], None]) -> tuple[bytes, int]:
-    """What a client read from a server that ran ``act``; bytes it left queued."""
+class Reader(RawClient):
+    """Collects ``expected`` bytes, then closes."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__(b"")
+        self.expected = expected
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if len(self.received) >= self.expected:
+            self.transport.loseConnection()
+
+
+async def served(act: Callable[[Any], None], expected: int | None = None,
+                 act_closes: bool = False) -> tuple[bytes, int]:
+    """What a client read from a server that ran ``act``, then closed (or,
+    with ``expected``, that the client closed once it read that many bytes;
+    or ``act`` closes); bytes it left queued."""
     queued: list[int] = []
-    port = reactor.listenTCP(0, Factory.forProtocol(lambda: Writer(act, queued)),
-                             interface="127.0.0.1")
+    close = expected is None and not act_closes
+    port = reactor.listenTCP(
+        0, Factory.forProtocol(lambda: Writer(act, queued, close=close)),
+        interface="127.0.0.1")
     try:
-        client = RawClient(b"")
+        client = RawClient(b"") if expected is None else Reader(expected)
         reactor.connectTCP("127.0.0.1", port.getHost().port,
                            ClientFactory.forProtocol(lambda: client))
         received = await within(client.closed)
@@ -71,6 +91,88 @@ async def test_what_the_kernel_does_not_take_is_queued_in_order() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_turns_writes_leave_together_at_its_end_in_one_send(monkeypatch) -> None:
+    sends: list[bytes] = []
+
+    def write_some(transport: Any, data: bytes) -> Any:
+        sends.append(data)
+        return transport.writeSomeData(data)
+
+    monkeypatch.setattr(_twisted, "write_some", write_some)
+
+    def act(transport: Any) -> None:
+        send(transport, b"head ")
+        send(transport, b"body")
+        assert sends == []  # not yet: at the turn's end
+
+    received, queued = await served(act, expected=len(b"head body"))
+    assert received == b"head body" and queued == 0  # nothing was queued: no epoll_ctl
+    assert sends == [b"head body"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_turns_writes_before_a_close_leave_before_it() -> None:
+    received, queued = await served(lambda t: (send(t, b"503 "), send(t, b"body")))
+    assert received == b"503 body"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_timers_writes_flushed_before_its_close_leave_before_it() -> None:
+    # A timer's send is gathered for a reactor call that runs after the next
+    # poll, where Twisted would carry out the close first: flush sends it now.
+    def act(transport: Any) -> None:
+        def answer_and_close() -> None:
+            send(transport, b"late answer")
+            flush(transport)
+            transport.loseConnection()
+
+        reactor.callLater(0, answer_and_close)
+
+    received, _ = await served(act, act_closes=True)
+    assert received == b"late answer"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_twisted_queued_behind_gathered_ones_go_after_them() -> None:
+    def act(transport: Any) -> None:
+        send(transport, b"first ")
+        transport.write(b"second ")  # Twisted's own, as its 100 Continue
+        send(transport, b"third ")
+        transport.write(b"fourth")
+
+    received, queued = await served(act)
+    assert received == b"first second third fourth"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_twisted_queued_after_the_last_gathered_ones_go_after_them() -> None:
+    def act(transport: Any) -> None:
+        send(transport, b"first ")
+        send(transport, b"second ")
+        transport.write(b"third")
+
+    received, queued = await served(act)
+    assert received == b"first second third"
+
+
+@pytest_twisted.ensureDeferred
+async def test_behind_bytes_already_queued_a_send_queues_too() -> None:
+    def act(transport: Any) -> None:
+        transport.write(b"first ")
+        send(transport, b"second")
+
+    received, queued = await served(act)
+    assert received == b"first second" and queued == len(b"first second")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_gathered_send_the_kernel_does_not_take_whole_is_queued_in_order() -> None:
+    big = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than a socket buffer holds
+    received, _ = await served(lambda t: (send(t, b"<"), send(t, big), send(t, b">")))
+    assert received == b"<" + big + b">"
+
+
+@pytest_twisted.ensureDeferred
 async def test_an_answer_without_a_body_still_sends_its_head(partner, make_gateway) -> None:
     gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}))
     client = raw_client(gw.address, b"HEAD /bid HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -78,14 +180,9 @@ async def test_an_answer_without_a_body_still_sends_its_head(partner, make_gatew
     assert received.startswith(b"HTTP/1.1 405 ") and received.endswith(b"\r\n\r\n")
 
 
-class Lag:
-    recent = 0.0
-
-
-@pytest.mark.parametrize("lag, sent_at_once", [(0.0, False), (sendnow.URGENT_LAG, True)])
 @pytest_twisted.ensureDeferred
-async def test_a_partner_request_leaves_at_once_while_the_reactor_lags(
-        partner, make_gateway, monkeypatch, lag, sent_at_once) -> None:
+async def test_a_partner_request_leaves_in_the_turn_that_made_it_without_twisteds_queue(
+        partner, make_gateway, monkeypatch) -> None:
     gw = make_gateway(route_config({"ok": {"url": partner.url("/ok")}}))
     assert (await gw.post()).outcomes() == {"ok": "ok"}  # now a connection is pooled
     carriers: list[Any] = []
@@ -96,13 +193,10 @@ async def test_a_partner_request_leaves_at_once_while_the_reactor_lags(
             return super().startProducing(consumer)
 
     monkeypatch.setattr(upstream, "BytesProducer", Noted)
-    monkeypatch.setattr(Lag, "recent", lag)
-    monkeypatch.setattr(sendnow, "_lag", Lag())
     state = gw.gateway.snapshot.partners["ok"]
     call = gw.gateway.upstream.call(state.config, state.url, state.headers, b"{}", 1.0)
     [connection] = carriers
-    queued = connection._tempDataLen + len(connection.dataBuffer) - connection.offset
-    assert (queued == 0) is sent_at_once, queued
+    assert connection._tempDataLen + len(connection.dataBuffer) - connection.offset == 0
     assert (await within(call)).outcome == "ok"
 
 

@@ -225,9 +225,13 @@ REGISTER: tuple[Private, ...] = (
     # -- sockets: sendnow.py, conncap.py, adminauth.py, readsize.py --
     Private(_FD + "_tempDataBuffer", "attribute", "8.0",
             "empty (with offset == len(dataBuffer)) when nothing waits unsent "
-            "(nothing_queued)", "write_now cannot tell it is safe: never sends at once",
+            "(nothing_queued)", "sendnow cannot tell it is safe: never sends at once",
             "byte order on the wire: an answer sent past bytes still queued would be "
             "spliced into them"),
+    Private(_FD + "_tempDataLen", "attribute", "8.0",
+            "the length of _tempDataBuffer, kept with it when gathered bytes go ahead of "
+            "what Twisted queued behind them (queue_first)", "byte order on the wire",
+            "byte order on the wire"),
     Private(_FD + "offset", "attribute", "8.0", "see _tempDataBuffer (nothing_queued)",
             "see _tempDataBuffer", "byte order on the wire"),
     Private(_FD + "dataBuffer", "attribute", "8.0", "see _tempDataBuffer (nothing_queued)",
@@ -386,6 +390,16 @@ def buffered(decoder: ChunkedTransferDecoder) -> int:
 def nothing_queued(transport: Any) -> bool:
     """Whether a plain TCP ``transport`` has no bytes waiting unsent."""
     return not transport._tempDataBuffer and transport.offset == len(transport.dataBuffer)
+
+
+def queue_first(transport: Any, data: bytes) -> None:
+    """Queue ``data`` on a plain TCP ``transport`` ahead of every byte it
+    queued since nothing was (``nothing_queued``): those came after it."""
+    unsent = transport.dataBuffer[transport.offset:]
+    transport.dataBuffer, transport.offset = b"", 0
+    transport._tempDataBuffer[:0] = [data, unsent] if unsent else [data]
+    transport._tempDataLen += len(data) + len(unsent)
+    transport.startWriting()
 
 
 def deliver_read(connection: Any, data: bytes) -> Any:

@@ -28,7 +28,6 @@ from .lag import ReactorLag
 from .memory import collector_pauses
 from .metrics import UNKNOWN_ROUTE, ClientFace, GatewayMetrics
 from .outcomes import CallResult
-from . import sendnow
 from .site import GatewayRequest
 from .snapshot import compile_snapshot
 from .upstream import Upstream, idle_caps
@@ -183,7 +182,6 @@ class Gateway:
         """Start the background work (the lag monitor, which the adaptive
         in-flight limit follows)."""
         self.lag.start()
-        sendnow.follow(self.lag)
 
     def close(self) -> Deferred[None]:
         """Stop background work; close the pooled connections."""

@@ -38,7 +38,7 @@ from . import _twisted
 from ._twisted import ChunkedTransferDecoder, HTTP11ClientProtocol, HTTPClientParser
 from .chunked import BodyTooLarge, CountedChunkedDecoder
 from .readsize import read_at_most
-from .sendnow import write_soon
+from .sendnow import send
 from .tls import HandshakeAwareProtocol
 
 UpstreamKey = tuple[bytes, bytes, int]
@@ -205,7 +205,7 @@ class CallTransport:
     def flush(self) -> None:
         chunks, self._chunks = self._chunks, None
         if chunks:
-            write_soon(self._transport, b"".join(chunks))
+            send(self._transport, b"".join(chunks))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)

@@ -39,7 +39,7 @@ from .conncap import CappedChannel, CappedSite
 from .deadlines import Deadlines, Timeline
 from .lag import ReactorLag
 from .readsize import read_at_most
-from .sendnow import write_now, write_soon
+from .sendnow import flush, send
 from .slotqueue import SlotQueue
 from .wire import SHED_ANSWERS, SHED_HEADS, sole_request
 
@@ -188,7 +188,7 @@ class GatewayRequest(Request):
         self.code = 503
         self.startedWriting = 1  # the whole answer goes out as one prepared write
         answers = SHED_HEADS if self.method == b"HEAD" else SHED_ANSWERS
-        write_now(channel.transport, answers[reason, keep])
+        send(channel.transport, answers[reason, keep])
         self.finish()
         if keep:
             channel.refused_kept_alive()
@@ -385,7 +385,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         self.site.held.clear(self)
         answer, self._answer = self._answer, None
         if answer is not None:
-            write_now(self.transport, answer)
+            send(self.transport, answer)
             self._refused_at = self.site.front.clock.seconds()
             self.resetTimeout()
         self._read_waiting()
@@ -508,7 +508,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         front.admission.refused(reason)
         front.refused_on_arrival(request.path, reason)
         if not keep:
-            write_now(self.transport, answer)
+            send(self.transport, answer)
             self.persistent = False
             self.loseConnection()
             return True
@@ -516,7 +516,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
         if hold:  # nothing else came with it: the answer itself waits
             self._hold(hold, answer)
         else:
-            write_now(self.transport, answer)
+            send(self.transport, answer)
             self._refused_at = pace_from
         return True
 
@@ -537,7 +537,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
             self._head.append(data)
             data = b"".join(self._head)
             self._head = None
-        write_soon(self.transport, data)
+        send(self.transport, data)
 
     def writeSequence(self, iovec: list[bytes]) -> None:
         self.write(b"".join(iovec))
@@ -575,6 +575,7 @@ class GatewayChannel(CappedChannel, BoundedChannel):
 
     def loseConnection(self) -> None:
         # A close waits for the unsent bytes: bounded like a pause.
+        flush(self.transport)
         self._start_drain_timer()
         super().loseConnection()
 
