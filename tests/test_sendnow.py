@@ -7,8 +7,9 @@ from typing import Any, Callable
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 
 from txfanout import _twisted, upstream
 from txfanout.pool import CallTransport
@@ -153,6 +154,17 @@ async def test_bytes_twisted_queued_after_the_last_gathered_ones_go_after_them()
 
     received, queued = await served(act)
     assert received == b"first second third"
+
+
+def test_bytes_put_first_go_ahead_of_all_twisted_queued_even_half_sent() -> None:
+    transport = FileDescriptor(reactor=MemoryReactor())
+    transport.connected = True
+    transport.write(b"later")
+    transport.dataBuffer, transport.offset = b"--half ", 2  # "--" already sent
+    _twisted.queue_first(transport, b"first ")
+    assert b"".join(transport._tempDataBuffer) == b"first half later"
+    assert transport._tempDataLen == len(b"first half later")
+    assert transport.dataBuffer == b"" and transport.offset == 0
 
 
 @pytest_twisted.ensureDeferred
