@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.abstract import FileDescriptor
@@ -74,11 +75,12 @@ async def test_an_idle_connection_is_written_at_once() -> None:
     assert received == b"hello" and queued == 0
 
 
+@pytest.mark.parametrize("write", [write_now, send])
 @pytest_twisted.ensureDeferred
-async def test_behind_queued_bytes_it_queues_too() -> None:
+async def test_behind_queued_bytes_it_queues_too(write: Callable[[Any, bytes], None]) -> None:
     def act(transport: Any) -> None:
         transport.write(b"first ")
-        write_now(transport, b"second")
+        write(transport, b"second")
 
     received, queued = await served(act)
     assert received == b"first second" and queued == len(b"first second")
@@ -165,16 +167,6 @@ def test_bytes_put_first_go_ahead_of_all_twisted_queued_even_half_sent() -> None
     assert b"".join(transport._tempDataBuffer) == b"first half later"
     assert transport._tempDataLen == len(b"first half later")
     assert transport.dataBuffer == b"" and transport.offset == 0
-
-
-@pytest_twisted.ensureDeferred
-async def test_behind_bytes_already_queued_a_send_queues_too() -> None:
-    def act(transport: Any) -> None:
-        transport.write(b"first ")
-        send(transport, b"second")
-
-    received, queued = await served(act)
-    assert received == b"first second" and queued == len(b"first second")
 
 
 @pytest_twisted.ensureDeferred
