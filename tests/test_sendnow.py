@@ -3,16 +3,19 @@ straight to the socket when nothing is queued, in order always."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionLost
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.python.failure import Failure
 
-from txfanout import _twisted, upstream
+from txfanout import _twisted, sendnow, upstream
 from txfanout.pool import CallTransport
 from txfanout.sendnow import flush, send, write_now
 
@@ -156,6 +159,30 @@ async def test_bytes_twisted_queued_after_the_last_gathered_ones_go_after_them()
 
     received, queued = await served(act)
     assert received == b"first second third"
+
+
+def test_a_connection_lost_before_the_turns_end_costs_the_others_nothing(monkeypatch) -> None:
+    sent: list[tuple[Any, bytes]] = []
+    monkeypatch.setattr(sendnow, "_PLAIN_TCP", (FileDescriptor,))
+    monkeypatch.setattr(_twisted, "write_some", lambda t, data: sent.append((t, data)) or len(data))
+    here, there = socket.socketpair()
+    lost, alive = FileDescriptor(reactor=reactor), FileDescriptor(reactor=reactor)
+    lost.fileno = here.fileno  # a socket, until it is lost
+    lost.connected = alive.connected = True
+    try:
+        send(lost, b"answer")
+        lost.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # Twisted's own, behind it
+        send(alive, b"answer")
+        lost.connectionLost(Failure(ConnectionLost()))  # its peer reset it
+        del lost.fileno  # as tcp.Connection does: no socket from now on
+    finally:
+        here.close()
+        there.close()
+    pending = sendnow._sending
+    assert pending is not None
+    pending.cancel()
+    sendnow._send_gathered()  # the turn's end
+    assert sent == [(alive, b"answer")]
 
 
 def test_bytes_put_first_go_ahead_of_all_twisted_queued_even_half_sent() -> None:

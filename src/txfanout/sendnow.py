@@ -44,7 +44,7 @@ def send(transport: Any, data: bytes) -> None:
             gathered.append(data)
             return
         del _gathered[transport]  # Twisted queued bytes since: ours go first
-        _twisted.queue_first(transport, b"".join(gathered))
+        _send(transport, b"".join(gathered))
     elif (type(transport) in _PLAIN_TCP and transport.connected
           and not transport.disconnecting and _twisted.nothing_queued(transport)):
         _gathered[transport] = [data]
@@ -72,6 +72,8 @@ def _send_gathered() -> None:
 
 
 def _send(transport: Any, data: bytes) -> None:
+    if not transport.connected:  # lost since: nothing to send on
+        return
     if _twisted.nothing_queued(transport):
         write_now(transport, data)
     else:  # Twisted queued bytes behind ours: ours go first
