@@ -43,10 +43,8 @@ def send(transport: Any, data: bytes) -> None:
         if _twisted.nothing_queued(transport):
             gathered.append(data)
             return
-        del _gathered[transport]  # Twisted queued bytes since: ours go first
-        _send(transport, b"".join(gathered))
-    elif (type(transport) in _PLAIN_TCP and transport.connected
-          and not transport.disconnecting and _twisted.nothing_queued(transport)):
+        flush(transport)  # Twisted queued bytes since: ours go first
+    elif _straight(transport):
         _gathered[transport] = [data]
         if _sending is None:
             _sending = reactor.callLater(0, _send_gathered)
@@ -58,33 +56,25 @@ def flush(transport: Any) -> None:
     """Send what this turn gathered for ``transport`` now: before it closes
     (a close made in a timer would otherwise come first)."""
     chunks = _gathered.pop(transport, None)
-    if chunks is not None:
-        _send(transport, b"".join(chunks))
+    if chunks is None or not transport.connected:  # (lost since: nothing to send on)
+        return
+    if _twisted.nothing_queued(transport):
+        write_now(transport, b"".join(chunks))
+    else:  # Twisted queued bytes behind ours: ours go first
+        _twisted.queue_first(transport, b"".join(chunks))
 
 
 def _send_gathered() -> None:
     global _sending
     _sending = None
-    gathered = list(_gathered.items())
-    _gathered.clear()
-    for transport, chunks in gathered:
-        _send(transport, b"".join(chunks))
-
-
-def _send(transport: Any, data: bytes) -> None:
-    if not transport.connected:  # lost since: nothing to send on
-        return
-    if _twisted.nothing_queued(transport):
-        write_now(transport, data)
-    else:  # Twisted queued bytes behind ours: ours go first
-        _twisted.queue_first(transport, data)
+    for transport in list(_gathered):
+        flush(transport)
 
 
 def write_now(transport: Any, data: bytes) -> None:
     """Write ``data`` to ``transport``, straight to its socket when it is
     a plain TCP connection with nothing queued."""
-    if (type(transport) in _PLAIN_TCP and transport.connected
-            and not transport.disconnecting and _twisted.nothing_queued(transport)):
+    if _straight(transport):
         sent = _twisted.write_some(transport, data)
         if type(sent) is int:
             if sent == len(data):
@@ -92,3 +82,10 @@ def write_now(transport: Any, data: bytes) -> None:
             data = data[sent:]
         # else the connection is gone: the queued write lets Twisted find out
     transport.write(data)
+
+
+def _straight(transport: Any) -> bool:
+    """Whether bytes may go straight to ``transport``'s socket: a plain TCP
+    connection, open, with nothing queued."""
+    return (type(transport) in _PLAIN_TCP and transport.connected
+            and not transport.disconnecting and _twisted.nothing_queued(transport))
